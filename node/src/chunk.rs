@@ -1,0 +1,310 @@
+//! One chunk through the pipeline: encrypt, name, encode, store; and back: fetch shards, verify
+//! each, decode, check the chunk id, repair what was bad, decrypt.
+
+use dfs_placement::erasure::ShardCoder;
+use dfs_placement::{ChunkId, EncodeError, Layout};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkKey;
+use crate::meta::{ChunkRecord, MetaError, OwnerId};
+use crate::repo::Repo;
+use crate::shard::{ShardDefect, ShardHeader};
+use crate::store::StoreError;
+
+/// A reference to a chunk: enough to find it (id) and read it (key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub key: ChunkKey,
+    /// Plaintext length.
+    pub len: u32,
+}
+
+/// The state of one shard slot of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardState {
+    Ok,
+    Missing,
+    Corrupt(ShardDefect),
+}
+
+/// What inspecting a chunk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkHealth {
+    pub id: ChunkId,
+    /// `None` when no shard of the chunk could be read, so even its layout is unknown.
+    pub layout: Option<Layout>,
+    pub shards: Vec<ShardState>,
+    /// Shards rewritten by this inspection.
+    pub repaired: Vec<u8>,
+}
+
+impl ChunkHealth {
+    pub fn missing(&self) -> Vec<u8> {
+        self.indices(|s| matches!(s, ShardState::Missing))
+    }
+
+    pub fn corrupt(&self) -> Vec<u8> {
+        self.indices(|s| matches!(s, ShardState::Corrupt(_)))
+    }
+
+    pub fn intact(&self) -> usize {
+        self.shards.iter().filter(|s| **s == ShardState::Ok).count()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.layout.is_some() && self.intact() == self.shards.len()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.layout.is_none_or(|l| self.intact() < l.needed())
+    }
+
+    fn indices(&self, pred: impl Fn(&ShardState) -> bool) -> Vec<u8> {
+        (0..self.shards.len())
+            .filter(|&i| pred(&self.shards[i]))
+            .map(|i| i as u8)
+            .collect()
+    }
+}
+
+/// Why a chunk could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk {id} is lost: {intact} of the {needed} shards needed are intact (missing shards {missing:?}, corrupt shards {corrupt:?})")]
+    Lost {
+        id: ChunkId,
+        intact: usize,
+        needed: usize,
+        missing: Vec<u8>,
+        corrupt: Vec<u8>,
+    },
+    #[error("chunk {id} is lost: none of its shards is in the store")]
+    Absent { id: ChunkId },
+    #[error(
+        "chunk {id}: its shards decode to bytes that do not match the chunk id (forged shards?)"
+    )]
+    Mismatch { id: ChunkId },
+    #[error("chunk {id} cannot be decrypted: wrong key")]
+    WrongKey { id: ChunkId },
+    #[error("shard store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("encoding chunk: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+impl ChunkError {
+    /// True when the underlying cause is a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ChunkError::Store(e) if e.is_disk_full())
+    }
+}
+
+/// Highest shard index probed when a chunk has no index record.
+const MAX_PROBE: u8 = 128;
+
+impl Repo {
+    /// Encrypt, name, encode and store one chunk for the put `owner`; skips the work of storing
+    /// when the chunk is already present (convergent encryption makes equal content dedup).
+    pub fn put_chunk(
+        &self,
+        owner: &OwnerId,
+        plaintext: Vec<u8>,
+        coder: &mut ShardCoder,
+    ) -> Result<ChunkRef, ChunkError> {
+        let len = plaintext.len() as u32;
+        let key = self.secret().chunk_key(&plaintext);
+        let ciphertext = key.encrypt(plaintext);
+        let id = ChunkId(*blake3::hash(&ciphertext).as_bytes());
+        let chunk = ChunkRef { id, key, len };
+        if let Some(record) = self.meta().chunk(&id)? {
+            if self.all_shards_present(&id, &record)? {
+                self.meta().add_ref(&id, owner)?;
+                return Ok(chunk);
+            }
+        }
+        let layout = self.config().storage.layout_for(ciphertext.len());
+        let record = self.store_ciphertext(&id, ciphertext, layout, coder, None)?;
+        self.meta().add_chunk(&id, &record, owner)?;
+        Ok(chunk)
+    }
+
+    /// Encode `ciphertext` and write its shards (all of them, or only `only`).
+    fn store_ciphertext(
+        &self,
+        id: &ChunkId,
+        ciphertext: Vec<u8>,
+        layout: Layout,
+        coder: &mut ShardCoder,
+        only: Option<&[u8]>,
+    ) -> Result<ChunkRecord, ChunkError> {
+        let chunk_len = ciphertext.len() as u32;
+        let encoded = coder.encode(layout, ciphertext)?;
+        for index in 0..encoded.shard_count() as u8 {
+            if only.is_some_and(|o| !o.contains(&index)) {
+                continue;
+            }
+            let body = encoded.shard(index as usize);
+            let header = ShardHeader {
+                chunk: *id,
+                layout,
+                index,
+                chunk_len,
+            };
+            self.store().write(id, index, &[&header.seal(body), body])?;
+        }
+        Ok(ChunkRecord {
+            layout,
+            len: chunk_len,
+        })
+    }
+
+    fn all_shards_present(&self, id: &ChunkId, record: &ChunkRecord) -> Result<bool, ChunkError> {
+        let expected =
+            (crate::shard::HEADER_LEN + record.layout.shard_len(record.len as usize)) as u64;
+        for index in 0..record.layout.shard_count() as u8 {
+            if self.store().size(id, index)? != Some(expected) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read, verify and decrypt a chunk; with `repair`, rewrite shards found missing or corrupt.
+    pub fn get_chunk(
+        &self,
+        chunk: &ChunkRef,
+        coder: &mut ShardCoder,
+        repair: bool,
+    ) -> Result<(Vec<u8>, ChunkHealth), ChunkError> {
+        let (ciphertext, health) = self.inspect_chunk(&chunk.id, coder, repair)?;
+        let ciphertext = match ciphertext {
+            Some(c) => c,
+            None => return Err(lost_error(&health)),
+        };
+        let plaintext = chunk
+            .key
+            .decrypt(ciphertext)
+            .map_err(|_| ChunkError::WrongKey { id: chunk.id })?;
+        Ok((plaintext, health))
+    }
+
+    /// Read and verify every shard of a chunk and decode its ciphertext (`None` when lost);
+    /// with `repair`, rewrite the shards that were missing or corrupt.
+    pub fn inspect_chunk(
+        &self,
+        id: &ChunkId,
+        coder: &mut ShardCoder,
+        repair: bool,
+    ) -> Result<(Option<Vec<u8>>, ChunkHealth), ChunkError> {
+        let mut images: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut header: Option<ShardHeader> = self.meta().chunk(id)?.map(|r| ShardHeader {
+            chunk: *id,
+            layout: r.layout,
+            index: 0,
+            chunk_len: r.len,
+        });
+        if header.is_none() {
+            // No index record (e.g. a chunk from another store): learn the layout from the
+            // first shard that verifies.
+            for index in 0..MAX_PROBE {
+                let image = self.store().read(id, index)?;
+                if let Some(bytes) = &image {
+                    if let Ok((h, _)) = ShardHeader::decode_expected(bytes, *id, index) {
+                        header = Some(h);
+                        images.push(image);
+                        break;
+                    }
+                }
+                images.push(image);
+            }
+        }
+        let Some(header) = header else {
+            return Ok((
+                None,
+                ChunkHealth {
+                    id: *id,
+                    layout: None,
+                    shards: Vec::new(),
+                    repaired: Vec::new(),
+                },
+            ));
+        };
+        let layout = header.layout;
+        let count = layout.shard_count();
+        images.truncate(count);
+        while images.len() < count {
+            images.push(self.store().read(id, images.len() as u8)?);
+        }
+        let mut states = Vec::with_capacity(count);
+        let mut bodies: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+        for (index, image) in images.iter().enumerate() {
+            let verdict = image.as_deref().map(|bytes| {
+                ShardHeader::decode_expected(bytes, *id, index as u8).and_then(|(h, body)| {
+                    if h.layout == layout && h.chunk_len == header.chunk_len {
+                        Ok(body)
+                    } else {
+                        Err(ShardDefect::BadLayout)
+                    }
+                })
+            });
+            match verdict {
+                None => {
+                    states.push(ShardState::Missing);
+                    bodies.push(None);
+                }
+                Some(Ok(body)) => {
+                    states.push(ShardState::Ok);
+                    bodies.push(Some(body));
+                }
+                Some(Err(defect)) => {
+                    states.push(ShardState::Corrupt(defect));
+                    bodies.push(None);
+                }
+            }
+        }
+        let mut health = ChunkHealth {
+            id: *id,
+            layout: Some(layout),
+            shards: states,
+            repaired: Vec::new(),
+        };
+        let Ok(ciphertext) = coder.decode(layout, header.chunk_len as usize, &bodies) else {
+            return Ok((None, health));
+        };
+        if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
+            return Err(ChunkError::Mismatch { id: *id });
+        }
+        drop(bodies);
+        drop(images);
+        let bad: Vec<u8> = health
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != ShardState::Ok)
+            .map(|(i, _)| i as u8)
+            .collect();
+        if repair && !bad.is_empty() {
+            self.store_ciphertext(id, ciphertext.clone(), layout, coder, Some(&bad))?;
+            tracing::info!(chunk = %id.short(), shards = ?bad, "repaired shards");
+            health.repaired = bad;
+        }
+        Ok((Some(ciphertext), health))
+    }
+}
+
+/// The error for a chunk that `inspect_chunk` could not decode.
+pub fn lost_error(health: &ChunkHealth) -> ChunkError {
+    match health.layout {
+        None => ChunkError::Absent { id: health.id },
+        Some(layout) => ChunkError::Lost {
+            id: health.id,
+            intact: health.intact(),
+            needed: layout.needed(),
+            missing: health.missing(),
+            corrupt: health.corrupt(),
+        },
+    }
+}

@@ -1,0 +1,180 @@
+//! The peer's configuration, read from `DATA/config.toml`; every field has a documented default.
+
+use std::path::Path;
+
+use dfs_placement::Layout;
+use serde::{Deserialize, Serialize};
+
+/// Settings of one data directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub storage: StorageConfig,
+}
+
+/// How content is cut, coded and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Largest chunk, in bytes. Fixed-size chunking (docs/chunking.md): a file is cut at every
+    /// multiple of this size, so an in-place edit rewrites only the chunks it touches.
+    pub chunk_size: u32,
+    /// Data shards per erasure-coded chunk (k).
+    pub data_shards: u8,
+    /// Parity shards per erasure-coded chunk (m): this many shards of any chunk may be lost.
+    pub parity_shards: u8,
+    /// Chunks whose ciphertext is smaller than this are stored as `parity_shards + 1` whole
+    /// copies instead of being padded into `data_shards + parity_shards` tiny shards.
+    pub replicate_below: u32,
+    /// Children per interior node of a chunk tree (a 4 MiB chunk per leaf: 512 children cover
+    /// 2 GiB per node).
+    pub tree_fanout: u32,
+    /// Threads that encrypt, hash, encode and store chunks in parallel; 0 means one per core.
+    pub workers: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 4 << 20,
+            data_shards: 4,
+            parity_shards: 2,
+            replicate_below: 16 << 10,
+            tree_fanout: 512,
+            workers: 0,
+        }
+    }
+}
+
+/// Largest chunk size we accept: the design's 4 MiB bound, so shards stay small enough to move.
+pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Load `path` if it exists, otherwise the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if s.chunk_size == 0 || s.chunk_size > MAX_CHUNK_SIZE {
+            return Err(ConfigError::Invalid(format!(
+                "storage.chunk_size must be between 1 and {MAX_CHUNK_SIZE} bytes, got {}",
+                s.chunk_size
+            )));
+        }
+        if s.tree_fanout < 2 {
+            return Err(ConfigError::Invalid(
+                "storage.tree_fanout must be at least 2".into(),
+            ));
+        }
+        self.storage
+            .erasure_layout()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.storage
+            .small_layout()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    /// Layout of chunks at or above `replicate_below`.
+    pub fn erasure_layout(&self) -> Layout {
+        Layout::Erasure {
+            data: self.data_shards,
+            parity: self.parity_shards,
+        }
+    }
+
+    /// Layout of small chunks: as many losses tolerated as the erasure layout.
+    pub fn small_layout(&self) -> Layout {
+        Layout::Replicated {
+            copies: self.parity_shards.saturating_add(1),
+        }
+    }
+
+    /// The layout for a chunk whose ciphertext is `len` bytes.
+    pub fn layout_for(&self, len: usize) -> Layout {
+        if len < self.replicate_below as usize {
+            self.small_layout()
+        } else {
+            self.erasure_layout()
+        }
+    }
+
+    /// Number of worker threads to use.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        for bad in [
+            "[storage]\nchunk_size = 0",
+            "[storage]\nchunk_size = 99999999",
+            "[storage]\nparity_shards = 0",
+            "[storage]\nbogus = 1",
+            "not toml at all [",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(Config::load(&path).is_err(), "accepted {bad:?}");
+        }
+        std::fs::write(&path, "[storage]\ndata_shards = 8\nparity_shards = 3").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.storage.erasure_layout(),
+            Layout::Erasure { data: 8, parity: 3 }
+        );
+    }
+}

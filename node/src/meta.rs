@@ -1,0 +1,282 @@
+//! Metadata in RocksDB: the chunk index and the put records.
+//!
+//! Column families:
+//! - `chunks`: chunk id -> [`ChunkRecord`] (layout and length). Written only after all of the
+//!   chunk's shards are in the store, so a record means "stored"; it also makes dedup cheap.
+//! - `refs`: chunk id ++ owner id -> empty. Which puts use which chunks; garbage collection keeps
+//!   a chunk while a committed put refers to it.
+//! - `puts`: owner id -> [`PutRecord`]. A put is `Pending` until its root is durable, then
+//!   `Committed`; pending puts found at open time were interrupted and are collected.
+//!
+//! Every value starts with a format version byte so later versions can migrate.
+
+use std::path::Path;
+
+use dfs_placement::{ChunkId, Layout};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::crypto::ChunkKey;
+
+const CF_CHUNKS: &str = "chunks";
+const CF_REFS: &str = "refs";
+const CF_PUTS: &str = "puts";
+const FORMAT_V1: u8 = 1;
+
+/// The id of one put (a write transaction).
+pub type OwnerId = [u8; 16];
+
+/// What the index knows about a stored chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub layout: Layout,
+    /// Length of the ciphertext.
+    pub len: u32,
+}
+
+/// State of a put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutState {
+    Pending,
+    Committed,
+}
+
+/// One put: what was stored, under which root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRecord {
+    pub state: PutState,
+    /// Name of what was put (file or directory name).
+    pub name: String,
+    /// Seconds since the epoch when the put started.
+    pub started: u64,
+    /// The root chunk and its key once committed.
+    pub root: Option<(ChunkId, ChunkKey)>,
+    /// Plaintext bytes of file content under the root.
+    pub bytes: u64,
+}
+
+/// A failure of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("metadata database is missing column family {0}")]
+    MissingColumnFamily(&'static str),
+    #[error("corrupt {what} record in the metadata database: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// The RocksDB metadata database of a data directory.
+pub struct MetaDb {
+    db: DB,
+}
+
+impl std::fmt::Debug for MetaDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaDb")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    // Serialising plain structs into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(value).unwrap_or_default());
+    out
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, MetaError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt {
+            what,
+            detail: e.to_string(),
+        }),
+        Some((v, _)) => Err(MetaError::Corrupt {
+            what,
+            detail: format!("unknown format version {v}"),
+        }),
+        None => Err(MetaError::Corrupt {
+            what,
+            detail: "empty value".into(),
+        }),
+    }
+}
+
+fn chunk_from_key(key: &[u8]) -> Option<ChunkId> {
+    key.get(..32)?.try_into().ok().map(ChunkId)
+}
+
+impl MetaDb {
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, MetaError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(MetaError::MissingColumnFamily(name))
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, MetaError> {
+        match self.db.get_cf(self.cf(CF_CHUNKS)?, id.as_bytes())? {
+            Some(v) => decode("chunk", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Record that `chunk` is stored and used by `owner`.
+    pub fn add_chunk(
+        &self,
+        id: &ChunkId,
+        record: &ChunkRecord,
+        owner: &OwnerId,
+    ) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
+        batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Record that `owner` uses an already stored chunk.
+    pub fn add_ref(&self, id: &ChunkId, owner: &OwnerId) -> Result<(), MetaError> {
+        self.db.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), [])?;
+        Ok(())
+    }
+
+    pub fn put_record(&self, owner: &OwnerId) -> Result<Option<PutRecord>, MetaError> {
+        match self.db.get_cf(self.cf(CF_PUTS)?, owner)? {
+            Some(v) => decode("put", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Write a put record; `durable` waits for the write-ahead log to reach the disk.
+    pub fn set_put(
+        &self,
+        owner: &OwnerId,
+        record: &PutRecord,
+        durable: bool,
+    ) -> Result<(), MetaError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durable);
+        self.db
+            .put_cf_opt(self.cf(CF_PUTS)?, owner, encode(record), &opts)?;
+        Ok(())
+    }
+
+    pub fn delete_put(&self, owner: &OwnerId) -> Result<(), MetaError> {
+        self.db.delete_cf(self.cf(CF_PUTS)?, owner)?;
+        Ok(())
+    }
+
+    /// Every put record.
+    pub fn puts(&self) -> Result<Vec<(OwnerId, PutRecord)>, MetaError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PUTS)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let owner: OwnerId = k.as_ref().try_into().map_err(|_| MetaError::Corrupt {
+                what: "put key",
+                detail: format!("{} bytes", k.len()),
+            })?;
+            out.push((owner, decode("put", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every (chunk, owner) reference.
+    pub fn refs(&self) -> Result<Vec<(ChunkId, OwnerId)>, MetaError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_REFS)?, IteratorMode::Start) {
+            let (k, _) = item?;
+            let parsed = chunk_from_key(&k).zip(k.get(32..48).and_then(|o| o.try_into().ok()));
+            let (chunk, owner) = parsed.ok_or_else(|| MetaError::Corrupt {
+                what: "reference key",
+                detail: format!("{} bytes", k.len()),
+            })?;
+            out.push((chunk, owner));
+        }
+        Ok(out)
+    }
+
+    pub fn delete_ref(&self, id: &ChunkId, owner: &OwnerId) -> Result<(), MetaError> {
+        self.db.delete_cf(self.cf(CF_REFS)?, ref_key(id, owner))?;
+        Ok(())
+    }
+
+    /// Every chunk id in the index.
+    pub fn chunk_ids(&self) -> Result<Vec<ChunkId>, MetaError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHUNKS)?, IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            out.push(chunk_from_key(&k).ok_or_else(|| MetaError::Corrupt {
+                what: "chunk key",
+                detail: format!("{} bytes", k.len()),
+            })?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_chunk(&self, id: &ChunkId) -> Result<(), MetaError> {
+        self.db.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?;
+        Ok(())
+    }
+}
+
+fn ref_key(id: &ChunkId, owner: &OwnerId) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..32].copy_from_slice(id.as_bytes());
+    key[32..].copy_from_slice(owner);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_in_a_real_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        let id = ChunkId([3; 32]);
+        let rec = ChunkRecord {
+            layout: Layout::Erasure { data: 4, parity: 2 },
+            len: 1234,
+        };
+        db.add_chunk(&id, &rec, &[1; 16]).unwrap();
+        db.add_ref(&id, &[2; 16]).unwrap();
+        assert_eq!(db.chunk(&id).unwrap(), Some(rec));
+        assert_eq!(db.refs().unwrap(), vec![(id, [1; 16]), (id, [2; 16])]);
+        let put = PutRecord {
+            state: PutState::Pending,
+            name: "x".into(),
+            started: 5,
+            root: None,
+            bytes: 0,
+        };
+        db.set_put(&[1; 16], &put, true).unwrap();
+        drop(db);
+        let db = MetaDb::open(dir.path()).unwrap();
+        assert_eq!(db.puts().unwrap(), vec![([1; 16], put)]);
+        assert_eq!(db.chunk_ids().unwrap(), vec![id]);
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_not_panics() {
+        assert!(decode::<ChunkRecord>("chunk", &[]).is_err());
+        assert!(decode::<ChunkRecord>("chunk", &[9, 1, 2]).is_err());
+        assert!(decode::<ChunkRecord>("chunk", &[FORMAT_V1, 200]).is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! One data directory opened for use: exclusive lock, configuration, volume secret, shard store
+//! and metadata database; put transactions and garbage collection.
+//!
+//! Layout of `DATA/`: `lock` (held while open), `config.toml` (optional), `volume.key` (the
+//! volume secret, mode 0600), `meta/` (RocksDB), `shards/`, `tmp/`.
+//!
+//! Crash safety of a put: the put is recorded `Pending` before its first chunk, every chunk it
+//! uses is referenced by its owner id, and only after all shards are synced is the put made
+//! `Committed` (a synchronous RocksDB write). A put interrupted at any point leaves a pending
+//! record; the next open runs garbage collection, which drops pending puts and every chunk and
+//! shard file that no committed put refers to.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dfs_placement::ChunkId;
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::{ChunkKey, VolumeSecret};
+use crate::meta::{MetaDb, MetaError, OwnerId, PutRecord, PutState};
+use crate::store::{ShardStore, StoreError};
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {path} cannot be used: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("data directory {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("data directory {path} is in use by another dfs process")]
+    Locked { path: PathBuf },
+    #[error("volume secret {path} is invalid: expected 32 bytes, found {len}")]
+    BadSecret { path: PathBuf, len: usize },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("recovering from an interrupted put: {0}")]
+    Recovery(#[source] Box<GcError>),
+}
+
+/// Why garbage collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub interrupted_puts: usize,
+    pub chunks_removed: usize,
+    pub shard_files_removed: usize,
+    pub bytes_freed: u64,
+}
+
+/// An open data directory.
+#[derive(Debug)]
+pub struct Repo {
+    path: PathBuf,
+    config: Config,
+    secret: VolumeSecret,
+    store: ShardStore,
+    meta: MetaDb,
+    /// Held for the lifetime of the repo: one process per data directory.
+    _lock: File,
+    /// Set when opening had to clean up after an interrupted put.
+    recovered: Option<GcReport>,
+}
+
+/// A put in progress. Chunks stored under it are collected unless it is committed.
+#[derive(Debug)]
+pub struct PutSession {
+    owner: OwnerId,
+    record: PutRecord,
+}
+
+impl PutSession {
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Repo {
+    /// Open (creating if needed) the data directory at `path`.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let dir_err = |source| OpenError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        match fs::metadata(path) {
+            Ok(m) if !m.is_dir() => {
+                return Err(OpenError::NotADirectory {
+                    path: path.to_path_buf(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).map_err(dir_err)?
+            }
+            Err(e) => return Err(dir_err(e)),
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        let config = Config::load(&path.join("config.toml"))?;
+        let secret = load_or_create_secret(&path.join("volume.key"))?;
+        let store = ShardStore::open(path)?;
+        let meta = MetaDb::open(&path.join("meta"))?;
+        let mut repo = Self {
+            path: path.to_path_buf(),
+            config,
+            secret,
+            store,
+            meta,
+            _lock: lock,
+            recovered: None,
+        };
+        let interrupted = repo
+            .meta
+            .puts()?
+            .iter()
+            .any(|(_, p)| p.state == PutState::Pending);
+        if interrupted {
+            let report = repo.gc().map_err(|e| OpenError::Recovery(Box::new(e)))?;
+            tracing::warn!(?report, "cleaned up after an interrupted put");
+            repo.recovered = Some(report);
+        }
+        Ok(repo)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replace the configuration for this process (e.g. a command-line override).
+    pub fn set_config(&mut self, config: Config) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    pub(crate) fn secret(&self) -> &VolumeSecret {
+        &self.secret
+    }
+
+    pub fn store(&self) -> &ShardStore {
+        &self.store
+    }
+
+    pub fn meta(&self) -> &MetaDb {
+        &self.meta
+    }
+
+    /// The cleanup done at open time after an interrupted put, if any.
+    pub fn recovered(&self) -> Option<&GcReport> {
+        self.recovered.as_ref()
+    }
+
+    /// Start a put named `name`.
+    pub fn begin_put(&self, name: &str) -> Result<PutSession, MetaError> {
+        let owner: OwnerId = rand::random();
+        let record = PutRecord {
+            state: PutState::Pending,
+            name: name.to_string(),
+            started: now_secs(),
+            root: None,
+            bytes: 0,
+        };
+        self.meta.set_put(&owner, &record, true)?;
+        Ok(PutSession { owner, record })
+    }
+
+    /// Make a put durable and visible: sync every shard, then record the root.
+    pub fn commit_put(
+        &self,
+        mut session: PutSession,
+        root: (ChunkId, ChunkKey),
+        bytes: u64,
+    ) -> Result<PutRecord, GcError> {
+        self.store.sync()?;
+        session.record.state = PutState::Committed;
+        session.record.root = Some(root);
+        session.record.bytes = bytes;
+        self.meta.set_put(&session.owner, &session.record, true)?;
+        Ok(session.record)
+    }
+
+    /// Give up a put and reclaim what it stored that nothing else uses.
+    pub fn abort_put(&self, session: PutSession) -> Result<GcReport, GcError> {
+        drop(session);
+        self.gc()
+    }
+
+    /// Committed puts, oldest first.
+    pub fn list_puts(&self) -> Result<Vec<(OwnerId, PutRecord)>, MetaError> {
+        let mut puts: Vec<_> = self
+            .meta
+            .puts()?
+            .into_iter()
+            .filter(|(_, p)| p.state == PutState::Committed)
+            .collect();
+        puts.sort_by_key(|(_, p)| p.started);
+        Ok(puts)
+    }
+
+    /// Forget every committed put whose root is `root`; their chunks become garbage unless other
+    /// puts use them. Returns how many puts were forgotten.
+    pub fn forget_root(&self, root: &ChunkId) -> Result<usize, MetaError> {
+        let mut forgotten = 0;
+        for (owner, put) in self.meta.puts()? {
+            if put.root.is_some_and(|(id, _)| id == *root) {
+                self.meta.delete_put(&owner)?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Remove every chunk, shard file and reference that no committed put needs. Must not run
+    /// while a put is in progress in this process (it would collect that put's chunks).
+    pub fn gc(&self) -> Result<GcReport, GcError> {
+        let mut report = GcReport::default();
+        let mut committed: HashSet<OwnerId> = HashSet::new();
+        for (owner, put) in self.meta.puts()? {
+            match put.state {
+                PutState::Committed => {
+                    committed.insert(owner);
+                }
+                PutState::Pending => {
+                    self.meta.delete_put(&owner)?;
+                    report.interrupted_puts += 1;
+                }
+            }
+        }
+        let mut live: HashSet<ChunkId> = HashSet::new();
+        for (chunk, owner) in self.meta.refs()? {
+            if committed.contains(&owner) {
+                live.insert(chunk);
+            } else {
+                self.meta.delete_ref(&chunk, &owner)?;
+            }
+        }
+        for chunk in self.meta.chunk_ids()? {
+            if !live.contains(&chunk) {
+                self.meta.delete_chunk(&chunk)?;
+                report.chunks_removed += 1;
+            }
+        }
+        for shard in self.store.list()? {
+            match shard {
+                Ok(s) if live.contains(&s.chunk) => {}
+                Ok(s) => {
+                    report.bytes_freed += self.store.remove(&s.chunk, s.index)?;
+                    report.shard_files_removed += 1;
+                }
+                Err(path) => {
+                    tracing::warn!(path = %path.display(), "unexpected file in the shard store; left alone")
+                }
+            }
+        }
+        report.bytes_freed += self.store.clean_tmp()?;
+        Ok(report)
+    }
+}
+
+fn load_or_create_secret(path: &Path) -> Result<VolumeSecret, OpenError> {
+    let err = |source| OpenError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    match File::open(path) {
+        Ok(mut file) => {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(err)?;
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| OpenError::BadSecret {
+                    path: path.to_path_buf(),
+                    len: bytes.len(),
+                })?;
+            Ok(VolumeSecret::from_bytes(arr))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let bytes = VolumeSecret::generate();
+            let tmp = path.with_extension("tmp");
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            file.write_all(&bytes).map_err(err)?;
+            file.sync_all().map_err(err)?;
+            fs::rename(&tmp, path).map_err(err)?;
+            Ok(VolumeSecret::from_bytes(bytes))
+        }
+        Err(e) => Err(err(e)),
+    }
+}

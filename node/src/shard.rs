@@ -1,0 +1,211 @@
+//! The on-disk and on-wire form of one shard: a fixed header, the body, and a blake3 over both.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "DFSSHRD1" (format version 1)
+//!      8    32  chunk id (blake3 of the chunk's ciphertext)
+//!     40     1  layout kind (0 = replicated, 1 = erasure)
+//!     41     1  copies, or data shard count
+//!     42     1  0, or parity shard count
+//!     43     1  shard index
+//!     44     4  chunk ciphertext length, little endian
+//!     48    32  blake3 of bytes 0..48 followed by the body
+//!     80     -  body
+//! ```
+//! The hash covers the header, so a flipped bit anywhere in the file is detected; the chunk id is
+//! checked again after decoding, so even a shard forged with a matching hash cannot pass.
+
+use dfs_placement::{ChunkId, Layout};
+
+pub const MAGIC: &[u8; 8] = b"DFSSHRD1";
+pub const HEADER_LEN: usize = 80;
+const HASHED_HEADER_LEN: usize = 48;
+
+/// What a shard header says about the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub chunk: ChunkId,
+    pub layout: Layout,
+    pub index: u8,
+    pub chunk_len: u32,
+}
+
+/// Why shard bytes were rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardDefect {
+    #[error("too short ({len} bytes) to hold a shard header")]
+    Truncated { len: usize },
+    #[error("not a dfs shard (bad magic or unknown format version)")]
+    BadMagic,
+    #[error("invalid layout in header")]
+    BadLayout,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("belongs to chunk {found}, expected {expected}")]
+    WrongChunk { found: ChunkId, expected: ChunkId },
+    #[error("is shard {found}, expected shard {expected}")]
+    WrongIndex { found: u8, expected: u8 },
+    #[error("body is {got} bytes, expected {expected} for its layout")]
+    BodyLength { got: usize, expected: usize },
+}
+
+impl ShardHeader {
+    /// The header (with its checksum) for `body`; the file is this followed by the body.
+    pub fn seal(&self, body: &[u8]) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..40].copy_from_slice(self.chunk.as_bytes());
+        let (kind, a, b) = match self.layout {
+            Layout::Replicated { copies } => (0u8, copies, 0u8),
+            Layout::Erasure { data, parity } => (1u8, data, parity),
+        };
+        out[40..44].copy_from_slice(&[kind, a, b, self.index]);
+        out[44..48].copy_from_slice(&self.chunk_len.to_le_bytes());
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&out[..HASHED_HEADER_LEN]);
+        hasher.update(body);
+        out[HASHED_HEADER_LEN..].copy_from_slice(hasher.finalize().as_bytes());
+        out
+    }
+
+    /// Serialise header and body into one shard file image.
+    pub fn encode(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = self.seal(body).to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Parse and fully verify a shard file image; returns the header and the body.
+    pub fn decode(bytes: &[u8]) -> Result<(ShardHeader, &[u8]), ShardDefect> {
+        if bytes.len() < HEADER_LEN {
+            return Err(ShardDefect::Truncated { len: bytes.len() });
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(ShardDefect::BadMagic);
+        }
+        let body = &bytes[HEADER_LEN..];
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bytes[..HASHED_HEADER_LEN]);
+        hasher.update(body);
+        if hasher.finalize().as_bytes() != &bytes[HASHED_HEADER_LEN..HEADER_LEN] {
+            return Err(ShardDefect::Checksum);
+        }
+        let mut chunk = [0u8; 32];
+        chunk.copy_from_slice(&bytes[8..40]);
+        let layout = match bytes[40] {
+            0 => Layout::Replicated { copies: bytes[41] },
+            1 => Layout::Erasure {
+                data: bytes[41],
+                parity: bytes[42],
+            },
+            _ => return Err(ShardDefect::BadLayout),
+        };
+        let layout = layout.validate().map_err(|_| ShardDefect::BadLayout)?;
+        let index = bytes[43];
+        if index as usize >= layout.shard_count() {
+            return Err(ShardDefect::BadLayout);
+        }
+        let chunk_len = u32::from_le_bytes([bytes[44], bytes[45], bytes[46], bytes[47]]);
+        let expected = layout.shard_len(chunk_len as usize);
+        if body.len() != expected {
+            return Err(ShardDefect::BodyLength {
+                got: body.len(),
+                expected,
+            });
+        }
+        let header = ShardHeader {
+            chunk: ChunkId(chunk),
+            layout,
+            index,
+            chunk_len,
+        };
+        Ok((header, body))
+    }
+
+    /// Decode and check that the shard is the one we asked for.
+    pub fn decode_expected(
+        bytes: &[u8],
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<(ShardHeader, &[u8]), ShardDefect> {
+        let (header, body) = Self::decode(bytes)?;
+        if header.chunk != chunk {
+            return Err(ShardDefect::WrongChunk {
+                found: header.chunk,
+                expected: chunk,
+            });
+        }
+        if header.index != index {
+            return Err(ShardDefect::WrongIndex {
+                found: header.index,
+                expected: index,
+            });
+        }
+        Ok((header, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(body_len_chunk: u32) -> (ShardHeader, Vec<u8>) {
+        let layout = Layout::Erasure { data: 4, parity: 2 };
+        let header = ShardHeader {
+            chunk: ChunkId([9; 32]),
+            layout,
+            index: 5,
+            chunk_len: body_len_chunk,
+        };
+        let body = vec![0xAB; layout.shard_len(body_len_chunk as usize)];
+        (header, body)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (header, body) = sample(1000);
+        let bytes = header.encode(&body);
+        let (h, b) = ShardHeader::decode_expected(&bytes, header.chunk, 5).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(b, &body[..]);
+        assert!(matches!(
+            ShardHeader::decode_expected(&bytes, ChunkId([1; 32]), 5),
+            Err(ShardDefect::WrongChunk { .. })
+        ));
+        assert!(matches!(
+            ShardHeader::decode_expected(&bytes, header.chunk, 4),
+            Err(ShardDefect::WrongIndex { .. })
+        ));
+    }
+
+    proptest! {
+        /// Any single flipped bit anywhere in the file is rejected.
+        #[test]
+        fn any_flip_is_detected(len in 1u32..5000, pos in any::<usize>(), bit in 0u8..8) {
+            let (header, body) = sample(len);
+            let mut bytes = header.encode(&body);
+            let i = pos % bytes.len();
+            bytes[i] ^= 1 << bit;
+            prop_assert!(ShardHeader::decode(&bytes).is_err());
+        }
+
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = ShardHeader::decode(&bytes);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = ShardHeader::decode(&with_magic);
+        }
+
+        /// Truncation at any point is rejected.
+        #[test]
+        fn truncation_is_detected(len in 1u32..3000, cut in any::<usize>()) {
+            let (header, body) = sample(len);
+            let bytes = header.encode(&body);
+            let keep = cut % bytes.len();
+            prop_assert!(ShardHeader::decode(&bytes[..keep]).is_err());
+        }
+    }
+}

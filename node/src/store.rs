@@ -1,0 +1,256 @@
+//! The local shard store: one file per shard under `DATA/shards/<2 hex>/<chunk id>.<index>`.
+//!
+//! Writes go to `DATA/tmp/` and are renamed into place, so a shard file is either absent or
+//! complete; a crash can leave only temporary files, which [`ShardStore::clean_tmp`] removes.
+//! Durability is batched: [`ShardStore::sync`] flushes the whole filesystem once per put
+//! (syncfs), far cheaper than an fsync per shard.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dfs_placement::ChunkId;
+
+/// An I/O failure in the store, with the path it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct StoreError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StoreError {
+    fn new(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the disk is full (ENOSPC or EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        )
+    }
+}
+
+/// Counters of the bytes that went through the store since it was opened.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub shard_bytes_written: AtomicU64,
+    pub shard_bytes_read: AtomicU64,
+    pub shards_written: AtomicU64,
+}
+
+/// A directory of shard files.
+#[derive(Debug)]
+pub struct ShardStore {
+    shards: PathBuf,
+    tmp: PathBuf,
+    counters: StoreCounters,
+}
+
+/// One shard file found by [`ShardStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredShard {
+    pub chunk: ChunkId,
+    pub index: u8,
+    pub bytes: u64,
+}
+
+impl ShardStore {
+    /// Open (creating if needed) the store under `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let shards = root.join("shards");
+        let tmp = root.join("tmp");
+        for dir in [&shards, &tmp] {
+            fs::create_dir_all(dir).map_err(|e| StoreError::new("cannot create", dir, e))?;
+        }
+        for byte in 0..=255u8 {
+            let dir = shards.join(format!("{byte:02x}"));
+            fs::create_dir_all(&dir).map_err(|e| StoreError::new("cannot create", &dir, e))?;
+        }
+        Ok(Self {
+            shards,
+            tmp,
+            counters: StoreCounters::default(),
+        })
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    /// Where shard `index` of `chunk` lives.
+    pub fn path(&self, chunk: &ChunkId, index: u8) -> PathBuf {
+        let hex = chunk.to_hex();
+        self.shards.join(&hex[..2]).join(format!("{hex}.{index}"))
+    }
+
+    /// Write a shard file from its parts (header, body) atomically: temporary file, then rename.
+    pub fn write(&self, chunk: &ChunkId, index: u8, parts: &[&[u8]]) -> Result<(), StoreError> {
+        let dest = self.path(chunk, index);
+        let tmp = self.tmp.join(format!(
+            "{}.{index}.{}.{:x}",
+            chunk.to_hex(),
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let result = (|| {
+            let mut file =
+                File::create(&tmp).map_err(|e| StoreError::new("cannot create", &tmp, e))?;
+            for part in parts {
+                file.write_all(part)
+                    .map_err(|e| StoreError::new("cannot write", &tmp, e))?;
+            }
+            fs::rename(&tmp, &dest).map_err(|e| StoreError::new("cannot rename into", &dest, e))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        self.counters.shard_bytes_written.fetch_add(
+            parts.iter().map(|p| p.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        self.counters.shards_written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Read a shard file; `Ok(None)` when it does not exist.
+    pub fn read(&self, chunk: &ChunkId, index: u8) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(chunk, index);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                self.counters
+                    .shard_bytes_read
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::new("cannot read", &path, e)),
+        }
+    }
+
+    /// Size of a shard file, `None` when absent.
+    pub fn size(&self, chunk: &ChunkId, index: u8) -> Result<Option<u64>, StoreError> {
+        let path = self.path(chunk, index);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::new("cannot stat", &path, e)),
+        }
+    }
+
+    /// Remove a shard file; returns the bytes freed (0 if it was absent).
+    pub fn remove(&self, chunk: &ChunkId, index: u8) -> Result<u64, StoreError> {
+        let path = self.path(chunk, index);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::new("cannot stat", &path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::new("cannot remove", &path, e)),
+        }
+    }
+
+    /// Every shard file in the store, with files whose names are not shard names reported as
+    /// `Err(path)` so the caller can decide what to do with them.
+    pub fn list(&self) -> Result<Vec<Result<StoredShard, PathBuf>>, StoreError> {
+        let mut out = Vec::new();
+        for byte in 0..=255u8 {
+            let dir = self.shards.join(format!("{byte:02x}"));
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::new("cannot list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::new("cannot list", &dir, e))?;
+                let path = entry.path();
+                let parsed = entry.file_name().to_str().and_then(parse_shard_name);
+                match (parsed, entry.metadata()) {
+                    (Some((chunk, index)), Ok(meta)) => out.push(Ok(StoredShard {
+                        chunk,
+                        index,
+                        bytes: meta.len(),
+                    })),
+                    _ => out.push(Err(path)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove leftovers of interrupted writes; returns the bytes freed.
+    pub fn clean_tmp(&self) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        let entries =
+            fs::read_dir(&self.tmp).map_err(|e| StoreError::new("cannot list", &self.tmp, e))?;
+        for entry in entries.flatten() {
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if fs::remove_file(entry.path()).is_ok() {
+                freed += len;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Make every shard written so far durable (one syncfs for the filesystem holding the store).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dir = File::open(&self.shards)
+            .map_err(|e| StoreError::new("cannot open", &self.shards, e))?;
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc != 0 {
+            return Err(StoreError::new(
+                "cannot sync",
+                &self.shards,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_shard_name(name: &str) -> Option<(ChunkId, u8)> {
+    let (hex, index) = name.split_once('.')?;
+    Some((hex.parse().ok()?, index.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let id = ChunkId([0x5a; 32]);
+        assert_eq!(store.read(&id, 0).unwrap(), None);
+        store.write(&id, 3, &[b"hel", b"lo"]).unwrap();
+        assert_eq!(store.read(&id, 3).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(store.size(&id, 3).unwrap(), Some(5));
+        std::fs::write(dir.path().join("shards/5a/junk"), b"x").unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&Ok(StoredShard {
+            chunk: id,
+            index: 3,
+            bytes: 5
+        })));
+        assert_eq!(store.remove(&id, 3).unwrap(), 5);
+        assert_eq!(store.remove(&id, 3).unwrap(), 0);
+        store.sync().unwrap();
+    }
+}

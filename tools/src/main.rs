@@ -1,0 +1,27 @@
+//! `dfs`: the command-line tool. Parses arguments, opens the data directory, calls into the fs
+//! and node crates and prints results; every failure reaches the user as one `dfs: error:` line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" })
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
