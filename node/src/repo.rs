@@ -250,32 +250,28 @@ impl Repo {
 
     /// Remove every chunk, shard file and reference that no committed put needs. Must not run
     /// while a put is in progress in this process (it would collect that put's chunks).
+    ///
+    /// Files go first and metadata last: on a full disk, deleting files frees the space the
+    /// metadata writes need, and an interrupted collection is simply run again at the next open.
     pub fn gc(&self) -> Result<GcReport, GcError> {
         let mut report = GcReport::default();
         let mut committed: HashSet<OwnerId> = HashSet::new();
+        let mut pending = Vec::new();
         for (owner, put) in self.meta.puts()? {
             match put.state {
                 PutState::Committed => {
                     committed.insert(owner);
                 }
-                PutState::Pending => {
-                    self.meta.delete_put(&owner)?;
-                    report.interrupted_puts += 1;
-                }
+                PutState::Pending => pending.push(owner),
             }
         }
         let mut live: HashSet<ChunkId> = HashSet::new();
+        let mut dead_refs = Vec::new();
         for (chunk, owner) in self.meta.refs()? {
             if committed.contains(&owner) {
                 live.insert(chunk);
             } else {
-                self.meta.delete_ref(&chunk, &owner)?;
-            }
-        }
-        for chunk in self.meta.chunk_ids()? {
-            if !live.contains(&chunk) {
-                self.meta.delete_chunk(&chunk)?;
-                report.chunks_removed += 1;
+                dead_refs.push((chunk, owner));
             }
         }
         for shard in self.store.list()? {
@@ -285,12 +281,26 @@ impl Repo {
                     report.bytes_freed += self.store.remove(&s.chunk, s.index)?;
                     report.shard_files_removed += 1;
                 }
-                Err(path) => {
-                    tracing::warn!(path = %path.display(), "unexpected file in the shard store; left alone")
-                }
+                Err(path) => tracing::warn!(
+                    path = %path.display(),
+                    "unexpected file in the shard store; left alone"
+                ),
             }
         }
         report.bytes_freed += self.store.clean_tmp()?;
+        for chunk in self.meta.chunk_ids()? {
+            if !live.contains(&chunk) {
+                self.meta.delete_chunk(&chunk)?;
+                report.chunks_removed += 1;
+            }
+        }
+        for (chunk, owner) in dead_refs {
+            self.meta.delete_ref(&chunk, &owner)?;
+        }
+        for owner in pending {
+            self.meta.delete_put(&owner)?;
+            report.interrupted_puts += 1;
+        }
         Ok(report)
     }
 }

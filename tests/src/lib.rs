@@ -1,1 +1,175 @@
-//! placeholder
+//! Harness for end-to-end tests: runs the real `dfs` binary against throwaway data directories.
+//!
+//! `Dfs::new()` makes a temporary data directory; `dfs.run(&[...])` runs `dfs --data DIR ...`
+//! and returns its status, stdout and stderr. The binary is the one cargo built for this
+//! profile (`target/<profile>/dfs`), built on demand if missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Path of the `dfs` binary of this build profile.
+pub fn dfs_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/dfs
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps");
+        let bin = profile_dir.join("dfs");
+        if !bin.exists() {
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "-p", "dfs"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build -p dfs");
+            assert!(status.success(), "cargo build -p dfs failed");
+        }
+        bin
+    })
+}
+
+/// The captured result of one `dfs` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(out: Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panic with the whole output unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "dfs failed: {self:#?}");
+        self
+    }
+
+    /// Panic unless the command failed with a one-line error containing `needle`.
+    pub fn fails_with(self, needle: &str) -> Self {
+        assert_ne!(self.code, Some(0), "dfs should have failed: {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}: {self:#?}"
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("dfs: error"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected exactly one error line: {self:#?}"
+        );
+        self
+    }
+
+    /// The last line of stdout (where `put` prints the link).
+    pub fn last_line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or("")
+    }
+}
+
+/// A throwaway data directory and the files a test works with.
+pub struct Dfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Dfs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dfs {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("dfs-test-")
+                .tempdir()
+                .expect("create temp dir"),
+        }
+    }
+
+    /// The data directory given with `--data`.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A path for test files, next to the data directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write `config.toml` into the data directory.
+    pub fn configure(&self, toml: &str) {
+        std::fs::create_dir_all(self.data()).expect("create data dir");
+        std::fs::write(self.data().join("config.toml"), toml).expect("write config");
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(dfs_bin());
+        cmd.arg("--data").arg(self.data()).args(args);
+        cmd.env_remove("DFS_DATA").env_remove("DFS_LOG");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn dfs");
+        Run::from_output(out)
+    }
+
+    /// `dfs put PATH`, returning the link.
+    pub fn put(&self, path: &Path) -> String {
+        let run = self.run(&["put", path.to_str().expect("utf-8 path")]).ok();
+        let link = run.last_line().to_string();
+        assert!(link.starts_with("dfs://"), "no link in {run:#?}");
+        link
+    }
+
+    /// Every shard file in the store: (path, chunk hex, index).
+    pub fn shard_files(&self) -> Vec<(PathBuf, String, u8)> {
+        let mut out = Vec::new();
+        let root = self.data().join("shards");
+        for sub in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let Some((hex, idx)) = name.split_once('.') {
+                    if let Ok(idx) = idx.parse() {
+                        out.push((f.path(), hex.to_string(), idx));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Deterministic pseudo-random bytes (seeded), fast enough for hundreds of MiB.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; len];
+    rng.fill_bytes(&mut buf);
+    buf
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every check and test of dfs: formatting, clippy, and the whole workspace's tests
+# (unit, property and end-to-end tests through the real `dfs` binary).
+# Tests that need root (tmpfs for full-disk cases, later FUSE) run when this runs as root, as CI does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo build --locked -p dfs
+cargo test --workspace --locked -- --test-threads="${DFS_TEST_THREADS:-2}"
+echo "== all tests passed"
