@@ -136,10 +136,15 @@ pub fn put_path(repo: &Repo, path: &Path) -> Result<PutOutcome, SnapshotError> {
     let meta = fs::symlink_metadata(path).map_err(SnapshotError::io(path))?;
     let name = entry_name(path, &meta);
     let session = repo.begin_put(&String::from_utf8_lossy(&name))?;
-    let mut stats = PutStats::default();
-    let owner = *session.owner();
+    let mut ctx = PutContext {
+        repo,
+        owner: *session.owner(),
+        data_dir: fs::metadata(repo.path()).map(|m| (m.dev(), m.ino())).ok(),
+        stats: PutStats::default(),
+    };
+    let owner = ctx.owner;
     let stored = (|| {
-        let entry = put_entry(repo, &owner, path, name, &meta, &mut stats)?;
+        let entry = put_entry(&mut ctx, path, name, &meta)?;
         let record = RootRecord {
             format: FORMAT_V1,
             entry,
@@ -151,13 +156,13 @@ pub fn put_path(repo: &Repo, path: &Path) -> Result<PutOutcome, SnapshotError> {
     })();
     match stored {
         Ok(root) => {
-            repo.commit_put(session, (root.id, root.key), stats.bytes)?;
+            repo.commit_put(session, (root.id, root.key), ctx.stats.bytes)?;
             Ok(PutOutcome {
                 link: ShareLink {
                     root: root.id,
                     key: root.key,
                 },
-                stats,
+                stats: ctx.stats,
             })
         }
         Err(e) => {
@@ -181,20 +186,29 @@ fn entry_name(path: &Path, meta: &fs::Metadata) -> Vec<u8> {
         .map_or_else(|| b"root".to_vec(), |n| n.as_bytes().to_vec())
 }
 
+/// State of one put while it walks the tree.
+struct PutContext<'r> {
+    repo: &'r Repo,
+    owner: OwnerId,
+    /// (device, inode) of the data directory, which a put never descends into: storing the store
+    /// inside itself would never end.
+    data_dir: Option<(u64, u64)>,
+    stats: PutStats,
+}
+
 fn put_entry(
-    repo: &Repo,
-    owner: &OwnerId,
+    ctx: &mut PutContext,
     path: &Path,
     name: Vec<u8>,
     meta: &fs::Metadata,
-    stats: &mut PutStats,
 ) -> Result<Entry, SnapshotError> {
+    let (repo, owner) = (ctx.repo, ctx.owner);
     let file_type = meta.file_type();
     let kind = if file_type.is_file() {
         let mut file = File::open(path).map_err(SnapshotError::io(path))?;
-        let blob = write_blob(repo, owner, &mut file).map_err(SnapshotError::blob(path))?;
-        stats.files += 1;
-        stats.bytes += blob.size;
+        let blob = write_blob(repo, &owner, &mut file).map_err(SnapshotError::blob(path))?;
+        ctx.stats.files += 1;
+        ctx.stats.bytes += blob.size;
         EntryKind::File(blob)
     } else if file_type.is_dir() {
         let mut children: Vec<(OsString, PathBuf)> = fs::read_dir(path)
@@ -208,17 +222,16 @@ fn put_entry(
             let child_meta =
                 fs::symlink_metadata(&child_path).map_err(SnapshotError::io(&child_path))?;
             let t = child_meta.file_type();
-            if !(t.is_file() || t.is_dir() || t.is_symlink()) {
-                stats.skipped.push(child_path);
+            let is_data_dir = ctx.data_dir == Some((child_meta.dev(), child_meta.ino()));
+            if !(t.is_file() || t.is_dir() || t.is_symlink()) || is_data_dir {
+                ctx.stats.skipped.push(child_path);
                 continue;
             }
             entries.push(put_entry(
-                repo,
-                owner,
+                ctx,
                 &child_path,
                 child_name.into_vec(),
                 &child_meta,
-                stats,
             )?);
         }
         let listing = Listing {
@@ -228,12 +241,12 @@ fn put_entry(
         let bytes =
             postcard::to_stdvec(&listing).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
         let blob =
-            write_blob(repo, owner, &mut Cursor::new(bytes)).map_err(SnapshotError::blob(path))?;
-        stats.dirs += 1;
+            write_blob(repo, &owner, &mut Cursor::new(bytes)).map_err(SnapshotError::blob(path))?;
+        ctx.stats.dirs += 1;
         EntryKind::Dir(blob)
     } else if file_type.is_symlink() {
         let target = fs::read_link(path).map_err(SnapshotError::io(path))?;
-        stats.symlinks += 1;
+        ctx.stats.symlinks += 1;
         EntryKind::Symlink(target.into_os_string().into_vec())
     } else {
         return Err(SnapshotError::Io {
@@ -335,6 +348,14 @@ pub fn destination(
         Ok(m) if m.is_dir() => out.join(OsStr::from_bytes(name)),
         _ => out.to_path_buf(),
     };
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(SnapshotError::Io {
+                path: parent.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
+    }
     match fs::symlink_metadata(&dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(dest),
         Err(e) => Err(SnapshotError::Io {

@@ -278,3 +278,18 @@ impl UsageError for dfs_tests::Run {
         assert!(self.stderr.contains(needle), "{self:#?}");
     }
 }
+
+#[test]
+fn a_put_never_stores_the_data_directory_itself() {
+    let dfs = Dfs::new();
+    let tree = dfs.dir.path();
+    fs::write(dfs.path("note.txt"), b"next to the store").unwrap();
+    // The data directory lives inside the tree being stored.
+    let run = dfs.run(&["put", tree.to_str().unwrap()]).ok();
+    assert!(run.stderr.contains("skipped"), "{run:#?}");
+    let link = run.last_line().to_string();
+    let out = dfs.path("out");
+    dfs.run(&["get", &link, "-o", out.to_str().unwrap()]).ok();
+    assert_eq!(fs::read(out.join("note.txt")).unwrap(), b"next to the store");
+    assert!(!out.join("data").exists(), "the store must not be stored in itself");
+}
