@@ -73,14 +73,12 @@ impl Layout {
             })
         };
         match self {
-            Layout::Replicated { copies } if copies == 0 => bad("at least one copy is needed"),
+            Layout::Replicated { copies: 0 } => bad("at least one copy is needed"),
             Layout::Replicated { copies } if copies > MAX_SHARDS_PER_KIND => {
                 bad("at most 64 copies")
             }
-            Layout::Erasure { data, .. } if data == 0 => bad("at least one data shard is needed"),
-            Layout::Erasure { parity, .. } if parity == 0 => {
-                bad("at least one parity shard is needed")
-            }
+            Layout::Erasure { data: 0, .. } => bad("at least one data shard is needed"),
+            Layout::Erasure { parity: 0, .. } => bad("at least one parity shard is needed"),
             Layout::Erasure { data, parity }
                 if data > MAX_SHARDS_PER_KIND || parity > MAX_SHARDS_PER_KIND =>
             {

@@ -290,6 +290,12 @@ fn a_put_never_stores_the_data_directory_itself() {
     let link = run.last_line().to_string();
     let out = dfs.path("out");
     dfs.run(&["get", &link, "-o", out.to_str().unwrap()]).ok();
-    assert_eq!(fs::read(out.join("note.txt")).unwrap(), b"next to the store");
-    assert!(!out.join("data").exists(), "the store must not be stored in itself");
+    assert_eq!(
+        fs::read(out.join("note.txt")).unwrap(),
+        b"next to the store"
+    );
+    assert!(
+        !out.join("data").exists(),
+        "the store must not be stored in itself"
+    );
 }

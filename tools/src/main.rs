@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`dfs put x | head -1`) like other Unix tools, instead of
+    // reporting EPIPE as an error: Rust ignores SIGPIPE by default.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
