@@ -88,9 +88,13 @@ impl ReadReport {
     }
 }
 
-/// Fill `buf` (up to its capacity `want`) from `reader`; short only at end of input.
+/// Read up to `want` bytes from `reader`; short only at end of input. The buffer has room for
+/// the AEAD tag and the erasure padding, so encryption and encoding never reallocate (and copy)
+/// the chunk.
 fn read_chunk(reader: &mut dyn Read, want: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(want);
+    let headroom =
+        crate::crypto::TAG_LEN + 2 * dfs_placement::erasure::MAX_SHARDS_PER_KIND as usize;
+    let mut buf = Vec::with_capacity(want + headroom);
     reader.take(want as u64).read_to_end(&mut buf)?;
     Ok(buf)
 }
