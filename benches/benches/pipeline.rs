@@ -176,5 +176,59 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline, store_floor);
+/// The computing half of the write pipeline on every core, without the store: each worker seals
+/// (convergent key, encrypt, chunk id) and encodes (4+2 Reed-Solomon, shard checksums) whole
+/// 4 MiB chunks through the same functions `Repo::put_chunk` uses, recycling buffers as it does.
+/// Compare with the single-core kernels in `kernels.rs`: this is what the pipeline itself costs.
+fn pipeline_cpu(c: &mut Criterion) {
+    use dfs_node::chunk::{encode_shards, seal};
+    use dfs_node::VolumeSecret;
+    use dfs_placement::erasure::ShardCoder;
+    use std::sync::atomic::AtomicUsize;
+
+    let data = random_bytes(SIZE, 44);
+    let secret = VolumeSecret::from_bytes([5; 32]);
+    let layout = Layout::Erasure { data: 4, parity: 2 };
+    let mut g = group(c, "pipeline_256MiB", 10);
+    for workers in [0u32, 1] {
+        let threads = match workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        };
+        g.bench_function(format!("seal_and_encode/{}", label(workers)), |b| {
+            b.iter(|| {
+                let next = AtomicUsize::new(0);
+                std::thread::scope(|scope| {
+                    for _ in 0..threads {
+                        scope.spawn(|| {
+                            let mut coder = ShardCoder::default();
+                            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 256);
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                let Some(chunk) = data.get(i * CHUNK..(i + 1) * CHUNK) else {
+                                    break;
+                                };
+                                buf.clear();
+                                buf.extend_from_slice(chunk);
+                                let sealed = seal(&secret, std::mem::take(&mut buf));
+                                let shards = encode_shards(
+                                    &sealed.chunk.id,
+                                    sealed.ciphertext,
+                                    layout,
+                                    &mut coder,
+                                )
+                                .expect("encode");
+                                black_box(&shards.headers);
+                                buf = coder.recycle(shards.encoded);
+                            }
+                        });
+                    }
+                });
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pipeline_cpu, pipeline, store_floor);
 criterion_main!(benches);

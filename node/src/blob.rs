@@ -88,13 +88,15 @@ impl ReadReport {
     }
 }
 
-/// Read up to `want` bytes from `reader`; short only at end of input. The buffer has room for
-/// the AEAD tag and the erasure padding, so encryption and encoding never reallocate (and copy)
-/// the chunk.
-fn read_chunk(reader: &mut dyn Read, want: usize) -> io::Result<Vec<u8>> {
+/// Read up to `want` bytes from `reader` into `buf` (a recycled buffer, or a new one); short
+/// only at end of input. The buffer has room for the AEAD tag and the erasure padding, so
+/// encryption and encoding never reallocate (and copy) the chunk.
+fn read_chunk(reader: &mut dyn Read, want: usize, buf: Option<Vec<u8>>) -> io::Result<Vec<u8>> {
     let headroom =
         crate::crypto::TAG_LEN + 2 * dfs_placement::erasure::MAX_SHARDS_PER_KIND as usize;
-    let mut buf = Vec::with_capacity(want + headroom);
+    let mut buf = buf.unwrap_or_default();
+    buf.clear();
+    buf.reserve(want + headroom);
     reader.take(want as u64).read_to_end(&mut buf)?;
     Ok(buf)
 }
@@ -109,21 +111,27 @@ pub fn write_blob(
     let chunk_size = repo.config().storage.chunk_size as usize;
     let (job_tx, job_rx) = bounded::<(u64, Vec<u8>)>(workers);
     let (done_tx, done_rx) = unbounded::<(u64, Result<ChunkRef, ChunkError>)>();
+    // Chunk buffers come back from the workers to be filled again.
+    let (spare_tx, spare_rx) = unbounded::<Vec<u8>>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            let (job_rx, done_tx, spare_tx) = (job_rx.clone(), done_tx.clone(), spare_tx.clone());
             scope.spawn(move || {
                 let mut coder = ShardCoder::default();
                 for (seq, plain) in job_rx {
-                    if done_tx
-                        .send((seq, repo.put_chunk(owner, plain, &mut coder)))
-                        .is_err()
-                    {
+                    let done =
+                        repo.put_chunk_reusing(owner, plain, &mut coder)
+                            .map(|(chunk, buf)| {
+                                let _ = spare_tx.send(buf);
+                                chunk
+                            });
+                    if done_tx.send((seq, done)).is_err() {
                         break;
                     }
                 }
             });
         }
+        drop(spare_tx);
         drop((job_rx, done_tx));
         let mut tree = TreeBuilder::new(repo, *owner);
         let mut reorder = BTreeMap::new();
@@ -147,7 +155,8 @@ pub fn write_blob(
                 reorder.insert(seq, done);
                 accept(&mut reorder, &mut next, &mut tree)?;
             }
-            let plain = read_chunk(reader, chunk_size).map_err(BlobError::Read)?;
+            let plain = read_chunk(reader, chunk_size, spare_rx.try_recv().ok())
+                .map_err(BlobError::Read)?;
             let last = plain.len() < chunk_size;
             if !plain.is_empty() {
                 if job_tx.send((sent, plain)).is_err() {

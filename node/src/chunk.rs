@@ -1,14 +1,14 @@
 //! One chunk through the pipeline: encrypt, name, encode, store; and back: fetch shards, verify
 //! each, decode, check the chunk id, repair what was bad, decrypt.
 
-use dfs_placement::erasure::ShardCoder;
+use dfs_placement::erasure::{Encoded, ShardCoder};
 use dfs_placement::{ChunkId, EncodeError, Layout};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::ChunkKey;
+use crate::crypto::{ChunkKey, VolumeSecret};
 use crate::meta::{ChunkRecord, MetaError, OwnerId};
 use crate::repo::Repo;
-use crate::shard::{ShardDefect, ShardHeader};
+use crate::shard::{ShardDefect, ShardHeader, HEADER_LEN};
 use crate::store::StoreError;
 
 /// A reference to a chunk: enough to find it (id) and read it (key).
@@ -105,6 +105,57 @@ impl ChunkError {
 /// Highest shard index probed when a chunk has no index record.
 const MAX_PROBE: u8 = 128;
 
+/// A chunk encrypted under its convergent key and named by its ciphertext.
+#[derive(Debug)]
+pub struct SealedChunk {
+    pub chunk: ChunkRef,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Encrypt `plaintext` under the key derived from it and the volume secret, and name it by the
+/// blake3 of the ciphertext. Pure computation: the first half of storing a chunk.
+pub fn seal(secret: &VolumeSecret, plaintext: Vec<u8>) -> SealedChunk {
+    let len = plaintext.len() as u32;
+    let key = secret.chunk_key(&plaintext);
+    let ciphertext = key.encrypt(plaintext);
+    let id = ChunkId(*blake3::hash(&ciphertext).as_bytes());
+    SealedChunk {
+        chunk: ChunkRef { id, key, len },
+        ciphertext,
+    }
+}
+
+/// The shards of a chunk with their headers, ready to store or send.
+#[derive(Debug)]
+pub struct ShardSet {
+    pub encoded: Encoded,
+    pub headers: Vec<[u8; HEADER_LEN]>,
+}
+
+/// Cut a sealed chunk's ciphertext into the shards of `layout` and checksum each one (the second
+/// half of storing a chunk; pure computation).
+pub fn encode_shards(
+    id: &ChunkId,
+    ciphertext: Vec<u8>,
+    layout: Layout,
+    coder: &mut ShardCoder,
+) -> Result<ShardSet, EncodeError> {
+    let chunk_len = ciphertext.len() as u32;
+    let encoded = coder.encode(layout, ciphertext)?;
+    let headers = (0..encoded.shard_count())
+        .map(|index| {
+            ShardHeader {
+                chunk: *id,
+                layout,
+                index: index as u8,
+                chunk_len,
+            }
+            .seal(encoded.shard(index))
+        })
+        .collect();
+    Ok(ShardSet { encoded, headers })
+}
+
 impl Repo {
     /// Encrypt, name, encode and store one chunk for the put `owner`; skips the work of storing
     /// when the chunk is already present (convergent encryption makes equal content dedup).
@@ -114,51 +165,55 @@ impl Repo {
         plaintext: Vec<u8>,
         coder: &mut ShardCoder,
     ) -> Result<ChunkRef, ChunkError> {
-        let len = plaintext.len() as u32;
-        let key = self.secret().chunk_key(&plaintext);
-        let ciphertext = key.encrypt(plaintext);
-        let id = ChunkId(*blake3::hash(&ciphertext).as_bytes());
-        let chunk = ChunkRef { id, key, len };
-        if let Some(record) = self.meta().chunk(&id)? {
-            if self.all_shards_present(&id, &record)? {
-                self.meta().add_ref(&id, owner)?;
-                return Ok(chunk);
+        self.put_chunk_reusing(owner, plaintext, coder)
+            .map(|(chunk, _)| chunk)
+    }
+
+    /// [`Repo::put_chunk`], also handing back the chunk's buffer for the next chunk to reuse.
+    pub fn put_chunk_reusing(
+        &self,
+        owner: &OwnerId,
+        plaintext: Vec<u8>,
+        coder: &mut ShardCoder,
+    ) -> Result<(ChunkRef, Vec<u8>), ChunkError> {
+        let SealedChunk { chunk, ciphertext } = seal(self.secret(), plaintext);
+        if let Some(record) = self.meta().chunk(&chunk.id)? {
+            if self.all_shards_present(&chunk.id, &record)? {
+                self.meta().add_ref(&chunk.id, owner)?;
+                return Ok((chunk, ciphertext));
             }
         }
         let layout = self.config().storage.layout_for(ciphertext.len());
-        let record = self.store_ciphertext(&id, ciphertext, layout, coder, None)?;
-        self.meta().add_chunk(&id, &record, owner)?;
-        Ok(chunk)
+        let chunk_len = ciphertext.len() as u32;
+        let shards = encode_shards(&chunk.id, ciphertext, layout, coder)?;
+        self.write_shards(&chunk.id, &shards, None)?;
+        self.meta().add_chunk(
+            &chunk.id,
+            &ChunkRecord {
+                layout,
+                len: chunk_len,
+            },
+            owner,
+        )?;
+        Ok((chunk, coder.recycle(shards.encoded)))
     }
 
-    /// Encode `ciphertext` and write its shards (all of them, or only `only`).
-    fn store_ciphertext(
+    /// Write the shards of a set (all of them, or only the indices in `only`).
+    fn write_shards(
         &self,
         id: &ChunkId,
-        ciphertext: Vec<u8>,
-        layout: Layout,
-        coder: &mut ShardCoder,
+        shards: &ShardSet,
         only: Option<&[u8]>,
-    ) -> Result<ChunkRecord, ChunkError> {
-        let chunk_len = ciphertext.len() as u32;
-        let encoded = coder.encode(layout, ciphertext)?;
-        for index in 0..encoded.shard_count() as u8 {
+    ) -> Result<(), ChunkError> {
+        for (index, header) in shards.headers.iter().enumerate() {
+            let index = index as u8;
             if only.is_some_and(|o| !o.contains(&index)) {
                 continue;
             }
-            let body = encoded.shard(index as usize);
-            let header = ShardHeader {
-                chunk: *id,
-                layout,
-                index,
-                chunk_len,
-            };
-            self.store().write(id, index, &[&header.seal(body), body])?;
+            let body = shards.encoded.shard(index as usize);
+            self.store().write(id, index, &[header, body])?;
         }
-        Ok(ChunkRecord {
-            layout,
-            len: chunk_len,
-        })
+        Ok(())
     }
 
     fn all_shards_present(&self, id: &ChunkId, record: &ChunkRecord) -> Result<bool, ChunkError> {
@@ -287,7 +342,8 @@ impl Repo {
             .map(|(i, _)| i as u8)
             .collect();
         if repair && !bad.is_empty() {
-            self.store_ciphertext(id, ciphertext.clone(), layout, coder, Some(&bad))?;
+            let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
+            self.write_shards(id, &shards, Some(&bad))?;
             tracing::info!(chunk = %id.short(), shards = ?bad, "repaired shards");
             health.repaired = bad;
         }

@@ -163,6 +163,8 @@ impl Encoded {
 pub struct ShardCoder {
     encoder: Option<ReedSolomonEncoder>,
     decoder: Option<ReedSolomonDecoder>,
+    /// Parity buffers handed back by [`ShardCoder::recycle`], reused by the next encode.
+    spare_parity: Vec<Vec<u8>>,
 }
 
 impl ShardCoder {
@@ -198,13 +200,35 @@ impl ShardCoder {
             encoder.add_original_shard(shard).map_err(coder_err)?;
         }
         let result = encoder.encode().map_err(coder_err)?;
-        let recovery: Vec<Vec<u8>> = result.recovery_iter().map(<[u8]>::to_vec).collect();
+        let spare = &mut self.spare_parity;
+        let recovery: Vec<Vec<u8>> = result
+            .recovery_iter()
+            .map(|shard| {
+                let mut buf = spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(shard);
+                buf
+            })
+            .collect();
         Ok(Encoded {
             layout,
             padded: ciphertext,
             shard_len,
             parity: recovery,
         })
+    }
+
+    /// Take back an encoding's buffers: its parity buffers are kept for the next encode, and the
+    /// padded ciphertext buffer is returned for the caller to reuse. Fresh multi-MiB buffers cost
+    /// page faults on every chunk; reusing them keeps the write path out of the kernel.
+    pub fn recycle(&mut self, encoded: Encoded) -> Vec<u8> {
+        const MAX_SPARE: usize = 2 * MAX_SHARDS_PER_KIND as usize;
+        for buf in encoded.parity {
+            if self.spare_parity.len() < MAX_SPARE {
+                self.spare_parity.push(buf);
+            }
+        }
+        encoded.padded
     }
 
     /// Rebuild the `chunk_len`-byte ciphertext from whichever shards are present

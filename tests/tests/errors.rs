@@ -137,3 +137,27 @@ fn unknown_flags_and_help() {
         assert!(sub.stdout.contains("Usage: dfs"), "{sub:#?}");
     }
 }
+
+#[test]
+fn a_data_directory_without_permission_is_reported() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: switching to an unprivileged user needs root (CI runs as root)");
+        return;
+    }
+    let dfs = Dfs::new();
+    let f = dfs.path("f");
+    fs::write(&f, b"x").unwrap();
+    dfs.put(&f);
+    // The data directory (inside a 0700 temp dir owned by root) as the unprivileged `nobody`.
+    let run = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dfs_bin())
+        .args(["--data", dfs.data().to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
