@@ -75,6 +75,8 @@ pub enum SnapshotError {
     },
     #[error("the link's root is not a dfs snapshot: {0}")]
     Malformed(String),
+    #[error("the link points to a {kind}, which cannot be written to stdout; give -o DIR")]
+    NotAFile { kind: &'static str },
     #[error("{path} already exists (use --force to replace a file)")]
     Exists { path: PathBuf },
     #[error("{0}")]
@@ -407,9 +409,8 @@ pub fn cat_link(
         EntryKind::File(blob) => {
             read_blob(repo, blob, out, true).map_err(SnapshotError::blob(Path::new("-")))
         }
-        _ => Err(SnapshotError::Malformed(
-            "the link is a directory or symlink; give -o DIR to restore it".into(),
-        )),
+        EntryKind::Dir(_) => Err(SnapshotError::NotAFile { kind: "directory" }),
+        EntryKind::Symlink(_) => Err(SnapshotError::NotAFile { kind: "symlink" }),
     }
 }
 

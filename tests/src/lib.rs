@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// Path of the `dfs` binary of this build profile.
+/// Path of the `dfs` binary of this build profile, rebuilt once per test process so a test never
+/// runs a stale binary (`cargo test -p dfs-tests` alone does not rebuild other packages' binaries).
 pub fn dfs_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -18,17 +19,14 @@ pub fn dfs_bin() -> &'static Path {
             .parent()
             .and_then(Path::parent)
             .expect("test executable lives in target/<profile>/deps");
-        let bin = profile_dir.join("dfs");
-        if !bin.exists() {
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-p", "dfs"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build -p dfs");
-            assert!(status.success(), "cargo build -p dfs failed");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "dfs"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
         }
-        bin
+        let status = build.status().expect("run cargo build -p dfs");
+        assert!(status.success(), "cargo build -p dfs failed");
+        profile_dir.join("dfs")
     })
 }
 

@@ -154,6 +154,9 @@ fn directory_tree_round_trips_with_modes_mtimes_and_symlinks() {
     dfs.run(&["get", &link, "-o", renamed.to_str().unwrap()])
         .ok();
     assert_same_tree(&src, &renamed);
+    // A directory cannot go to stdout.
+    dfs.run(&["get", &link, "-o", "-"])
+        .fails_with("points to a directory");
     // verify sees every chunk healthy.
     let run = dfs.run(&["verify", &link]).ok();
     assert!(run.stdout.contains(" 0 damaged"), "{run:#?}");
