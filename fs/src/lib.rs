@@ -1,11 +1,20 @@
 //! dfs-fs: the filesystem layer, which turns directory trees into chunk trees and back.
 //!
-//! Today it owns snapshots ([`snapshot`]): a file, directory or symlink stored through the node's
+//! It owns snapshots ([`snapshot`]): a file, directory or symlink stored through the node's
 //! chunk pipeline as a tree of entries (name, mode, mtime, content), named by a share link
-//! ([`link`]) that carries the root chunk id and its key. The mounted volume (FUSE) grows here.
+//! ([`link`]) that carries the root chunk id and its key.
+//!
+//! And the mounted volume: [`model`] (inodes, directories, xattrs in RocksDB), [`file`]
+//! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
+//! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
+pub mod file;
+pub mod fuse;
 pub mod link;
+pub mod model;
+pub mod mount;
 pub mod snapshot;
+pub mod volume;
 
 pub use link::{LinkError, ShareLink};
 pub use snapshot::{GetOutcome, PutOutcome, SnapshotError, VerifyReport};

@@ -20,6 +20,21 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+impl ChunkRef {
+    /// A run of `len` zero bytes that is not stored at all (a hole in a sparse file).
+    pub fn hole(len: u32) -> Self {
+        Self {
+            id: ChunkId([0; 32]),
+            key: ChunkKey([0; 32]),
+            len,
+        }
+    }
+
+    pub fn is_hole(&self) -> bool {
+        self.id.0 == [0; 32]
+    }
+}
+
 /// The state of one shard slot of a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardState {
@@ -234,6 +249,15 @@ impl Repo {
         coder: &mut ShardCoder,
         repair: bool,
     ) -> Result<(Vec<u8>, ChunkHealth), ChunkError> {
+        if chunk.is_hole() {
+            let health = ChunkHealth {
+                id: chunk.id,
+                layout: Some(Layout::Replicated { copies: 1 }),
+                shards: vec![ShardState::Ok],
+                repaired: Vec::new(),
+            };
+            return Ok((vec![0; chunk.len as usize], health));
+        }
         let (ciphertext, health) = self.inspect_chunk(&chunk.id, coder, repair)?;
         let ciphertext = match ciphertext {
             Some(c) => c,

@@ -8,12 +8,17 @@
 //! - `puts`: owner id -> [`PutRecord`]. A put is `Pending` until its root is durable, then
 //!   `Committed`; pending puts found at open time were interrupted and are collected.
 //!
+//! - `fs_inodes`, `fs_dirents`, `fs_xattrs`, `fs_meta`: the filesystem's own tables, opaque
+//!   here; the fs crate owns their schema and reaches them through [`FsTable`] and [`FsBatch`].
+//!
 //! Every value starts with a format version byte so later versions can migrate.
 
 use std::path::Path;
 
 use dfs_placement::{ChunkId, Layout};
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::crypto::ChunkKey;
@@ -22,6 +27,56 @@ const CF_CHUNKS: &str = "chunks";
 const CF_REFS: &str = "refs";
 const CF_PUTS: &str = "puts";
 const FORMAT_V1: u8 = 1;
+
+/// The tables the filesystem layer keeps in this database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsTable {
+    Inodes,
+    Dirents,
+    Xattrs,
+    Meta,
+}
+
+impl FsTable {
+    const ALL: [FsTable; 4] = [
+        FsTable::Inodes,
+        FsTable::Dirents,
+        FsTable::Xattrs,
+        FsTable::Meta,
+    ];
+
+    fn cf_name(self) -> &'static str {
+        match self {
+            FsTable::Inodes => "fs_inodes",
+            FsTable::Dirents => "fs_dirents",
+            FsTable::Xattrs => "fs_xattrs",
+            FsTable::Meta => "fs_meta",
+        }
+    }
+}
+
+/// A key and its value, as scanned from a table.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// A set of filesystem-table changes applied atomically by [`MetaDb::fs_write`].
+#[derive(Default)]
+pub struct FsBatch {
+    ops: Vec<(FsTable, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl FsBatch {
+    pub fn put(&mut self, table: FsTable, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((table, key.into(), Some(value.into())));
+    }
+
+    pub fn delete(&mut self, table: FsTable, key: impl Into<Vec<u8>>) {
+        self.ops.push((table, key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
 
 /// The id of one put (a write transaction).
 pub type OwnerId = [u8; 16];
@@ -115,6 +170,7 @@ impl MetaDb {
         opts.set_keep_log_file_num(4);
         let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS]
             .into_iter()
+            .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self { db })
@@ -231,6 +287,60 @@ impl MetaDb {
 
     pub fn delete_chunk(&self, id: &ChunkId) -> Result<(), MetaError> {
         self.db.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?;
+        Ok(())
+    }
+}
+
+impl MetaDb {
+    /// One value of a filesystem table.
+    pub fn fs_get(&self, table: FsTable, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(self.db.get_cf(self.cf(table.cf_name())?, key)?)
+    }
+
+    /// Apply a batch atomically; `durable` waits for the write-ahead log to reach the disk.
+    pub fn fs_write(&self, batch: FsBatch, durable: bool) -> Result<(), MetaError> {
+        let mut wb = WriteBatch::default();
+        for (table, key, value) in batch.ops {
+            let cf = self.cf(table.cf_name())?;
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durable);
+        self.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
+    /// Entries of a table whose keys start with `prefix`, in key order, starting after
+    /// `after` (a full key) when given, at most `limit` of them.
+    pub fn fs_scan(
+        &self,
+        table: FsTable,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, MetaError> {
+        let start = after.unwrap_or(prefix);
+        let mode = IteratorMode::From(start, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(table.cf_name())?, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| a == &k[..]) {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Make every write so far durable.
+    pub fn sync_wal(&self) -> Result<(), MetaError> {
+        self.db.flush_wal(true)?;
         Ok(())
     }
 }

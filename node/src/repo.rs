@@ -77,6 +77,11 @@ pub struct Repo {
     recovered: Option<GcReport>,
 }
 
+/// The owner of every chunk written through a mounted volume: a permanently committed put, so
+/// plain garbage collection never removes volume data (the filesystem layer decides what its
+/// chunks are).
+pub const VOLUME_OWNER: OwnerId = [0xff; 16];
+
 /// A put in progress. Chunks stored under it are collected unless it is committed.
 #[derive(Debug)]
 pub struct PutSession {
@@ -186,6 +191,21 @@ impl Repo {
     /// The cleanup done at open time after an interrupted put, if any.
     pub fn recovered(&self) -> Option<&GcReport> {
         self.recovered.as_ref()
+    }
+
+    /// Make sure the volume owner's record exists (see [`VOLUME_OWNER`]).
+    pub fn ensure_volume_owner(&self) -> Result<(), MetaError> {
+        if self.meta.put_record(&VOLUME_OWNER)?.is_none() {
+            let record = PutRecord {
+                state: PutState::Committed,
+                name: "(mounted volume)".into(),
+                started: now_secs(),
+                root: None,
+                bytes: 0,
+            };
+            self.meta.set_put(&VOLUME_OWNER, &record, true)?;
+        }
+        Ok(())
     }
 
     /// Start a put named `name`.

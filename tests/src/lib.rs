@@ -171,3 +171,123 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     rng.fill_bytes(&mut buf);
     buf
 }
+
+/// A running `dfs mount` of a [`Dfs`] data directory; unmounted (and waited for) on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// Whether `path` is a mount point right now (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let path = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| p == path))
+}
+
+/// Whether FUSE mounts can work here (root and /dev/fuse); tests print why they skip otherwise.
+pub fn fuse_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("skipping: FUSE tests need root and /dev/fuse (CI runs them as root)");
+    }
+    ok
+}
+
+impl Dfs {
+    /// Mount the data directory at `<tmp>/<name>` and wait until the mount is live.
+    pub fn mount(&self, name: &str) -> Mount {
+        let path = self.path(name);
+        std::fs::create_dir_all(&path).expect("create mount point");
+        self.mount_at(&path, &[])
+    }
+
+    /// Mount at an existing `path` with extra arguments.
+    pub fn mount_at(&self, path: &Path, extra: &[&str]) -> Mount {
+        let mut args = vec!["mount", path.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let child = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dfs mount");
+        let mut mount = Mount {
+            path: path.to_path_buf(),
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !is_mounted(path) {
+            if let Some(status) = mount
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("dfs mount exited before mounting: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mount did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        mount
+    }
+}
+
+impl Mount {
+    /// `dfs umount`, then wait for the serving process to exit; returns its exit code.
+    pub fn unmount(mut self) -> Option<i32> {
+        self.stop()
+    }
+
+    /// Send `signal` to the serving process and wait for it; returns its exit status.
+    pub fn signal(mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("mount process");
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+        let status = child.wait().expect("wait for dfs mount");
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        status
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new(dfs_bin())
+            .args(["umount"])
+            .arg(&self.path)
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+                let _ = child.wait();
+                eprintln!("dfs mount did not exit after unmount; killed it");
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}

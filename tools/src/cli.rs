@@ -96,6 +96,34 @@ every chunk recoverable, 3 some data lost."
         /// The dfs:// link of the put to forget
         link: String,
     },
+    /// Mount the volume as a folder (stays in the foreground until unmounted)
+    #[command(
+        long_about = "Mount the data directory's volume at MOUNTPOINT with FUSE and serve \
+it in the foreground. Every file written there is cut into chunks, encrypted, erasure-coded and \
+stored like `dfs put` does; reads are verified. Ctrl-C, SIGTERM or `dfs umount MOUNTPOINT` \
+commits every open file and unmounts cleanly.\n\n\
+Mount options: the mount is `default_permissions` (the kernel checks modes and owners), \
+`noatime`, shown as `dfs` in /proc/mounts; --allow-other adds `allow_other`."
+    )]
+    Mount {
+        /// An existing, empty directory to mount on
+        mountpoint: PathBuf,
+        /// Mount even if MOUNTPOINT is not empty (its content is hidden while mounted)
+        #[arg(long)]
+        nonempty: bool,
+        /// Let other users access the mount (FUSE allow_other; non-root users need
+        /// user_allow_other in /etc/fuse.conf)
+        #[arg(long)]
+        allow_other: bool,
+        /// Threads serving filesystem requests [default: cores, at least 2]
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+    /// Unmount a dfs mount point (the mounting process commits and exits)
+    Umount {
+        /// The mount point given to `dfs mount`
+        mountpoint: PathBuf,
+    },
     /// Reclaim space: remove chunks and shard files that no stored put uses
     #[command(
         long_about = "Remove every chunk and shard file that no stored put refers to: \
@@ -207,6 +235,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 0 => bail!("no stored put has the root {}", link.root),
                 n => println!("forgot {n} put(s); run `dfs gc` to reclaim their space"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mount {
+            mountpoint,
+            nonempty,
+            allow_other,
+            threads,
+        } => {
+            // Check the mount point before touching the data directory, so a typo creates nothing.
+            dfs_fs::mount::check_mountpoint(&mountpoint, nonempty)?;
+            let signals = dfs_fs::mount::prepare_signals();
+            let repo = open_repo(args.data)?;
+            let data = repo.path().display().to_string();
+            let mut options = dfs_fs::mount::MountOptions {
+                allow_other,
+                nonempty,
+                ..Default::default()
+            };
+            if let Some(n) = threads {
+                options.threads = n;
+            }
+            dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
+                eprintln!(
+                    "dfs: mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
+                    mountpoint.display(),
+                    mountpoint.display()
+                );
+            })?;
+            eprintln!("dfs: unmounted {}", mountpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Umount { mountpoint } => {
+            dfs_fs::mount::unmount(&mountpoint)
+                .with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc => {

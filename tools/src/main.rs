@@ -18,7 +18,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" })
+                tracing_subscriber::EnvFilter::new(if args.verbose {
+                    "info,fuser=warn"
+                } else {
+                    // fuser warns when the mount it would undo is already gone (`dfs umount`).
+                    "warn,fuser=error"
+                })
             }),
         )
         .with_writer(std::io::stderr)
@@ -26,8 +31,22 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dfs: error: {e:#}");
+            eprintln!("dfs: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already holds
+/// (many errors quote their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
 }

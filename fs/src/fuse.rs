@@ -1,0 +1,764 @@
+//! The FUSE adapter: the only module that knows fuser. Each callback calls the [`Volume`] once
+//! and replies; every [`FsError`] becomes its errno in one place ([`errno`]).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time};
+use crate::volume::Volume;
+
+/// How long the kernel may cache attributes and entries. This mount is the only writer of its
+/// volume, so the kernel's view cannot go stale behind its back.
+const TTL: Duration = Duration::from_secs(1);
+const BLOCK: u32 = 4096;
+
+/// A mounted [`Volume`] as a fuser filesystem.
+pub struct DfsFs {
+    vol: Arc<Volume>,
+    /// Directory listings taken at opendir, so readdir offsets stay stable.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_handle: AtomicU64,
+}
+
+impl DfsFs {
+    pub fn new(vol: Arc<Volume>) -> Self {
+        Self {
+            vol,
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    if matches!(e.errno(), libc::EIO) {
+        tracing::error!(error = %e, "filesystem operation failed");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn attr(ino: Ino, inode: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: inode.size,
+        blocks: inode.size.div_ceil(512),
+        atime: inode.atime.to_system(),
+        mtime: inode.mtime.to_system(),
+        ctime: inode.ctime.to_system(),
+        crtime: inode.crtime.to_system(),
+        kind: file_type(inode.kind),
+        perm: inode.perm,
+        nlink: inode.nlink,
+        uid: inode.uid,
+        gid: inode.gid,
+        rdev: inode.rdev,
+        blksize: BLOCK,
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> Time {
+    match t {
+        TimeOrNow::Now => Time::now(),
+        TimeOrNow::SpecificTime(t) => Time::from_system(t),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl Filesystem for DfsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_BIG_WRITES
+                | fuser::InitFlags::FUSE_DO_READDIRPLUS
+                | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+                | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC
+                | fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.vol.flush_all() {
+            tracing::error!(error = %e, "flushing the volume at unmount failed");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.vol.lookup(parent.0, name.as_bytes()) {
+            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vol.attr(ino.0) {
+            Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            ctime: ctime.map(Time::from_system),
+        };
+        match self.vol.setattr(ino.0, &set) {
+            Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vol.attr(ino.0) {
+            Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = Kind::from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return reply.error(Errno::EINVAL);
+        }
+        let perm = (mode & !umask & 0o7777) as u16;
+        match self.vol.ns.create(
+            &self.vol.repo,
+            parent.0,
+            name.as_bytes(),
+            kind,
+            perm,
+            caller(req),
+            rdev,
+            &[],
+        ) {
+            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let perm = (mode & !umask & 0o7777) as u16;
+        match self.vol.ns.create(
+            &self.vol.repo,
+            parent.0,
+            name.as_bytes(),
+            Kind::Dir,
+            perm,
+            caller(req),
+            0,
+            &[],
+        ) {
+            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.vol.remove(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.vol.remove(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        if target.len() > libc::PATH_MAX as usize {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
+        match self.vol.ns.create(
+            &self.vol.repo,
+            parent.0,
+            link_name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            caller(req),
+            0,
+            target,
+        ) {
+            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.vol.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.contains(RenameFlags::RENAME_NOREPLACE),
+            flags.contains(RenameFlags::RENAME_EXCHANGE),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .vol
+            .ns
+            .link(&self.vol.repo, ino.0, newparent.0, newname.as_bytes())
+            .and_then(|_| self.vol.attr(ino.0))
+        {
+            Ok(inode) => reply.entry(&TTL, &attr(ino.0, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self.vol.open_file(ino.0, truncate) {
+            Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vol.read(ino.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vol.write(ino.0, offset, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.flush(ino.0, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.release(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.flush(ino.0, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vol.ns.list(&self.vol.repo, ino.0) {
+            Ok(entries) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let parent = match self.vol.ns.inode(&self.vol.repo, ino.0) {
+            Ok(i) => i.parent,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // Offsets: 1 = ".", 2 = "..", 2 + i + 1 = entry i.
+        let mut next = offset;
+        while next < entries.len() as u64 + 2 {
+            let full = match next {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    reply.add(
+                        INodeNo(e.ino),
+                        n + 1,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+            next += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut next = offset;
+        while next < entries.len() as u64 + 2 {
+            let (child, name): (Ino, &[u8]) = match next {
+                0 => (ino.0, b"."),
+                1 => match self.vol.ns.inode(&self.vol.repo, ino.0) {
+                    Ok(i) => (i.parent, b".."),
+                    Err(e) => return reply.error(errno(&e)),
+                },
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    (e.ino, &e.name)
+                }
+            };
+            let inode = match self.vol.attr(child) {
+                Ok(i) => i,
+                // Removed since opendir: skip it.
+                Err(FsError::NotFound) => {
+                    next += 1;
+                    continue;
+                }
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if reply.add(
+                INodeNo(child),
+                next + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr(child, &inode),
+                Generation(0),
+            ) {
+                break;
+            }
+            next += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(self.vol.repo.path()) {
+            Ok(st) => {
+                let storage = &self.vol.repo.config().storage;
+                // Every byte costs (k + m) / k on disk: report usable capacity.
+                let scale = |n: u64| {
+                    n * u64::from(storage.data_shards)
+                        / (u64::from(storage.data_shards) + u64::from(storage.parity_shards))
+                };
+                let frsize = st.fragment_size().max(1);
+                let to_blocks = |n: u64| scale(n * frsize / u64::from(BLOCK));
+                reply.statfs(
+                    to_blocks(st.blocks()),
+                    to_blocks(st.blocks_free()),
+                    to_blocks(st.blocks_available()),
+                    u64::from(u32::MAX),
+                    u64::from(u32::MAX) / 2,
+                    BLOCK,
+                    crate::model::NAME_MAX as u32,
+                    BLOCK,
+                );
+            }
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if name.as_bytes().starts_with(b"system.posix_acl_") {
+            // POSIX ACLs are not supported (yet): tools like `cp -a` then fall back to chmod,
+            // where a stored ACL would leave the mode bits stale.
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        match self.vol.ns.set_xattr(
+            &self.vol.repo,
+            ino.0,
+            name.as_bytes(),
+            value,
+            create,
+            replace,
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .vol
+            .ns
+            .get_xattr(&self.vol.repo, ino.0, name.as_bytes())
+        {
+            Ok(value) if size == 0 => reply.size(value.len() as u32),
+            Ok(value) if value.len() <= size as usize => reply.data(&value),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vol.ns.list_xattrs(&self.vol.repo, ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(Errno::ERANGE)
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .vol
+            .ns
+            .remove_xattr(&self.vol.repo, ino.0, name.as_bytes())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions); this only says it exists.
+        match self.vol.attr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let perm = (mode & !umask & 0o7777) as u16;
+        let created = self
+            .vol
+            .ns
+            .create(
+                &self.vol.repo,
+                parent.0,
+                name.as_bytes(),
+                Kind::File,
+                perm,
+                caller(req),
+                0,
+                &[],
+            )
+            .and_then(|(ino, _)| {
+                self.vol.open_file(ino, flags & libc::O_TRUNC != 0)?;
+                Ok((ino, self.vol.attr(ino)?))
+            });
+        match created {
+            Ok((ino, inode)) => reply.created(
+                &TTL,
+                &attr(ino, &inode),
+                Generation(0),
+                FileHandle(ino),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Mode 0 (allocate, growing the file) and KEEP_SIZE are supported; space is not
+        // reserved (content is stored at commit), so KEEP_SIZE has nothing to do.
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let end = offset.saturating_add(length);
+        let result = self.vol.attr(ino.0).and_then(|inode| {
+            if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > inode.size {
+                let set = SetAttr {
+                    size: Some(end),
+                    ..SetAttr::default()
+                };
+                self.vol.setattr(ino.0, &set)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.seek(ino.0, offset, whence) {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl DfsFs {
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
+    /// SEEK_DATA / SEEK_HOLE at chunk granularity (holes are whole chunks of zeros).
+    fn seek(&self, ino: Ino, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let size = self.vol.attr(ino).map_err(|e| errno(&e))?.size;
+        if offset < 0 || offset as u64 >= size {
+            return Err(Errno::ENXIO);
+        }
+        let chunk = self.vol.chunk_size_of(ino).map_err(|e| errno(&e))?;
+        let want_hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return Err(Errno::EINVAL),
+        };
+        let mut pos = offset as u64;
+        while pos < size {
+            let hole = self.vol.is_hole_at(ino, pos).map_err(|e| errno(&e))?;
+            if hole == want_hole {
+                return Ok(pos as i64);
+            }
+            pos = (pos / chunk + 1) * chunk;
+        }
+        if want_hole {
+            Ok(size as i64)
+        } else {
+            Err(Errno::ENXIO)
+        }
+    }
+}

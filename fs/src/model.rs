@@ -1,0 +1,966 @@
+//! The volume model: inodes, directory entries and xattrs kept in RocksDB, and every namespace
+//! operation (create, link, unlink, rename, setattr, ...) as one atomic batch.
+//!
+//! Schema (tables of [`dfs_node::meta::FsTable`], keys big-endian so scans come out in order):
+//! - `Inodes`: ino -> [`Inode`] (version byte + postcard).
+//! - `Dirents`: parent ino ++ name -> child ino ++ kind byte.
+//! - `Xattrs`: ino ++ name -> value.
+//! - `Meta`: `next_ino` -> u64.
+//!
+//! File content is not here: an inode holds the [`BlobRef`] of its committed chunk tree, and
+//! [`crate::file`] buffers writes until they are committed. Namespace mutations are serialised
+//! by one lock (they are small RocksDB batches); file data has per-file locks.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dfs_node::meta::{FsBatch, FsTable, MetaError};
+use dfs_node::{BlobError, BlobRef, ChunkError, Repo};
+use serde::{Deserialize, Serialize};
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+const FORMAT_V1: u8 = 1;
+pub const NAME_MAX: usize = 255;
+const NEXT_INO_KEY: &[u8] = b"next_ino";
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> Option<Kind> {
+        [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDev,
+            Kind::BlockDev,
+        ]
+        .get(c as usize)
+        .copied()
+    }
+
+    /// The kind encoded in the `S_IFMT` bits of a mode.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Some(Kind::File),
+            libc::S_IFDIR => Some(Kind::Dir),
+            libc::S_IFLNK => Some(Kind::Symlink),
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDev),
+            libc::S_IFBLK => Some(Kind::BlockDev),
+            _ => None,
+        }
+    }
+}
+
+/// A point in time with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Time {
+    pub secs: i64,
+    pub nsec: u32,
+}
+
+impl Time {
+    pub fn now() -> Time {
+        Time::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Time {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time {
+                secs: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                };
+                Time { secs, nsec }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::new(self.secs as u64, self.nsec)
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_secs(self.secs.unsigned_abs())
+                + std::time::Duration::from_nanos(self.nsec as u64)
+        }
+    }
+}
+
+/// One inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: Kind,
+    /// Permission bits, `mode & 0o7777`.
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    /// Bytes for files, the target length for symlinks, entry count for directories.
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub rdev: u32,
+    /// Directories: the parent directory (the root is its own parent).
+    pub parent: Ino,
+    /// Files: the committed content, if any has been written.
+    pub content: Option<BlobRef>,
+    /// Files: the chunk size the content is cut at (fixed for the file's life).
+    pub chunk_size: u32,
+    /// Symlinks: the target.
+    pub target: Vec<u8>,
+}
+
+/// Why a filesystem operation failed; each maps to one errno in the FUSE adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("result does not fit the buffer")]
+    Range,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("file too large")]
+    TooLarge,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("corrupt filesystem metadata: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+impl FsError {
+    /// The errno this error is reported as.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::Chunk(e) if e.is_disk_full() => libc::ENOSPC,
+            FsError::Blob(e) if e.is_disk_full() => libc::ENOSPC,
+            FsError::Meta(_) | FsError::Corrupt(_) | FsError::Chunk(_) | FsError::Blob(_) => {
+                libc::EIO
+            }
+        }
+    }
+}
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+fn encode_inode(inode: &Inode) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    out.extend(postcard::to_stdvec(inode).unwrap_or_default());
+    out
+}
+
+fn decode_inode(ino: Ino, bytes: &[u8]) -> Result<Inode> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| FsError::Corrupt(format!("inode {ino}: {e}")))
+        }
+        _ => Err(FsError::Corrupt(format!("inode {ino}: unknown format"))),
+    }
+}
+
+fn ino_key(ino: Ino) -> [u8; 8] {
+    ino.to_be_bytes()
+}
+
+fn dirent_key(parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+fn dirent_value(ino: Ino, kind: Kind) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&ino.to_be_bytes());
+    v[8] = kind.code();
+    v
+}
+
+fn decode_dirent(value: &[u8]) -> Result<(Ino, Kind)> {
+    let ino = value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes);
+    let kind = value.get(8).and_then(|&c| Kind::from_code(c));
+    ino.zip(kind)
+        .ok_or_else(|| FsError::Corrupt(format!("directory entry of {} bytes", value.len())))
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+/// A directory entry as listed by [`Namespace::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// Attributes to change in [`Namespace::setattr`].
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub ctime: Option<Time>,
+}
+
+/// Who is asking, for ownership of new inodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The namespace of one volume, on the data directory's RocksDB.
+pub struct Namespace {
+    lock: Mutex<()>,
+    chunk_size: u32,
+}
+
+impl Namespace {
+    /// Open the namespace, creating the root directory (owned by `owner`) on first use.
+    pub fn open(repo: &Repo, owner: Caller) -> Result<Self> {
+        let ns = Self {
+            lock: Mutex::new(()),
+            chunk_size: repo.config().storage.chunk_size,
+        };
+        if repo
+            .meta()
+            .fs_get(FsTable::Inodes, &ino_key(ROOT))?
+            .is_none()
+        {
+            let now = Time::now();
+            let root = Inode {
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid: owner.uid,
+                gid: owner.gid,
+                nlink: 2,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                rdev: 0,
+                parent: ROOT,
+                content: None,
+                chunk_size: 0,
+                target: Vec::new(),
+            };
+            let mut batch = FsBatch::default();
+            batch.put(FsTable::Inodes, ino_key(ROOT), encode_inode(&root));
+            batch.put(FsTable::Meta, NEXT_INO_KEY, (ROOT + 1).to_be_bytes());
+            repo.meta().fs_write(batch, true)?;
+        }
+        Ok(ns)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
+        match repo.meta().fs_get(FsTable::Inodes, &ino_key(ino))? {
+            Some(bytes) => decode_inode(ino, &bytes),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn dir(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
+        let inode = self.inode(repo, ino)?;
+        if inode.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(inode)
+    }
+
+    /// Find `name` in directory `parent`.
+    pub fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let dir = self.dir(repo, parent)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => dir.parent,
+            _ => match repo
+                .meta()
+                .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
+            {
+                Some(v) => decode_dirent(&v)?.0,
+                None => return Err(FsError::NotFound),
+            },
+        };
+        Ok((ino, self.inode(repo, ino)?))
+    }
+
+    /// Entries of a directory (without `.` and `..`), sorted by name.
+    pub fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
+        self.dir(repo, dir)?;
+        let prefix = dir.to_be_bytes();
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = repo
+                .meta()
+                .fs_scan(FsTable::Dirents, &prefix, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in page {
+                let (ino, kind) = decode_dirent(&v)?;
+                out.push(DirEntry {
+                    name: k[8..].to_vec(),
+                    ino,
+                    kind,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn is_empty_dir(&self, repo: &Repo, dir: Ino) -> Result<bool> {
+        Ok(repo
+            .meta()
+            .fs_scan(FsTable::Dirents, &dir.to_be_bytes(), None, 1)?
+            .is_empty())
+    }
+
+    fn alloc_ino(&self, repo: &Repo, batch: &mut FsBatch) -> Result<Ino> {
+        let next = match repo.meta().fs_get(FsTable::Meta, NEXT_INO_KEY)? {
+            Some(b) => b
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| FsError::Corrupt("next inode counter".into()))?,
+            None => ROOT + 1,
+        };
+        batch.put(FsTable::Meta, NEXT_INO_KEY, (next + 1).to_be_bytes());
+        Ok(next)
+    }
+
+    /// Create a file, directory, symlink or special file `name` in `parent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        perm: u16,
+        caller: Caller,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(Ino, Inode)> {
+        check_name(name)?;
+        let _g = self.guard();
+        let mut dir = self.dir(repo, parent)?;
+        if dir.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if repo
+            .meta()
+            .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
+            .is_some()
+        {
+            return Err(FsError::Exists);
+        }
+        if kind == Kind::Dir && dir.nlink >= u32::MAX - 1 {
+            return Err(FsError::TooManyLinks);
+        }
+        let mut batch = FsBatch::default();
+        let ino = self.alloc_ino(repo, &mut batch)?;
+        let now = Time::now();
+        // A new entry in a setgid directory inherits its group (and subdirectories the bit).
+        let setgid_dir = dir.perm & 0o2000 != 0;
+        let gid = if setgid_dir { dir.gid } else { caller.gid };
+        let perm = if kind == Kind::Dir && setgid_dir {
+            perm | 0o2000
+        } else {
+            perm
+        };
+        let inode = Inode {
+            kind,
+            perm,
+            uid: caller.uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: if kind == Kind::Symlink {
+                target.len() as u64
+            } else {
+                0
+            },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev,
+            parent,
+            content: None,
+            chunk_size: self.chunk_size,
+            target: target.to_vec(),
+        };
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(parent, name),
+            dirent_value(ino, kind),
+        );
+        dir.mtime = now;
+        dir.ctime = now;
+        dir.size += 1;
+        if kind == Kind::Dir {
+            dir.nlink += 1;
+        }
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&dir));
+        repo.meta().fs_write(batch, false)?;
+        Ok((ino, inode))
+    }
+
+    /// Add a hard link `newparent/newname` to `ino`.
+    pub fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        check_name(newname)?;
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        if inode.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if inode.nlink >= 65000 {
+            return Err(FsError::TooManyLinks);
+        }
+        let mut dir = self.dir(repo, newparent)?;
+        if dir.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if repo
+            .meta()
+            .fs_get(FsTable::Dirents, &dirent_key(newparent, newname))?
+            .is_some()
+        {
+            return Err(FsError::Exists);
+        }
+        let now = Time::now();
+        inode.nlink += 1;
+        inode.ctime = now;
+        dir.mtime = now;
+        dir.ctime = now;
+        dir.size += 1;
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&dir));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(newparent, newname),
+            dirent_value(ino, inode.kind),
+        );
+        repo.meta().fs_write(batch, false)?;
+        Ok(inode)
+    }
+
+    /// Remove the entry `name` from `parent`: `dir` says whether it must be a directory (rmdir)
+    /// or must not be (unlink). Returns the inode and whether its last link is gone.
+    pub fn remove(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<(Ino, bool)> {
+        if name == b"." {
+            return Err(FsError::Invalid("cannot remove ."));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        let _g = self.guard();
+        let (ino, inode) = self.lookup(repo, parent, name)?;
+        match (dir, inode.kind == Kind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if !self.is_empty_dir(repo, ino)? => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        let mut batch = FsBatch::default();
+        let mut pdir = self.dir(repo, parent)?;
+        let now = Time::now();
+        pdir.mtime = now;
+        pdir.ctime = now;
+        pdir.size = pdir.size.saturating_sub(1);
+        if dir {
+            pdir.nlink = pdir.nlink.saturating_sub(1);
+        }
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&pdir));
+        batch.delete(FsTable::Dirents, dirent_key(parent, name));
+        let gone = self.drop_link(repo, ino, inode, now, is_open, &mut batch)?;
+        repo.meta().fs_write(batch, false)?;
+        Ok((ino, gone))
+    }
+
+    /// Drop one link of `inode` (a directory loses all of them): delete it when none is left and
+    /// nobody has it open, else record the new count. Returns whether no link is left.
+    fn drop_link(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        mut inode: Inode,
+        now: Time,
+        is_open: &dyn Fn(Ino) -> bool,
+        batch: &mut FsBatch,
+    ) -> Result<bool> {
+        inode.nlink = if inode.kind == Kind::Dir {
+            0
+        } else {
+            inode.nlink.saturating_sub(1)
+        };
+        inode.ctime = now;
+        if inode.nlink == 0 && !is_open(ino) {
+            self.delete_inode(repo, ino, batch)?;
+        } else {
+            batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        }
+        Ok(inode.nlink == 0)
+    }
+
+    fn delete_inode(&self, repo: &Repo, ino: Ino, batch: &mut FsBatch) -> Result<()> {
+        batch.delete(FsTable::Inodes, ino_key(ino));
+        for (k, _) in repo
+            .meta()
+            .fs_scan(FsTable::Xattrs, &ino.to_be_bytes(), None, usize::MAX)?
+        {
+            batch.delete(FsTable::Xattrs, k);
+        }
+        Ok(())
+    }
+
+    /// Delete an inode whose last link went while it was open, now that it is closed.
+    pub fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
+        let _g = self.guard();
+        match self.inode(repo, ino) {
+            Ok(inode) if inode.nlink == 0 => {
+                let mut batch = FsBatch::default();
+                self.delete_inode(repo, ino, &mut batch)?;
+                repo.meta().fs_write(batch, false)?;
+                Ok(())
+            }
+            Ok(_) | Err(FsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete every inode left with no links (open when a previous run ended).
+    pub fn reap_orphans(&self, repo: &Repo) -> Result<usize> {
+        let _g = self.guard();
+        let mut batch = FsBatch::default();
+        let mut count = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = repo
+                .meta()
+                .fs_scan(FsTable::Inodes, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in page {
+                let ino = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| FsError::Corrupt("inode key".into()))?;
+                if decode_inode(ino, &v)?.nlink == 0 {
+                    self.delete_inode(repo, ino, &mut batch)?;
+                    count += 1;
+                }
+            }
+        }
+        repo.meta().fs_write(batch, false)?;
+        Ok(count)
+    }
+
+    /// Is `ancestor` equal to `dir` or one of its ancestors?
+    fn is_ancestor(&self, repo: &Repo, ancestor: Ino, mut dir: Ino) -> Result<bool> {
+        for _ in 0..100_000 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT {
+                return Ok(false);
+            }
+            dir = self.inode(repo, dir)?.parent;
+        }
+        Err(FsError::Corrupt(
+            "directory parent chain has a cycle".into(),
+        ))
+    }
+
+    /// Rename `parent/name` to `newparent/newname` (`noreplace`: fail if the target exists;
+    /// `exchange`: swap the two, both must exist). Returns the inode whose last link went, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
+        if noreplace && exchange {
+            return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
+        }
+        for n in [name, newname] {
+            if n == b"." || n == b".." {
+                return Err(FsError::Invalid("cannot rename . or .."));
+            }
+        }
+        check_name(newname)?;
+        let _g = self.guard();
+        let (ino, inode) = self.lookup(repo, parent, name)?;
+        let target = match self.lookup(repo, newparent, newname) {
+            Ok(t) => Some(t),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if inode.kind == Kind::Dir && self.is_ancestor(repo, ino, newparent)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        let now = Time::now();
+        let mut batch = FsBatch::default();
+        if exchange {
+            let Some((tino, tinode)) = target else {
+                return Err(FsError::NotFound);
+            };
+            if tinode.kind == Kind::Dir && self.is_ancestor(repo, tino, parent)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            batch.put(
+                FsTable::Dirents,
+                dirent_key(parent, name),
+                dirent_value(tino, tinode.kind),
+            );
+            batch.put(
+                FsTable::Dirents,
+                dirent_key(newparent, newname),
+                dirent_value(ino, inode.kind),
+            );
+            let mut moved = [(ino, inode, newparent), (tino, tinode, parent)];
+            for (i, node, to) in moved.iter_mut() {
+                node.ctime = now;
+                if node.kind == Kind::Dir {
+                    node.parent = *to;
+                }
+                batch.put(FsTable::Inodes, ino_key(*i), encode_inode(node));
+            }
+            let dirs_moved = |a: &Inode| i64::from(a.kind == Kind::Dir);
+            let delta = dirs_moved(&moved[1].1) - dirs_moved(&moved[0].1);
+            self.touch_parents(repo, parent, newparent, delta, now, &mut batch)?;
+            repo.meta().fs_write(batch, false)?;
+            return Ok(None);
+        }
+        let mut reaped = None;
+        let mut size_delta_new = 1i64;
+        if let Some((tino, tinode)) = target {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            if tino == ino {
+                return Ok(None); // two links to one inode: POSIX says do nothing
+            }
+            match (inode.kind == Kind::Dir, tinode.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.is_empty_dir(repo, tino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            // The moved entry replaces the target: newparent gains no entry.
+            size_delta_new = 0;
+            let target_was_dir = tinode.kind == Kind::Dir;
+            if self.drop_link(repo, tino, tinode, now, is_open, &mut batch)? {
+                reaped = Some(tino);
+            }
+            if target_was_dir {
+                // newparent loses the replaced directory's link before gaining the moved one.
+                let mut np = self.dir(repo, newparent)?;
+                np.nlink = np.nlink.saturating_sub(1);
+                batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&np));
+                let moved_dir = i64::from(inode.kind == Kind::Dir);
+                self.finish_move(
+                    repo,
+                    ino,
+                    inode,
+                    parent,
+                    name,
+                    newparent,
+                    newname,
+                    now,
+                    moved_dir,
+                    size_delta_new,
+                    &mut batch,
+                    Some(np),
+                )?;
+                repo.meta().fs_write(batch, false)?;
+                return Ok(reaped);
+            }
+        }
+        let moved_dir = i64::from(inode.kind == Kind::Dir);
+        self.finish_move(
+            repo,
+            ino,
+            inode,
+            parent,
+            name,
+            newparent,
+            newname,
+            now,
+            moved_dir,
+            size_delta_new,
+            &mut batch,
+            None,
+        )?;
+        repo.meta().fs_write(batch, false)?;
+        Ok(reaped)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_move(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        mut inode: Inode,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        now: Time,
+        moved_dir: i64,
+        size_delta_new: i64,
+        batch: &mut FsBatch,
+        newparent_override: Option<Inode>,
+    ) -> Result<()> {
+        batch.delete(FsTable::Dirents, dirent_key(parent, name));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(newparent, newname),
+            dirent_value(ino, inode.kind),
+        );
+        inode.ctime = now;
+        if inode.kind == Kind::Dir {
+            inode.parent = newparent;
+        }
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        let mut old = self.dir(repo, parent)?;
+        old.mtime = now;
+        old.ctime = now;
+        if parent == newparent {
+            let mut d = newparent_override.unwrap_or(old);
+            d.mtime = now;
+            d.ctime = now;
+            d.size = (d.size as i64 + size_delta_new - 1).max(0) as u64;
+            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&d));
+            return Ok(());
+        }
+        old.size = old.size.saturating_sub(1);
+        old.nlink = (old.nlink as i64 - moved_dir).max(1) as u32;
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&old));
+        let mut new = match newparent_override {
+            Some(d) => d,
+            None => self.dir(repo, newparent)?,
+        };
+        new.mtime = now;
+        new.ctime = now;
+        new.size = (new.size as i64 + size_delta_new).max(0) as u64;
+        new.nlink = (new.nlink as i64 + moved_dir) as u32;
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&new));
+        Ok(())
+    }
+
+    /// Update both parents of an exchange: times, and `delta` directories moved from `newparent`
+    /// into `parent` (negative: the other way).
+    fn touch_parents(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        newparent: Ino,
+        delta: i64,
+        now: Time,
+        batch: &mut FsBatch,
+    ) -> Result<()> {
+        let mut a = self.dir(repo, parent)?;
+        a.mtime = now;
+        a.ctime = now;
+        if parent == newparent {
+            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
+            return Ok(());
+        }
+        let mut b = self.dir(repo, newparent)?;
+        b.mtime = now;
+        b.ctime = now;
+        a.nlink = (a.nlink as i64 + delta).max(1) as u32;
+        b.nlink = (b.nlink as i64 - delta).max(1) as u32;
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&b));
+        Ok(())
+    }
+
+    /// Store an inode as it is now (after a file commit, or setattr).
+    pub fn put_inode(&self, repo: &Repo, ino: Ino, inode: &Inode, durable: bool) -> Result<()> {
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(inode));
+        repo.meta().fs_write(batch, durable)?;
+        Ok(())
+    }
+
+    /// Read-modify-write an inode under the namespace lock.
+    pub fn update<T>(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        f: impl FnOnce(&mut Inode) -> Result<T>,
+    ) -> Result<(Inode, T)> {
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        let out = f(&mut inode)?;
+        self.put_inode(repo, ino, &inode, false)?;
+        Ok((inode, out))
+    }
+
+    pub fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.inode(repo, ino)?;
+        repo.meta()
+            .fs_get(FsTable::Xattrs, &dirent_key(ino, name))?
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// Set an xattr; `create`: fail if it exists, `replace`: fail if it does not.
+    pub fn set_xattr(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(FsError::Range);
+        }
+        if value.len() > 64 * 1024 {
+            return Err(FsError::Range);
+        }
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        let key = dirent_key(ino, name);
+        let exists = repo.meta().fs_get(FsTable::Xattrs, &key)?.is_some();
+        if create && exists {
+            return Err(FsError::Exists);
+        }
+        if replace && !exists {
+            return Err(FsError::NoAttr);
+        }
+        inode.ctime = Time::now();
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Xattrs, key, value.to_vec());
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        repo.meta().fs_write(batch, false)?;
+        Ok(())
+    }
+
+    pub fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.inode(repo, ino)?;
+        Ok(repo
+            .meta()
+            .fs_scan(FsTable::Xattrs, &ino.to_be_bytes(), None, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| k[8..].to_vec())
+            .collect())
+    }
+
+    pub fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        let key = dirent_key(ino, name);
+        if repo.meta().fs_get(FsTable::Xattrs, &key)?.is_none() {
+            return Err(FsError::NoAttr);
+        }
+        inode.ctime = Time::now();
+        let mut batch = FsBatch::default();
+        batch.delete(FsTable::Xattrs, key);
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        repo.meta().fs_write(batch, false)?;
+        Ok(())
+    }
+}

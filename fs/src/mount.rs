@@ -1,0 +1,187 @@
+//! Mounting a volume: checks on the mount point, the fuser session in the foreground, and a
+//! clean unmount on SIGINT/SIGTERM or `dfs umount` (every open file committed, everything
+//! synced).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use dfs_node::Repo;
+use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::fuse::DfsFs;
+use crate::model::{Caller, FsError};
+use crate::volume::Volume;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let other users use the mount (`allow_other`; non-root needs `user_allow_other` in
+    /// /etc/fuse.conf).
+    pub allow_other: bool,
+    /// Mount over a directory that is not empty (its content is hidden while mounted).
+    pub nonempty: bool,
+    /// Threads serving FUSE requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            allow_other: false,
+            nonempty: false,
+            threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+        }
+    }
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("mount point {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("mount point {path} is not empty (use --nonempty to mount over it anyway)")]
+    NotEmpty { path: PathBuf },
+    #[error("mount point {path}: {source}")]
+    Inspect { path: PathBuf, source: io::Error },
+    #[error("cannot open the volume: {0}")]
+    Volume(#[from] FsError),
+    #[error("cannot mount at {path}: {source} (is fuse3 installed and /dev/fuse usable?)")]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("the FUSE session ended with an error: {0}")]
+    Session(io::Error),
+    #[error("flushing the volume at unmount: {0}")]
+    Flush(FsError),
+}
+
+/// Check that `path` can be mounted on.
+pub fn check_mountpoint(path: &Path, nonempty: bool) -> Result<(), MountError> {
+    let inspect = |source| MountError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(inspect(e)),
+    };
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if !nonempty && std::fs::read_dir(path).map_err(inspect)?.next().is_some() {
+        return Err(MountError::NotEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Signals that unmount cleanly.
+pub struct UnmountSignals(SigSet);
+
+/// Prepare this process for [`mount`]: call it first, before any thread exists (RocksDB starts
+/// some), so that every thread blocks SIGINT, SIGTERM and SIGHUP and only the waiting thread
+/// receives them. SIGINT and SIGTERM are reset to their default disposition, since a shell
+/// starts background jobs with SIGINT ignored and `kill -INT` must still unmount.
+pub fn prepare_signals() -> UnmountSignals {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: restoring the default disposition installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    let _ = signals.thread_block();
+    UnmountSignals(signals)
+}
+
+/// Mount the volume of `repo` at `mountpoint` and serve it until it is unmounted (by
+/// `dfs umount`, `fusermount3 -u`, or SIGINT/SIGTERM to this process). `ready` is called once
+/// the mount is in place.
+pub fn mount(
+    repo: Repo,
+    mountpoint: &Path,
+    options: &MountOptions,
+    signals: UnmountSignals,
+    ready: impl FnOnce(),
+) -> Result<(), MountError> {
+    check_mountpoint(mountpoint, options.nonempty)?;
+    // SAFETY: getuid/getgid have no preconditions.
+    let owner = unsafe {
+        Caller {
+            uid: libc::getuid(),
+            gid: libc::getgid(),
+        }
+    };
+    let volume = Arc::new(Volume::open(Arc::new(repo), owner)?);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("dfs".into()),
+        MountOption::Subtype("dfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    let mut session = fuser::Session::new(DfsFs::new(volume.clone()), mountpoint, &config)
+        .map_err(|source| MountError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.0.wait() {
+            tracing::info!(%signal, "unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount after signal failed");
+            }
+        }
+    });
+    ready();
+    let ran = session.run();
+    let flushed = volume.flush_all();
+    ran.map_err(MountError::Session)?;
+    flushed.map_err(MountError::Flush)
+}
+
+/// Unmount a dfs mount point (what `dfs umount` does): the serving process then flushes and
+/// exits.
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    let attempts: [(&str, &[&str]); 2] = [("fusermount3", &["-u"]), ("umount", &[])];
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        "neither fusermount3 nor umount found",
+    );
+    for (program, args) in attempts {
+        match Command::new(program).args(args).arg(mountpoint).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                last = io::Error::other(if msg.is_empty() {
+                    format!("{program} failed")
+                } else {
+                    msg
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

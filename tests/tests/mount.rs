@@ -1,0 +1,315 @@
+//! The mounted folder through real FUSE: POSIX operations with std and libc, real tools, data
+//! surviving unmount and remount, clean unmount on signals, and mount errors. Needs root and
+//! /dev/fuse (CI); elsewhere each test says it skipped.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use dfs_tests::{fuse_available, is_mounted, random_bytes, Dfs};
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn sh(cmd: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn posix_operations_behave_like_a_local_filesystem() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    let root = &m.path;
+
+    // Files: create, write, read back, append, overwrite in the middle.
+    let f = root.join("file.txt");
+    fs::write(&f, b"hello world").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"!!")
+        .unwrap();
+    {
+        let mut h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        h.seek(SeekFrom::Start(6)).unwrap();
+        h.write_all(b"WORLD").unwrap();
+    }
+    assert_eq!(fs::read(&f).unwrap(), b"hello WORLD!!");
+
+    // Directories, rename across directories, readdir.
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::rename(&f, root.join("a/b/moved.txt")).unwrap();
+    assert!(!f.exists());
+    let mut names: Vec<_> = fs::read_dir(root.join("a/b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c", "moved.txt"]);
+    assert_eq!(fs::metadata(root.join("a/b")).unwrap().nlink(), 3);
+    // A directory cannot move into its own subtree, and non-empty ones cannot be removed.
+    assert!(fs::rename(root.join("a"), root.join("a/b/c/a")).is_err());
+    assert_eq!(
+        fs::remove_dir(root.join("a/b")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+
+    // Hard links share one inode; symlinks resolve.
+    let moved = root.join("a/b/moved.txt");
+    fs::hard_link(&moved, root.join("hard")).unwrap();
+    let (m1, m2) = (
+        fs::metadata(&moved).unwrap(),
+        fs::metadata(root.join("hard")).unwrap(),
+    );
+    assert_eq!((m1.ino(), m1.nlink()), (m2.ino(), 2));
+    std::os::unix::fs::symlink("a/b/moved.txt", root.join("sym")).unwrap();
+    assert_eq!(
+        fs::read_link(root.join("sym")).unwrap(),
+        Path::new("a/b/moved.txt")
+    );
+    assert_eq!(fs::read(root.join("sym")).unwrap(), b"hello WORLD!!");
+
+    // chmod, chown, truncate, utimens.
+    fs::set_permissions(&moved, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&moved, Some(65534), Some(65534)).unwrap();
+    let meta = fs::metadata(&moved).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o640, 65534, 65534)
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&moved)
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    assert_eq!(fs::read(&moved).unwrap(), b"hello");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_234_567_890, 987_654_321);
+    fs::File::options()
+        .write(true)
+        .open(&moved)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+    let meta = fs::metadata(&moved).unwrap();
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_234_567_890, 987_654_321)
+    );
+
+    // xattrs.
+    let p = cstr(&moved);
+    let (name, value) = (c"user.colour", b"blue");
+    // SAFETY: valid C strings and a valid buffer for the duration of each call.
+    unsafe {
+        assert_eq!(
+            libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 4, 0),
+            0
+        );
+        let mut buf = [0u8; 16];
+        let n = libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16);
+        assert_eq!(&buf[..n as usize], value);
+        assert_eq!(libc::removexattr(p.as_ptr(), name.as_ptr()), 0);
+        assert_eq!(
+            libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16),
+            -1
+        );
+    }
+
+    // A FIFO.
+    let fifo = cstr(&root.join("fifo"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert!(fs::metadata(root.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // renameat2: NOREPLACE refuses, EXCHANGE swaps.
+    fs::write(root.join("x"), b"x").unwrap();
+    fs::write(root.join("y"), b"y").unwrap();
+    let (x, y) = (cstr(&root.join("x")), cstr(&root.join("y")));
+    let renameat2 = |flags| {
+        // SAFETY: valid C strings; AT_FDCWD with absolute paths.
+        unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                x.as_ptr(),
+                libc::AT_FDCWD,
+                y.as_ptr(),
+                flags,
+            )
+        }
+    };
+    assert_eq!(renameat2(libc::RENAME_NOREPLACE), -1);
+    assert_eq!(renameat2(libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(root.join("x")).unwrap(), b"y");
+    assert_eq!(fs::read(root.join("y")).unwrap(), b"x");
+
+    // An unlinked file stays readable through an open handle.
+    let mut h = fs::File::open(root.join("x")).unwrap();
+    fs::remove_file(root.join("x")).unwrap();
+    let mut s = String::new();
+    h.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "y");
+    drop(h);
+
+    // Sparse files: SEEK_DATA / SEEK_HOLE.
+    let sparse = root.join("sparse");
+    {
+        let mut h = fs::File::create(&sparse).unwrap();
+        h.seek(SeekFrom::Start(64 << 20)).unwrap();
+        h.write_all(b"data").unwrap();
+    }
+    let h = fs::File::open(&sparse).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor.
+    let data = unsafe { libc::lseek(h.as_raw_fd(), 0, libc::SEEK_DATA) };
+    assert!((60 << 20..=64 << 20).contains(&data), "SEEK_DATA at {data}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::lseek(h.as_raw_fd(), 0, libc::SEEK_HOLE) }, 0);
+    assert_eq!(fs::metadata(&sparse).unwrap().len(), (64 << 20) + 4);
+    drop(h);
+
+    assert_eq!(m.unmount(), Some(0));
+}
+
+#[test]
+fn content_survives_unmount_and_remount_and_real_tools_work() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    let src = dfs.path("src");
+    fs::create_dir_all(src.join("deep/er")).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(9 << 20 | 3, 1)).unwrap();
+    fs::write(src.join("deep/small"), b"small").unwrap();
+    fs::write(src.join("deep/er/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("../big.bin", src.join("deep/link")).unwrap();
+    let dir = dfs.dir.path();
+    sh(
+        &format!(
+            "cp -a src {}/copy && diff -r --no-dereference src {}/copy",
+            m.path.display(),
+            m.path.display()
+        ),
+        dir,
+    );
+    sh(&format!("tar -C src -cf {}/t.tar . && mkdir x && tar -C x -xf {}/t.tar && diff -r --no-dereference src x", m.path.display(), m.path.display()), dir);
+    assert_eq!(m.unmount(), Some(0));
+
+    let m = dfs.mount("mnt");
+    sh(
+        &format!("diff -r --no-dereference src {}/copy", m.path.display()),
+        dir,
+    );
+    let meta = fs::symlink_metadata(m.path.join("copy/deep/small")).unwrap();
+    let orig = fs::symlink_metadata(src.join("deep/small")).unwrap();
+    assert_eq!(
+        (meta.mtime(), meta.mode()),
+        (orig.mtime(), orig.mode()),
+        "cp -a keeps mtime and mode"
+    );
+    // SIGTERM unmounts cleanly too, committing what was written.
+    fs::write(m.path.join("late"), b"written just before SIGTERM").unwrap();
+    let status = m.signal(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    let m = dfs.mount("mnt");
+    assert_eq!(
+        fs::read(m.path.join("late")).unwrap(),
+        b"written just before SIGTERM"
+    );
+}
+
+#[test]
+fn editing_one_byte_of_a_large_file_stores_little() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    let f = m.path.join("large");
+    {
+        let mut h = fs::File::create(&f).unwrap();
+        let block = random_bytes(16 << 20, 5);
+        for i in 0..64u8 {
+            let mut b = block.clone();
+            b[0] = i; // every 16 MiB differs, so nothing dedups
+            b[8 << 20] = i;
+            h.write_all(&b).unwrap();
+        }
+    }
+    let before = shard_bytes(&dfs);
+    {
+        let mut h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        h.seek(SeekFrom::Start(512 << 20)).unwrap();
+        h.write_all(b"X").unwrap();
+    }
+    let grown = shard_bytes(&dfs) - before;
+    // One 4 MiB chunk (6 MiB of 4+2 shards) plus the interior node and inode-level metadata.
+    assert!(
+        grown <= 8 << 20,
+        "editing 1 byte stored {grown} new shard bytes"
+    );
+    let mut h = fs::File::open(&f).unwrap();
+    h.seek(SeekFrom::Start(512 << 20)).unwrap();
+    let mut b = [0u8; 1];
+    h.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"X");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 1 << 30);
+}
+
+fn shard_bytes(dfs: &Dfs) -> u64 {
+    dfs.shard_files()
+        .iter()
+        .map(|(p, _, _)| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    dfs.run(&["mount", dfs.path("missing").to_str().unwrap()])
+        .fails_with("does not exist");
+    let full = dfs.path("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("x"), b"x").unwrap();
+    dfs.run(&["mount", full.to_str().unwrap()])
+        .fails_with("is not empty");
+    let m = dfs.mount("mnt");
+    let other = dfs.path("other");
+    fs::create_dir(&other).unwrap();
+    dfs.run(&["mount", other.to_str().unwrap()])
+        .fails_with("in use by another dfs process");
+    assert!(!is_mounted(&other));
+    drop(m);
+    // --nonempty mounts over content.
+    let m = dfs.mount_at(&full, &["--nonempty"]);
+    assert!(!full.join("x").exists(), "the mount hides what was there");
+    assert_eq!(m.unmount(), Some(0));
+    assert!(full.join("x").exists());
+}
