@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check and test of dfs: formatting, clippy, and the whole workspace's tests
 # (unit, property and end-to-end tests through the real `dfs` binary).
-# Tests that need root (tmpfs for full-disk cases, later FUSE) run when this runs as root, as CI does.
+# Tests that need root (tmpfs for full-disk cases, FUSE mounts, pjdfstest) run when this runs as
+# root, as CI does; elsewhere they say they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
@@ -11,4 +12,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo build --locked -p dfs
 cargo test --workspace --locked -- --test-threads="${DFS_TEST_THREADS:-2}"
+echo "== POSIX conformance and real tools in the mount (root only)"
+./tests/posix/run.sh
 echo "== all tests passed"
