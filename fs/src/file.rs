@@ -6,12 +6,18 @@
 //! chunks, rebuilds the tree (unchanged chunks and interior nodes are shared with the previous
 //! version) and returns the new root. Chunks of zeros are holes: never stored, read as zeros.
 //! Reads go through the volume's [`ChunkCache`] of decrypted chunks.
+//!
+//! Parallelism: a chunk that a write fills to its end is handed to the volume's
+//! [`ChunkWorkers`] at once (its plaintext stays here for reads until the store is settled), so
+//! sequential writes encrypt and encode on every core while the FUSE thread takes the next
+//! writes; a sequential read asks the workers to fetch the next chunks ahead of it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use dfs_node::repo::VOLUME_OWNER;
 use dfs_node::tree::{LeafWalker, TreeBuilder};
+use dfs_node::workers::{wait, ChunkWorkers, Pending};
 use dfs_node::{BlobRef, ChunkRef, Repo};
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::ChunkId;
@@ -23,13 +29,26 @@ use crate::model::{FsError, Inode, Result};
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Dirty bytes one file may buffer before full chunks are stored early (still uncommitted).
 const DIRTY_LIMIT: usize = 64 << 20;
+/// Chunks of one file being stored in the background before the writer waits for the oldest.
+const MAX_INFLIGHT: usize = 8;
+/// Chunks fetched ahead of a sequential reader.
+const READ_AHEAD: usize = 2;
+
+/// What file content operations need from the volume.
+#[derive(Clone, Copy)]
+pub struct Io<'a> {
+    pub repo: &'a Repo,
+    pub cache: &'a ChunkCache,
+    pub workers: &'a ChunkWorkers,
+}
 
 /// Cached chunks and the bytes they hold.
 type CacheState = (LruCache<ChunkId, Arc<Vec<u8>>>, usize);
 
-/// Decrypted chunks recently read, bounded in bytes.
+/// Decrypted chunks recently read, bounded in bytes, and the fetches under way.
 pub struct ChunkCache {
     inner: Mutex<CacheState>,
+    fetching: Mutex<std::collections::HashMap<ChunkId, Pending<Vec<u8>>>>,
     limit: usize,
 }
 
@@ -37,6 +56,7 @@ impl ChunkCache {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             inner: Mutex::new((LruCache::unbounded(), 0)),
+            fetching: Mutex::new(std::collections::HashMap::new()),
             limit: limit_bytes,
         }
     }
@@ -45,12 +65,39 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The plaintext of `chunk`, from the cache or read (verified, repaired) from the store.
+    fn fetching(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ChunkId, Pending<Vec<u8>>>> {
+        self.fetching.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start fetching `chunk` in the background unless it is cached, already coming, or every
+    /// worker is busy.
+    pub fn prefetch(&self, workers: &ChunkWorkers, chunk: &ChunkRef) {
+        if chunk.is_hole() || self.lock().0.contains(&chunk.id) {
+            return;
+        }
+        let mut fetching = self.fetching();
+        if fetching.contains_key(&chunk.id) {
+            return;
+        }
+        if let Some(pending) = workers.try_fetch(*chunk) {
+            fetching.insert(chunk.id, pending);
+        }
+    }
+
+    /// The plaintext of `chunk`, from the cache, a fetch under way, or read (verified,
+    /// repaired) from the store now.
     pub fn get(&self, repo: &Repo, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.lock().0.get(&chunk.id) {
             return Ok(hit.clone());
         }
-        let (plain, _) = repo.get_chunk(chunk, &mut ShardCoder::default(), true)?;
+        let pending = self.fetching().remove(&chunk.id);
+        let plain = match pending.map(|p| wait(&p)) {
+            Some(Ok(plain)) => plain,
+            // A failed prefetch is retried here, so the error reported is the real read's.
+            _ => repo.get_chunk(chunk, &mut ShardCoder::default(), true)?.0,
+        };
         let plain = Arc::new(plain);
         let mut guard = self.lock();
         let (lru, bytes) = &mut *guard;
@@ -88,6 +135,8 @@ pub struct FileContent {
     leaves: Option<Vec<ChunkRef>>,
     /// Chunk index -> its whole plaintext as it is now.
     dirty: BTreeMap<usize, Vec<u8>>,
+    /// Chunks being stored by the workers: their plaintext (for reads) and the pending result.
+    inflight: BTreeMap<usize, (Vec<u8>, Pending<ChunkRef>)>,
     dirty_bytes: usize,
     /// Current size, including uncommitted writes.
     pub size: u64,
@@ -102,6 +151,7 @@ impl FileContent {
             base: inode.content,
             leaves: None,
             dirty: BTreeMap::new(),
+            inflight: BTreeMap::new(),
             dirty_bytes: 0,
             size: inode.size,
             changed: false,
@@ -131,32 +181,66 @@ impl FileContent {
         Ok(self.leaves.get_or_insert_with(Vec::new))
     }
 
-    /// The chunk's bytes as last committed or stored (not the dirty buffer).
-    fn stored_chunk(&mut self, repo: &Repo, cache: &ChunkCache, index: usize) -> Result<Vec<u8>> {
-        let leaf = self.leaves(repo)?.get(index).copied();
+    /// Record a stored chunk as leaf `index`.
+    fn set_leaf(&mut self, repo: &Repo, index: usize, leaf: ChunkRef) -> Result<()> {
+        let leaves = self.leaves(repo)?;
+        if leaves.len() <= index {
+            leaves.resize(index + 1, ChunkRef::hole(0));
+        }
+        leaves[index] = leaf;
+        Ok(())
+    }
+
+    /// Wait for the background store of chunk `index` and record its leaf.
+    fn settle(&mut self, repo: &Repo, index: usize) -> Result<()> {
+        if let Some((_, pending)) = self.inflight.remove(&index) {
+            let leaf = wait(&pending)?;
+            self.set_leaf(repo, index, leaf)?;
+        }
+        Ok(())
+    }
+
+    /// Hand a finished chunk to the workers; its plaintext stays readable here meanwhile.
+    fn hand_off(&mut self, io: Io, index: usize) -> Result<()> {
+        let Some(buf) = self.dirty.remove(&index) else {
+            return Ok(());
+        };
+        self.dirty_bytes -= buf.len().min(self.dirty_bytes);
+        if buf.iter().all(|&b| b == 0) {
+            return self.set_leaf(io.repo, index, ChunkRef::hole(buf.len() as u32));
+        }
+        while self.inflight.len() >= MAX_INFLIGHT {
+            let oldest = *self.inflight.keys().next().unwrap_or(&index);
+            self.settle(io.repo, oldest)?;
+        }
+        let pending = io.workers.store(VOLUME_OWNER, buf.clone());
+        self.inflight.insert(index, (buf, pending));
+        Ok(())
+    }
+
+    /// The chunk's bytes as last committed or stored (not a dirty or in-flight buffer).
+    fn stored_chunk(&mut self, io: Io, index: usize) -> Result<Vec<u8>> {
+        let leaf = self.leaves(io.repo)?.get(index).copied();
         Ok(match leaf {
-            Some(leaf) if !leaf.is_hole() => cache.get(repo, &leaf)?.as_ref().clone(),
+            Some(leaf) if !leaf.is_hole() => io.cache.get(io.repo, &leaf)?.as_ref().clone(),
             Some(leaf) => vec![0; leaf.len as usize],
             None => Vec::new(),
         })
     }
 
-    /// The dirty buffer of chunk `index`, created from the stored chunk if needed and sized to
-    /// the chunk's current length. `overwrite_all`: the caller rewrites the whole chunk, so the
-    /// old content need not be read.
-    fn dirty_chunk(
-        &mut self,
-        repo: &Repo,
-        cache: &ChunkCache,
-        index: usize,
-        overwrite_all: bool,
-    ) -> Result<&mut Vec<u8>> {
+    /// The dirty buffer of chunk `index`, created from the in-flight or stored chunk if needed
+    /// and sized to the chunk's current length. `overwrite_all`: the caller rewrites the whole
+    /// chunk, so the old content need not be read.
+    fn dirty_chunk(&mut self, io: Io, index: usize, overwrite_all: bool) -> Result<&mut Vec<u8>> {
         let len = self.chunk_len(index);
         if !self.dirty.contains_key(&index) {
-            let buf = if overwrite_all {
+            // A chunk being stored is taken back: its store's result is simply not used.
+            let buf = if let Some((buf, _)) = self.inflight.remove(&index) {
+                buf
+            } else if overwrite_all {
                 Vec::with_capacity(len)
             } else {
-                self.stored_chunk(repo, cache, index)?
+                self.stored_chunk(io, index)?
             };
             self.dirty_bytes += len;
             self.dirty.insert(index, buf);
@@ -170,7 +254,7 @@ impl FileContent {
     }
 
     /// Grow the file to `new_size` (zeros), keeping the old last chunk's bytes.
-    fn grow(&mut self, repo: &Repo, cache: &ChunkCache, new_size: u64) -> Result<()> {
+    fn grow(&mut self, io: Io, new_size: u64) -> Result<()> {
         let old_size = self.size;
         let last = if !old_size.is_multiple_of(self.chunk) {
             Some((old_size / self.chunk) as usize)
@@ -179,9 +263,10 @@ impl FileContent {
         };
         // Load the old partial last chunk before its length changes.
         if let Some(last) = last {
-            let is_hole = self.leaves(repo)?.get(last).is_some_and(|l| l.is_hole());
+            let is_hole = self.leaves(io.repo)?.get(last).is_some_and(|l| l.is_hole())
+                && !self.inflight.contains_key(&last);
             if !self.dirty.contains_key(&last) && !is_hole {
-                self.dirty_chunk(repo, cache, last, false)?;
+                self.dirty_chunk(io, last, false)?;
             }
         }
         self.size = new_size;
@@ -193,13 +278,7 @@ impl FileContent {
     }
 
     /// Write `data` at `offset`.
-    pub fn write(
-        &mut self,
-        repo: &Repo,
-        cache: &ChunkCache,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
+    pub fn write(&mut self, io: Io, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -208,7 +287,7 @@ impl FileContent {
             return Ok(());
         }
         if end > self.size {
-            self.grow(repo, cache, end)?;
+            self.grow(io, end)?;
         }
         let mut pos = offset;
         let mut src = data;
@@ -217,26 +296,29 @@ impl FileContent {
             let within = (pos % self.chunk) as usize;
             let take = src.len().min(self.chunk as usize - within);
             let whole = within == 0 && take >= self.chunk_len(index);
-            let buf = self.dirty_chunk(repo, cache, index, whole)?;
+            let buf = self.dirty_chunk(io, index, whole)?;
             buf[within..within + take].copy_from_slice(&src[..take]);
             src = &src[take..];
             pos += take as u64;
+            // Filled to the end of a full-size chunk: store it now, in the background.
+            if within + take == self.chunk as usize && self.chunk_len(index) == self.chunk as usize
+            {
+                self.hand_off(io, index)?;
+            }
         }
         self.changed = true;
         if self.dirty_bytes > DIRTY_LIMIT {
-            self.store_dirty(repo, Some((end / self.chunk) as usize))?;
+            let keep = (end / self.chunk) as usize;
+            let indices: Vec<usize> = self.dirty.keys().copied().filter(|&i| i != keep).collect();
+            for index in indices {
+                self.hand_off(io, index)?;
+            }
         }
         Ok(())
     }
 
     /// Read up to `len` bytes at `offset`.
-    pub fn read(
-        &mut self,
-        repo: &Repo,
-        cache: &ChunkCache,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<u8>> {
+    pub fn read(&mut self, io: Io, offset: u64, len: usize) -> Result<Vec<u8>> {
         if offset >= self.size {
             return Ok(Vec::new());
         }
@@ -247,13 +329,21 @@ impl FileContent {
             let index = (pos / self.chunk) as usize;
             let within = (pos % self.chunk) as usize;
             let take = ((end - pos) as usize).min(self.chunk as usize - within);
-            if let Some(buf) = self.dirty.get(&index) {
+            let buffered = self
+                .dirty
+                .get(&index)
+                .or_else(|| self.inflight.get(&index).map(|(b, _)| b));
+            if let Some(buf) = buffered {
                 out.extend_from_slice(&buf[within..within + take]);
             } else {
-                let leaf = self.leaves(repo)?.get(index).copied();
+                let leaves = self.leaves(io.repo)?;
+                let leaf = leaves.get(index).copied();
+                for ahead in leaves.iter().skip(index + 1).take(READ_AHEAD) {
+                    io.cache.prefetch(io.workers, ahead);
+                }
                 match leaf {
                     Some(leaf) if !leaf.is_hole() => {
-                        let plain = cache.get(repo, &leaf)?;
+                        let plain = io.cache.get(io.repo, &leaf)?;
                         let avail = plain.len().saturating_sub(within).min(take);
                         out.extend_from_slice(&plain[within..within + avail]);
                         out.resize(out.len() + take - avail, 0);
@@ -267,29 +357,34 @@ impl FileContent {
     }
 
     /// Set the size, cutting or zero-extending.
-    pub fn truncate(&mut self, repo: &Repo, cache: &ChunkCache, new_size: u64) -> Result<()> {
+    pub fn truncate(&mut self, io: Io, new_size: u64) -> Result<()> {
         if new_size > MAX_FILE_SIZE {
             return Err(FsError::TooLarge);
         }
         if new_size > self.size {
-            self.grow(repo, cache, new_size)?;
+            self.grow(io, new_size)?;
         } else if new_size < self.size {
             let count = chunk_count(new_size, self.chunk);
             let cut = self.dirty.split_off(&count);
-            self.dirty_bytes -= cut.values().map(Vec::len).sum::<usize>();
-            self.leaves(repo)?.truncate(count);
+            self.dirty_bytes -= cut
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+                .min(self.dirty_bytes);
+            drop(self.inflight.split_off(&count));
+            self.leaves(io.repo)?.truncate(count);
             if !new_size.is_multiple_of(self.chunk) {
                 let last = count - 1;
-                let partial = self.chunk_len(last);
-                let is_hole = self.leaves(repo)?.get(last).is_some_and(|l| l.is_hole());
+                let partial = (new_size - last as u64 * self.chunk) as usize;
+                let is_hole = self.leaves(io.repo)?.get(last).is_some_and(|l| l.is_hole())
+                    && !self.inflight.contains_key(&last);
                 if !self.dirty.contains_key(&last) && !is_hole {
-                    self.dirty_chunk(repo, cache, last, false)?;
+                    self.dirty_chunk(io, last, false)?;
                 }
-                self.size = new_size;
                 if let Some(buf) = self.dirty.get_mut(&last) {
                     let before = buf.len();
                     buf.truncate(partial.min(before));
-                    self.dirty_bytes -= before - buf.len();
+                    self.dirty_bytes -= (before - buf.len()).min(self.dirty_bytes);
                 }
             }
             self.size = new_size;
@@ -298,43 +393,27 @@ impl FileContent {
         Ok(())
     }
 
-    /// Store dirty chunks (all, or all but `keep`) into the leaves, uncommitted.
-    fn store_dirty(&mut self, repo: &Repo, keep: Option<usize>) -> Result<()> {
-        let count = chunk_count(self.size, self.chunk);
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut coder = ShardCoder::default();
-        for (index, mut buf) in dirty {
-            if Some(index) == keep {
-                self.dirty.insert(index, buf);
-                continue;
-            }
-            let len = self.chunk_len(index);
-            buf.resize(len, 0);
-            self.dirty_bytes -= len.min(self.dirty_bytes);
-            let leaf = if buf.iter().all(|&b| b == 0) {
-                ChunkRef::hole(len as u32)
-            } else {
-                repo.put_chunk(&VOLUME_OWNER, buf, &mut coder)?
-            };
-            let leaves = self.leaves(repo)?;
-            if leaves.len() < count {
-                leaves.resize(count, ChunkRef::hole(0));
-            }
-            leaves[index] = leaf;
-        }
-        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
-        Ok(())
-    }
-
     /// Store everything buffered and return the new content root (`None`: nothing changed).
-    pub fn commit(&mut self, repo: &Repo) -> Result<Option<BlobRef>> {
+    pub fn commit(&mut self, io: Io) -> Result<Option<BlobRef>> {
         if !self.changed {
             return Ok(None);
         }
-        self.store_dirty(repo, None)?;
+        // Every dirty chunk goes to the workers at once, then all are waited for.
         let count = chunk_count(self.size, self.chunk);
+        let dirty: Vec<usize> = self.dirty.keys().copied().collect();
+        for index in dirty {
+            if let Some(buf) = self.dirty.get_mut(&index) {
+                let len = (self.size.saturating_sub(index as u64 * self.chunk)).min(self.chunk);
+                buf.resize(len as usize, 0);
+            }
+            self.hand_off(io, index)?;
+        }
+        let inflight: Vec<usize> = self.inflight.keys().copied().collect();
+        for index in inflight {
+            self.settle(io.repo, index)?;
+        }
         let lens: Vec<usize> = (0..count).map(|i| self.chunk_len(i)).collect();
-        let leaves = self.leaves(repo)?;
+        let leaves = self.leaves(io.repo)?;
         leaves.resize(count, ChunkRef::hole(0));
         for (leaf, &len) in leaves.iter_mut().zip(&lens) {
             if leaf.is_hole() {
@@ -347,12 +426,13 @@ impl FileContent {
                 )));
             }
         }
-        let mut tree = TreeBuilder::new(repo, VOLUME_OWNER);
+        let mut tree = TreeBuilder::new(io.repo, VOLUME_OWNER);
         for leaf in leaves.iter() {
             tree.push_leaf(*leaf)?;
         }
         let blob = tree.finish()?;
         self.base = Some(blob);
+        self.dirty_bytes = 0;
         self.changed = false;
         Ok(Some(blob))
     }
@@ -365,7 +445,11 @@ impl FileContent {
     /// Whether byte `offset` is in a hole (for SEEK_DATA/SEEK_HOLE), at chunk granularity.
     pub fn is_hole_at(&mut self, repo: &Repo, offset: u64) -> Result<bool> {
         let index = (offset / self.chunk) as usize;
-        if let Some(buf) = self.dirty.get(&index) {
+        let buffered = self
+            .dirty
+            .get(&index)
+            .or_else(|| self.inflight.get(&index).map(|(b, _)| b));
+        if let Some(buf) = buffered {
             return Ok(buf.iter().all(|&b| b == 0));
         }
         Ok(self.leaves(repo)?.get(index).is_none_or(|l| l.is_hole()))

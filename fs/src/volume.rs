@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::Repo;
 
-use crate::file::{default_cache, ChunkCache, FileContent};
+use crate::file::{default_cache, ChunkCache, FileContent, Io};
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Result, SetAttr, Time};
+use dfs_node::workers::ChunkWorkers;
 
 /// State of a file while at least one handle has it open.
 pub struct OpenFile {
@@ -23,6 +24,7 @@ pub struct Volume {
     pub repo: Arc<Repo>,
     pub ns: Namespace,
     pub cache: ChunkCache,
+    workers: ChunkWorkers,
     files: Mutex<HashMap<Ino, Arc<Mutex<OpenFile>>>>,
 }
 
@@ -42,12 +44,22 @@ impl Volume {
                 "removed files unlinked while open when the volume last stopped"
             );
         }
+        let threads = repo.config().storage.worker_count();
         Ok(Self {
+            workers: ChunkWorkers::start(repo.clone(), threads),
             repo,
             ns,
             cache: default_cache(),
             files: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn io(&self) -> Io<'_> {
+        Io {
+            repo: &self.repo,
+            cache: &self.cache,
+            workers: &self.workers,
+        }
     }
 
     pub fn is_open(&self, ino: Ino) -> bool {
@@ -98,7 +110,7 @@ impl Volume {
         if truncate {
             let mut st = lock(&state);
             if st.content.size != 0 {
-                st.content.truncate(&self.repo, &self.cache, 0)?;
+                st.content.truncate(self.io(), 0)?;
                 st.mtime = Some(Time::now());
             }
         }
@@ -129,7 +141,7 @@ impl Volume {
 
     /// Commit an open file's buffered writes as its new content (`durable`: fsync).
     fn commit(&self, ino: Ino, st: &mut OpenFile, durable: bool) -> Result<()> {
-        let blob = st.content.commit(&self.repo)?;
+        let blob = st.content.commit(self.io())?;
         let mtime = st.mtime.take();
         if blob.is_none() && mtime.is_none() {
             if durable {
@@ -194,12 +206,10 @@ impl Volume {
 
     pub fn read(&self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
         match self.open_state(ino) {
-            Some(state) => lock(&state)
-                .content
-                .read(&self.repo, &self.cache, offset, size),
+            Some(state) => lock(&state).content.read(self.io(), offset, size),
             None => {
                 let inode = self.ns.inode(&self.repo, ino)?;
-                FileContent::new(&inode).read(&self.repo, &self.cache, offset, size)
+                FileContent::new(&inode).read(self.io(), offset, size)
             }
         }
     }
@@ -209,7 +219,7 @@ impl Volume {
             .open_state(ino)
             .ok_or(FsError::Invalid("file is not open"))?;
         let mut st = lock(&state);
-        st.content.write(&self.repo, &self.cache, offset, data)?;
+        st.content.write(self.io(), offset, data)?;
         st.mtime = Some(Time::now());
         Ok(())
     }
@@ -226,14 +236,14 @@ impl Volume {
             match self.open_state(ino) {
                 Some(state) => {
                     let mut st = lock(&state);
-                    st.content.truncate(&self.repo, &self.cache, size)?;
+                    st.content.truncate(self.io(), size)?;
                     st.mtime = Some(Time::now());
                     self.commit(ino, &mut st, false)?;
                 }
                 None => {
                     let mut content = FileContent::new(&inode);
-                    content.truncate(&self.repo, &self.cache, size)?;
-                    let blob = content.commit(&self.repo)?;
+                    content.truncate(self.io(), size)?;
+                    let blob = content.commit(self.io())?;
                     let now = Time::now();
                     self.ns.update(&self.repo, ino, |i| {
                         if let Some(b) = blob {

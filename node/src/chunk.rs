@@ -104,6 +104,8 @@ pub enum ChunkError {
     WrongKey { id: ChunkId },
     #[error("shard store: {0}")]
     Store(#[from] StoreError),
+    #[error("the chunk worker stopped before finishing")]
+    WorkerGone,
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("encoding chunk: {0}")]

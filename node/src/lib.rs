@@ -17,6 +17,7 @@ pub mod repo;
 pub mod shard;
 pub mod store;
 pub mod tree;
+pub mod workers;
 
 pub use blob::{BlobError, BlobRef, ReadReport};
 pub use chunk::{ChunkError, ChunkHealth, ChunkRef, ShardState};

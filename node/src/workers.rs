@@ -1,0 +1,126 @@
+//! A pool of threads that store and fetch chunks in the background, so a FUSE thread can hand
+//! off a finished chunk (encrypt, hash, encode, write shards) and go on taking writes, and
+//! sequential reads can fetch the next chunks before they are asked for.
+//!
+//! Jobs go through one bounded queue (`2 * threads` deep): when it is full, `store` blocks the
+//! caller, which is the backpressure that bounds buffered memory. Each worker keeps its own
+//! [`ShardCoder`] and recycles buffers as `write_blob`'s workers do.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use dfs_placement::erasure::ShardCoder;
+
+use crate::chunk::{ChunkError, ChunkRef};
+use crate::meta::OwnerId;
+use crate::repo::Repo;
+
+/// The eventual result of a background job.
+pub type Pending<T> = Receiver<Result<T, ChunkError>>;
+
+enum Job {
+    Store {
+        owner: OwnerId,
+        plaintext: Vec<u8>,
+        reply: Sender<Result<ChunkRef, ChunkError>>,
+    },
+    Fetch {
+        chunk: ChunkRef,
+        reply: Sender<Result<Vec<u8>, ChunkError>>,
+    },
+}
+
+/// Background chunk workers over one repository.
+pub struct ChunkWorkers {
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ChunkWorkers {
+    /// Start `threads` workers (at least one).
+    pub fn start(repo: Arc<Repo>, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = bounded::<Job>(2 * threads);
+        let handles = (0..threads)
+            .map(|i| {
+                let (repo, rx) = (repo.clone(), rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("dfs-chunk-{i}"))
+                    .spawn(move || work(&repo, &rx))
+                    .unwrap_or_else(|e| panic!("cannot start a chunk worker thread: {e}"))
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            threads: handles,
+        }
+    }
+
+    fn submit(&self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            // Only fails after shutdown, when the reply channel then reports the loss.
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Store a chunk in the background; blocks while the queue is full.
+    pub fn store(&self, owner: OwnerId, plaintext: Vec<u8>) -> Pending<ChunkRef> {
+        let (reply, rx) = bounded(1);
+        self.submit(Job::Store {
+            owner,
+            plaintext,
+            reply,
+        });
+        rx
+    }
+
+    /// Fetch (read, verify, repair, decrypt) a chunk in the background.
+    pub fn fetch(&self, chunk: ChunkRef) -> Pending<Vec<u8>> {
+        let (reply, rx) = bounded(1);
+        self.submit(Job::Fetch { chunk, reply });
+        rx
+    }
+
+    /// Queue a fetch only if a worker can take it now (read-ahead must never block a reader).
+    pub fn try_fetch(&self, chunk: ChunkRef) -> Option<Pending<Vec<u8>>> {
+        let (reply, rx) = bounded(1);
+        self.jobs
+            .as_ref()?
+            .try_send(Job::Fetch { chunk, reply })
+            .ok()?;
+        Some(rx)
+    }
+}
+
+impl Drop for ChunkWorkers {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn work(repo: &Repo, jobs: &Receiver<Job>) {
+    let mut coder = ShardCoder::default();
+    for job in jobs {
+        match job {
+            Job::Store {
+                owner,
+                plaintext,
+                reply,
+            } => {
+                let _ = reply.send(repo.put_chunk(&owner, plaintext, &mut coder));
+            }
+            Job::Fetch { chunk, reply } => {
+                let _ = reply.send(repo.get_chunk(&chunk, &mut coder, true).map(|(p, _)| p));
+            }
+        }
+    }
+}
+
+/// Wait for a pending result.
+pub fn wait<T>(pending: &Pending<T>) -> Result<T, ChunkError> {
+    pending.recv().unwrap_or(Err(ChunkError::WorkerGone))
+}
