@@ -24,7 +24,8 @@ const EXIT_LOST: u8 = 3;
 (XChaCha20-Poly1305), named by the blake3 hash of its ciphertext and cut into erasure-coded \
 shards (4 data + 2 parity by default), so any 2 shards of a chunk may be lost or corrupted \
 without losing a byte. Everything read back is verified.\n\n\
-Quick start:\n  dfs put ~/photos          # prints a dfs:// link as its last line\n  \
+Quick start:\n  dfs mount ~/dfs           # the volume as a folder (Ctrl-C or dfs umount to stop)\n  \
+dfs put ~/photos          # prints a dfs:// link as its last line\n  \
 dfs get LINK -o restored  # restores it byte for byte\n  dfs verify LINK           # checks every shard"
 )]
 pub struct Args {
