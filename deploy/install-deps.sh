@@ -5,8 +5,9 @@
 #   librocksdb-dev : Debian's RocksDB 7.8, linked instead of compiling the bundled C++ (docs/build.md)
 #   time : peak-memory figures in benches/put_get.sh
 #   rsync sqlite3 git : real tools run inside the mount by tests/posix/tools.sh
+#   bindfs fio : baselines and workloads of benches/mount.sh
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git)
+packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,8 +27,10 @@ use crate::model::{FsError, Inode, Result};
 
 /// Largest file we accept: far beyond any disk here, and keeps offsets in i64 for lseek.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
-/// Dirty bytes one file may buffer before full chunks are stored early (still uncommitted).
-const DIRTY_LIMIT: usize = 64 << 20;
+/// Dirty bytes one file may buffer before its least recently written chunks are stored early
+/// (still uncommitted). Large enough that random writes over a 256 MiB working set stay in
+/// memory until commit instead of storing the same chunks again and again.
+const DIRTY_LIMIT: usize = 256 << 20;
 /// Chunks of one file being stored in the background before the writer waits for the oldest.
 const MAX_INFLIGHT: usize = 8;
 /// Chunks fetched ahead of a sequential reader.
@@ -96,7 +98,7 @@ impl ChunkCache {
         let plain = match pending.map(|p| wait(&p)) {
             Some(Ok(plain)) => plain,
             // A failed prefetch is retried here, so the error reported is the real read's.
-            _ => repo.get_chunk(chunk, &mut ShardCoder::default(), true)?.0,
+            _ => repo.read_chunk(chunk, &mut ShardCoder::default())?,
         };
         let plain = Arc::new(plain);
         let mut guard = self.lock();
@@ -135,6 +137,9 @@ pub struct FileContent {
     leaves: Option<Vec<ChunkRef>>,
     /// Chunk index -> its whole plaintext as it is now.
     dirty: BTreeMap<usize, Vec<u8>>,
+    /// When each dirty chunk was last written (a counter), to store the coldest first.
+    touched: std::collections::HashMap<usize, u64>,
+    writes: u64,
     /// Chunks being stored by the workers: their plaintext (for reads) and the pending result.
     inflight: BTreeMap<usize, (Vec<u8>, Pending<ChunkRef>)>,
     dirty_bytes: usize,
@@ -151,6 +156,8 @@ impl FileContent {
             base: inode.content,
             leaves: None,
             dirty: BTreeMap::new(),
+            touched: std::collections::HashMap::new(),
+            writes: 0,
             inflight: BTreeMap::new(),
             dirty_bytes: 0,
             size: inode.size,
@@ -205,6 +212,7 @@ impl FileContent {
         let Some(buf) = self.dirty.remove(&index) else {
             return Ok(());
         };
+        self.touched.remove(&index);
         self.dirty_bytes -= buf.len().min(self.dirty_bytes);
         if buf.iter().all(|&b| b == 0) {
             return self.set_leaf(io.repo, index, ChunkRef::hole(buf.len() as u32));
@@ -298,6 +306,8 @@ impl FileContent {
             let whole = within == 0 && take >= self.chunk_len(index);
             let buf = self.dirty_chunk(io, index, whole)?;
             buf[within..within + take].copy_from_slice(&src[..take]);
+            self.writes += 1;
+            self.touched.insert(index, self.writes);
             src = &src[take..];
             pos += take as u64;
             // Filled to the end of a full-size chunk: store it now, in the background.
@@ -308,9 +318,16 @@ impl FileContent {
         }
         self.changed = true;
         if self.dirty_bytes > DIRTY_LIMIT {
-            let keep = (end / self.chunk) as usize;
-            let indices: Vec<usize> = self.dirty.keys().copied().filter(|&i| i != keep).collect();
-            for index in indices {
+            let mut coldest: Vec<(u64, usize)> = self
+                .dirty
+                .keys()
+                .map(|&i| (self.touched.get(&i).copied().unwrap_or(0), i))
+                .collect();
+            coldest.sort_unstable();
+            for (_, index) in coldest {
+                if self.dirty_bytes <= DIRTY_LIMIT / 4 * 3 {
+                    break;
+                }
                 self.hand_off(io, index)?;
             }
         }

@@ -41,6 +41,8 @@ pub enum ShardState {
     Ok,
     Missing,
     Corrupt(ShardDefect),
+    /// Not read: enough other shards were intact (see [`Repo::read_chunk`]).
+    Unread,
 }
 
 /// What inspecting a chunk found.
@@ -67,8 +69,13 @@ impl ChunkHealth {
         self.shards.iter().filter(|s| **s == ShardState::Ok).count()
     }
 
+    /// No shard that was read is missing or corrupt.
     pub fn is_healthy(&self) -> bool {
-        self.layout.is_some() && self.intact() == self.shards.len()
+        self.layout.is_some()
+            && self
+                .shards
+                .iter()
+                .all(|s| matches!(s, ShardState::Ok | ShardState::Unread))
     }
 
     pub fn is_lost(&self) -> bool {
@@ -280,6 +287,36 @@ impl Repo {
         coder: &mut ShardCoder,
         repair: bool,
     ) -> Result<(Option<Vec<u8>>, ChunkHealth), ChunkError> {
+        self.inspect_chunk_with(id, coder, repair, true)
+    }
+
+    /// Read and decrypt a chunk from only as many shards as it takes (data shards first): the
+    /// fast path for a mounted volume's reads. Shards found missing or corrupt on the way are
+    /// rewritten; shards not read are left to `dfs verify` and scrubbing.
+    pub fn read_chunk(
+        &self,
+        chunk: &ChunkRef,
+        coder: &mut ShardCoder,
+    ) -> Result<Vec<u8>, ChunkError> {
+        if chunk.is_hole() {
+            return Ok(vec![0; chunk.len as usize]);
+        }
+        let (ciphertext, health) = self.inspect_chunk_with(&chunk.id, coder, true, false)?;
+        let ciphertext = ciphertext.ok_or_else(|| lost_error(&health))?;
+        chunk
+            .key
+            .decrypt(ciphertext)
+            .map_err(|_| ChunkError::WrongKey { id: chunk.id })
+    }
+
+    /// `all`: read and verify every shard; otherwise stop once enough are intact.
+    fn inspect_chunk_with(
+        &self,
+        id: &ChunkId,
+        coder: &mut ShardCoder,
+        repair: bool,
+        all: bool,
+    ) -> Result<(Option<Vec<u8>>, ChunkHealth), ChunkError> {
         let mut images: Vec<Option<Vec<u8>>> = Vec::new();
         let mut header: Option<ShardHeader> = self.meta().chunk(id)?.map(|r| ShardHeader {
             chunk: *id,
@@ -316,12 +353,33 @@ impl Repo {
         let layout = header.layout;
         let count = layout.shard_count();
         images.truncate(count);
-        while images.len() < count {
-            images.push(self.store().read(id, images.len() as u8)?);
+        // Which shards to read: all of them, or in index order (data first) until `needed`
+        // verify; a shard not read is `None` in `read`.
+        let mut read: Vec<bool> = vec![false; count];
+        let mut intact = 0;
+        for index in 0..count {
+            if !all && intact >= layout.needed() {
+                break;
+            }
+            if images.len() <= index {
+                images.push(self.store().read(id, index as u8)?);
+            }
+            read[index] = true;
+            let ok = images[index].as_deref().is_some_and(|bytes| {
+                ShardHeader::decode_expected(bytes, *id, index as u8)
+                    .is_ok_and(|(h, _)| h.layout == layout && h.chunk_len == header.chunk_len)
+            });
+            intact += usize::from(ok);
         }
+        images.resize(count, None);
         let mut states = Vec::with_capacity(count);
         let mut bodies: Vec<Option<&[u8]>> = Vec::with_capacity(count);
         for (index, image) in images.iter().enumerate() {
+            if !read[index] {
+                states.push(ShardState::Unread);
+                bodies.push(None);
+                continue;
+            }
             let verdict = image.as_deref().map(|bytes| {
                 ShardHeader::decode_expected(bytes, *id, index as u8).and_then(|(h, body)| {
                     if h.layout == layout && h.chunk_len == header.chunk_len {
@@ -364,7 +422,7 @@ impl Repo {
             .shards
             .iter()
             .enumerate()
-            .filter(|(_, s)| **s != ShardState::Ok)
+            .filter(|(_, s)| matches!(s, ShardState::Missing | ShardState::Corrupt(_)))
             .map(|(i, _)| i as u8)
             .collect();
         if repair && !bad.is_empty() {

@@ -75,7 +75,8 @@ impl ChunkWorkers {
         rx
     }
 
-    /// Fetch (read, verify, repair, decrypt) a chunk in the background.
+    /// Fetch a chunk in the background ([`Repo::read_chunk`]: the shards it takes, verified,
+    /// repaired, decrypted).
     pub fn fetch(&self, chunk: ChunkRef) -> Pending<Vec<u8>> {
         let (reply, rx) = bounded(1);
         self.submit(Job::Fetch { chunk, reply });
@@ -114,7 +115,7 @@ fn work(repo: &Repo, jobs: &Receiver<Job>) {
                 let _ = reply.send(repo.put_chunk(&owner, plaintext, &mut coder));
             }
             Job::Fetch { chunk, reply } => {
-                let _ = reply.send(repo.get_chunk(&chunk, &mut coder, true).map(|(p, _)| p));
+                let _ = reply.send(repo.read_chunk(&chunk, &mut coder));
             }
         }
     }

@@ -143,3 +143,53 @@ proptest! {
         prop_assert!(std::fs::read(victim).unwrap() != content);
     }
 }
+
+/// The mount's read path reads only the shards it needs: data shards when intact, parity only
+/// to replace a bad one, and repairs what it found bad.
+#[test]
+fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
+    use dfs_node::chunk::ChunkRef;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    let session = repo.begin_put("t").unwrap();
+    let bytes: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut coder = dfs_placement::erasure::ShardCoder::default();
+    let chunk: ChunkRef = repo
+        .put_chunk(session.owner(), bytes.clone(), &mut coder)
+        .unwrap();
+    let shard = |i: u8| repo.store().path(&chunk.id, i);
+    // Parity shards gone: a fast read does not even look at them.
+    std::fs::remove_file(shard(4)).unwrap();
+    std::fs::remove_file(shard(5)).unwrap();
+    let read_before = repo
+        .store()
+        .counters()
+        .shard_bytes_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == bytes);
+    let read = repo
+        .store()
+        .counters()
+        .shard_bytes_read
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - read_before;
+    assert!(read < 1_100_000, "read {read} bytes for a 1 MiB chunk");
+    assert!(
+        !shard(4).exists(),
+        "unread shards are left to verify and scrub"
+    );
+    // A full read (what dfs get and verify do) restores the parity; then a corrupt data shard
+    // is read around and rewritten by the fast path.
+    let (_, health) = repo.get_chunk(&chunk, &mut coder, true).unwrap();
+    assert_eq!(health.repaired, vec![4, 5]);
+    let mut b = std::fs::read(shard(1)).unwrap();
+    b[500] ^= 1;
+    std::fs::write(shard(1), &b).unwrap();
+    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == bytes);
+    assert!(
+        std::fs::read(shard(1)).unwrap() != b,
+        "the corrupt shard was rewritten"
+    );
+}

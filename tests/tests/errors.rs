@@ -131,7 +131,9 @@ fn unknown_flags_and_help() {
         "{run:#?}"
     );
     let help = dfs.run(&["--help"]).ok();
-    for cmd in ["put", "get", "verify", "list", "forget", "gc", "mount", "umount"] {
+    for cmd in [
+        "put", "get", "verify", "list", "forget", "gc", "mount", "umount",
+    ] {
         assert!(help.stdout.contains(cmd), "--help lists {cmd}: {help:#?}");
         let sub = dfs.run(&[cmd, "--help"]).ok();
         assert!(sub.stdout.contains("Usage: dfs"), "{sub:#?}");
