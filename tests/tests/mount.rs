@@ -313,3 +313,42 @@ fn mount_errors_are_clear() {
     assert_eq!(m.unmount(), Some(0));
     assert!(full.join("x").exists());
 }
+
+#[test]
+fn a_corrupt_shard_is_detected_on_read_through_the_mount_and_rebuilt() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    let bytes = random_bytes(8 << 20, 9);
+    fs::write(m.path.join("f"), &bytes).unwrap();
+    assert_eq!(m.unmount(), Some(0));
+    // Corrupt the body of data shard 0 of every erasure-coded chunk (1 MiB shards).
+    let mut damaged = Vec::new();
+    for (path, _, index) in dfs.shard_files() {
+        let mut b = fs::read(&path).unwrap();
+        if index == 0 && b.len() > 1 << 20 {
+            b[4096] ^= 0x55;
+            fs::write(&path, &b).unwrap();
+            damaged.push((path, b));
+        }
+    }
+    assert!(
+        damaged.len() >= 2,
+        "expected the file's chunks to be damaged"
+    );
+    let m = dfs.mount("mnt");
+    assert!(
+        fs::read(m.path.join("f")).unwrap() == bytes,
+        "wrong bytes through the mount"
+    );
+    for (path, bad) in &damaged {
+        assert!(
+            fs::read(path).unwrap() != *bad,
+            "{} was not rebuilt",
+            path.display()
+        );
+    }
+    assert_eq!(m.unmount(), Some(0));
+}
