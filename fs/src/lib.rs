@@ -9,6 +9,7 @@
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
 pub mod file;
+pub mod fsck;
 pub mod fuse;
 pub mod link;
 pub mod model;

@@ -264,7 +264,16 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
-/// Attributes to change in [`Namespace::setattr`].
+/// A directory entry with the directory it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// Attributes to change in [`crate::volume::Volume::setattr`].
 #[derive(Debug, Default, Clone)]
 pub struct SetAttr {
     pub perm: Option<u16>,
@@ -619,6 +628,56 @@ impl Namespace {
             Ok(_) | Err(FsError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Every inode (for fsck).
+    pub fn all_inodes(&self, repo: &Repo) -> Result<Vec<(Ino, Inode)>> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = repo
+                .meta()
+                .fs_scan(FsTable::Inodes, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in page {
+                let ino = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| FsError::Corrupt("inode key".into()))?;
+                out.push((ino, decode_inode(ino, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every directory entry (for fsck).
+    pub fn all_entries(&self, repo: &Repo) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = repo
+                .meta()
+                .fs_scan(FsTable::Dirents, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in page {
+                let parent = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| FsError::Corrupt("directory entry key".into()))?;
+                let (ino, kind) = decode_dirent(&v)?;
+                out.push(Entry {
+                    parent,
+                    name: k[8..].to_vec(),
+                    ino,
+                    kind,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Delete every inode left with no links (open when a previous run ended).

@@ -120,6 +120,18 @@ Mount options: the mount is `default_permissions` (the kernel checks modes and o
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
     },
+    /// Check the volume's metadata and content for consistency (while not mounted)
+    #[command(
+        long_about = "Check the mounted volume's metadata offline: every directory entry \
+points to an inode of its kind, link counts match, every inode is reachable from the root, \
+and every file's chunk tree is readable with the size its inode says. --deep also verifies \
+every shard of every chunk. Exit status 0 when clean, 1 when problems were found."
+    )]
+    Fsck {
+        /// Also read and verify every shard of every chunk
+        #[arg(long)]
+        deep: bool,
+    },
     /// Unmount a dfs mount point (the mounting process commits and exits)
     Umount {
         /// The mount point given to `dfs mount`
@@ -266,6 +278,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
             })?;
             eprintln!("dfs: unmounted {}", mountpoint.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck { deep } => {
+            let repo = open_repo(args.data)?;
+            // SAFETY: getuid/getgid have no preconditions.
+            let owner = unsafe {
+                dfs_fs::model::Caller {
+                    uid: libc::getuid(),
+                    gid: libc::getgid(),
+                }
+            };
+            let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
+            let report = dfs_fs::fsck::fsck(&repo, &ns, deep)?;
+            for p in &report.problems {
+                println!("PROBLEM: {p}");
+            }
+            println!(
+                "{} inodes, {} entries, {} files, {} chunks checked: {}",
+                report.inodes,
+                report.entries,
+                report.files,
+                report.chunks,
+                if report.is_clean() {
+                    "clean".to_string()
+                } else {
+                    format!("{} problems", report.problems.len())
+                }
+            );
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Umount { mountpoint } => {
             dfs_fs::mount::unmount(&mountpoint)
