@@ -16,7 +16,8 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time};
+use crate::dotdfs::{self, is_virtual, DotDfs};
+use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, ROOT};
 use crate::volume::Volume;
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
@@ -27,6 +28,8 @@ const BLOCK: u32 = 4096;
 /// A mounted [`Volume`] as a fuser filesystem.
 pub struct DfsFs {
     vol: Arc<Volume>,
+    /// The read-only `.dfs` tree (versions).
+    dot: DotDfs,
     /// Directory listings taken at opendir, so readdir offsets stay stable.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
@@ -36,6 +39,7 @@ impl DfsFs {
     pub fn new(vol: Arc<Volume>) -> Self {
         Self {
             vol,
+            dot: DotDfs::default(),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
         }
@@ -47,6 +51,11 @@ fn errno(e: &FsError) -> Errno {
         tracing::error!(error = %e, "filesystem operation failed");
     }
     Errno::from_i32(e.errno())
+}
+
+/// Whether a change at `parent/name` touches the read-only `.dfs` tree.
+fn read_only(parent: INodeNo, name: &OsStr) -> bool {
+    is_virtual(parent.0) || (parent.0 == ROOT && name.as_bytes() == dotdfs::NAME)
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -99,13 +108,19 @@ impl Filesystem for DfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        let _ = config.add_capabilities(
-            fuser::InitFlags::FUSE_BIG_WRITES
-                | fuser::InitFlags::FUSE_DO_READDIRPLUS
-                | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
-                | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC
-                | fuser::InitFlags::FUSE_PARALLEL_DIROPS,
-        );
+        // One at a time: add_capabilities refuses the whole set if the kernel lacks any.
+        for wanted in [
+            fuser::InitFlags::FUSE_BIG_WRITES,
+            fuser::InitFlags::FUSE_DO_READDIRPLUS,
+            fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+            fuser::InitFlags::FUSE_ATOMIC_O_TRUNC,
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+            fuser::InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if let Err(missing) = config.add_capabilities(wanted) {
+                tracing::info!(?missing, "kernel lacks a FUSE capability");
+            }
+        }
         Ok(())
     }
 
@@ -116,14 +131,19 @@ impl Filesystem for DfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.vol.lookup(parent.0, name.as_bytes()) {
+        let found = if read_only(parent, name) {
+            self.dot.lookup(&self.vol, parent.0, name.as_bytes())
+        } else {
+            self.vol.lookup(parent.0, name.as_bytes())
+        };
+        match found {
             Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vol.attr(ino.0) {
+        match self.attr_any(ino.0) {
             Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -147,6 +167,9 @@ impl Filesystem for DfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         let set = SetAttr {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,
@@ -163,7 +186,7 @@ impl Filesystem for DfsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.vol.attr(ino.0) {
+        match self.attr_any(ino.0) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(errno(&e)),
@@ -180,6 +203,9 @@ impl Filesystem for DfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if read_only(parent, name) {
+            return reply.error(Errno::EROFS);
+        }
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -211,6 +237,9 @@ impl Filesystem for DfsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if read_only(parent, name) {
+            return reply.error(Errno::EROFS);
+        }
         let perm = (mode & !umask & 0o7777) as u16;
         match self.vol.ns.create(
             &self.vol.repo,
@@ -228,6 +257,9 @@ impl Filesystem for DfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if read_only(parent, name) {
+            return reply.error(Errno::EROFS);
+        }
         match self.vol.remove(parent.0, name.as_bytes(), false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -235,6 +267,9 @@ impl Filesystem for DfsFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if read_only(parent, name) {
+            return reply.error(Errno::EROFS);
+        }
         match self.vol.remove(parent.0, name.as_bytes(), true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -249,6 +284,9 @@ impl Filesystem for DfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if read_only(parent, link_name) {
+            return reply.error(Errno::EROFS);
+        }
         let target = target.as_os_str().as_bytes();
         if target.len() > libc::PATH_MAX as usize {
             return reply.error(Errno::ENAMETOOLONG);
@@ -281,6 +319,9 @@ impl Filesystem for DfsFs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
+        if read_only(parent, name) || read_only(newparent, newname) {
+            return reply.error(Errno::EROFS);
+        }
         match self.vol.rename(
             parent.0,
             name.as_bytes(),
@@ -302,6 +343,9 @@ impl Filesystem for DfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        if is_virtual(ino.0) || read_only(newparent, newname) {
+            return reply.error(Errno::EROFS);
+        }
         match self
             .vol
             .ns
@@ -314,6 +358,13 @@ impl Filesystem for DfsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if is_virtual(ino.0) {
+            return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+                reply.error(Errno::EROFS)
+            } else {
+                reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
+            };
+        }
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.vol.open_file(ino.0, truncate) {
             Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -332,7 +383,12 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vol.read(ino.0, offset, size as usize) {
+        let data = if is_virtual(ino.0) {
+            self.dot.read(&self.vol, ino.0, offset, size as usize)
+        } else {
+            self.vol.read(ino.0, offset, size as usize)
+        };
+        match data {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -350,6 +406,9 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.vol.write(ino.0, offset, data) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno(&e)),
@@ -364,6 +423,9 @@ impl Filesystem for DfsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if is_virtual(ino.0) {
+            return reply.ok();
+        }
         match self.vol.flush(ino.0, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -380,6 +442,9 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if is_virtual(ino.0) {
+            return reply.ok();
+        }
         match self.vol.release(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -394,6 +459,9 @@ impl Filesystem for DfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if is_virtual(ino.0) {
+            return reply.ok();
+        }
         match self.vol.flush(ino.0, true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -401,7 +469,12 @@ impl Filesystem for DfsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.vol.ns.list(&self.vol.repo, ino.0) {
+        let listing = if is_virtual(ino.0) {
+            self.dot.list(&self.vol, ino.0)
+        } else {
+            self.vol.ns.list(&self.vol.repo, ino.0)
+        };
+        match listing {
             Ok(entries) => {
                 let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
                 self.dirs
@@ -425,8 +498,8 @@ impl Filesystem for DfsFs {
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let parent = match self.vol.ns.inode(&self.vol.repo, ino.0) {
-            Ok(i) => i.parent,
+        let parent = match self.parent_of(ino.0) {
+            Ok(p) => p,
             Err(e) => return reply.error(errno(&e)),
         };
         // Offsets: 1 = ".", 2 = "..", 2 + i + 1 = entry i.
@@ -468,8 +541,8 @@ impl Filesystem for DfsFs {
         while next < entries.len() as u64 + 2 {
             let (child, name): (Ino, &[u8]) = match next {
                 0 => (ino.0, b"."),
-                1 => match self.vol.ns.inode(&self.vol.repo, ino.0) {
-                    Ok(i) => (i.parent, b".."),
+                1 => match self.parent_of(ino.0) {
+                    Ok(p) => (p, b".."),
                     Err(e) => return reply.error(errno(&e)),
                 },
                 n => {
@@ -477,7 +550,7 @@ impl Filesystem for DfsFs {
                     (e.ino, &e.name)
                 }
             };
-            let inode = match self.vol.attr(child) {
+            let inode = match self.attr_any(child) {
                 Ok(i) => i,
                 // Removed since opendir: skip it.
                 Err(FsError::NotFound) => {
@@ -566,6 +639,9 @@ impl Filesystem for DfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         if name.as_bytes().starts_with(b"system.posix_acl_") {
             // POSIX ACLs are not supported (yet): tools like `cp -a` then fall back to chmod,
             // where a stored ACL would leave the mode bits stale.
@@ -587,6 +663,9 @@ impl Filesystem for DfsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::ENODATA);
+        }
         match self
             .vol
             .ns
@@ -600,6 +679,9 @@ impl Filesystem for DfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if is_virtual(ino.0) {
+            return reply.size(0);
+        }
         match self.vol.ns.list_xattrs(&self.vol.repo, ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -620,6 +702,9 @@ impl Filesystem for DfsFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self
             .vol
             .ns
@@ -632,7 +717,7 @@ impl Filesystem for DfsFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions); this only says it exists.
-        match self.vol.attr(ino.0) {
+        match self.attr_any(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -648,6 +733,9 @@ impl Filesystem for DfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if read_only(parent, name) {
+            return reply.error(Errno::EROFS);
+        }
         let perm = (mode & !umask & 0o7777) as u16;
         let created = self
             .vol
@@ -688,6 +776,9 @@ impl Filesystem for DfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if is_virtual(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         // Mode 0 (allocate, growing the file) and KEEP_SIZE are supported; space is not
         // reserved (content is stored at commit), so KEEP_SIZE has nothing to do.
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
@@ -727,6 +818,24 @@ impl Filesystem for DfsFs {
 }
 
 impl DfsFs {
+    /// Attributes of a real or virtual inode.
+    fn attr_any(&self, ino: Ino) -> Result<Inode, FsError> {
+        if is_virtual(ino) {
+            self.dot.attr(&self.vol, ino)
+        } else {
+            self.vol.attr(ino)
+        }
+    }
+
+    /// The directory `..` names in a listing of `ino`.
+    fn parent_of(&self, ino: Ino) -> Result<Ino, FsError> {
+        if is_virtual(ino) {
+            Ok(self.dot.parent_of(ino))
+        } else {
+            Ok(self.vol.ns.inode(&self.vol.repo, ino)?.parent)
+        }
+    }
+
     fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
         self.dirs
             .lock()
@@ -737,6 +846,9 @@ impl DfsFs {
 
     /// SEEK_DATA / SEEK_HOLE at chunk granularity (holes are whole chunks of zeros).
     fn seek(&self, ino: Ino, offset: i64, whence: i32) -> Result<i64, Errno> {
+        if is_virtual(ino) {
+            return Err(Errno::EINVAL);
+        }
         let size = self.vol.attr(ino).map_err(|e| errno(&e))?.size;
         if offset < 0 || offset as u64 >= size {
             return Err(Errno::ENXIO);

@@ -8,6 +8,7 @@
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
+pub mod dotdfs;
 pub mod file;
 pub mod fsck;
 pub mod fuse;
@@ -15,6 +16,7 @@ pub mod link;
 pub mod model;
 pub mod mount;
 pub mod snapshot;
+pub mod versions;
 pub mod volume;
 
 pub use link::{LinkError, ShareLink};

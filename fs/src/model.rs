@@ -126,8 +126,10 @@ pub struct Inode {
     pub ctime: Time,
     pub crtime: Time,
     pub rdev: u32,
-    /// Directories: the parent directory (the root is its own parent).
+    /// The directory of the entry that last named this inode (for directories the only one; the
+    /// root is its own parent), and that entry's name: a file's path for its versions.
     pub parent: Ino,
+    pub name: Vec<u8>,
     /// Files: the committed content, if any has been written.
     pub content: Option<BlobRef>,
     /// Files: the chunk size the content is cut at (fixed for the file's life).
@@ -296,6 +298,8 @@ pub struct Caller {
 pub struct Namespace {
     lock: Mutex<()>,
     chunk_size: u32,
+    /// Bumped whenever a version is recorded, so views of the versions know to refresh.
+    versions_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Namespace {
@@ -304,6 +308,7 @@ impl Namespace {
         let ns = Self {
             lock: Mutex::new(()),
             chunk_size: repo.config().storage.chunk_size,
+            versions_generation: std::sync::atomic::AtomicU64::new(0),
         };
         if repo
             .meta()
@@ -324,6 +329,7 @@ impl Namespace {
                 crtime: now,
                 rdev: 0,
                 parent: ROOT,
+                name: Vec::new(),
                 content: None,
                 chunk_size: 0,
                 target: Vec::new(),
@@ -478,6 +484,7 @@ impl Namespace {
             crtime: now,
             rdev,
             parent,
+            name: name.to_vec(),
             content: None,
             chunk_size: self.chunk_size,
             target: target.to_vec(),
@@ -776,12 +783,14 @@ impl Namespace {
                 dirent_key(newparent, newname),
                 dirent_value(ino, inode.kind),
             );
-            let mut moved = [(ino, inode, newparent), (tino, tinode, parent)];
-            for (i, node, to) in moved.iter_mut() {
+            let mut moved = [
+                (ino, inode, newparent, newname),
+                (tino, tinode, parent, name),
+            ];
+            for (i, node, to, to_name) in moved.iter_mut() {
                 node.ctime = now;
-                if node.kind == Kind::Dir {
-                    node.parent = *to;
-                }
+                node.parent = *to;
+                node.name = to_name.to_vec();
                 batch.put(FsTable::Inodes, ino_key(*i), encode_inode(node));
             }
             let dirs_moved = |a: &Inode| i64::from(a.kind == Kind::Dir);
@@ -877,9 +886,8 @@ impl Namespace {
             dirent_value(ino, inode.kind),
         );
         inode.ctime = now;
-        if inode.kind == Kind::Dir {
-            inode.parent = newparent;
-        }
+        inode.parent = newparent;
+        inode.name = newname.to_vec();
         batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
         let mut old = self.dir(repo, parent)?;
         old.mtime = now;
@@ -941,6 +949,89 @@ impl Namespace {
         batch.put(FsTable::Inodes, ino_key(ino), encode_inode(inode));
         repo.meta().fs_write(batch, durable)?;
         Ok(())
+    }
+
+    /// The path of an inode from the volume root (`/a/b/c`), through its last-named parents.
+    pub fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
+        let mut parts = vec![inode.name.clone()];
+        let mut dir = inode.parent;
+        for _ in 0..4096 {
+            if dir == ROOT {
+                break;
+            }
+            match self.inode(repo, dir) {
+                Ok(d) => {
+                    parts.push(d.name);
+                    dir = d.parent;
+                }
+                Err(_) => {
+                    parts.push(b".unlinked".to_vec());
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        let mut path = Vec::new();
+        for p in parts {
+            path.push(b'/');
+            path.extend_from_slice(&p);
+        }
+        path
+    }
+
+    /// Install a file's new content (and the time of the writes that made it), and with
+    /// `version` record the resulting content as a version, in one batch.
+    pub fn commit_content(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        content: Option<BlobRef>,
+        size: u64,
+        mtime: Option<Time>,
+        version: bool,
+    ) -> Result<()> {
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        let changed = version && (content.is_some() || inode.content.is_some());
+        if let Some(c) = content {
+            inode.content = Some(c);
+        }
+        inode.size = size;
+        if let Some(t) = mtime {
+            inode.mtime = t;
+            inode.ctime = inode.ctime.max(t);
+        }
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        if let (true, Some(content)) = (changed, inode.content) {
+            let record = crate::versions::VersionRecord {
+                content,
+                chunk_size: inode.chunk_size,
+                size,
+                mtime: inode.mtime,
+                path: self.path_of(repo, &inode),
+            };
+            crate::versions::record(
+                repo,
+                &mut batch,
+                ino,
+                Time::now(),
+                &record,
+                &repo.config().versions,
+            )?;
+        }
+        repo.meta().fs_write(batch, false)?;
+        if changed {
+            self.versions_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Changes whenever a version is recorded.
+    pub fn versions_generation(&self) -> u64 {
+        self.versions_generation
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Read-modify-write an inode under the namespace lock.

@@ -17,6 +17,9 @@ pub struct OpenFile {
     pub opens: u32,
     /// Modification time of uncommitted writes.
     pub mtime: Option<Time>,
+    /// Content was committed by a flush without recording a version: the next close or fsync
+    /// records one.
+    pub unversioned: bool,
 }
 
 /// One volume, ready to serve filesystem operations.
@@ -102,6 +105,7 @@ impl Volume {
                     content: FileContent::new(&inode),
                     opens: 0,
                     mtime: None,
+                    unversioned: false,
                 }))
             });
             lock(state).opens += 1;
@@ -122,7 +126,7 @@ impl Volume {
         let Some(state) = self.open_state(ino) else {
             return Ok(());
         };
-        let result = self.commit(ino, &mut lock(&state), false);
+        let result = self.commit(ino, &mut lock(&state), false, true);
         let last = {
             let mut files = lock(&self.files);
             let mut st = lock(&state);
@@ -140,10 +144,15 @@ impl Volume {
     }
 
     /// Commit an open file's buffered writes as its new content (`durable`: fsync).
-    fn commit(&self, ino: Ino, st: &mut OpenFile, durable: bool) -> Result<()> {
+    ///
+    /// Versions are recorded at close and fsync (`version`), not at every flush: a shell's
+    /// `echo x > f` flushes once with the file just truncated, and that is not a version anyone
+    /// wants.
+    fn commit(&self, ino: Ino, st: &mut OpenFile, durable: bool, version: bool) -> Result<()> {
         let blob = st.content.commit(self.io())?;
         let mtime = st.mtime.take();
-        if blob.is_none() && mtime.is_none() {
+        let record = version && (blob.is_some() || st.unversioned);
+        if blob.is_none() && mtime.is_none() && !record {
             if durable {
                 self.sync()?;
             }
@@ -156,17 +165,9 @@ impl Volume {
                 .sync()
                 .map_err(|e| FsError::Chunk(e.into()))?;
         }
-        self.ns.update(&self.repo, ino, |inode| {
-            if let Some(blob) = blob {
-                inode.content = Some(blob);
-            }
-            inode.size = size;
-            if let Some(t) = mtime {
-                inode.mtime = t;
-                inode.ctime = inode.ctime.max(t);
-            }
-            Ok(())
-        })?;
+        self.ns
+            .commit_content(&self.repo, ino, blob, size, mtime, record)?;
+        st.unversioned = !record && (blob.is_some() || st.unversioned);
         if durable {
             self.repo.meta().sync_wal()?;
         }
@@ -176,7 +177,7 @@ impl Volume {
     /// flush(2)/fsync(2) of an open file.
     pub fn flush(&self, ino: Ino, durable: bool) -> Result<()> {
         match self.open_state(ino) {
-            Some(state) => self.commit(ino, &mut lock(&state), durable),
+            Some(state) => self.commit(ino, &mut lock(&state), durable, durable),
             None if durable => self.sync(),
             None => Ok(()),
         }
@@ -199,7 +200,7 @@ impl Volume {
             .map(|(i, s)| (*i, s.clone()))
             .collect();
         for (ino, state) in open {
-            self.commit(ino, &mut lock(&state), false)?;
+            self.commit(ino, &mut lock(&state), false, true)?;
         }
         self.sync()
     }
@@ -212,6 +213,11 @@ impl Volume {
                 FileContent::new(&inode).read(self.io(), offset, size)
             }
         }
+    }
+
+    /// Read the content an inode describes (e.g. an old version), without opening it.
+    pub fn read_content(&self, inode: &Inode, offset: u64, size: usize) -> Result<Vec<u8>> {
+        FileContent::new(inode).read(self.io(), offset, size)
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
@@ -235,25 +241,25 @@ impl Volume {
             }
             match self.open_state(ino) {
                 Some(state) => {
+                    // Like a write: visible to every handle now, committed at flush/close (so
+                    // `open(O_TRUNC)` + writes + close makes one version, not an empty one too).
                     let mut st = lock(&state);
                     st.content.truncate(self.io(), size)?;
                     st.mtime = Some(Time::now());
-                    self.commit(ino, &mut st, false)?;
                 }
                 None => {
                     let mut content = FileContent::new(&inode);
                     content.truncate(self.io(), size)?;
                     let blob = content.commit(self.io())?;
-                    let now = Time::now();
-                    self.ns.update(&self.repo, ino, |i| {
-                        if let Some(b) = blob {
-                            i.content = Some(b);
-                        }
-                        i.size = size;
-                        i.mtime = now;
-                        i.ctime = now;
-                        Ok(())
-                    })?;
+                    let record = blob.is_some();
+                    self.ns.commit_content(
+                        &self.repo,
+                        ino,
+                        blob,
+                        size,
+                        Some(Time::now()),
+                        record,
+                    )?;
                 }
             }
         }

@@ -57,6 +57,7 @@ fn inode(content: Option<dfs_node::BlobRef>, size: u64) -> Inode {
         crtime: now,
         rdev: 0,
         parent: 1,
+        name: b"f".to_vec(),
         content,
         chunk_size: CHUNK,
         target: Vec::new(),

@@ -10,6 +10,26 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub storage: StorageConfig,
+    pub versions: VersionsConfig,
+}
+
+/// Which versions of a file the mounted volume keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VersionsConfig {
+    /// Always keep this many of the newest versions of each file.
+    pub keep_last: u32,
+    /// Beyond those, keep the newest version of each day for this many days.
+    pub keep_daily_days: u32,
+}
+
+impl Default for VersionsConfig {
+    fn default() -> Self {
+        Self {
+            keep_last: 32,
+            keep_daily_days: 30,
+        }
+    }
 }
 
 /// How content is cut, coded and stored.
@@ -92,6 +112,11 @@ impl Config {
                 "storage.chunk_size must be between 1 and {MAX_CHUNK_SIZE} bytes, got {}",
                 s.chunk_size
             )));
+        }
+        if self.versions.keep_last == 0 {
+            return Err(ConfigError::Invalid(
+                "versions.keep_last must be at least 1 (the current content)".into(),
+            ));
         }
         if s.tree_fanout < 2 {
             return Err(ConfigError::Invalid(

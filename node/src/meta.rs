@@ -8,7 +8,7 @@
 //! - `puts`: owner id -> [`PutRecord`]. A put is `Pending` until its root is durable, then
 //!   `Committed`; pending puts found at open time were interrupted and are collected.
 //!
-//! - `fs_inodes`, `fs_dirents`, `fs_xattrs`, `fs_meta`: the filesystem's own tables, opaque
+//! - `fs_inodes`, `fs_dirents`, `fs_xattrs`, `fs_meta`, `fs_versions`: the filesystem's tables, opaque
 //!   here; the fs crate owns their schema and reaches them through [`FsTable`] and [`FsBatch`].
 //!
 //! Every value starts with a format version byte so later versions can migrate.
@@ -35,14 +35,16 @@ pub enum FsTable {
     Dirents,
     Xattrs,
     Meta,
+    Versions,
 }
 
 impl FsTable {
-    const ALL: [FsTable; 4] = [
+    const ALL: [FsTable; 5] = [
         FsTable::Inodes,
         FsTable::Dirents,
         FsTable::Xattrs,
         FsTable::Meta,
+        FsTable::Versions,
     ];
 
     fn cf_name(self) -> &'static str {
@@ -51,6 +53,7 @@ impl FsTable {
             FsTable::Dirents => "fs_dirents",
             FsTable::Xattrs => "fs_xattrs",
             FsTable::Meta => "fs_meta",
+            FsTable::Versions => "fs_versions",
         }
     }
 }

@@ -438,3 +438,94 @@ fn kill_9_while_writers_are_busy_loses_nothing_fsynced_and_mixes_nothing() {
         );
     }
 }
+
+#[test]
+fn versions_are_readable_listed_revertible_and_outlive_deletion() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    dfs.configure("[versions]\nkeep_last = 3\nkeep_daily_days = 0\n");
+    let m = dfs.mount("mnt");
+    let dir = m.path.join("notes");
+    fs::create_dir(&dir).unwrap();
+    let f = dir.join("todo.txt");
+    for text in ["one", "two", "three", "four"] {
+        fs::write(&f, text).unwrap();
+    }
+    // `.dfs` is reachable but not listed, and read-only.
+    let names: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes"]);
+    let vdir = m.path.join(".dfs/versions/notes/todo.txt");
+    let mut versions: Vec<_> = fs::read_dir(&vdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    versions.sort();
+    let contents: Vec<String> = versions
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["two", "three", "four"],
+        "keep_last = 3 keeps the newest three"
+    );
+    assert_eq!(
+        fs::write(vdir.join("new"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&versions[0])
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+
+    // dfs versions lists them; dfs revert restores one as a new version.
+    let listed = dfs.run(&["versions", f.to_str().unwrap()]).ok();
+    assert_eq!(listed.stdout.lines().count(), 3, "{listed:#?}");
+    let oldest = versions[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    dfs.run(&["revert", f.to_str().unwrap(), "--to", &oldest])
+        .ok();
+    assert_eq!(fs::read_to_string(&f).unwrap(), "two");
+    let listed = dfs.run(&["versions", f.to_str().unwrap()]).ok();
+    assert_eq!(
+        listed.stdout.lines().count(),
+        3,
+        "still three kept: {listed:#?}"
+    );
+
+    // A deleted file stays restorable.
+    fs::remove_file(&f).unwrap();
+    assert!(!f.exists());
+    let listed = dfs.run(&["versions", f.to_str().unwrap()]).ok();
+    let newest = listed
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    dfs.run(&["revert", f.to_str().unwrap(), "--to", &newest])
+        .ok();
+    assert_eq!(fs::read_to_string(&f).unwrap(), "two");
+    dfs.run(&["versions", m.path.join("nope").to_str().unwrap()])
+        .fails_with("no versions");
+    dfs.run(&["versions", "/tmp"])
+        .fails_with("not inside a dfs mount");
+}

@@ -120,6 +120,25 @@ Mount options: the mount is `default_permissions` (the kernel checks modes and o
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
     },
+    /// List the versions of a file in a dfs mount
+    #[command(
+        long_about = "List the recorded versions of PATH, a file in a mounted dfs folder \
+(deleted files too, until their versions expire): each close, flush or fsync that changed a \
+file records one. They are readable, read-only, under MOUNTPOINT/.dfs/versions/<path>/<time>. \
+Retention: [versions] keep_last (32) and keep_daily_days (30) in DATA/config.toml."
+    )]
+    Versions {
+        /// A file (or a deleted file's former path) inside a dfs mount
+        path: PathBuf,
+    },
+    /// Restore an old version of a file in a dfs mount (as a new version)
+    Revert {
+        /// The file inside a dfs mount
+        path: PathBuf,
+        /// The version to restore, as `dfs versions` names it (a unique prefix is enough)
+        #[arg(long = "to", value_name = "VERSION")]
+        version: String,
+    },
     /// Check the volume's metadata and content for consistency (while not mounted)
     #[command(
         long_about = "Check the mounted volume's metadata offline: every directory entry \
@@ -277,6 +296,69 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
             })?;
             eprintln!("dfs: unmounted {}", mountpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Versions { path } => {
+            let dir = versions_dir(&path)?;
+            let mut entries: Vec<(String, u64)> = std::fs::read_dir(&dir)
+                .with_context(|| {
+                    format!(
+                        "no versions of {} (looked in {})",
+                        path.display(),
+                        dir.display()
+                    )
+                })?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?)))
+                .filter(|(_, m)| m.is_file())
+                .map(|(n, m)| (n, m.len()))
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                bail!("no versions of {} are recorded", path.display());
+            }
+            for (name, size) in entries {
+                println!("{name}\t{}", human_bytes(size));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revert { path, version } => {
+            let dir = versions_dir(&path)?;
+            let matches: Vec<String> = std::fs::read_dir(&dir)
+                .with_context(|| format!("no versions of {}", path.display()))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&version))
+                .collect();
+            let name = match matches.as_slice() {
+                [one] => one.clone(),
+                [] => bail!(
+                    "{} has no version {version:?} (see `dfs versions {}`)",
+                    path.display(),
+                    path.display()
+                ),
+                _ => bail!(
+                    "{version:?} matches {} versions of {}; give more of it",
+                    matches.len(),
+                    path.display()
+                ),
+            };
+            let mut from = std::fs::File::open(dir.join(&name))
+                .with_context(|| format!("cannot open version {name}"))?;
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let bytes = std::io::copy(&mut from, &mut to)
+                .with_context(|| format!("cannot restore {}", path.display()))?;
+            to.sync_all()
+                .with_context(|| format!("cannot sync {}", path.display()))?;
+            println!(
+                "restored {} ({}) from version {name}; what it held before stays a version",
+                path.display(),
+                human_bytes(bytes)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Fsck { deep } => {
@@ -439,6 +521,35 @@ fn print_verify(report: &VerifyReport, repair: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `MOUNT/.dfs/versions/<path>` for a path inside a dfs mount (the file may be deleted).
+fn versions_dir(path: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let name = absolute
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let parent = absolute.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent)
+        .with_context(|| format!("cannot resolve {}", parent.display()))?;
+    let file = parent.join(name);
+    for root in parent.ancestors() {
+        let is_mount_root = match (
+            std::fs::metadata(root),
+            root.parent().map(std::fs::metadata),
+        ) {
+            (Ok(m), Some(Ok(up))) => m.dev() != up.dev(),
+            (Ok(_), None) => true,
+            _ => false,
+        };
+        if is_mount_root && root.join(".dfs/versions").is_dir() {
+            let rel = file.strip_prefix(root).unwrap_or(&file);
+            return Ok(root.join(".dfs/versions").join(rel));
+        }
+    }
+    bail!("{} is not inside a dfs mount", path.display())
 }
 
 /// Format a byte count for people (binary units).
