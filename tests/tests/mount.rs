@@ -529,3 +529,107 @@ fn versions_are_readable_listed_revertible_and_outlive_deletion() {
     dfs.run(&["versions", "/tmp"])
         .fails_with("not inside a dfs mount");
 }
+
+#[test]
+fn big_sparse_files_mmap_concurrency_and_huge_directories() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+
+    // Over 4 GiB: a write at 5 GiB makes a sparse file read back exactly.
+    let big = m.path.join("big");
+    {
+        let mut h = fs::File::create(&big).unwrap();
+        h.seek(SeekFrom::Start(5 << 30)).unwrap();
+        h.write_all(b"far away").unwrap();
+    }
+    let mut h = fs::File::open(&big).unwrap();
+    assert_eq!(h.metadata().unwrap().len(), (5 << 30) + 8);
+    h.seek(SeekFrom::Start((5 << 30) - 4)).unwrap();
+    let mut b = [0u8; 12];
+    h.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"\0\0\0\0far away");
+
+    // mmap: writes through a shared mapping reach the file.
+    let mapped = m.path.join("mapped");
+    fs::write(&mapped, vec![0u8; 1 << 20]).unwrap();
+    {
+        let h = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mapped)
+            .unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of 1 MiB of an open file, written within bounds and
+        // unmapped before the file is closed.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                h.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            std::ptr::copy_nonoverlapping(b"mmap!".as_ptr(), (p as *mut u8).add(4096), 5);
+            assert_eq!(libc::msync(p, 1 << 20, libc::MS_SYNC), 0);
+            assert_eq!(libc::munmap(p, 1 << 20), 0);
+        }
+    }
+    let content = fs::read(&mapped).unwrap();
+    assert_eq!(&content[4096..4101], b"mmap!");
+
+    // Concurrent writers (disjoint ranges) and readers of one file.
+    let shared = m.path.join("shared");
+    fs::write(&shared, vec![0u8; 8 << 20]).unwrap();
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut h = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&shared)
+                    .unwrap();
+                for round in 0..8u64 {
+                    let off = (t as u64) * (2 << 20) + round * (256 << 10);
+                    h.seek(SeekFrom::Start(off)).unwrap();
+                    h.write_all(&vec![t + 1; 256 << 10]).unwrap();
+                    let mut r = fs::File::open(&shared).unwrap();
+                    let mut buf = vec![0u8; 64 << 10];
+                    r.read_exact(&mut buf).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let content = fs::read(&shared).unwrap();
+    for t in 0..4usize {
+        let part = &content[t * (2 << 20)..(t + 1) * (2 << 20)];
+        assert!(
+            part.iter().all(|&b| b == t as u8 + 1),
+            "writer {t}'s range is wrong"
+        );
+    }
+
+    // A directory with 100,000 entries.
+    let huge = m.path.join("huge");
+    fs::create_dir(&huge).unwrap();
+    for i in 0..100_000 {
+        fs::File::create(huge.join(format!("entry-{i:06}"))).unwrap();
+    }
+    let mut count = 0;
+    for e in fs::read_dir(&huge).unwrap() {
+        e.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, 100_000);
+    assert!(huge.join("entry-099999").exists());
+    drop(m);
+    dfs.run(&["fsck"]).ok();
+}
