@@ -34,7 +34,7 @@ const DIRTY_LIMIT: usize = 256 << 20;
 /// Chunks of one file being stored in the background before the writer waits for the oldest.
 const MAX_INFLIGHT: usize = 8;
 /// Chunks fetched ahead of a sequential reader.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 6;
 
 /// What file content operations need from the volume.
 #[derive(Clone, Copy)]
