@@ -633,3 +633,24 @@ fn big_sparse_files_mmap_concurrency_and_huge_directories() {
     drop(m);
     dfs.run(&["fsck"]).ok();
 }
+
+/// Regression (found by pjdfstest `truncate::shrink_not_empty`): the kernel sends RELEASE after
+/// close(2) returns, so a truncate right after a close can reach the file while its last handle
+/// is being released; the truncate must not be lost.
+#[test]
+fn truncate_right_after_close_is_never_lost() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    for i in 0..300u64 {
+        let f = m.path.join(format!("f{}", i % 7));
+        fs::File::create(&f).unwrap().write_all(&[7u8; 12345]).unwrap();
+        let size = 23456 + i;
+        let p = cstr(&f);
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::truncate(p.as_ptr(), size as libc::off_t) }, 0);
+        assert_eq!(fs::metadata(&f).unwrap().len(), size, "round {i}");
+    }
+}
