@@ -646,11 +646,17 @@ fn truncate_right_after_close_is_never_lost() {
     let m = dfs.mount("mnt");
     for i in 0..300u64 {
         let f = m.path.join(format!("f{}", i % 7));
-        fs::File::create(&f).unwrap().write_all(&[7u8; 12345]).unwrap();
+        fs::File::create(&f)
+            .unwrap()
+            .write_all(&[7u8; 12345])
+            .unwrap();
         let size = 23456 + i;
         let p = cstr(&f);
         // SAFETY: a valid C string.
-        assert_eq!(unsafe { libc::truncate(p.as_ptr(), size as libc::off_t) }, 0);
+        assert_eq!(
+            unsafe { libc::truncate(p.as_ptr(), size as libc::off_t) },
+            0
+        );
         assert_eq!(fs::metadata(&f).unwrap().len(), size, "round {i}");
     }
 }
