@@ -386,24 +386,17 @@ impl Namespace {
     /// Entries of a directory (without `.` and `..`), sorted by name.
     pub fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
         self.dir(repo, dir)?;
-        let prefix = dir.to_be_bytes();
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = repo
-                .meta()
-                .fs_scan(FsTable::Dirents, &prefix, after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in page {
-                let (ino, kind) = decode_dirent(&v)?;
+        repo.meta()
+            .fs_for_each(FsTable::Dirents, &dir.to_be_bytes(), |k, v| {
+                let (ino, kind) = decode_dirent(v)?;
                 out.push(DirEntry {
                     name: k[8..].to_vec(),
                     ino,
                     kind,
                 });
-            }
-        }
+                Ok::<(), FsError>(())
+            })?;
         Ok(out)
     }
 
@@ -640,79 +633,53 @@ impl Namespace {
     /// Every inode (for fsck).
     pub fn all_inodes(&self, repo: &Repo) -> Result<Vec<(Ino, Inode)>> {
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = repo
-                .meta()
-                .fs_scan(FsTable::Inodes, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in page {
-                let ino = k
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| FsError::Corrupt("inode key".into()))?;
-                out.push((ino, decode_inode(ino, &v)?));
-            }
-        }
+        repo.meta().fs_for_each(FsTable::Inodes, &[], |k, v| {
+            let ino = k
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| FsError::Corrupt("inode key".into()))?;
+            out.push((ino, decode_inode(ino, v)?));
+            Ok::<(), FsError>(())
+        })?;
         Ok(out)
     }
 
     /// Every directory entry (for fsck).
     pub fn all_entries(&self, repo: &Repo) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = repo
-                .meta()
-                .fs_scan(FsTable::Dirents, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in page {
-                let parent = k
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| FsError::Corrupt("directory entry key".into()))?;
-                let (ino, kind) = decode_dirent(&v)?;
-                out.push(Entry {
-                    parent,
-                    name: k[8..].to_vec(),
-                    ino,
-                    kind,
-                });
-            }
-        }
+        repo.meta().fs_for_each(FsTable::Dirents, &[], |k, v| {
+            let parent = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| FsError::Corrupt("directory entry key".into()))?;
+            let (ino, kind) = decode_dirent(v)?;
+            out.push(Entry {
+                parent,
+                name: k[8..].to_vec(),
+                ino,
+                kind,
+            });
+            Ok::<(), FsError>(())
+        })?;
         Ok(out)
     }
 
     /// Delete every inode left with no links (open when a previous run ended).
     pub fn reap_orphans(&self, repo: &Repo) -> Result<usize> {
+        let orphans: Vec<Ino> = self
+            .all_inodes(repo)?
+            .into_iter()
+            .filter(|(_, inode)| inode.nlink == 0)
+            .map(|(ino, _)| ino)
+            .collect();
         let _g = self.guard();
         let mut batch = FsBatch::default();
-        let mut count = 0;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = repo
-                .meta()
-                .fs_scan(FsTable::Inodes, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in page {
-                let ino = k
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| FsError::Corrupt("inode key".into()))?;
-                if decode_inode(ino, &v)?.nlink == 0 {
-                    self.delete_inode(repo, ino, &mut batch)?;
-                    count += 1;
-                }
-            }
+        for &ino in &orphans {
+            self.delete_inode(repo, ino, &mut batch)?;
         }
         repo.meta().fs_write(batch, false)?;
-        Ok(count)
+        Ok(orphans.len())
     }
 
     /// Is `ancestor` equal to `dir` or one of its ancestors?

@@ -78,17 +78,10 @@ pub fn of_inode(repo: &Repo, ino: Ino) -> Result<Vec<Version>> {
 /// Every version in the volume.
 pub fn all(repo: &Repo) -> Result<Vec<Version>> {
     let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = repo
-            .meta()
-            .fs_scan(FsTable::Versions, &[], after.as_deref(), 4096)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (k, v) in &page {
-            out.push(decode(k, v)?);
-        }
-    }
+    repo.meta().fs_for_each(FsTable::Versions, &[], |k, v| {
+        out.push(decode(k, v)?);
+        Ok::<(), FsError>(())
+    })?;
     Ok(out)
 }
 

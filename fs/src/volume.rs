@@ -297,16 +297,19 @@ impl Volume {
                 Kind::File => {}
                 _ => return Err(FsError::Invalid("truncate of a special file")),
             }
-            // Open: like a write, visible to every handle now and committed at flush/close (so
-            // `open(O_TRUNC)` + writes + close makes one version, not an empty one too).
+            // Open: truncate the shared state and commit at once (truncate(2) is not buffered
+            // like a write), without recording a version: the close that follows does, so
+            // `open(O_TRUNC)` + writes + close still makes one version, not an empty one too.
             let truncated = self.with_open(ino, |st| {
                 st.content.truncate(self.io(), size)?;
                 st.mtime = Some(Time::now());
-                Ok::<(), FsError>(())
+                self.commit(ino, st, false, false)
             });
             match truncated {
                 Some(result) => result?,
                 None => {
+                    // Not open: start from the inode as it is now, not as read above.
+                    let inode = self.ns.inode(&self.repo, ino)?;
                     let mut content = FileContent::new(&inode);
                     content.truncate(self.io(), size)?;
                     let blob = content.commit(self.io())?;

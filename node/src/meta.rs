@@ -341,6 +341,27 @@ impl MetaDb {
         Ok(out)
     }
 
+    /// Visit every entry of a table whose key starts with `prefix`, in key order, reading in
+    /// pages so memory stays bounded; stops at the first error `visit` returns.
+    pub fn fs_for_each<E: From<MetaError>>(
+        &self,
+        table: FsTable,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.fs_scan(table, prefix, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (k, v) in &page {
+                visit(k, v)?;
+            }
+        }
+    }
+
     /// Make every write so far durable.
     pub fn sync_wal(&self) -> Result<(), MetaError> {
         self.db.flush_wal(true)?;
