@@ -768,6 +768,8 @@ impl Namespace {
         }
         let mut reaped = None;
         let mut size_delta_new = 1i64;
+        // The target directory's link count when a replaced directory's ".." goes away.
+        let mut newparent_after = None;
         if let Some((tino, tinode)) = target {
             if noreplace {
                 return Err(FsError::Exists);
@@ -783,32 +785,13 @@ impl Namespace {
             }
             // The moved entry replaces the target: newparent gains no entry.
             size_delta_new = 0;
-            let target_was_dir = tinode.kind == Kind::Dir;
-            if self.drop_link(repo, tino, tinode, now, is_open, &mut batch)? {
-                reaped = Some(tino);
-            }
-            if target_was_dir {
-                // newparent loses the replaced directory's link before gaining the moved one.
+            if tinode.kind == Kind::Dir {
                 let mut np = self.dir(repo, newparent)?;
                 np.nlink = np.nlink.saturating_sub(1);
-                batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&np));
-                let moved_dir = i64::from(inode.kind == Kind::Dir);
-                self.finish_move(
-                    repo,
-                    ino,
-                    inode,
-                    parent,
-                    name,
-                    newparent,
-                    newname,
-                    now,
-                    moved_dir,
-                    size_delta_new,
-                    &mut batch,
-                    Some(np),
-                )?;
-                repo.meta().fs_write(batch, false)?;
-                return Ok(reaped);
+                newparent_after = Some(np);
+            }
+            if self.drop_link(repo, tino, tinode, now, is_open, &mut batch)? {
+                reaped = Some(tino);
             }
         }
         let moved_dir = i64::from(inode.kind == Kind::Dir);
@@ -824,7 +807,7 @@ impl Namespace {
             moved_dir,
             size_delta_new,
             &mut batch,
-            None,
+            newparent_after,
         )?;
         repo.meta().fs_write(batch, false)?;
         Ok(reaped)

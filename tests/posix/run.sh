@@ -72,4 +72,6 @@ mount_dfs
 echo "== after unmount and mount again"
 diff -r --no-dereference /usr/include "$mnt/include" && echo "/usr/include copy intact"
 unmount_dfs
+echo "== dfs fsck of the volume pjdfstest and the tools left behind"
+"$dfs" --data "$work/data" fsck
 echo "posix: ok"
