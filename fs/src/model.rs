@@ -363,6 +363,22 @@ impl Namespace {
         Ok(inode)
     }
 
+    /// The live directory `parent`, checking that `name` is free in it (for a new entry).
+    fn dir_with_free_name(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<Inode> {
+        let dir = self.dir(repo, parent)?;
+        if dir.nlink == 0 {
+            return Err(FsError::NotFound); // removed while someone still had it as cwd
+        }
+        if repo
+            .meta()
+            .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
+            .is_some()
+        {
+            return Err(FsError::Exists);
+        }
+        Ok(dir)
+    }
+
     /// Find `name` in directory `parent`.
     pub fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
         if name.len() > NAME_MAX {
@@ -435,17 +451,7 @@ impl Namespace {
     ) -> Result<(Ino, Inode)> {
         check_name(name)?;
         let _g = self.guard();
-        let mut dir = self.dir(repo, parent)?;
-        if dir.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if repo
-            .meta()
-            .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
-            .is_some()
-        {
-            return Err(FsError::Exists);
-        }
+        let mut dir = self.dir_with_free_name(repo, parent, name)?;
         if kind == Kind::Dir && dir.nlink >= u32::MAX - 1 {
             return Err(FsError::TooManyLinks);
         }
@@ -510,17 +516,7 @@ impl Namespace {
         if inode.nlink >= 65000 {
             return Err(FsError::TooManyLinks);
         }
-        let mut dir = self.dir(repo, newparent)?;
-        if dir.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if repo
-            .meta()
-            .fs_get(FsTable::Dirents, &dirent_key(newparent, newname))?
-            .is_some()
-        {
-            return Err(FsError::Exists);
-        }
+        let mut dir = self.dir_with_free_name(repo, newparent, newname)?;
         let now = Time::now();
         inode.nlink += 1;
         inode.ctime = now;
