@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::file::ReadBytes;
 use crate::model::{DirEntry, FsError, Ino, Inode, Kind, Result, ROOT};
 use crate::versions::{self, VersionNode, VersionTree};
 use crate::volume::Volume;
@@ -188,7 +189,7 @@ impl DotDfs {
     }
 
     /// Read from a version file.
-    pub fn read(&self, vol: &Volume, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, vol: &Volume, ino: Ino, offset: u64, size: usize) -> Result<ReadBytes> {
         let inode = self.attr(vol, ino)?;
         if inode.kind != Kind::File {
             return Err(FsError::IsDir);

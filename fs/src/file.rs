@@ -44,6 +44,30 @@ pub struct Io<'a> {
     pub workers: &'a ChunkWorkers,
 }
 
+/// Bytes a read returns: a slice of a cached chunk (the common case, no copy) or a buffer put
+/// together from several chunks, dirty buffers and holes.
+#[derive(Debug)]
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl ReadBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(chunk, range) => &chunk[range.clone()],
+        }
+    }
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// Cached chunks and the bytes they hold.
 type CacheState = (LruCache<ChunkId, Arc<Vec<u8>>>, usize);
 
@@ -335,11 +359,14 @@ impl FileContent {
     }
 
     /// Read up to `len` bytes at `offset`.
-    pub fn read(&mut self, io: Io, offset: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read(&mut self, io: Io, offset: u64, len: usize) -> Result<ReadBytes> {
         if offset >= self.size {
-            return Ok(Vec::new());
+            return Ok(ReadBytes::Owned(Vec::new()));
         }
         let end = self.size.min(offset.saturating_add(len as u64));
+        if let Some(shared) = self.read_within_chunk(io, offset, end)? {
+            return Ok(shared);
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
@@ -353,12 +380,7 @@ impl FileContent {
             if let Some(buf) = buffered {
                 out.extend_from_slice(&buf[within..within + take]);
             } else {
-                let leaves = self.leaves(io.repo)?;
-                let leaf = leaves.get(index).copied();
-                for ahead in leaves.iter().skip(index + 1).take(READ_AHEAD) {
-                    io.cache.prefetch(io.workers, ahead);
-                }
-                match leaf {
+                match self.leaf_prefetching(io, index)? {
                     Some(leaf) if !leaf.is_hole() => {
                         let plain = io.cache.get(io.repo, &leaf)?;
                         let avail = plain.len().saturating_sub(within).min(take);
@@ -370,7 +392,36 @@ impl FileContent {
             }
             pos += take as u64;
         }
-        Ok(out)
+        Ok(ReadBytes::Owned(out))
+    }
+
+    /// The stored chunk at `index` (none past the end of the tree), asking the workers to
+    /// fetch the next [`READ_AHEAD`] chunks meanwhile.
+    fn leaf_prefetching(&mut self, io: Io, index: usize) -> Result<Option<ChunkRef>> {
+        let leaves = self.leaves(io.repo)?;
+        for ahead in leaves.iter().skip(index + 1).take(READ_AHEAD) {
+            io.cache.prefetch(io.workers, ahead);
+        }
+        Ok(leaves.get(index).copied())
+    }
+
+    /// A read inside one stored chunk that is neither dirty nor a hole: a slice of the cached
+    /// chunk, handed to FUSE without copying. `None` when the read needs assembling.
+    fn read_within_chunk(&mut self, io: Io, offset: u64, end: u64) -> Result<Option<ReadBytes>> {
+        let index = (offset / self.chunk) as usize;
+        if (end - 1) / self.chunk != offset / self.chunk
+            || self.dirty.contains_key(&index)
+            || self.inflight.contains_key(&index)
+        {
+            return Ok(None);
+        }
+        let Some(leaf) = self.leaf_prefetching(io, index)?.filter(|l| !l.is_hole()) else {
+            return Ok(None);
+        };
+        let plain = io.cache.get(io.repo, &leaf)?;
+        let start = (offset % self.chunk) as usize;
+        let stop = start + (end - offset) as usize;
+        Ok((stop <= plain.len()).then(|| ReadBytes::Shared(plain, start..stop)))
     }
 
     /// Set the size, cutting or zero-extending.

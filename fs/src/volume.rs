@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::Repo;
 
-use crate::file::{default_cache, ChunkCache, FileContent, Io};
+use crate::file::{default_cache, ChunkCache, FileContent, Io, ReadBytes};
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Result, SetAttr, Time};
 use dfs_node::workers::ChunkWorkers;
 
@@ -264,7 +264,7 @@ impl Volume {
         self.sync()
     }
 
-    pub fn read(&self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: Ino, offset: u64, size: usize) -> Result<ReadBytes> {
         match self.with_open(ino, |st| st.content.read(self.io(), offset, size)) {
             Some(result) => result,
             None => {
@@ -275,7 +275,7 @@ impl Volume {
     }
 
     /// Read the content an inode describes (e.g. an old version), without opening it.
-    pub fn read_content(&self, inode: &Inode, offset: u64, size: usize) -> Result<Vec<u8>> {
+    pub fn read_content(&self, inode: &Inode, offset: u64, size: usize) -> Result<ReadBytes> {
         FileContent::new(inode).read(self.io(), offset, size)
     }
 

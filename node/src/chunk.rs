@@ -327,18 +327,22 @@ impl Repo {
             Layout::Erasure { data, .. } => data as usize,
         };
         let mut ciphertext = Vec::with_capacity(data * shard_len);
+        let mut header = [0u8; crate::shard::HEADER_LEN];
         for index in 0..data as u8 {
-            let Some(image) = self.store().read(&chunk.id, index)? else {
-                return Ok(None);
-            };
-            let plausible = image.len() == crate::shard::HEADER_LEN + shard_len
-                && image.starts_with(crate::shard::MAGIC)
-                && image[8..40] == chunk.id.0
-                && image[43] == index;
+            let read = self.store().read_into(
+                &chunk.id,
+                index,
+                &mut header,
+                shard_len,
+                &mut ciphertext,
+            )?;
+            let plausible = read
+                && header.starts_with(crate::shard::MAGIC)
+                && header[8..40] == chunk.id.0
+                && header[43] == index;
             if !plausible {
                 return Ok(None);
             }
-            ciphertext.extend_from_slice(&image[crate::shard::HEADER_LEN..]);
         }
         ciphertext.truncate(record.len as usize);
         Ok(chunk.key.decrypt(ciphertext).ok())

@@ -6,7 +6,7 @@
 //! (syncfs), far cheaper than an fsync per shard.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +137,41 @@ impl ShardStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::new("cannot read", &path, e)),
         }
+    }
+
+    /// Read a shard whose file should be `header.len() + body_len` bytes: the header into
+    /// `header`, the body appended to `out` (no intermediate buffer). `Ok(false)` when the file
+    /// is absent or has another length, and then `out` is as it was.
+    pub fn read_into(
+        &self,
+        chunk: &ChunkId,
+        index: u8,
+        header: &mut [u8],
+        body_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let path = self.path(chunk, index);
+        let fail = |e| StoreError::new("cannot read", &path, e);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(fail(e)),
+        };
+        let expected = (header.len() + body_len) as u64;
+        if file.metadata().map_err(fail)?.len() != expected {
+            return Ok(false);
+        }
+        let before = out.len();
+        file.read_exact(header).map_err(fail)?;
+        let got = file.take(body_len as u64).read_to_end(out).map_err(fail)?;
+        if got != body_len {
+            out.truncate(before);
+            return Ok(false);
+        }
+        self.counters
+            .shard_bytes_read
+            .fetch_add(expected, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Size of a shard file, `None` when absent.
