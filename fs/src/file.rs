@@ -421,7 +421,7 @@ impl FileContent {
         let plain = io.cache.get(io.repo, &leaf)?;
         let start = (offset % self.chunk) as usize;
         let stop = start + (end - offset) as usize;
-        Ok((stop <= plain.len()).then(|| ReadBytes::Shared(plain, start..stop)))
+        Ok((stop <= plain.len()).then_some(ReadBytes::Shared(plain, start..stop)))
     }
 
     /// Set the size, cutting or zero-extending.

@@ -112,7 +112,7 @@ pub fn prepare_signals() -> UnmountSignals {
 /// `dfs umount`, `fusermount3 -u`, or SIGINT/SIGTERM to this process). `ready` is called once
 /// the mount is in place.
 pub fn mount(
-    repo: Repo,
+    repo: Arc<Repo>,
     mountpoint: &Path,
     options: &MountOptions,
     signals: UnmountSignals,
@@ -126,7 +126,7 @@ pub fn mount(
             gid: libc::getgid(),
         }
     };
-    let volume = Arc::new(Volume::open(Arc::new(repo), owner)?);
+    let volume = Arc::new(Volume::open(repo, owner)?);
 
     let mut config = Config::default();
     config.mount_options = vec![

@@ -11,6 +11,60 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub storage: StorageConfig,
     pub versions: VersionsConfig,
+    pub network: NetworkConfig,
+}
+
+/// How this peer takes part in the network. Command-line flags add to the lists and override the
+/// single values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on (TCP and/or QUIC). Default: an ephemeral TCP and QUIC port on
+    /// 127.0.0.1, so nothing is exposed beyond this machine unless asked for.
+    pub listen: Vec<String>,
+    /// Bootstrap peers to dial at start and whenever they are lost (`/ip4/../tcp/../p2p/..`).
+    pub peers: Vec<String>,
+    /// Rendezvous points (trackers) to register at and discover peers through.
+    pub rendezvous: Vec<String>,
+    /// Serve as a rendezvous point (tracker) for others.
+    pub rendezvous_server: bool,
+    /// Serve as a relay for peers behind NAT.
+    pub relay_server: bool,
+    /// Find peers on the local network with mDNS (multicasts on every interface).
+    pub mdns: bool,
+    /// Failure domain label announced to others (a rack, a building, a region).
+    pub zone: String,
+    /// Seconds a peer may stay silent before it is declared dead (it is suspect at once).
+    pub grace_secs: u64,
+    /// Seconds between membership announcements.
+    pub announce_secs: u64,
+    /// Bytes of other peers' shards this peer will hold; 0 means as much as the disk allows.
+    pub capacity: u64,
+    /// Established connections in all, and to any one peer.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    /// Address of the HTTP control API (a 127.0.0.1 port is chosen when empty).
+    pub api: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            peers: Vec::new(),
+            rendezvous: Vec::new(),
+            rendezvous_server: false,
+            relay_server: false,
+            mdns: false,
+            zone: "default".into(),
+            grace_secs: 10,
+            announce_secs: 1,
+            capacity: 0,
+            max_connections: 512,
+            max_connections_per_peer: 4,
+            api: String::new(),
+        }
+    }
 }
 
 /// Which versions of a file the mounted volume keeps.
@@ -116,6 +170,22 @@ impl Config {
         if self.versions.keep_last == 0 {
             return Err(ConfigError::Invalid(
                 "versions.keep_last must be at least 1 (the current content)".into(),
+            ));
+        }
+        let n = &self.network;
+        if n.grace_secs == 0 || n.announce_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "network.grace_secs and network.announce_secs must be at least 1".into(),
+            ));
+        }
+        if n.zone.is_empty() || n.zone.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "network.zone must be 1 to 64 bytes".into(),
+            ));
+        }
+        if n.max_connections == 0 || n.max_connections_per_peer == 0 {
+            return Err(ConfigError::Invalid(
+                "network connection limits must be at least 1".into(),
             ));
         }
         if s.tree_fanout < 2 {

@@ -103,6 +103,12 @@ impl ChunkKey {
     }
 }
 
+/// `bytes` random bytes from the operating system's generator, as lowercase hex (tokens).
+pub fn random_hex(bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    dfs_placement::ids::to_hex(&raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,13 @@
 //! ([`chunk`]), and repairs shards that were missing or corrupt. [`repo`] ties one data directory
 //! together (lock, config, secret, store, metadata, garbage collection).
 
+pub mod api;
 pub mod blob;
 pub mod chunk;
 pub mod config;
 pub mod crypto;
 pub mod meta;
+pub mod net;
 pub mod repo;
 pub mod shard;
 pub mod store;

@@ -26,6 +26,7 @@ use crate::crypto::ChunkKey;
 const CF_CHUNKS: &str = "chunks";
 const CF_REFS: &str = "refs";
 const CF_PUTS: &str = "puts";
+const CF_HELD: &str = "held";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -171,7 +172,7 @@ impl MetaDb {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS]
+        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD]
             .into_iter()
             .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -291,6 +292,53 @@ impl MetaDb {
     pub fn delete_chunk(&self, id: &ChunkId) -> Result<(), MetaError> {
         self.db.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?;
         Ok(())
+    }
+}
+
+/// A shard this peer keeps for another peer: who stored it and how large it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    /// The storing peer's id (libp2p PeerId bytes); only it may delete the shard.
+    pub owner: Vec<u8>,
+    pub len: u64,
+}
+
+fn held_key(id: &ChunkId, index: u8) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[..32].copy_from_slice(id.as_bytes());
+    key[32] = index;
+    key
+}
+
+impl MetaDb {
+    pub fn held(&self, id: &ChunkId, index: u8) -> Result<Option<HeldRecord>, MetaError> {
+        match self.db.get_cf(self.cf(CF_HELD)?, held_key(id, index))? {
+            Some(v) => decode("held shard", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_held(&self, id: &ChunkId, index: u8, record: &HeldRecord) -> Result<(), MetaError> {
+        self.db
+            .put_cf(self.cf(CF_HELD)?, held_key(id, index), encode(record))?;
+        Ok(())
+    }
+
+    pub fn delete_held(&self, id: &ChunkId, index: u8) -> Result<(), MetaError> {
+        self.db.delete_cf(self.cf(CF_HELD)?, held_key(id, index))?;
+        Ok(())
+    }
+
+    /// Count and total size of the shards held for other peers.
+    pub fn held_totals(&self) -> Result<(u64, u64), MetaError> {
+        let (mut count, mut bytes) = (0, 0);
+        for item in self.db.iterator_cf(self.cf(CF_HELD)?, IteratorMode::Start) {
+            let (_, v) = item?;
+            let record: HeldRecord = decode("held shard", &v)?;
+            count += 1;
+            bytes += record.len;
+        }
+        Ok((count, bytes))
     }
 }
 

@@ -345,19 +345,24 @@ fn load_or_create_secret(path: &Path) -> Result<VolumeSecret, OpenError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let bytes = VolumeSecret::generate();
-            let tmp = path.with_extension("tmp");
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(err)?;
-            file.write_all(&bytes).map_err(err)?;
-            file.sync_all().map_err(err)?;
-            fs::rename(&tmp, path).map_err(err)?;
+            write_private_file(path, &bytes).map_err(err)?;
             Ok(VolumeSecret::from_bytes(bytes))
         }
         Err(e) => Err(err(e)),
     }
+}
+
+/// Write a file only its owner may read (mode 0600), atomically and durably: a temporary file,
+/// fsync, rename.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
 }

@@ -3,12 +3,15 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dfs_fs::snapshot::{self, VerifyReport};
 use dfs_fs::ShareLink;
 use dfs_node::{Config, Repo};
+
+use crate::peer::{NetArgs, RunningPeer};
 
 /// Exit code of `dfs verify` when shards are damaged but every chunk can still be rebuilt.
 const EXIT_DAMAGED: u8 = 1;
@@ -119,6 +122,33 @@ Mount options: the mount is `default_permissions` (the kernel checks modes and o
         /// Threads serving filesystem requests [default: cores, at least 2]
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Run a storage peer in the foreground (holds other peers' shards; sees ciphertext only)
+    #[command(
+        long_about = "Run a dfs peer in the foreground until Ctrl-C or SIGTERM: it joins the \
+network (bootstrap peers, Kademlia, rendezvous, mDNS if enabled), announces its capacity and \
+zone, tracks the health of the other peers and stores, serves, checks and deletes shards for \
+them. It only ever receives encrypted shards. The control API (for `dfs status` and `dfs \
+peers`) listens on 127.0.0.1; its address and token are written to DATA/api.json. `dfs mount` \
+runs the same peer in-process and takes the same flags."
+    )]
+    Node {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Show the running peer: id, addresses, uptime, storage, peers by state
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running peer's table of other peers (state, RTT, zone, capacity, score)
+    Peers {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// List the versions of a file in a dfs mount
     #[command(
@@ -193,12 +223,15 @@ fn default_data_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/dfs"))
 }
 
+fn data_dir(data: Option<PathBuf>) -> Result<PathBuf> {
+    match data {
+        Some(p) => Ok(p),
+        None => default_data_dir(),
+    }
+}
+
 fn open_repo(data: Option<PathBuf>) -> Result<Repo> {
-    let path = match data {
-        Some(p) => p,
-        None => default_data_dir()?,
-    };
-    let repo = Repo::open(&path)?;
+    let repo = Repo::open(&data_dir(data)?)?;
     if let Some(report) = repo.recovered() {
         eprintln!(
             "dfs: cleaned up after an interrupted put: {} shard files, {} freed",
@@ -274,12 +307,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             nonempty,
             allow_other,
             threads,
+            net,
         } => {
             // Check the mount point before touching the data directory, so a typo creates nothing.
             dfs_fs::mount::check_mountpoint(&mountpoint, nonempty)?;
             let signals = dfs_fs::mount::prepare_signals();
-            let repo = open_repo(args.data)?;
+            let repo = Arc::new(open_repo(args.data)?);
             let data = repo.path().display().to_string();
+            let peer = RunningPeer::start(Arc::clone(&repo), &net)?;
             let mut options = dfs_fs::mount::MountOptions {
                 allow_other,
                 nonempty,
@@ -288,14 +323,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if let Some(n) = threads {
                 options.threads = n;
             }
-            dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
+            let mounted = dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
                 eprintln!(
                     "dfs: mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
                     mountpoint.display(),
                     mountpoint.display()
                 );
-            })?;
+            });
+            peer.stop();
+            mounted?;
             eprintln!("dfs: unmounted {}", mountpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { net } => {
+            let repo = open_repo(args.data)?;
+            crate::peer::run_node(repo, &net)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            crate::peer::status(&data_dir(args.data)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { json } => {
+            crate::peer::peers(&data_dir(args.data)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Versions { path } => {
@@ -553,7 +603,7 @@ fn versions_dir(path: &Path) -> Result<PathBuf> {
 }
 
 /// Format a byte count for people (binary units).
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;

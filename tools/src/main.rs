@@ -2,6 +2,7 @@
 //! and node crates and prints results; every failure reaches the user as one `dfs: error:` line.
 
 mod cli;
+mod peer;
 
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
                     "info,fuser=warn"
                 } else {
                     // fuser warns when the mount it would undo is already gone (`dfs umount`).
-                    "warn,fuser=error"
+                    "warn,fuser=error,libp2p_kad=error"
                 })
             }),
         )

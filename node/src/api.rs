@@ -1,0 +1,171 @@
+//! The peer's local control API: HTTP + JSON on 127.0.0.1, for the CLI (`dfs status`, `dfs
+//! peers`) and, later, the admin panel.
+//!
+//! Every route but `/v1/health` needs `Authorization: Bearer <token>`. The token and the address
+//! are written to `DATA/api.json` (mode 0600) once the listener is bound, so a CLI that can read
+//! the data directory finds the running peer; the file is removed at shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{NetError, Network};
+use crate::repo::write_private_file;
+
+/// The name of the discovery file in the data directory.
+pub const API_FILE: &str = "api.json";
+
+/// What `DATA/api.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiEndpoint {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub token: String,
+    /// The process serving it, so a stale file is recognisable.
+    pub pid: u32,
+}
+
+impl ApiEndpoint {
+    /// Read the endpoint of the peer running on `data`.
+    pub fn load(data: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read(data.join(API_FILE))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    network: Network,
+    token: String,
+}
+
+/// A JSON error body: `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<NetError> for ApiError {
+    fn from(e: NetError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is the only secret here.
+    let ok = given.is_some_and(|g| {
+        g.len() == state.token.len()
+            && g.bytes()
+                .zip(state.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see DATA/api.json)".into(),
+        ))
+    }
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.network.status().await?))
+}
+
+async fn peers(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.network.peers().await?))
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such API route".into())
+}
+
+/// The routes of the control API.
+pub fn router(network: Network, token: String) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .fallback(not_found)
+        .with_state(ApiState { network, token })
+}
+
+/// A bound, not yet serving, API listener and the discovery file it wrote.
+pub struct ApiServer {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    file: PathBuf,
+    pub endpoint: ApiEndpoint,
+}
+
+impl ApiServer {
+    /// Bind `addr` (127.0.0.1:0 when `None`) and write `DATA/api.json`.
+    pub async fn bind(
+        data: &Path,
+        addr: Option<SocketAddr>,
+        network: Network,
+    ) -> std::io::Result<Self> {
+        let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} for the API: {e}"),
+            )
+        })?;
+        let bound = listener.local_addr()?;
+        let token = crate::crypto::random_hex(32);
+        let endpoint = ApiEndpoint {
+            url: format!("http://{bound}"),
+            token: token.clone(),
+            pid: std::process::id(),
+        };
+        let file = data.join(API_FILE);
+        let json = serde_json::to_vec_pretty(&endpoint).map_err(std::io::Error::other)?;
+        write_private_file(&file, &json)?;
+        Ok(Self {
+            listener,
+            router: router(network, token),
+            file,
+            endpoint,
+        })
+    }
+
+    /// Serve until `shutdown` resolves, then remove the discovery file.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the API server failed");
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}

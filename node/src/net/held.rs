@@ -1,0 +1,189 @@
+//! Shards this peer keeps for other peers: `DATA/held/shards/..`, with who stored each one in
+//! RocksDB (`held` column family). Storage peers only ever see shard images (ciphertext under a
+//! verified header); nothing here can decrypt them.
+//!
+//! Every image is verified against the chunk id and index it is stored under before it is
+//! written, and again when checked; capacity is enforced; only the peer that stored a shard may
+//! delete it. These calls block on the disk: the swarm loop runs them on the blocking pool.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dfs_placement::ChunkId;
+use libp2p::PeerId;
+
+use super::wire::{Refusal, Request, Response};
+use crate::meta::{HeldRecord, MetaDb};
+use crate::shard::ShardHeader;
+use crate::store::{ShardStore, StoreError};
+use crate::Repo;
+
+/// The held-shard store of one peer.
+pub struct HeldShards {
+    repo: Arc<Repo>,
+    store: ShardStore,
+    /// Bytes of held shards, kept in step with the `held` table.
+    used: AtomicU64,
+    count: AtomicU64,
+    /// Configured capacity in bytes (0: the disk's free space is the only limit).
+    capacity: u64,
+}
+
+impl HeldShards {
+    pub fn open(repo: Arc<Repo>, capacity: u64) -> Result<Self, crate::repo::OpenError> {
+        let store = ShardStore::open(&repo.path().join("held"))?;
+        let (count, used) = repo.meta().held_totals()?;
+        Ok(Self {
+            repo,
+            store,
+            used: AtomicU64::new(used),
+            count: AtomicU64::new(count),
+            capacity,
+        })
+    }
+
+    /// The data directory (for disk usage figures).
+    pub fn data_dir(&self) -> &Path {
+        self.repo.path()
+    }
+
+    fn meta(&self) -> &MetaDb {
+        self.repo.meta()
+    }
+
+    /// (capacity offered, free of it, bytes used, shards held).
+    pub fn usage(&self) -> (u64, u64, u64, u64) {
+        let used = self.used.load(Ordering::Relaxed);
+        let disk_free = disk_free(self.repo.path()).unwrap_or(0);
+        let capacity = match self.capacity {
+            0 => used + disk_free,
+            c => c.min(used + disk_free),
+        };
+        (
+            capacity,
+            capacity.saturating_sub(used),
+            used,
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Serve one request from `from`.
+    pub fn handle(&self, from: PeerId, request: Request) -> Response {
+        let (chunk, index) = request.shard();
+        let result = match request {
+            Request::Store { image, .. } => self.store(from, chunk, index, &image),
+            Request::Fetch { .. } => self.fetch(chunk, index),
+            Request::Check { .. } => self.check(chunk, index),
+            Request::Delete { .. } => self.delete(from, chunk, index),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, chunk = %chunk.short(), index, "held shard store failed");
+            Response::Refused(if e.is_disk_full() {
+                Refusal::Full
+            } else {
+                Refusal::Internal
+            })
+        })
+    }
+
+    fn store(
+        &self,
+        from: PeerId,
+        chunk: ChunkId,
+        index: u8,
+        image: &[u8],
+    ) -> Result<Response, HeldError> {
+        if ShardHeader::decode_expected(image, chunk, index).is_err() {
+            tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused a shard that does not verify");
+            return Ok(Response::Refused(Refusal::Invalid));
+        }
+        let existing = self.meta().held(&chunk, index)?;
+        if existing.is_none() {
+            let (_, free, _, _) = self.usage();
+            if image.len() as u64 > free {
+                return Ok(Response::Refused(Refusal::Full));
+            }
+        }
+        // Same chunk id and index means same bytes: storing again only refreshes the file.
+        self.store.write(&chunk, index, &[image])?;
+        self.store.sync()?;
+        if existing.is_none() {
+            let record = HeldRecord {
+                owner: from.to_bytes(),
+                len: image.len() as u64,
+            };
+            self.meta().set_held(&chunk, index, &record)?;
+            self.used.fetch_add(record.len, Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Response::Stored)
+    }
+
+    fn fetch(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {
+        match self.store.read(&chunk, index)? {
+            Some(image) if ShardHeader::decode_expected(&image, chunk, index).is_ok() => {
+                Ok(Response::Shard { image })
+            }
+            Some(_) => {
+                tracing::warn!(chunk = %chunk.short(), index, "held shard is corrupt on disk");
+                Ok(Response::Refused(Refusal::NotFound))
+            }
+            None => Ok(Response::Refused(Refusal::NotFound)),
+        }
+    }
+
+    fn check(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {
+        Ok(match self.store.read(&chunk, index)? {
+            Some(image) => Response::Checked {
+                intact: ShardHeader::decode_expected(&image, chunk, index).is_ok(),
+                len: image.len() as u64,
+            },
+            None => Response::Refused(Refusal::NotFound),
+        })
+    }
+
+    fn delete(&self, from: PeerId, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {
+        let Some(record) = self.meta().held(&chunk, index)? else {
+            return Ok(Response::Refused(Refusal::NotFound));
+        };
+        if record.owner != from.to_bytes() {
+            tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused to delete another peer's shard");
+            return Ok(Response::Refused(Refusal::NotOwner));
+        }
+        let freed = self.store.remove(&chunk, index)?;
+        self.meta().delete_held(&chunk, index)?;
+        self.used.fetch_sub(
+            record.len.min(self.used.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Ok(Response::Deleted { freed })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeldError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+}
+
+impl HeldError {
+    fn is_disk_full(&self) -> bool {
+        matches!(self, HeldError::Store(e) if e.is_disk_full())
+    }
+}
+
+/// Free bytes on the filesystem holding `path`, for an unprivileged user.
+pub fn disk_free(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// Total bytes of the filesystem holding `path`.
+pub fn disk_total(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(stat.blocks() as u64 * stat.fragment_size() as u64)
+}

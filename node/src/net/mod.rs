@@ -1,0 +1,373 @@
+//! The peer on the network: a libp2p swarm owned by one event loop ([`swarm`]), and the
+//! [`Network`] handle everything else uses to talk to it over a bounded channel.
+//!
+//! Transports: TCP (Noise, Yamux) and QUIC, plus relayed connections with DCUtR hole punching.
+//! Discovery: bootstrap addresses, Kademlia (peer routing and provider records for chunk ids,
+//! under `/dfs/kad/1`), rendezvous points (trackers), mDNS when enabled. Membership:
+//! announcements on a gossipsub topic feed the peer table ([`peers`]) with its failure detector.
+//! Shards move over the request-response protocol in [`wire`], served from [`held`].
+
+pub mod held;
+pub mod identity;
+pub mod peers;
+mod swarm;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_placement::ChunkId;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::config::NetworkConfig;
+use crate::shard::ShardHeader;
+use crate::Repo;
+pub use peers::{PeerState, PeerView};
+pub use wire::{Refusal, Request, Response};
+
+/// Commands queued to the event loop before senders wait.
+const COMMAND_QUEUE: usize = 256;
+/// Outbound shard requests in flight from this peer at once.
+const MAX_OUTBOUND: usize = 64;
+/// How long one shard request may take before it fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong talking to the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid {what} {value:?}: {detail}")]
+    BadAddress {
+        what: &'static str,
+        value: String,
+        detail: String,
+    },
+    #[error("cannot start the peer: {0}")]
+    Start(String),
+    #[error("the peer has stopped")]
+    Stopped,
+    #[error("request to {peer} failed: {detail}")]
+    Request { peer: PeerId, detail: String },
+    #[error("{peer} refused: {refusal}")]
+    Refused { peer: PeerId, refusal: Refusal },
+    #[error(
+        "{peer} sent a shard that does not verify ({chunk} #{index}); the peer is scored down"
+    )]
+    BadData {
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+    },
+    #[error("{peer} answered a {asked} request with an unexpected message")]
+    Unexpected { peer: PeerId, asked: &'static str },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Open(#[from] crate::repo::OpenError),
+}
+
+/// Network settings, parsed and checked (from the config file plus command-line flags).
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    pub rendezvous: Vec<Multiaddr>,
+    pub rendezvous_server: bool,
+    pub relay_server: bool,
+    pub mdns: bool,
+    pub zone: String,
+    pub grace: Duration,
+    pub announce: Duration,
+    pub capacity: u64,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+}
+
+/// Parse a multiaddr given by the user, naming the setting it came from.
+pub fn parse_addr(what: &'static str, value: &str) -> Result<Multiaddr, NetError> {
+    value
+        .parse()
+        .map_err(|e: libp2p::multiaddr::Error| NetError::BadAddress {
+            what,
+            value: value.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// The peer id at the end of `/.../p2p/<id>`, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().last().and_then(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+impl NetOptions {
+    pub fn from_config(c: &NetworkConfig) -> Result<Self, NetError> {
+        let parse_all = |what, list: &[String]| {
+            list.iter()
+                .map(|s| parse_addr(what, s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut listen = parse_all("listen address", &c.listen)?;
+        if listen.is_empty() {
+            listen = default_listen();
+        }
+        let rendezvous = parse_all("rendezvous address", &c.rendezvous)?;
+        if let Some(bad) = rendezvous.iter().find(|a| peer_of(a).is_none()) {
+            return Err(NetError::BadAddress {
+                what: "rendezvous address",
+                value: bad.to_string(),
+                detail: "it must end in /p2p/<peer id>".into(),
+            });
+        }
+        Ok(Self {
+            listen,
+            peers: parse_all("peer address", &c.peers)?,
+            rendezvous,
+            rendezvous_server: c.rendezvous_server,
+            relay_server: c.relay_server,
+            mdns: c.mdns,
+            zone: c.zone.clone(),
+            grace: Duration::from_secs(c.grace_secs),
+            announce: Duration::from_secs(c.announce_secs),
+            capacity: c.capacity,
+            max_connections: c.max_connections,
+            max_connections_per_peer: c.max_connections_per_peer,
+        })
+    }
+}
+
+/// Ephemeral TCP and QUIC ports on 127.0.0.1: reachable from this machine only.
+pub fn default_listen() -> Vec<Multiaddr> {
+    ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// This peer, as `dfs status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub version: String,
+    pub zone: String,
+    /// Dialable addresses, each ending in `/p2p/<id>`.
+    pub addresses: Vec<String>,
+    pub uptime_secs: f64,
+    pub storage: StorageStatus,
+    pub peers: PeerCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// Bytes offered to other peers, free of that, and used by their shards.
+    pub capacity: u64,
+    pub free: u64,
+    pub used: u64,
+    pub shards_held: u64,
+    /// The filesystem of the data directory.
+    pub disk_total: u64,
+    pub disk_free: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PeerCounts {
+    pub alive: usize,
+    pub suspect: usize,
+    pub dead: usize,
+}
+
+/// Requests to the event loop.
+enum Command {
+    Status(oneshot::Sender<NodeStatus>),
+    Peers(oneshot::Sender<Vec<PeerView>>),
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    BadData(PeerId),
+    Provide(ChunkId),
+    FindProviders {
+        chunk: ChunkId,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Dial(Multiaddr),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on the running peer; cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    local: PeerId,
+    outbound: Arc<Semaphore>,
+    started: Instant,
+}
+
+impl Network {
+    /// Start the peer for the data directory of `repo`: load or create its identity, listen,
+    /// dial the bootstrap peers, and run the event loop on the current tokio runtime.
+    pub async fn start(repo: Arc<Repo>, options: NetOptions) -> Result<Network, NetError> {
+        let key = identity::load_or_create(&repo.path().join("identity.key"))?;
+        let local = key.public().to_peer_id();
+        let held = Arc::new(held::HeldShards::open(repo, options.capacity)?);
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let started = Instant::now();
+        let node = swarm::Node::new(key, held, options, rx, started)?;
+        tokio::spawn(node.run());
+        let network = Network {
+            commands,
+            local,
+            outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
+            started,
+        };
+        Ok(network)
+    }
+
+    pub fn local_id(&self) -> PeerId {
+        self.local
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NetError> {
+        self.ask(Command::Status).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerView>, NetError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Send one shard request and wait for the answer (bounded concurrency, timed out).
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        let _permit = self
+            .outbound
+            .acquire()
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        self.ask(|reply| Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?
+    }
+
+    /// Ask `peer` to keep a shard image.
+    pub async fn store_shard(
+        &self,
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+        image: Vec<u8>,
+    ) -> Result<(), NetError> {
+        let request = Request::Store {
+            chunk,
+            index,
+            image,
+        };
+        match self.request(peer, request).await? {
+            Response::Stored => Ok(()),
+            other => Err(unexpected(peer, "store", other)),
+        }
+    }
+
+    /// Fetch a shard image from `peer` and verify it; a peer that sends bad bytes is scored
+    /// down and the call fails.
+    pub async fn fetch_shard(
+        &self,
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<Vec<u8>, NetError> {
+        match self.request(peer, Request::Fetch { chunk, index }).await? {
+            Response::Shard { image } => {
+                if ShardHeader::decode_expected(&image, chunk, index).is_ok() {
+                    return Ok(image);
+                }
+                tracing::warn!(%peer, chunk = %chunk.short(), index, "peer sent a shard that does not verify");
+                let _ = self.commands.send(Command::BadData(peer)).await;
+                Err(NetError::BadData { peer, chunk, index })
+            }
+            other => Err(unexpected(peer, "fetch", other)),
+        }
+    }
+
+    /// Ask `peer` to re-verify a shard it holds: (intact, length).
+    pub async fn check_shard(
+        &self,
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<(bool, u64), NetError> {
+        match self.request(peer, Request::Check { chunk, index }).await? {
+            Response::Checked { intact, len } => Ok((intact, len)),
+            other => Err(unexpected(peer, "check", other)),
+        }
+    }
+
+    /// Ask `peer` to forget a shard this peer stored there; returns the bytes it freed.
+    pub async fn delete_shard(
+        &self,
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<u64, NetError> {
+        match self.request(peer, Request::Delete { chunk, index }).await? {
+            Response::Deleted { freed } => Ok(freed),
+            other => Err(unexpected(peer, "delete", other)),
+        }
+    }
+
+    /// Announce in the DHT that this peer holds shards of `chunk`.
+    pub async fn provide(&self, chunk: ChunkId) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Provide(chunk))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Peers that announced in the DHT that they hold shards of `chunk`.
+    pub async fn find_providers(&self, chunk: ChunkId) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::FindProviders { chunk, reply })
+            .await
+    }
+
+    /// Dial an address (e.g. a peer given at run time).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Stop the event loop (connections close).
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+fn unexpected(peer: PeerId, asked: &'static str, response: Response) -> NetError {
+    match response {
+        Response::Refused(refusal) => NetError::Refused { peer, refusal },
+        _ => NetError::Unexpected { peer, asked },
+    }
+}

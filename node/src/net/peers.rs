@@ -1,0 +1,469 @@
+//! The peer table: every peer this one knows, what it announced, and the failure detector's
+//! verdict (alive, suspect, dead).
+//!
+//! Rules: any sign of life (a message, a ping answer, a new connection) makes a peer alive. A
+//! peer is suspect at once when its last connection closes or a ping fails, or when it misses
+//! three announcements; it is dead once it has been silent for the grace period. Lost peers are
+//! redialled with exponential backoff, capped so that a peer that comes back is noticed soon.
+//! Time is passed in, so the rules are tested without sleeping.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use dfs_placement::score::{score, PeerRecord};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use super::wire::{self, WireError};
+
+/// First redial delay after a peer is lost; doubles on each failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Addresses remembered per peer.
+const MAX_ADDRS: usize = 8;
+/// Longest zone label or version string accepted from a peer.
+const MAX_LABEL: usize = 64;
+
+/// What a peer says about itself on the membership topic, every `announce_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// dfs version of the sender.
+    pub version: String,
+    pub zone: String,
+    /// Bytes the peer offers to hold for others, and how many of them are free.
+    pub capacity: u64,
+    pub free: u64,
+    /// Shard requests it is serving right now.
+    pub load: u32,
+    /// Shards it holds for others.
+    pub shards: u64,
+}
+
+impl Announcement {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        wire::encode(self)
+    }
+
+    /// Decode and sanity-check an announcement from the wire.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let a: Announcement = wire::decode(bytes)?;
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// Refuse announcements no honest peer sends.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.version.len() > MAX_LABEL || self.zone.len() > MAX_LABEL || self.zone.is_empty() {
+            return Err(WireError::Malformed("label too long or empty".into()));
+        }
+        if self.free > self.capacity {
+            return Err(WireError::Malformed("more free bytes than capacity".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The failure detector's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Dead => "dead",
+        })
+    }
+}
+
+/// One known peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addrs: Vec<Multiaddr>,
+    pub state: PeerState,
+    pub last_seen: Instant,
+    pub connections: u32,
+    pub rtt: Option<Duration>,
+    pub announced: Option<Announcement>,
+    pub failures: u32,
+    pub bad_data: u32,
+    /// When to dial next while not connected, and the delay after that.
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Self {
+        Self {
+            addrs: Vec::new(),
+            state: PeerState::Alive,
+            last_seen: now,
+            connections: 0,
+            rtt: None,
+            announced: None,
+            failures: 0,
+            bad_data: 0,
+            next_dial: now,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    pub fn score(&self) -> f64 {
+        score(&PeerRecord {
+            rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            failures: self.failures,
+            bad_data: self.bad_data,
+            answering: self.state == PeerState::Alive,
+        })
+    }
+}
+
+/// A state change worth logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub peer: PeerId,
+    pub from: Option<PeerState>,
+    pub to: PeerState,
+}
+
+/// The table of known peers.
+#[derive(Debug)]
+pub struct PeerTable {
+    peers: HashMap<PeerId, Peer>,
+    grace: Duration,
+    suspect_after: Duration,
+}
+
+/// The table as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: String,
+    pub state: PeerState,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+    pub last_seen_secs: f64,
+    pub zone: Option<String>,
+    pub version: Option<String>,
+    pub capacity: Option<u64>,
+    pub free: Option<u64>,
+    pub load: Option<u32>,
+    pub shards: Option<u64>,
+    pub score: f64,
+    pub failures: u32,
+    pub bad_data: u32,
+}
+
+impl PeerTable {
+    /// `grace`: silence before a peer is dead. `announce`: the announcement interval (a peer
+    /// that misses three is suspect).
+    pub fn new(grace: Duration, announce: Duration) -> Self {
+        Self {
+            peers: HashMap::new(),
+            grace,
+            suspect_after: (announce * 3).min(grace),
+        }
+    }
+
+    pub fn get(&self, id: &PeerId) -> Option<&Peer> {
+        self.peers.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
+        self.peers.iter()
+    }
+
+    fn entry(&mut self, id: PeerId, now: Instant) -> (&mut Peer, Option<PeerState>) {
+        let known = self.peers.contains_key(&id);
+        let peer = self.peers.entry(id).or_insert_with(|| Peer::new(now));
+        let from = known.then_some(peer.state);
+        (peer, from)
+    }
+
+    fn set_state(
+        peer: &mut Peer,
+        id: PeerId,
+        from: Option<PeerState>,
+        to: PeerState,
+    ) -> Option<Transition> {
+        peer.state = to;
+        (from != Some(to)).then_some(Transition { peer: id, from, to })
+    }
+
+    /// Remember an address to dial the peer at (newest first, bounded).
+    pub fn add_address(&mut self, id: PeerId, addr: Multiaddr, now: Instant) {
+        let (peer, from) = self.entry(id, now);
+        if from.is_none() {
+            // Known only by address so far: not alive until it answers.
+            peer.state = PeerState::Suspect;
+            peer.last_seen = now;
+        }
+        peer.addrs.retain(|a| a != &addr);
+        peer.addrs.insert(0, addr);
+        peer.addrs.truncate(MAX_ADDRS);
+    }
+
+    /// Any sign of life.
+    pub fn seen(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+        let (peer, from) = self.entry(id, now);
+        peer.last_seen = now;
+        peer.backoff = BACKOFF_MIN;
+        Self::set_state(peer, id, from, PeerState::Alive)
+    }
+
+    pub fn connected(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+        let change = self.seen(id, now);
+        self.entry(id, now).0.connections += 1;
+        change
+    }
+
+    /// A connection closed; with none left the peer is suspect and will be redialled.
+    pub fn disconnected(&mut self, id: PeerId, remaining: u32, now: Instant) -> Option<Transition> {
+        let (peer, from) = self.entry(id, now);
+        peer.connections = remaining;
+        if remaining > 0 || peer.state == PeerState::Dead {
+            return None;
+        }
+        peer.next_dial = now + BACKOFF_MIN;
+        Self::set_state(peer, id, from, PeerState::Suspect)
+    }
+
+    pub fn ping_ok(&mut self, id: PeerId, rtt: Duration, now: Instant) -> Option<Transition> {
+        let change = self.seen(id, now);
+        let (peer, _) = self.entry(id, now);
+        // Exponentially smoothed, so one slow ping does not swing placement.
+        peer.rtt = Some(match peer.rtt {
+            Some(old) => old.mul_f64(0.8) + rtt.mul_f64(0.2),
+            None => rtt,
+        });
+        change
+    }
+
+    /// A ping or request failed: suspect at once.
+    pub fn failed(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+        let (peer, from) = self.entry(id, now);
+        peer.failures = peer.failures.saturating_add(1);
+        if peer.state == PeerState::Alive {
+            return Self::set_state(peer, id, from, PeerState::Suspect);
+        }
+        None
+    }
+
+    /// A request succeeded: forgive one earlier failure.
+    pub fn succeeded(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+        let change = self.seen(id, now);
+        let (peer, _) = self.entry(id, now);
+        peer.failures = peer.failures.saturating_sub(1);
+        change
+    }
+
+    /// The peer sent a shard that did not verify.
+    pub fn bad_data(&mut self, id: PeerId, now: Instant) {
+        let (peer, _) = self.entry(id, now);
+        peer.bad_data = peer.bad_data.saturating_add(1);
+    }
+
+    pub fn announced(&mut self, id: PeerId, a: Announcement, now: Instant) -> Option<Transition> {
+        let change = self.seen(id, now);
+        self.entry(id, now).0.announced = Some(a);
+        change
+    }
+
+    /// Apply the timeouts; returns the changes.
+    pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for (id, peer) in &mut self.peers {
+            let silent = now.saturating_duration_since(peer.last_seen);
+            let to = if silent >= self.grace {
+                PeerState::Dead
+            } else if silent >= self.suspect_after && peer.state == PeerState::Alive {
+                PeerState::Suspect
+            } else {
+                continue;
+            };
+            if peer.state != to {
+                out.extend(Self::set_state(peer, *id, Some(peer.state), to));
+            }
+        }
+        out
+    }
+
+    /// Peers to dial now (not connected, due), with their addresses; schedules the next
+    /// attempt with doubled backoff.
+    pub fn due_dials(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let mut out = Vec::new();
+        for (id, peer) in &mut self.peers {
+            if peer.connections == 0 && !peer.addrs.is_empty() && peer.next_dial <= now {
+                out.push((*id, peer.addrs.clone()));
+                peer.next_dial = now + peer.backoff;
+                peer.backoff = (peer.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        out
+    }
+
+    /// Counts of alive, suspect and dead peers.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for peer in self.peers.values() {
+            match peer.state {
+                PeerState::Alive => c.0 += 1,
+                PeerState::Suspect => c.1 += 1,
+                PeerState::Dead => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    /// The table for the API, best-scored first.
+    pub fn views(&self, now: Instant) -> Vec<PeerView> {
+        let mut out: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerView {
+                id: id.to_string(),
+                state: p.state,
+                addresses: p.addrs.iter().map(|a| a.to_string()).collect(),
+                connected: p.connections > 0,
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                last_seen_secs: now.saturating_duration_since(p.last_seen).as_secs_f64(),
+                zone: p.announced.as_ref().map(|a| a.zone.clone()),
+                version: p.announced.as_ref().map(|a| a.version.clone()),
+                capacity: p.announced.as_ref().map(|a| a.capacity),
+                free: p.announced.as_ref().map(|a| a.free),
+                load: p.announced.as_ref().map(|a| a.load),
+                shards: p.announced.as_ref().map(|a| a.shards),
+                score: p.score(),
+                failures: p.failures,
+                bad_data: p.bad_data,
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GRACE: Duration = Duration::from_secs(10);
+    const ANNOUNCE: Duration = Duration::from_secs(1);
+
+    fn table() -> (PeerTable, PeerId, Instant) {
+        (
+            PeerTable::new(GRACE, ANNOUNCE),
+            PeerId::random(),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn lost_connection_is_suspect_at_once_then_dead_after_grace() {
+        let (mut t, p, now) = table();
+        assert_eq!(t.connected(p, now).map(|x| x.to), Some(PeerState::Alive));
+        assert_eq!(
+            t.disconnected(p, 0, now).map(|x| x.to),
+            Some(PeerState::Suspect)
+        );
+        assert!(t.tick(now + GRACE - Duration::from_millis(1)).is_empty());
+        let changes = t.tick(now + GRACE);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].to, PeerState::Dead);
+        // It comes back.
+        let back = t.connected(p, now + GRACE * 2).unwrap();
+        assert_eq!(
+            (back.from, back.to),
+            (Some(PeerState::Dead), PeerState::Alive)
+        );
+    }
+
+    #[test]
+    fn silence_makes_suspect_after_three_missed_announcements() {
+        let (mut t, p, now) = table();
+        t.connected(p, now);
+        assert!(t.tick(now + ANNOUNCE * 2).is_empty());
+        assert_eq!(t.tick(now + ANNOUNCE * 3)[0].to, PeerState::Suspect);
+        assert_eq!(t.counts(), (0, 1, 0));
+    }
+
+    #[test]
+    fn redials_back_off_exponentially_up_to_the_cap() {
+        let (mut t, p, now) = table();
+        t.add_address(p, "/ip4/127.0.0.1/tcp/1".parse().unwrap(), now);
+        let mut at = now;
+        let mut gaps = Vec::new();
+        let mut last = None;
+        for _ in 0..400 {
+            if !t.due_dials(at).is_empty() {
+                if let Some(l) = last {
+                    gaps.push(at - l);
+                }
+                last = Some(at);
+            }
+            at += Duration::from_millis(50);
+        }
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
+        assert!(*gaps.last().unwrap() <= BACKOFF_MAX + Duration::from_millis(50));
+        // A sign of life resets the backoff.
+        t.seen(p, at);
+        assert_eq!(t.get(&p).unwrap().backoff, BACKOFF_MIN);
+    }
+
+    #[test]
+    fn bad_announcements_are_refused() {
+        let mut a = Announcement {
+            version: "0.1.0".into(),
+            zone: "z".into(),
+            capacity: 10,
+            free: 5,
+            load: 0,
+            shards: 0,
+        };
+        assert_eq!(Announcement::decode(&a.encode().unwrap()).unwrap(), a);
+        a.free = 11;
+        assert!(Announcement::decode(&a.encode().unwrap()).is_err());
+        a.free = 1;
+        a.zone = "x".repeat(65);
+        assert!(Announcement::decode(&a.encode().unwrap()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn announcement_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Announcement::decode(&bytes);
+        }
+
+        #[test]
+        fn dead_only_after_grace(events in proptest::collection::vec((0u8..5, 0u64..3000), 1..60)) {
+            let (mut t, p, start) = table();
+            let mut now = start;
+            let mut last_life = start;
+            t.connected(p, now);
+            for (kind, step) in events {
+                now += Duration::from_millis(step);
+                match kind {
+                    0 => { t.seen(p, now); last_life = now; }
+                    1 => { t.disconnected(p, 0, now); }
+                    2 => { t.failed(p, now); }
+                    3 => { t.ping_ok(p, Duration::from_millis(1), now); last_life = now; }
+                    _ => { t.tick(now); }
+                }
+                let state = t.get(&p).unwrap().state;
+                if state == PeerState::Dead {
+                    prop_assert!(now - last_life >= GRACE);
+                }
+                if now - last_life < GRACE && state == PeerState::Alive {
+                    prop_assert!(now - last_life < GRACE);
+                }
+            }
+        }
+    }
+}

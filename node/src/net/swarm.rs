@@ -1,0 +1,684 @@
+//! The event loop that owns the libp2p swarm. It alone touches the swarm and the peer table;
+//! the [`super::Network`] handle reaches it through a bounded command channel. Disk work for
+//! inbound shard requests runs on the blocking pool and comes back through another channel, so
+//! a slow disk never stalls pings, announcements or other peers' requests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryId, QueryResult};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    connection_limits, dcutr, gossipsub, identify, mdns, noise, ping, relay, rendezvous, tcp,
+    yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::held::{disk_free, disk_total, HeldShards};
+use super::peers::{Announcement, PeerTable, PeerView, Transition};
+use super::wire::{Refusal, Request, Response, ShardCodec, PROTOCOL};
+use super::{
+    peer_of, Command, NetError, NetOptions, NodeStatus, PeerCounts, StorageStatus, REQUEST_TIMEOUT,
+};
+
+const MEMBERSHIP_TOPIC: &str = "dfs/membership/1";
+const KAD_PROTOCOL: &str = "/dfs/kad/1";
+const IDENTIFY_PROTOCOL: &str = "/dfs/1";
+const RENDEZVOUS_NAMESPACE: &str = "dfs";
+/// Inbound shard requests served at once; more are answered `Busy`.
+const MAX_INBOUND: usize = 32;
+/// How often the failure detector and the redial schedule run.
+const HEALTH_TICK: Duration = Duration::from_millis(250);
+/// How often rendezvous points are asked for new peers.
+const DISCOVER_EVERY: Duration = Duration::from_secs(10);
+/// Largest announcement accepted on the membership topic.
+const MAX_GOSSIP: usize = 16 << 10;
+/// Addresses of our own put in an announcement.
+const MAX_ANNOUNCED_ADDRS: usize = 8;
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossip: gossipsub::Behaviour,
+    shards: request_response::Behaviour<ShardCodec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    rendezvous: rendezvous::client::Behaviour,
+    rendezvous_server: Toggle<rendezvous::server::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+}
+
+/// What the gossip announcement carries besides [`Announcement`]: where to dial the sender.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    announcement: Announcement,
+    addrs: Vec<String>,
+}
+
+pub(super) struct Node {
+    swarm: Swarm<Behaviour>,
+    table: PeerTable,
+    held: Arc<HeldShards>,
+    options: NetOptions,
+    commands: mpsc::Receiver<Command>,
+    started: Instant,
+    topic: gossipsub::IdentTopic,
+    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, NetError>>)>,
+    providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    done_tx: mpsc::Sender<Served>,
+    done_rx: mpsc::Receiver<Served>,
+    inbound: usize,
+    listen: Vec<Multiaddr>,
+    rendezvous_points: HashMap<PeerId, Multiaddr>,
+    /// Bootstrap addresses given without a peer id: dialled while no peer is connected.
+    anonymous: Vec<Multiaddr>,
+}
+
+/// An inbound request served on the blocking pool.
+struct Served {
+    peer: PeerId,
+    channel: ResponseChannel<Response>,
+    response: Response,
+}
+
+fn start_error(e: impl std::fmt::Display) -> NetError {
+    NetError::Start(e.to_string())
+}
+
+fn behaviour(
+    key: &Keypair,
+    relay_client: relay::client::Behaviour,
+    options: &NetOptions,
+) -> Result<Behaviour, NetError> {
+    let local = key.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(options.max_connections))
+        .with_max_established_per_peer(Some(options.max_connections_per_peer))
+        .with_max_pending_incoming(Some(128))
+        .with_max_pending_outgoing(Some(128));
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config.set_query_timeout(Duration::from_secs(30));
+    let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_config);
+    kad.set_mode(Some(kad::Mode::Server));
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .max_transmit_size(MAX_GOSSIP)
+        .build()
+        .map_err(start_error)?;
+    let gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )
+    .map_err(start_error)?;
+    let shards = request_response::Behaviour::with_codec(
+        ShardCodec,
+        [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_INBOUND * 2),
+    );
+    let mdns = if options.mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local).map_err(start_error)?)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(format!("dfs/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+        kad,
+        gossip,
+        shards,
+        mdns: mdns.into(),
+        rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+        rendezvous_server: options
+            .rendezvous_server
+            .then(|| rendezvous::server::Behaviour::new(rendezvous::server::Config::default()))
+            .into(),
+        relay_client,
+        relay_server: options
+            .relay_server
+            .then(|| relay::Behaviour::new(local, relay::Config::default()))
+            .into(),
+        dcutr: dcutr::Behaviour::new(local),
+    })
+}
+
+impl Node {
+    pub(super) fn new(
+        key: Keypair,
+        held: Arc<HeldShards>,
+        options: NetOptions,
+        commands: mpsc::Receiver<Command>,
+        started: Instant,
+    ) -> Result<Self, NetError> {
+        let mut built_error = None;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(start_error)?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(start_error)?
+            .with_behaviour(
+                |key, relay_client| match behaviour(key, relay_client, &options) {
+                    Ok(b) => Ok(b),
+                    Err(e) => {
+                        let message = e.to_string();
+                        built_error = Some(e);
+                        Err(message.into())
+                    }
+                },
+            )
+            .map_err(|e| built_error.take().unwrap_or_else(|| start_error(e)))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        for addr in &options.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Start(format!("cannot listen on {addr}: {e}")))?;
+        }
+        let topic = gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(&topic)
+            .map_err(start_error)?;
+        let mut table = PeerTable::new(options.grace, options.announce);
+        let now = Instant::now();
+        let mut anonymous = Vec::new();
+        for addr in &options.peers {
+            match peer_of(addr) {
+                Some(peer) => {
+                    table.add_address(peer, addr.clone(), now);
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                None => anonymous.push(addr.clone()),
+            }
+        }
+        let mut rendezvous_points = HashMap::new();
+        for addr in &options.rendezvous {
+            if let Some(peer) = peer_of(addr) {
+                table.add_address(peer, addr.clone(), now);
+                rendezvous_points.insert(peer, addr.clone());
+            }
+        }
+        let (done_tx, done_rx) = mpsc::channel(MAX_INBOUND * 2);
+        Ok(Self {
+            swarm,
+            table,
+            held,
+            options,
+            commands,
+            started,
+            topic,
+            pending: HashMap::new(),
+            providers: HashMap::new(),
+            done_tx,
+            done_rx,
+            inbound: 0,
+            listen: Vec::new(),
+            rendezvous_points,
+            anonymous,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut health = tokio::time::interval(HEALTH_TICK);
+        let mut announce = tokio::time::interval(self.options.announce);
+        let mut discover = tokio::time::interval(DISCOVER_EVERY);
+        for addr in self.anonymous.clone() {
+            self.dial_address(addr);
+        }
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                Some(served) = self.done_rx.recv() => self.respond(served),
+                _ = health.tick() => self.health(),
+                _ = announce.tick() => self.announce(),
+                _ = discover.tick() => self.discover(),
+            }
+        }
+        tracing::info!("peer stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.views());
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .shards
+                    .send_request(&peer, request);
+                self.pending.insert(id, (peer, reply));
+            }
+            Command::BadData(peer) => self.table.bad_data(peer, Instant::now()),
+            Command::Provide(chunk) => {
+                let key = kad::RecordKey::new(chunk.as_bytes());
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    tracing::warn!(error = %e, "cannot record a provider entry");
+                }
+            }
+            Command::FindProviders { chunk, reply } => {
+                let key = kad::RecordKey::new(chunk.as_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::Dial(addr) => {
+                if let Some(peer) = peer_of(&addr) {
+                    self.table.add_address(peer, addr.clone(), Instant::now());
+                }
+                self.dial_address(addr);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn dial_address(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::debug!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    fn views(&self) -> Vec<PeerView> {
+        self.table.views(Instant::now())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let local = *self.swarm.local_peer_id();
+        let (capacity, free, used, shards_held) = self.held.usage();
+        let (alive, suspect, dead) = self.table.counts();
+        let path = self.held_path();
+        NodeStatus {
+            id: local.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            zone: self.options.zone.clone(),
+            addresses: self
+                .listen
+                .iter()
+                .map(|a| format!("{a}/p2p/{local}"))
+                .collect(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            storage: StorageStatus {
+                capacity,
+                free,
+                used,
+                shards_held,
+                disk_total: disk_total(&path).unwrap_or(0),
+                disk_free: disk_free(&path).unwrap_or(0),
+            },
+            peers: PeerCounts {
+                alive,
+                suspect,
+                dead,
+            },
+        }
+    }
+
+    fn held_path(&self) -> std::path::PathBuf {
+        self.held.data_dir().to_path_buf()
+    }
+
+    fn log(&self, changes: impl IntoIterator<Item = Transition>) {
+        for t in changes {
+            match t.to {
+                super::PeerState::Alive => {
+                    tracing::info!(peer = %t.peer, from = ?t.from, "peer is alive")
+                }
+                super::PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
+                super::PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
+            }
+        }
+    }
+
+    fn health(&mut self) {
+        let now = Instant::now();
+        let changes = self.table.tick(now);
+        self.log(changes);
+        for (peer, addrs) in self.table.due_dials(now) {
+            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "redial failed");
+            }
+        }
+        if self.swarm.connected_peers().next().is_none() {
+            for addr in self.anonymous.clone() {
+                self.dial_address(addr);
+            }
+        }
+    }
+
+    fn announce(&mut self) {
+        let (capacity, free, _, shards) = self.held.usage();
+        let local = *self.swarm.local_peer_id();
+        let envelope = Envelope {
+            announcement: Announcement {
+                version: env!("CARGO_PKG_VERSION").into(),
+                zone: self.options.zone.clone(),
+                capacity,
+                free,
+                load: self.inbound as u32,
+                shards,
+            },
+            addrs: self
+                .listen
+                .iter()
+                .take(MAX_ANNOUNCED_ADDRS)
+                .map(|a| format!("{a}/p2p/{local}"))
+                .collect(),
+        };
+        let Ok(bytes) = super::wire::encode(&envelope) else {
+            return;
+        };
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossip
+            .publish(self.topic.clone(), bytes)
+        {
+            tracing::trace!(error = %e, "announcement not sent");
+        }
+    }
+
+    fn discover(&mut self) {
+        let points: Vec<PeerId> = self.rendezvous_points.keys().copied().collect();
+        for point in points {
+            if self.swarm.is_connected(&point) {
+                self.swarm.behaviour_mut().rendezvous.discover(
+                    Some(namespace()),
+                    None,
+                    None,
+                    point,
+                );
+            }
+        }
+    }
+
+    fn respond(&mut self, served: Served) {
+        self.inbound = self.inbound.saturating_sub(1);
+        if served.response == Response::Refused(Refusal::Invalid) {
+            self.table.bad_data(served.peer, Instant::now());
+        }
+        if self
+            .swarm
+            .behaviour_mut()
+            .shards
+            .send_response(served.channel, served.response)
+            .is_err()
+        {
+            tracing::debug!(peer = %served.peer, "requester left before the response");
+        }
+    }
+
+    fn learn(&mut self, peer: PeerId, addr: Multiaddr) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        self.table.add_address(peer, addr.clone(), Instant::now());
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                // Loopback and LAN addresses we listen on are how others reach us.
+                self.swarm.add_external_address(address.clone());
+                self.listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let change = self.table.connected(peer_id, now);
+                self.log(change);
+                if endpoint.is_dialer() {
+                    self.learn(peer_id, endpoint.get_remote_address().clone());
+                }
+                if self.rendezvous_points.contains_key(&peer_id) {
+                    self.register(peer_id);
+                }
+                if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                    tracing::debug!("no peers to bootstrap the DHT from yet");
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                let change = self.table.disconnected(peer_id, num_established, now);
+                self.log(change);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.behaviour_event(event, now),
+            _ => {}
+        }
+    }
+
+    fn register(&mut self, point: PeerId) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .rendezvous
+            .register(namespace(), point, None)
+        {
+            tracing::warn!(%point, error = %e, "cannot register at the rendezvous point");
+        }
+        self.swarm
+            .behaviour_mut()
+            .rendezvous
+            .discover(Some(namespace()), None, None, point);
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent, now: Instant) {
+        match event {
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
+                let change = match result {
+                    Ok(rtt) => self.table.ping_ok(peer, rtt, now),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "ping failed");
+                        self.table.failed(peer, now)
+                    }
+                };
+                self.log(change);
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not a dfs peer");
+                    return;
+                }
+                for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
+                    self.learn(peer_id, addr);
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message { message, .. }) => {
+                let Some(source) = message.source else {
+                    return;
+                };
+                match super::wire::decode::<Envelope>(&message.data) {
+                    Ok(envelope) => match envelope.announcement.validate() {
+                        Ok(()) => {
+                            let announcement = envelope.announcement;
+                            let change = self.table.announced(source, announcement, now);
+                            self.log(change);
+                            for addr in envelope.addrs.iter().take(MAX_ANNOUNCED_ADDRS) {
+                                if let Ok(addr) = addr.parse::<Multiaddr>() {
+                                    if peer_of(&addr) == Some(source) {
+                                        self.learn(source, addr);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(peer = %source, error = %e, "bad announcement"),
+                    },
+                    Err(e) => tracing::warn!(peer = %source, error = %e, "malformed announcement"),
+                }
+            }
+            BehaviourEvent::Shards(event) => self.shard_event(event, now),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                if let QueryResult::GetProviders(result) = result {
+                    if let Some((found, _)) = self.providers.get_mut(&id) {
+                        if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = result {
+                            found.extend(providers);
+                        }
+                    }
+                    if step.last {
+                        if let Some((found, reply)) = self.providers.remove(&id) {
+                            let _ = reply.send(found.into_iter().collect());
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    self.learn(peer, addr);
+                }
+            }
+            BehaviourEvent::Rendezvous(rendezvous::client::Event::Discovered {
+                registrations,
+                ..
+            }) => {
+                for registration in registrations {
+                    let peer = registration.record.peer_id();
+                    for addr in registration.record.addresses() {
+                        self.learn(peer, addr.clone());
+                    }
+                }
+            }
+            other => tracing::trace!(event = ?other, "network event"),
+        }
+    }
+
+    fn shard_event(&mut self, event: request_response::Event<Request, Response>, now: Instant) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.table.seen(peer, now);
+                if self.inbound >= MAX_INBOUND {
+                    let busy = Response::Refused(Refusal::Busy);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .shards
+                        .send_response(channel, busy);
+                    return;
+                }
+                self.inbound += 1;
+                let held = Arc::clone(&self.held);
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let kind = request.kind();
+                    let response =
+                        match tokio::task::spawn_blocking(move || held.handle(peer, request)).await
+                        {
+                            Ok(r) => r,
+                            Err(e) => {
+                                tracing::error!(error = %e, kind, "shard request handler failed");
+                                Response::Refused(Refusal::Internal)
+                            }
+                        };
+                    let _ = done
+                        .send(Served {
+                            peer,
+                            channel,
+                            response,
+                        })
+                        .await;
+                });
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let change = self.table.succeeded(peer, now);
+                self.log(change);
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let change = self.table.failed(peer, now);
+                self.log(change);
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                // Includes messages that fail to decode: a malformed, oversized or
+                // wrong-version frame. The stream is dropped; the peer goes on serving.
+                tracing::warn!(%peer, error = %error, "bad inbound shard request");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.table.bad_data(peer, now);
+                }
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn namespace() -> rendezvous::Namespace {
+    rendezvous::Namespace::from_static(RENDEZVOUS_NAMESPACE)
+}

@@ -1,0 +1,349 @@
+//! The shard protocol (`/dfs/shard/1`): what peers say to store, fetch, check and delete shards,
+//! and how it is framed on a stream.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes: one version byte
+//! ([`WIRE_VERSION`]) and a postcard-encoded [`Request`] or [`Response`]. A frame longer than
+//! [`MAX_FRAME`] is refused before any of it is buffered; an unknown version, trailing bytes or
+//! a body that does not decode is an error. Nothing here panics on bad input: every decoder is
+//! property-tested with arbitrary bytes.
+
+use std::io;
+
+use dfs_placement::ChunkId;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::MAX_CHUNK_SIZE;
+use crate::shard::HEADER_LEN;
+
+/// The protocol name negotiated on the stream.
+pub const PROTOCOL: &str = "/dfs/shard/1";
+/// The first byte of every frame's body.
+pub const WIRE_VERSION: u8 = 1;
+/// The largest shard image: a whole chunk replicated (plus its AEAD tag) and the shard header.
+pub const MAX_SHARD: usize = MAX_CHUNK_SIZE as usize + 16 + HEADER_LEN;
+/// The largest frame: one shard plus room for the message around it.
+pub const MAX_FRAME: usize = MAX_SHARD + 1024;
+
+/// What one peer asks of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Keep this shard image (header + ciphertext body). The receiver verifies it first.
+    Store {
+        chunk: ChunkId,
+        index: u8,
+        image: Vec<u8>,
+    },
+    /// Send back the shard image.
+    Fetch { chunk: ChunkId, index: u8 },
+    /// Re-verify the shard in place and say whether it is there and intact.
+    Check { chunk: ChunkId, index: u8 },
+    /// Forget the shard (only the peer that stored it may).
+    Delete { chunk: ChunkId, index: u8 },
+}
+
+impl Request {
+    /// The shard the request is about.
+    pub fn shard(&self) -> (ChunkId, u8) {
+        match self {
+            Request::Store { chunk, index, .. }
+            | Request::Fetch { chunk, index }
+            | Request::Check { chunk, index }
+            | Request::Delete { chunk, index } => (*chunk, *index),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Store { .. } => "store",
+            Request::Fetch { .. } => "fetch",
+            Request::Check { .. } => "check",
+            Request::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The shard is not held here.
+    NotFound,
+    /// The image did not verify (checksum, header, or it is not for the named shard).
+    Invalid,
+    /// Not enough free space under this peer's capacity.
+    Full,
+    /// Only the peer that stored a shard may delete it.
+    NotOwner,
+    /// Too many requests in flight here; try another peer or later.
+    Busy,
+    /// The peer failed to read or write its disk.
+    Internal,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::NotFound => "shard not found",
+            Refusal::Invalid => "shard did not verify",
+            Refusal::Full => "peer is full",
+            Refusal::NotOwner => "only the peer that stored a shard may delete it",
+            Refusal::Busy => "peer is busy",
+            Refusal::Internal => "peer failed to access its store",
+        })
+    }
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Stored,
+    Shard { image: Vec<u8> },
+    Checked { intact: bool, len: u64 },
+    Deleted { freed: u64 },
+    Refused(Refusal),
+}
+
+/// Why bytes on the wire are not a valid frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown wire version {0} (this peer speaks {WIRE_VERSION})")]
+    Version(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+impl From<WireError> for io::Error {
+    fn from(e: WireError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// Encode a message body (version byte + postcard).
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![WIRE_VERSION];
+    let body = postcard::to_stdvec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
+    out.extend_from_slice(&body);
+    if out.len() > MAX_FRAME {
+        return Err(WireError::TooLarge {
+            len: out.len(),
+            max: MAX_FRAME,
+        });
+    }
+    Ok(out)
+}
+
+/// Decode a message body; any defect is an error, never a panic.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (message, rest) =
+        postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Trailing(rest.len()));
+    }
+    Ok(message)
+}
+
+/// Read one length-prefixed frame, refusing oversized ones before buffering them.
+pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max }.into());
+    }
+    let mut buf = Vec::new();
+    let got = io.take(len as u64).read_to_end(&mut buf).await?;
+    if got != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {got} of {len} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Write one length-prefixed frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.flush().await
+}
+
+/// The request-response codec for [`PROTOCOL`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardCodec;
+
+impl libp2p::request_response::Codec for ShardCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(decode(&read_frame(io, MAX_FRAME).await?)?)
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(decode(&read_frame(io, MAX_FRAME).await?)?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        request: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&request)?).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        response: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&response)?).await?;
+        io.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use proptest::prelude::*;
+
+    fn chunk(b: u8) -> ChunkId {
+        ChunkId([b; 32])
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let requests = [
+            Request::Store {
+                chunk: chunk(1),
+                index: 3,
+                image: vec![7; 1000],
+            },
+            Request::Fetch {
+                chunk: chunk(2),
+                index: 0,
+            },
+            Request::Check {
+                chunk: chunk(3),
+                index: 5,
+            },
+            Request::Delete {
+                chunk: chunk(4),
+                index: 1,
+            },
+        ];
+        for r in requests {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let responses = [
+            Response::Stored,
+            Response::Shard { image: vec![1, 2] },
+            Response::Checked {
+                intact: true,
+                len: 9,
+            },
+            Response::Deleted { freed: 4 },
+            Response::Refused(Refusal::Busy),
+        ];
+        for r in responses {
+            assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn unknown_version_and_trailing_bytes_are_refused() {
+        let mut bytes = encode(&Response::Stored).unwrap();
+        bytes[0] = 9;
+        assert!(matches!(
+            decode::<Response>(&bytes),
+            Err(WireError::Version(9))
+        ));
+        let mut bytes = encode(&Response::Stored).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Response>(&bytes),
+            Err(WireError::Trailing(1))
+        ));
+        assert!(matches!(decode::<Response>(&[]), Err(WireError::Empty)));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let mut wire = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0; 16]);
+        let err = block_on(read_frame(&mut wire.as_slice(), MAX_FRAME)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let too_big = Request::Store {
+            chunk: chunk(0),
+            index: 0,
+            image: vec![0; MAX_FRAME],
+        };
+        assert!(matches!(encode(&too_big), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn short_frames_are_an_error() {
+        let mut wire = 100u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(&[1; 10]);
+        let err = block_on(read_frame(&mut wire.as_slice(), MAX_FRAME)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+            let _ = block_on(read_frame(&mut bytes.as_slice(), 256));
+        }
+
+        #[test]
+        fn corrupted_valid_frames_never_panic(
+            flip in 0usize..64, bit in 0u8..8, cut in 0usize..64, index in any::<u8>()
+        ) {
+            let mut bytes = encode(&Request::Store {
+                chunk: chunk(index), index, image: vec![index; 20],
+            }).unwrap();
+            let at = flip % bytes.len();
+            bytes[at] ^= 1 << bit;
+            bytes.truncate(bytes.len().saturating_sub(cut % 8));
+            let _ = decode::<Request>(&bytes);
+        }
+
+        #[test]
+        fn framing_round_trips(body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut wire = Vec::new();
+            block_on(write_frame(&mut wire, &body)).unwrap();
+            prop_assert_eq!(block_on(read_frame(&mut wire.as_slice(), 4096)).unwrap(), body);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The network side of the CLI: the flags every peer takes, `dfs node` (a storage peer in the
+//! foreground), the peer that `dfs mount` runs in-process, and the API clients `dfs status` and
+//! `dfs peers`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dfs_node::api::{ApiEndpoint, ApiServer};
+use dfs_node::config::NetworkConfig;
+use dfs_node::net::{NetOptions, Network, NodeStatus, PeerView};
+use dfs_node::Repo;
+
+use crate::cli::human_bytes;
+
+/// Network flags shared by `dfs node` and `dfs mount`; each adds to or overrides `[network]` in
+/// DATA/config.toml.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NetArgs {
+    /// Listen on this multiaddr (repeatable) [default: /ip4/127.0.0.1/tcp/0 and
+    /// /ip4/127.0.0.1/udp/0/quic-v1]
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Bootstrap peer to dial, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo... (repeatable)
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<String>,
+    /// Rendezvous point (tracker) to register at and discover peers through; must end in
+    /// /p2p/<id> (repeatable)
+    #[arg(long = "rendezvous", value_name = "MULTIADDR")]
+    pub rendezvous: Vec<String>,
+    /// Act as a rendezvous point (tracker) for other peers
+    #[arg(long)]
+    pub rendezvous_server: bool,
+    /// Relay connections for peers behind NAT
+    #[arg(long)]
+    pub relay_server: bool,
+    /// Find peers on the local network with mDNS (multicasts on every interface)
+    #[arg(long)]
+    pub mdns: bool,
+    /// Failure-domain label announced to other peers (rack, site, region)
+    #[arg(long, value_name = "LABEL")]
+    pub zone: Option<String>,
+    /// Seconds of silence before a peer is declared dead [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub grace: Option<u64>,
+    /// Bytes of other peers' shards to hold at most, e.g. 50G [default: what the disk allows]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub capacity: Option<u64>,
+    /// Address of the HTTP control API [default: 127.0.0.1 and a free port]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+}
+
+impl NetArgs {
+    /// The configuration after applying these flags.
+    fn apply(&self, config: &NetworkConfig) -> NetworkConfig {
+        let mut c = config.clone();
+        if !self.listen.is_empty() {
+            c.listen = self.listen.clone();
+        }
+        c.peers.extend(self.peers.iter().cloned());
+        c.rendezvous.extend(self.rendezvous.iter().cloned());
+        c.rendezvous_server |= self.rendezvous_server;
+        c.relay_server |= self.relay_server;
+        c.mdns |= self.mdns;
+        if let Some(zone) = &self.zone {
+            c.zone = zone.clone();
+        }
+        if let Some(grace) = self.grace {
+            c.grace_secs = grace;
+        }
+        if let Some(capacity) = self.capacity {
+            c.capacity = capacity;
+        }
+        c
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size like 500M or 20G, got {s:?}"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A running peer with its API, on a tokio runtime of its own.
+pub struct RunningPeer {
+    runtime: tokio::runtime::Runtime,
+    network: Network,
+    stop_api: Option<tokio::sync::oneshot::Sender<()>>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningPeer {
+    /// Start the peer of `repo` and its API.
+    pub fn start(repo: Arc<Repo>, args: &NetArgs) -> Result<Self> {
+        let mut config = args.apply(&repo.config().network);
+        if let Some(api) = args.api {
+            config.api = api.to_string();
+        }
+        let options = NetOptions::from_config(&config)?;
+        let api_addr = match config.api.as_str() {
+            "" => None,
+            s => Some(s.parse::<SocketAddr>().with_context(|| {
+                format!("network.api {s:?} is not an address like 127.0.0.1:7070")
+            })?),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dfs-net")
+            .enable_all()
+            .build()
+            .context("cannot start the network runtime")?;
+        let data = repo.path().to_path_buf();
+        let (network, api) = runtime.block_on(async {
+            let network = Network::start(repo, options).await?;
+            let api = ApiServer::bind(&data, api_addr, network.clone()).await?;
+            anyhow::Ok((network, api))
+        })?;
+        let (stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = runtime.spawn(api.serve(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            runtime,
+            network,
+            stop_api: Some(stop_api),
+            api_task: Some(api_task),
+        })
+    }
+
+    /// Wait until the peer listens, and return its status.
+    pub fn wait_listening(&self) -> Result<NodeStatus> {
+        self.runtime.block_on(async {
+            for _ in 0..200 {
+                let status = self.network.status().await?;
+                if !status.addresses.is_empty() {
+                    return Ok(status);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            bail!("the peer did not start listening within 5 s")
+        })
+    }
+
+    /// Run until SIGINT or SIGTERM.
+    pub fn wait_for_signal(&self) -> Result<()> {
+        self.runtime.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("cannot watch SIGTERM")?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+                _ = term.recv() => {}
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Stop the API (removing DATA/api.json) and the peer.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop_api.take() {
+            let _ = stop.send(());
+        }
+        let network = self.network.clone();
+        let api_task = self.api_task.take();
+        self.runtime.block_on(async {
+            if let Some(task) = api_task {
+                let _ = task.await;
+            }
+            network.shutdown().await;
+        });
+    }
+}
+
+/// `dfs node`: a storage peer in the foreground until SIGINT/SIGTERM.
+pub fn run_node(repo: Repo, args: &NetArgs) -> Result<()> {
+    let peer = RunningPeer::start(Arc::new(repo), args)?;
+    let status = peer.wait_listening()?;
+    eprintln!("dfs: peer {} is running; Ctrl-C stops it", status.id);
+    for addr in &status.addresses {
+        eprintln!("dfs: listening on {addr}");
+    }
+    peer.wait_for_signal()?;
+    eprintln!("dfs: stopping peer {}", status.id);
+    peer.stop();
+    Ok(())
+}
+
+/// GET an API route of the peer running on `data` and decode its JSON.
+fn api_get<T: serde::de::DeserializeOwned>(data: &Path, route: &str) -> Result<T> {
+    let endpoint = match ApiEndpoint::load(data) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no dfs peer is running on {} (start one with `dfs node` or `dfs mount`)",
+            data.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read {}",
+                    data.join(dfs_node::api::API_FILE).display()
+                )
+            })
+        }
+    };
+    let url = format!("{}{route}", endpoint.url);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = match agent
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", endpoint.token))
+        .call()
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+            "no dfs peer is running on {} (its API at {} refuses connections; the peer \
+             that wrote {} has stopped)",
+            data.display(),
+            endpoint.url,
+            dfs_node::api::API_FILE
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot reach the peer's API at {url}")),
+    };
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("cannot read the answer from {url}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(String::from))
+            .unwrap_or(body);
+        bail!("the peer's API answered {status}: {message}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("unexpected answer from {url}"))
+}
+
+/// `dfs status`
+pub fn status(data: &Path, json: bool) -> Result<()> {
+    let s: NodeStatus = api_get(data, "/v1/status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("peer      {}", s.id);
+    println!("version   {}   zone {}", s.version, s.zone);
+    println!("uptime    {}", human_duration(s.uptime_secs));
+    for (i, addr) in s.addresses.iter().enumerate() {
+        println!("{}{addr}", if i == 0 { "addresses " } else { "          " });
+    }
+    println!(
+        "storage   {} used by {} shards of other peers, {} free of {} offered (disk: {} free of {})",
+        human_bytes(s.storage.used),
+        s.storage.shards_held,
+        human_bytes(s.storage.free),
+        human_bytes(s.storage.capacity),
+        human_bytes(s.storage.disk_free),
+        human_bytes(s.storage.disk_total)
+    );
+    println!(
+        "peers     {} alive, {} suspect, {} dead",
+        s.peers.alive, s.peers.suspect, s.peers.dead
+    );
+    Ok(())
+}
+
+/// `dfs peers`
+pub fn peers(data: &Path, json: bool) -> Result<()> {
+    let peers: Vec<PeerView> = api_get(data, "/v1/peers")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    if peers.is_empty() {
+        println!("no peers known yet");
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<8} {:>8} {:>9} {:<10} {:>10} {:>6}",
+        "PEER", "STATE", "RTT ms", "SEEN", "ZONE", "FREE", "SCORE"
+    );
+    for p in peers {
+        println!(
+            "{:<54} {:<8} {:>8} {:>9} {:<10} {:>10} {:>6.2}",
+            p.id,
+            p.state.to_string(),
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}")),
+            format!("{}s ago", p.last_seen_secs.round()),
+            p.zone.as_deref().unwrap_or("-"),
+            p.free.map_or("-".into(), human_bytes),
+            p.score
+        );
+    }
+    Ok(())
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
