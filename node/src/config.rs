@@ -47,6 +47,28 @@ pub struct NetworkConfig {
     pub api: String,
 }
 
+impl NetworkConfig {
+    /// Check the settings (also after command-line flags changed them).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace_secs == 0 || self.announce_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "network.grace_secs (--grace) and network.announce_secs must be at least 1".into(),
+            ));
+        }
+        if self.zone.is_empty() || self.zone.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "network.zone (--zone) must be 1 to 64 bytes".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return Err(ConfigError::Invalid(
+                "network connection limits must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
@@ -172,22 +194,7 @@ impl Config {
                 "versions.keep_last must be at least 1 (the current content)".into(),
             ));
         }
-        let n = &self.network;
-        if n.grace_secs == 0 || n.announce_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "network.grace_secs and network.announce_secs must be at least 1".into(),
-            ));
-        }
-        if n.zone.is_empty() || n.zone.len() > 64 {
-            return Err(ConfigError::Invalid(
-                "network.zone must be 1 to 64 bytes".into(),
-            ));
-        }
-        if n.max_connections == 0 || n.max_connections_per_peer == 0 {
-            return Err(ConfigError::Invalid(
-                "network connection limits must be at least 1".into(),
-            ));
-        }
+        self.network.validate()?;
         if s.tree_fanout < 2 {
             return Err(ConfigError::Invalid(
                 "storage.tree_fanout must be at least 2".into(),

@@ -132,6 +132,27 @@ impl Dfs {
         Run::from_output(out)
     }
 
+    /// Like [`Dfs::run`], for commands that serve until stopped (`node`): killed after
+    /// `timeout` if still running, then reported with `code: None`.
+    pub fn run_for(&self, args: &[&str], timeout: std::time::Duration) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dfs");
+        let deadline = std::time::Instant::now() + timeout;
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Run::from_output(child.wait_with_output().expect("collect output"))
+    }
+
     /// `dfs put PATH`, returning the link.
     pub fn put(&self, path: &Path) -> String {
         let run = self.run(&["put", path.to_str().expect("utf-8 path")]).ok();
@@ -288,6 +309,146 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
+        }
+    }
+}
+
+/// A running `dfs node` of a [`Dfs`] data directory; killed on drop. Its stderr goes to
+/// `<tmp>/node.log`, shown when a test fails.
+pub struct Peer {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+impl Dfs {
+    /// Start `dfs node` with `args` and wait until its API answers.
+    pub fn node(&self, args: &[&str]) -> Peer {
+        let log = self.path("node.log");
+        let stderr = std::fs::File::create(&log).expect("create node log");
+        let mut all = vec!["node"];
+        all.extend_from_slice(args);
+        let child = self
+            .command(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn dfs node");
+        let mut peer = Peer {
+            child: Some(child),
+            log,
+        };
+        wait_for(std::time::Duration::from_secs(30), "the peer's API", || {
+            if let Some(status) = peer
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("dfs node exited at start ({status}): {}", peer.log_text());
+            }
+            self.status().filter(|s| !s.addresses.is_empty())
+        });
+        peer
+    }
+
+    /// `dfs status --json` of the peer running on this data directory, if one answers.
+    pub fn status(&self) -> Option<NodeStatus> {
+        let run = self.run(&["status", "--json"]);
+        (run.code == Some(0)).then(|| serde_json::from_str(&run.stdout).expect("status JSON"))
+    }
+
+    /// `dfs peers --json`.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let run = self.run(&["peers", "--json"]).ok();
+        serde_json::from_str(&run.stdout).expect("peers JSON")
+    }
+
+    /// The TCP address (with /p2p/id) others can dial this peer at.
+    pub fn address(&self) -> String {
+        let status = self.status().expect("peer running");
+        status
+            .addresses
+            .into_iter()
+            .find(|a| a.contains("/tcp/"))
+            .expect("a TCP address")
+    }
+}
+
+/// What `dfs status --json` prints (the fields tests use).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub addresses: Vec<String>,
+    pub peers: PeerCounts,
+    pub storage: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct PeerCounts {
+    pub alive: usize,
+    pub suspect: usize,
+    pub dead: usize,
+}
+
+/// One row of `dfs peers --json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeerView {
+    pub id: String,
+    pub state: String,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+    pub zone: Option<String>,
+    pub score: f64,
+}
+
+impl Peer {
+    /// kill -9, and wait for it.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        child.wait().ok()?.code()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

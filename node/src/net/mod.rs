@@ -106,6 +106,7 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 
 impl NetOptions {
     pub fn from_config(c: &NetworkConfig) -> Result<Self, NetError> {
+        c.validate().map_err(|e| NetError::Start(e.to_string()))?;
         let parse_all = |what, list: &[String]| {
             list.iter()
                 .map(|s| parse_addr(what, s))

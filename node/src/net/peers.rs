@@ -235,13 +235,16 @@ impl PeerTable {
     }
 
     pub fn ping_ok(&mut self, id: PeerId, rtt: Duration, now: Instant) -> Option<Transition> {
+        let was_answering = self.peers.get(&id).map(|p| p.state) == Some(PeerState::Alive);
         let change = self.seen(id, now);
         let (peer, _) = self.entry(id, now);
-        // Exponentially smoothed, so one slow ping does not swing placement.
+        // Exponentially smoothed, so one slow ping does not swing placement; a peer coming
+        // back starts afresh (a ping stuck through an outage says nothing about the path).
         peer.rtt = Some(match peer.rtt {
-            Some(old) => old.mul_f64(0.8) + rtt.mul_f64(0.2),
-            None => rtt,
+            Some(old) if was_answering => old.mul_f64(0.8) + rtt.mul_f64(0.2),
+            _ => rtt,
         });
+        peer.failures = peer.failures.saturating_sub(1);
         change
     }
 
@@ -392,6 +395,24 @@ mod tests {
         assert!(t.tick(now + ANNOUNCE * 2).is_empty());
         assert_eq!(t.tick(now + ANNOUNCE * 3)[0].to, PeerState::Suspect);
         assert_eq!(t.counts(), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_returning_peer_gets_a_fresh_rtt_and_is_forgiven() {
+        let (mut t, p, now) = table();
+        for i in 0..10 {
+            t.ping_ok(p, Duration::from_millis(1), now + Duration::from_secs(i));
+        }
+        t.failed(p, now + Duration::from_secs(11));
+        t.failed(p, now + Duration::from_secs(12));
+        t.tick(now + Duration::from_secs(30));
+        assert_eq!(t.get(&p).unwrap().state, PeerState::Dead);
+        // The ping stuck during the outage completes late, then normal ones follow.
+        t.ping_ok(p, Duration::from_secs(4), now + Duration::from_secs(31));
+        t.ping_ok(p, Duration::from_millis(1), now + Duration::from_secs(32));
+        let peer = t.get(&p).unwrap();
+        assert!(peer.rtt.unwrap() < Duration::from_secs(1), "{:?}", peer.rtt);
+        assert_eq!(peer.failures, 0);
     }
 
     #[test]

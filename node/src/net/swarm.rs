@@ -35,6 +35,10 @@ const RENDEZVOUS_NAMESPACE: &str = "dfs";
 const MAX_INBOUND: usize = 32;
 /// How often the failure detector and the redial schedule run.
 const HEALTH_TICK: Duration = Duration::from_millis(250);
+/// Ping interval, and how long an answer may take before the peer is suspect (a cut link
+/// does not close a TCP connection; only a ping that fails to come back shows it at once).
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often rendezvous points are asked for new peers.
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
 /// Largest announcement accepted on the membership topic.
@@ -87,6 +91,8 @@ pub(super) struct Node {
 /// An inbound request served on the blocking pool.
 struct Served {
     peer: PeerId,
+    /// The chunk a successful store was for: this peer becomes a provider of it in the DHT.
+    stored: Option<dfs_placement::ChunkId>,
     channel: ResponseChannel<Response>,
     response: Response,
 }
@@ -139,7 +145,11 @@ fn behaviour(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                 .with_agent_version(format!("dfs/{}", env!("CARGO_PKG_VERSION"))),
         ),
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(PING_EVERY)
+                .with_timeout(PING_TIMEOUT),
+        ),
         kad,
         gossip,
         shards,
@@ -289,12 +299,7 @@ impl Node {
                 self.pending.insert(id, (peer, reply));
             }
             Command::BadData(peer) => self.table.bad_data(peer, Instant::now()),
-            Command::Provide(chunk) => {
-                let key = kad::RecordKey::new(chunk.as_bytes());
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                    tracing::warn!(error = %e, "cannot record a provider entry");
-                }
-            }
+            Command::Provide(chunk) => self.provide(chunk),
             Command::FindProviders { chunk, reply } => {
                 let key = kad::RecordKey::new(chunk.as_bytes());
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
@@ -307,6 +312,13 @@ impl Node {
                 self.dial_address(addr);
             }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    fn provide(&mut self, chunk: dfs_placement::ChunkId) {
+        let key = kad::RecordKey::new(chunk.as_bytes());
+        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+            tracing::warn!(error = %e, "cannot record a provider entry");
         }
     }
 
@@ -432,6 +444,9 @@ impl Node {
 
     fn respond(&mut self, served: Served) {
         self.inbound = self.inbound.saturating_sub(1);
+        if let Some(chunk) = served.stored {
+            self.provide(chunk);
+        }
         if served.response == Response::Refused(Refusal::Invalid) {
             self.table.bad_data(served.peer, Instant::now());
         }
@@ -618,6 +633,8 @@ impl Node {
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
                     let kind = request.kind();
+                    let (chunk, _) = request.shard();
+                    let is_store = matches!(request, Request::Store { .. });
                     let response =
                         match tokio::task::spawn_blocking(move || held.handle(peer, request)).await
                         {
@@ -630,6 +647,7 @@ impl Node {
                     let _ = done
                         .send(Served {
                             peer,
+                            stored: (is_store && response == Response::Stored).then_some(chunk),
                             channel,
                             response,
                         })
@@ -670,7 +688,8 @@ impl Node {
                 // Includes messages that fail to decode: a malformed, oversized or
                 // wrong-version frame. The stream is dropped; the peer goes on serving.
                 tracing::warn!(%peer, error = %error, "bad inbound shard request");
-                if matches!(error, request_response::InboundFailure::Io(_)) {
+                if matches!(&error, request_response::InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
+                {
                     self.table.bad_data(peer, now);
                 }
             }

@@ -1,0 +1,445 @@
+//! The shard protocol between real libp2p peers on loopback (tasks in one runtime, each with
+//! its own data directory and RocksDB): store, fetch, check and delete; verification, ownership
+//! and capacity; and a rogue peer that sends malformed frames and bad shards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfs_node::config::NetworkConfig;
+use dfs_node::net::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
+use dfs_node::net::{NetError, NetOptions, Network, Refusal};
+use dfs_node::shard::ShardHeader;
+use dfs_node::Repo;
+use dfs_placement::{ChunkId, Layout};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+const BODY: usize = 64 << 10;
+
+struct TestPeer {
+    net: Network,
+    _dir: tempfile::TempDir,
+    repo_path: std::path::PathBuf,
+}
+
+async fn start(capacity: u64) -> TestPeer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(dir.path()).expect("open repo"));
+    let config = NetworkConfig {
+        capacity,
+        grace_secs: 5,
+        ..NetworkConfig::default()
+    };
+    let options = NetOptions::from_config(&config).expect("options");
+    let net = Network::start(repo, options).await.expect("start peer");
+    TestPeer {
+        net,
+        repo_path: dir.path().to_path_buf(),
+        _dir: dir,
+    }
+}
+
+async fn tcp_address(net: &Network) -> Multiaddr {
+    for _ in 0..200 {
+        let status = net.status().await.expect("status");
+        if let Some(a) = status.addresses.iter().find(|a| a.contains("/tcp/")) {
+            return a.parse().expect("multiaddr");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("peer never listened");
+}
+
+/// Connect `a` to `b` and wait until each sees the other alive.
+async fn connect(a: &Network, b: &Network) {
+    a.dial(tcp_address(b).await).await.expect("dial");
+    for (x, y) in [(a, b), (b, a)] {
+        let want = y.local_id().to_string();
+        wait(|| async {
+            x.peers()
+                .await
+                .expect("peers")
+                .iter()
+                .any(|p| p.id == want && p.connected)
+        })
+        .await;
+    }
+}
+
+async fn wait<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+fn shard(seed: u8, index: u8) -> (ChunkId, Vec<u8>) {
+    let chunk = ChunkId(*blake3::hash(&[seed, index]).as_bytes());
+    let body: Vec<u8> = (0..BODY).map(|i| (i as u8) ^ seed).collect();
+    let header = ShardHeader {
+        chunk,
+        layout: Layout::Erasure { data: 4, parity: 2 },
+        index,
+        chunk_len: (BODY * 4) as u32,
+    };
+    (chunk, header.encode(&body))
+}
+
+fn refused(e: NetError) -> Refusal {
+    match e {
+        NetError::Refused { refusal, .. } => refusal,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_fetch_check_delete_between_two_peers() {
+    let a = start(0).await;
+    let b = start(0).await;
+    let c = start(0).await;
+    connect(&a.net, &b.net).await;
+    connect(&c.net, &b.net).await;
+    let bid = b.net.local_id();
+    let (chunk, image) = shard(1, 2);
+
+    a.net
+        .store_shard(bid, chunk, 2, image.clone())
+        .await
+        .expect("store");
+    // Kept as ciphertext shard image under DATA/held, verified.
+    let hex = chunk.to_hex();
+    let on_disk = b
+        .repo_path
+        .join("held/shards")
+        .join(&hex[..2])
+        .join(format!("{hex}.2"));
+    assert_eq!(std::fs::read(&on_disk).expect("held shard file"), image);
+    assert_eq!(
+        a.net.fetch_shard(bid, chunk, 2).await.expect("fetch"),
+        image
+    );
+    assert_eq!(
+        a.net.check_shard(bid, chunk, 2).await.expect("check"),
+        (true, image.len() as u64)
+    );
+    // The holder is now a provider of the chunk in the DHT: another peer finds it there.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = c.net.find_providers(chunk).await.expect("find providers");
+        if found.contains(&bid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found.contains(&bid), "providers of the chunk: {found:?}");
+    let status = b.net.status().await.expect("status");
+    assert_eq!(status.storage.shards_held, 1);
+    assert_eq!(status.storage.used, image.len() as u64);
+
+    // Only the peer that stored it may delete it.
+    let err = c.net.delete_shard(bid, chunk, 2).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::NotOwner);
+    assert_eq!(
+        a.net.delete_shard(bid, chunk, 2).await.expect("delete"),
+        image.len() as u64
+    );
+    let err = a.net.fetch_shard(bid, chunk, 2).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::NotFound);
+    assert_eq!(b.net.status().await.expect("status").storage.used, 0);
+
+    // An image that does not verify is refused, and the sender is scored down.
+    let (chunk, mut bad) = shard(3, 0);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let err = a.net.store_shard(bid, chunk, 0, bad).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::Invalid);
+    // Right bytes, wrong name: also refused.
+    let (_, image) = shard(4, 0);
+    let err = a.net.store_shard(bid, chunk, 1, image).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::Invalid);
+    let aid = a.net.local_id().to_string();
+    let view = b.net.peers().await.expect("peers");
+    let seen = view.iter().find(|p| p.id == aid).expect("a in b's table");
+    assert!(seen.bad_data >= 2, "{seen:?}");
+
+    // A shard that rots on the holder's disk is reported, never served.
+    let (chunk, image) = shard(5, 1);
+    a.net
+        .store_shard(bid, chunk, 1, image.clone())
+        .await
+        .expect("store");
+    let hex = chunk.to_hex();
+    let path = b
+        .repo_path
+        .join("held/shards")
+        .join(&hex[..2])
+        .join(format!("{hex}.1"));
+    let mut rotten = image.clone();
+    rotten[1000] ^= 0x40;
+    std::fs::write(&path, &rotten).expect("corrupt");
+    assert_eq!(
+        a.net.check_shard(bid, chunk, 1).await.expect("check"),
+        (false, image.len() as u64)
+    );
+    let err = a.net.fetch_shard(bid, chunk, 1).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::NotFound);
+
+    // Asking a peer that is not there fails with an error, not a hang.
+    let err = a
+        .net
+        .fetch_shard(PeerId::random(), chunk, 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Request { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_enforced() {
+    let a = start(0).await;
+    let b = start((BODY * 3) as u64).await;
+    connect(&a.net, &b.net).await;
+    let bid = b.net.local_id();
+    for index in 0..2 {
+        let (chunk, image) = shard(9, index);
+        a.net
+            .store_shard(bid, chunk, index, image)
+            .await
+            .expect("fits");
+    }
+    let (chunk, image) = shard(9, 2);
+    let err = a.net.store_shard(bid, chunk, 2, image).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::Full);
+    let status = b.net.status().await.expect("status");
+    assert_eq!(status.storage.shards_held, 2);
+    assert!(status.storage.free < BODY as u64, "{:?}", status.storage);
+}
+
+/// A codec that writes whatever bytes it is given and reads raw frames: the rogue's side.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_FRAME).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut out = Vec::new();
+        io.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        raw: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&raw).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        raw: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&raw).await?;
+        io.close().await
+    }
+}
+
+type RawResult = Result<Vec<u8>, String>;
+
+/// A peer that speaks the shard protocol's framing but lies: it answers every request with
+/// `answer`, and sends whatever raw requests the test gives it.
+async fn rogue(
+    target: Multiaddr,
+    answer: Vec<u8>,
+) -> (
+    PeerId,
+    mpsc::Sender<(PeerId, Vec<u8>, oneshot::Sender<RawResult>)>,
+) {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let id = *swarm.local_peer_id();
+    swarm.dial(target).expect("dial");
+    let (tx, mut rx) = mpsc::channel::<(PeerId, Vec<u8>, oneshot::Sender<RawResult>)>(8);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut pending = std::collections::HashMap::new();
+        loop {
+            tokio::select! {
+                Some((peer, raw, reply)) = rx.recv() => {
+                    let id = swarm.behaviour_mut().send_request(&peer, raw);
+                    pending.insert(id, reply);
+                }
+                event = swarm.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
+                        request_response::Message::Request { channel, .. } => {
+                            let _ = swarm.behaviour_mut().send_response(channel, answer.clone());
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Ok(response));
+                            }
+                        }
+                    },
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                        if let Some(reply) = pending.remove(&request_id) {
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    });
+    ready_rx.await.expect("rogue connected");
+    (id, tx)
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    futures::executor::block_on(write_frame(&mut out, body)).expect("frame");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_peer_is_refused_and_scored_down_and_never_stalls_the_peer() {
+    let honest = start(0).await;
+    let other = start(0).await;
+    connect(&honest.net, &other.net).await;
+    let (chunk, image) = shard(7, 3);
+    let mut corrupt = image.clone();
+    corrupt[100] ^= 1;
+    let lie = framed(&wire::encode(&wire::Response::Shard { image: corrupt }).expect("encode"));
+    let (rogue_id, rogue_tx) = rogue(tcp_address(&honest.net).await, lie).await;
+    let rid = rogue_id.to_string();
+    wait(|| async {
+        honest
+            .net
+            .peers()
+            .await
+            .expect("peers")
+            .iter()
+            .any(|p| p.id == rid && p.connected)
+    })
+    .await;
+
+    // The honest peer fetches from the rogue: the bad shard is detected, never returned.
+    let err = honest
+        .net
+        .fetch_shard(rogue_id, chunk, 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::BadData { .. }), "{err}");
+    let view = honest.net.peers().await.expect("peers");
+    let row = view
+        .iter()
+        .find(|p| p.id == rid)
+        .expect("rogue in the table");
+    assert!(row.bad_data >= 1 && row.score < 0.5, "{row:?}");
+
+    // Malformed requests: each one fails on its own stream; the peer keeps serving.
+    let hid = honest.net.local_id();
+    let mut wrong_version =
+        wire::encode(&wire::Request::Fetch { chunk, index: 3 }).expect("encode");
+    wrong_version[0] = 99;
+    let mut oversized = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 64]);
+    let mut truncated = 1000u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[1u8; 10]);
+    let malformed = [
+        framed(&wrong_version),
+        framed(&[wire::WIRE_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        framed(&[]),
+        oversized,
+        truncated,
+        vec![0xde, 0xad],
+    ];
+    for raw in malformed {
+        let (tx, rx) = oneshot::channel();
+        rogue_tx
+            .send((hid, raw.clone(), tx))
+            .await
+            .expect("rogue alive");
+        let answer = tokio::time::timeout(Duration::from_secs(15), rx)
+            .await
+            .expect("the peer answered or closed the stream in time")
+            .expect("rogue replied");
+        // No valid response comes back: either the stream fails or it closes empty.
+        if let Ok(bytes) = answer {
+            assert!(
+                bytes.is_empty(),
+                "peer answered a malformed request: {bytes:?}"
+            );
+        }
+    }
+    // A well-formed request from the rogue still works (the connection survived).
+    let (tx, rx) = oneshot::channel();
+    let fetch = framed(&wire::encode(&wire::Request::Check { chunk, index: 3 }).expect("encode"));
+    rogue_tx.send((hid, fetch, tx)).await.expect("rogue alive");
+    let answer = rx.await.expect("reply").expect("valid request served");
+    assert!(!answer.is_empty());
+    // And honest traffic was never stalled.
+    honest
+        .net
+        .store_shard(other.net.local_id(), chunk, 3, image.clone())
+        .await
+        .expect("honest store");
+    other
+        .net
+        .store_shard(hid, chunk, 3, image)
+        .await
+        .expect("the attacked peer still serves");
+}
