@@ -8,6 +8,7 @@
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
+pub mod collect;
 pub mod dotdfs;
 pub mod file;
 pub mod fsck;

@@ -105,6 +105,40 @@ pub fn record(
     Ok(())
 }
 
+/// Apply retention to every version in the volume as of `now` (a file that no longer changes
+/// is not pruned by commits). Versions of deleted files (`exists` says false) are kept for
+/// `keep_daily_days` after they were made, then expire; `keep_last` protects only live files.
+/// Adds the deletions to `batch` and returns how many.
+pub fn expire_all(
+    repo: &Repo,
+    exists: impl Fn(Ino) -> bool,
+    now: Time,
+    retention: &VersionsConfig,
+    batch: &mut FsBatch,
+) -> Result<usize> {
+    let mut by_inode: BTreeMap<Ino, Vec<Time>> = BTreeMap::new();
+    for v in all(repo)? {
+        by_inode.entry(v.ino).or_default().push(v.time);
+    }
+    let mut count = 0;
+    for (ino, times) in by_inode {
+        let drop: Vec<Time> = if exists(ino) {
+            expired(&times, now, retention)
+        } else {
+            let max_age = i64::from(retention.keep_daily_days) * 86_400;
+            times
+                .into_iter()
+                .filter(|t| now.secs - t.secs >= max_age)
+                .collect()
+        };
+        for t in drop {
+            batch.delete(FsTable::Versions, key(ino, t));
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 /// Which of `times` retention drops, as of `now`.
 pub fn expired(times: &[Time], now: Time, retention: &VersionsConfig) -> Vec<Time> {
     let mut newest_first: Vec<Time> = times.to_vec();

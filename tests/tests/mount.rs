@@ -661,3 +661,54 @@ fn truncate_right_after_close_is_never_lost() {
         assert_eq!(fs::metadata(&f).unwrap().len(), size, "round {i}");
     }
 }
+
+#[test]
+fn gc_reclaims_deleted_files_and_expired_versions_and_keeps_the_rest() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let keep = random_bytes(6 << 20, 31);
+    let gone = random_bytes(8 << 20, 32);
+    {
+        let m = dfs.mount("mnt");
+        fs::write(m.path.join("keep"), &keep).unwrap();
+        fs::write(m.path.join("edited"), random_bytes(5 << 20, 33)).unwrap();
+        fs::write(m.path.join("edited"), b"small now").unwrap();
+        fs::write(m.path.join("gone"), &gone).unwrap();
+        fs::remove_file(m.path.join("gone")).unwrap();
+        assert_eq!(m.unmount(), Some(0));
+    }
+    // Default retention: the deleted file's versions are still restorable, nothing to free.
+    let before = shard_bytes(&dfs);
+    let out = dfs.run(&["gc"]).ok().stdout;
+    assert!(out.contains("0 versions expired"), "{out}");
+    assert_eq!(
+        shard_bytes(&dfs),
+        before,
+        "gc freed data still in use: {out}"
+    );
+
+    // Keep only the newest version of live files; deleted files' versions expire at once.
+    dfs.configure("[versions]\nkeep_last = 1\nkeep_daily_days = 0\n");
+    let out = dfs.run(&["gc"]).ok().stdout;
+    assert!(out.contains("versions expired"), "{out}");
+    let after = shard_bytes(&dfs);
+    // The deleted 8 MiB and the replaced 5 MiB went (x1.5 for parity), the rest stays.
+    let freed = before - after;
+    assert!(
+        freed >= (13 << 20) * 3 / 2 - (1 << 20),
+        "freed only {freed}: {out}"
+    );
+    assert!(
+        after >= (6 << 20) * 3 / 2,
+        "too much freed: {after} left: {out}"
+    );
+    dfs.run(&["fsck", "--deep"]).ok();
+
+    let m = dfs.mount("mnt");
+    assert_eq!(fs::read(m.path.join("keep")).unwrap(), keep);
+    assert_eq!(fs::read(m.path.join("edited")).unwrap(), b"small now");
+    assert!(!m.path.join(".dfs/versions/gone").exists());
+    assert_eq!(m.unmount(), Some(0));
+}

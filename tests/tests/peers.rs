@@ -244,21 +244,32 @@ fn a_mount_is_a_peer_too() {
     std::fs::create_dir_all(&mountpoint).expect("mount point");
     let bootstrap = storage.address();
     let mount = user.mount_at(&mountpoint, &["--peer", &bootstrap, "--zone", "desk"]);
-    let status = wait_for(Duration::from_secs(10), "the mount's peer to answer", || {
-        user.status()
-    });
+    let status = wait_for(
+        Duration::from_secs(10),
+        "the mount's peer to answer",
+        || user.status(),
+    );
     let storage_id = storage.status().expect("status").id;
-    wait_for(Duration::from_secs(10), "the mount's peer to see the storage peer", || {
-        sees_alive(&user, &[&storage_id]).then_some(())
-    });
-    wait_for(Duration::from_secs(10), "the storage peer to see the mount's zone", || {
-        storage
-            .peers()
-            .iter()
-            .any(|p| p.id == status.id && p.zone.as_deref() == Some("desk"))
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the mount's peer to see the storage peer",
+        || sees_alive(&user, &[&storage_id]).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the storage peer to see the mount's zone",
+        || {
+            storage
+                .peers()
+                .iter()
+                .any(|p| p.id == status.id && p.zone.as_deref() == Some("desk"))
+                .then_some(())
+        },
+    );
     std::fs::write(mountpoint.join("f"), b"still a filesystem").expect("write");
     assert_eq!(mount.unmount(), Some(0));
-    assert!(!user.data().join("api.json").exists(), "api.json left behind");
+    assert!(
+        !user.data().join("api.json").exists(),
+        "api.json left behind"
+    );
 }

@@ -186,11 +186,14 @@ every shard of every chunk. Exit status 0 when clean, 1 when problems were found
         /// The mount point given to `dfs mount`
         mountpoint: PathBuf,
     },
-    /// Reclaim space: remove chunks and shard files that no stored put uses
+    /// Reclaim space: expire old versions, remove chunks nothing uses (while not mounted)
     #[command(
-        long_about = "Remove every chunk and shard file that no stored put refers to: \
-leftovers of interrupted or failed puts and of forgotten puts. Runs by itself when dfs opens a \
-data directory after an interrupted put."
+        long_about = "Reclaim space in the data directory (while it is not mounted). For the \
+mounted volume: apply version retention to every file (deleted files' versions are kept for \
+keep_daily_days, then expire), then drop every chunk that no file and no retained version \
+uses. For puts: remove leftovers of interrupted, failed and forgotten puts. A chunk tree that \
+cannot be read stops the collection before anything is removed. The put cleanup also runs by \
+itself when dfs opens a data directory after an interrupted put."
     )]
     Gc,
 }
@@ -450,7 +453,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Gc => {
             let repo = open_repo(args.data)?;
-            let report = repo.gc()?;
+            let has_volume = repo
+                .meta()
+                .put_record(&dfs_node::repo::VOLUME_OWNER)?
+                .is_some();
+            let report = if has_volume {
+                // SAFETY: getuid/getgid have no preconditions.
+                let owner = unsafe {
+                    dfs_fs::model::Caller {
+                        uid: libc::getuid(),
+                        gid: libc::getgid(),
+                    }
+                };
+                let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
+                let collected = dfs_fs::collect::collect(&repo, &ns, dfs_fs::model::Time::now())?;
+                println!(
+                    "volume: {} versions expired, {} chunks in use, {} no longer needed",
+                    collected.versions_expired,
+                    collected.live_chunks,
+                    collected.volume_refs_dropped
+                );
+                collected.gc
+            } else {
+                repo.gc()?
+            };
             println!(
                 "removed {} chunks ({} shard files), freed {}; {} interrupted puts cleaned up",
                 report.chunks_removed,
