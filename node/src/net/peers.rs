@@ -19,8 +19,10 @@ use super::wire::{self, WireError};
 /// First redial delay after a peer is lost; doubles on each failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
-/// Addresses remembered per peer.
-const MAX_ADDRS: usize = 8;
+/// Addresses remembered per peer (and accepted in an announcement).
+pub const MAX_ADDRS: usize = 8;
+/// Longest address accepted in an announcement.
+const MAX_ADDR_LEN: usize = 256;
 /// Longest zone label or version string accepted from a peer.
 const MAX_LABEL: usize = 64;
 
@@ -37,6 +39,8 @@ pub struct Announcement {
     pub load: u32,
     /// Shards it holds for others.
     pub shards: u64,
+    /// Where to dial the sender (multiaddrs ending in its own /p2p/ id).
+    pub addrs: Vec<String>,
 }
 
 impl Announcement {
@@ -58,6 +62,11 @@ impl Announcement {
         }
         if self.free > self.capacity {
             return Err(WireError::Malformed("more free bytes than capacity".into()));
+        }
+        if self.addrs.len() > MAX_ADDRS || self.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
+            return Err(WireError::Malformed(
+                "too many or too long addresses".into(),
+            ));
         }
         Ok(())
     }
@@ -238,12 +247,14 @@ impl PeerTable {
         let was_answering = self.peers.get(&id).map(|p| p.state) == Some(PeerState::Alive);
         let change = self.seen(id, now);
         let (peer, _) = self.entry(id, now);
-        // Exponentially smoothed, so one slow ping does not swing placement; a peer coming
-        // back starts afresh (a ping stuck through an outage says nothing about the path).
-        peer.rtt = Some(match peer.rtt {
-            Some(old) if was_answering => old.mul_f64(0.8) + rtt.mul_f64(0.2),
-            _ => rtt,
-        });
+        // Exponentially smoothed, so one slow ping does not swing placement. The first answer
+        // after an outage is dropped: it may be a ping stuck through the outage, which says
+        // nothing about the path; the next one starts the average afresh.
+        peer.rtt = match (peer.rtt, was_answering) {
+            (Some(old), true) => Some(old.mul_f64(0.8) + rtt.mul_f64(0.2)),
+            (None, true) => Some(rtt),
+            (_, false) => None,
+        };
         peer.failures = peer.failures.saturating_sub(1);
         change
     }
@@ -447,8 +458,14 @@ mod tests {
             free: 5,
             load: 0,
             shards: 0,
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
         };
         assert_eq!(Announcement::decode(&a.encode().unwrap()).unwrap(), a);
+        a.addrs = vec!["x".into(); MAX_ADDRS + 1];
+        assert!(Announcement::decode(&a.encode().unwrap()).is_err());
+        a.addrs = vec!["x".repeat(MAX_ADDR_LEN + 1)];
+        assert!(Announcement::decode(&a.encode().unwrap()).is_err());
+        a.addrs.clear();
         a.free = 11;
         assert!(Announcement::decode(&a.encode().unwrap()).is_err());
         a.free = 1;

@@ -43,8 +43,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
 /// Largest announcement accepted on the membership topic.
 const MAX_GOSSIP: usize = 16 << 10;
-/// Addresses of our own put in an announcement.
-const MAX_ANNOUNCED_ADDRS: usize = 8;
+/// Addresses of our own put in an announcement, and taken from a peer's identify.
+const MAX_ANNOUNCED_ADDRS: usize = super::peers::MAX_ADDRS;
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -60,13 +60,6 @@ pub(super) struct Behaviour {
     relay_client: relay::client::Behaviour,
     relay_server: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
-}
-
-/// What the gossip announcement carries besides [`Announcement`]: where to dial the sender.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Envelope {
-    announcement: Announcement,
-    addrs: Vec<String>,
 }
 
 pub(super) struct Node {
@@ -399,15 +392,13 @@ impl Node {
     fn announce(&mut self) {
         let (capacity, free, _, shards) = self.held.usage();
         let local = *self.swarm.local_peer_id();
-        let envelope = Envelope {
-            announcement: Announcement {
-                version: env!("CARGO_PKG_VERSION").into(),
-                zone: self.options.zone.clone(),
-                capacity,
-                free,
-                load: self.inbound as u32,
-                shards,
-            },
+        let announcement = Announcement {
+            version: env!("CARGO_PKG_VERSION").into(),
+            zone: self.options.zone.clone(),
+            capacity,
+            free,
+            load: self.inbound as u32,
+            shards,
             addrs: self
                 .listen
                 .iter()
@@ -415,7 +406,7 @@ impl Node {
                 .map(|a| format!("{a}/p2p/{local}"))
                 .collect(),
         };
-        let Ok(bytes) = super::wire::encode(&envelope) else {
+        let Ok(bytes) = announcement.encode() else {
             return;
         };
         if let Err(e) = self
@@ -551,23 +542,19 @@ impl Node {
                 let Some(source) = message.source else {
                     return;
                 };
-                match super::wire::decode::<Envelope>(&message.data) {
-                    Ok(envelope) => match envelope.announcement.validate() {
-                        Ok(()) => {
-                            let announcement = envelope.announcement;
-                            let change = self.table.announced(source, announcement, now);
-                            self.log(change);
-                            for addr in envelope.addrs.iter().take(MAX_ANNOUNCED_ADDRS) {
-                                if let Ok(addr) = addr.parse::<Multiaddr>() {
-                                    if peer_of(&addr) == Some(source) {
-                                        self.learn(source, addr);
-                                    }
-                                }
+                match Announcement::decode(&message.data) {
+                    Ok(announcement) => {
+                        let addrs = announcement.addrs.clone();
+                        let change = self.table.announced(source, announcement, now);
+                        self.log(change);
+                        for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                            // Only addresses of the sender itself: no one may point us elsewhere.
+                            if peer_of(&addr) == Some(source) {
+                                self.learn(source, addr);
                             }
                         }
-                        Err(e) => tracing::warn!(peer = %source, error = %e, "bad announcement"),
-                    },
-                    Err(e) => tracing::warn!(peer = %source, error = %e, "malformed announcement"),
+                    }
+                    Err(e) => tracing::warn!(peer = %source, error = %e, "bad announcement"),
                 }
             }
             BehaviourEvent::Shards(event) => self.shard_event(event, now),
