@@ -95,7 +95,30 @@ impl ShardStore {
     }
 
     /// Write a shard file from its parts (header, body) atomically: temporary file, then rename.
+    /// Not durable until [`ShardStore::sync`].
     pub fn write(&self, chunk: &ChunkId, index: u8, parts: &[&[u8]]) -> Result<(), StoreError> {
+        self.write_file(chunk, index, parts, false)
+    }
+
+    /// Like [`ShardStore::write`], and durable on return: the file is fsynced before the rename
+    /// and its directory after. For one shard at a time (a peer's store request), far cheaper
+    /// than syncing the whole filesystem.
+    pub fn write_durable(
+        &self,
+        chunk: &ChunkId,
+        index: u8,
+        parts: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        self.write_file(chunk, index, parts, true)
+    }
+
+    fn write_file(
+        &self,
+        chunk: &ChunkId,
+        index: u8,
+        parts: &[&[u8]],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let dest = self.path(chunk, index);
         let tmp = self.tmp.join(format!(
             "{}.{index}.{}.{:x}",
@@ -110,7 +133,19 @@ impl ShardStore {
                 file.write_all(part)
                     .map_err(|e| StoreError::new("cannot write", &tmp, e))?;
             }
-            fs::rename(&tmp, &dest).map_err(|e| StoreError::new("cannot rename into", &dest, e))
+            if durable {
+                file.sync_data()
+                    .map_err(|e| StoreError::new("cannot sync", &tmp, e))?;
+            }
+            fs::rename(&tmp, &dest).map_err(|e| StoreError::new("cannot rename into", &dest, e))?;
+            if durable {
+                if let Some(dir) = dest.parent() {
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| StoreError::new("cannot sync", dir, e))?;
+                }
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

@@ -106,8 +106,7 @@ impl HeldShards {
             }
         }
         // Same chunk id and index means same bytes: storing again only refreshes the file.
-        self.store.write(&chunk, index, &[image])?;
-        self.store.sync()?;
+        self.store.write_durable(&chunk, index, &[image])?;
         if existing.is_none() {
             let record = HeldRecord {
                 owner: from.to_bytes(),

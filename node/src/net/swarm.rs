@@ -37,7 +37,7 @@ const MAX_INBOUND: usize = 32;
 const HEALTH_TICK: Duration = Duration::from_millis(250);
 /// Ping interval, and how long an answer may take before the peer is suspect (a cut link
 /// does not close a TCP connection; only a ping that fails to come back shows it at once).
-const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_EVERY: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often rendezvous points are asked for new peers.
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
@@ -79,6 +79,7 @@ pub(super) struct Node {
     rendezvous_points: HashMap<PeerId, Multiaddr>,
     /// Bootstrap addresses given without a peer id: dialled while no peer is connected.
     anonymous: Vec<Multiaddr>,
+    bootstrapped: bool,
 }
 
 /// An inbound request served on the blocking pool.
@@ -110,7 +111,6 @@ fn behaviour(
     let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_config);
     kad.set_mode(Some(kad::Mode::Server));
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .heartbeat_interval(Duration::from_millis(500))
         .validation_mode(gossipsub::ValidationMode::Strict)
         .max_transmit_size(MAX_GOSSIP)
         .build()
@@ -241,6 +241,7 @@ impl Node {
             listen: Vec::new(),
             rendezvous_points,
             anonymous,
+            bootstrapped: false,
         })
     }
 
@@ -480,8 +481,10 @@ impl Node {
                 if self.rendezvous_points.contains_key(&peer_id) {
                     self.register(peer_id);
                 }
-                if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
-                    tracing::debug!("no peers to bootstrap the DHT from yet");
+                // Join the DHT once, on the first connection; Kademlia refreshes its routing
+                // table by itself after that (a bootstrap per connection is quadratic).
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
             SwarmEvent::ConnectionClosed {
