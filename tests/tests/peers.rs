@@ -52,13 +52,21 @@ fn five_peers_see_each_other_detect_a_crash_and_a_return() {
         started.elapsed()
     );
     // What they announced reached the others.
-    let view = dirs[1].peers();
-    let zero = view
-        .iter()
-        .find(|p| p.id == ids[0])
-        .expect("peer 0 in peer 1's table");
-    assert_eq!(zero.zone.as_deref(), Some("z0"));
-    assert!(zero.rtt_ms.is_some_and(|r| r > 0.0), "{zero:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "peer 0's announcement and a ping answer",
+        || {
+            dirs[1]
+                .peers()
+                .iter()
+                .any(|p| {
+                    p.id == ids[0]
+                        && p.zone.as_deref() == Some("z0")
+                        && p.rtt_ms.is_some_and(|r| r > 0.0)
+                })
+                .then_some(())
+        },
+    );
     let status = dirs[0].status().expect("status");
     assert_eq!(status.peers.alive, 4, "{status:?}");
 
@@ -271,5 +279,50 @@ fn a_mount_is_a_peer_too() {
     assert!(
         !user.data().join("api.json").exists(),
         "api.json left behind"
+    );
+}
+
+#[test]
+fn peers_connect_over_quic() {
+    let a = Dfs::new();
+    let _a = a.node(&["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    let quic = a.status().expect("status").addresses[0].clone();
+    assert!(quic.contains("/quic-v1/"), "{quic}");
+    let b = Dfs::new();
+    let _b = b.node(&["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--peer", &quic]);
+    let id_a = a.status().expect("status").id;
+    let id_b = b.status().expect("status").id;
+    wait_for(
+        Duration::from_secs(10),
+        "QUIC-only peers to see each other",
+        || (sees_alive(&a, &[&id_b]) && sees_alive(&b, &[&id_a])).then_some(()),
+    );
+}
+
+#[test]
+fn a_peer_reachable_only_through_a_relay() {
+    let relay = Dfs::new();
+    let _relay = relay.node(&["--relay-server"]);
+    let circuit = format!("{}/p2p-circuit", relay.address());
+    // A listens only on a circuit through the relay: no direct address at all.
+    let a = Dfs::new();
+    let _a = a.node(&["--listen", &circuit]);
+    let status = wait_for(Duration::from_secs(10), "a relay reservation", || {
+        a.status()
+            .filter(|s| s.addresses.iter().any(|x| x.contains("/p2p-circuit/")))
+    });
+    let via_relay = status
+        .addresses
+        .iter()
+        .find(|x| x.contains("/p2p-circuit/"))
+        .expect("circuit address")
+        .clone();
+    let b = Dfs::new();
+    let _b = b.node(&["--peer", &via_relay]);
+    let id_b = b.status().expect("status").id;
+    wait_for(
+        Duration::from_secs(15),
+        "peers to meet through the relay",
+        || (sees_alive(&b, &[&status.id]) && sees_alive(&a, &[&id_b])).then_some(()),
     );
 }

@@ -335,11 +335,7 @@ impl Node {
             id: local.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             zone: self.options.zone.clone(),
-            addresses: self
-                .listen
-                .iter()
-                .map(|a| format!("{a}/p2p/{local}"))
-                .collect(),
+            addresses: self.listen.iter().map(|a| dialable(a, local)).collect(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             storage: StorageStatus {
                 capacity,
@@ -404,7 +400,7 @@ impl Node {
                 .listen
                 .iter()
                 .take(MAX_ANNOUNCED_ADDRS)
-                .map(|a| format!("{a}/p2p/{local}"))
+                .map(|a| dialable(a, local))
                 .collect(),
         };
         let Ok(bytes) = announcement.encode() else {
@@ -685,6 +681,15 @@ impl Node {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+/// `addr` as others dial it: ending in `/p2p/<local id>` (relay circuit addresses already do).
+fn dialable(addr: &Multiaddr, local: PeerId) -> String {
+    if peer_of(addr) == Some(local) {
+        addr.to_string()
+    } else {
+        format!("{addr}/p2p/{local}")
     }
 }
 
