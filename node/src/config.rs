@@ -80,7 +80,7 @@ impl Default for NetworkConfig {
             mdns: false,
             zone: "default".into(),
             grace_secs: 10,
-            announce_secs: 1,
+            announce_secs: 2,
             capacity: 0,
             max_connections: 512,
             max_connections_per_peer: 4,

@@ -232,14 +232,25 @@ impl PeerTable {
         change
     }
 
-    /// A connection closed; with none left the peer is suspect and will be redialled.
-    pub fn disconnected(&mut self, id: PeerId, remaining: u32, now: Instant) -> Option<Transition> {
+    /// A connection closed. With none left the peer is suspect and will be redialled; an
+    /// abrupt close (an error, not a goodbye) makes it suspect even if other connections remain
+    /// (a QUIC connection to a killed peer lingers until its pings time out). Its next sign of
+    /// life makes it alive again.
+    pub fn disconnected(
+        &mut self,
+        id: PeerId,
+        remaining: u32,
+        abrupt: bool,
+        now: Instant,
+    ) -> Option<Transition> {
         let (peer, from) = self.entry(id, now);
         peer.connections = remaining;
-        if remaining > 0 || peer.state == PeerState::Dead {
+        if (remaining > 0 && !abrupt) || peer.state == PeerState::Dead {
             return None;
         }
-        peer.next_dial = now + BACKOFF_MIN;
+        if remaining == 0 {
+            peer.next_dial = now + BACKOFF_MIN;
+        }
         Self::set_state(peer, id, from, PeerState::Suspect)
     }
 
@@ -283,9 +294,22 @@ impl PeerTable {
         peer.bad_data = peer.bad_data.saturating_add(1);
     }
 
-    pub fn announced(&mut self, id: PeerId, a: Announcement, now: Instant) -> Option<Transition> {
-        let change = self.seen(id, now);
-        self.entry(id, now).0.announced = Some(a);
+    /// An announcement from `id`; `direct` when it came from `id` itself rather than relayed
+    /// (only a direct one shows that the peer is alive now).
+    pub fn announced(
+        &mut self,
+        id: PeerId,
+        a: Announcement,
+        direct: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        let change = if direct { self.seen(id, now) } else { None };
+        let (peer, from) = self.entry(id, now);
+        if from.is_none() && !direct {
+            // Heard of, not heard from: not alive until it answers.
+            peer.state = PeerState::Suspect;
+        }
+        peer.announced = Some(a);
         change
     }
 
@@ -384,7 +408,7 @@ mod tests {
         let (mut t, p, now) = table();
         assert_eq!(t.connected(p, now).map(|x| x.to), Some(PeerState::Alive));
         assert_eq!(
-            t.disconnected(p, 0, now).map(|x| x.to),
+            t.disconnected(p, 0, false, now).map(|x| x.to),
             Some(PeerState::Suspect)
         );
         assert!(t.tick(now + GRACE - Duration::from_millis(1)).is_empty());
@@ -424,6 +448,27 @@ mod tests {
         let peer = t.get(&p).unwrap();
         assert!(peer.rtt.unwrap() < Duration::from_secs(1), "{:?}", peer.rtt);
         assert_eq!(peer.failures, 0);
+    }
+
+    #[test]
+    fn only_a_direct_announcement_is_a_sign_of_life() {
+        let (mut t, p, now) = table();
+        let a = Announcement {
+            version: "v".into(),
+            zone: "z".into(),
+            capacity: 1,
+            free: 1,
+            load: 0,
+            shards: 0,
+            addrs: Vec::new(),
+        };
+        t.announced(p, a.clone(), false, now);
+        assert_eq!(t.get(&p).unwrap().state, PeerState::Suspect);
+        t.announced(p, a.clone(), true, now);
+        assert_eq!(t.get(&p).unwrap().state, PeerState::Alive);
+        // A relayed copy arriving late does not keep a silent peer alive.
+        t.announced(p, a, false, now + GRACE);
+        assert_eq!(t.tick(now + GRACE)[0].to, PeerState::Dead);
     }
 
     #[test]
@@ -489,7 +534,7 @@ mod tests {
                 now += Duration::from_millis(step);
                 match kind {
                     0 => { t.seen(p, now); last_life = now; }
-                    1 => { t.disconnected(p, 0, now); }
+                    1 => { t.disconnected(p, 0, false, now); }
                     2 => { t.failed(p, now); }
                     3 => { t.ping_ok(p, Duration::from_millis(1), now); last_life = now; }
                     _ => { t.tick(now); }

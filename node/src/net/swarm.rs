@@ -490,7 +490,9 @@ impl Node {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
-                let change = self.table.disconnected(peer_id, num_established, now);
+                let change =
+                    self.table
+                        .disconnected(peer_id, num_established, cause.is_some(), now);
                 self.log(change);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -537,14 +539,22 @@ impl Node {
                     self.learn(peer_id, addr);
                 }
             }
-            BehaviourEvent::Gossip(gossipsub::Event::Message { message, .. }) => {
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            }) => {
                 let Some(source) = message.source else {
                     return;
                 };
                 match Announcement::decode(&message.data) {
                     Ok(announcement) => {
                         let addrs = announcement.addrs.clone();
-                        let change = self.table.announced(source, announcement, now);
+                        // Gossip may relay an announcement seconds after it was sent (and
+                        // after its author died): only one received from the author itself is
+                        // a sign of life.
+                        let direct = propagation_source == source;
+                        let change = self.table.announced(source, announcement, direct, now);
                         self.log(change);
                         for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                             // Only addresses of the sender itself: no one may point us elsewhere.
