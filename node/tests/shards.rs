@@ -42,6 +42,13 @@ async fn start(capacity: u64) -> TestPeer {
     }
 }
 
+/// Where `peer` keeps a shard it holds for others (the held store's own layout).
+fn held_path(peer: &TestPeer, chunk: &ChunkId, index: u8) -> std::path::PathBuf {
+    dfs_node::store::ShardStore::open(&peer.repo_path.join("held"))
+        .expect("held store")
+        .path(chunk, index)
+}
+
 async fn tcp_address(net: &Network) -> Multiaddr {
     for _ in 0..200 {
         let status = net.status().await.expect("status");
@@ -117,12 +124,7 @@ async fn store_fetch_check_delete_between_two_peers() {
         .await
         .expect("store");
     // Kept as ciphertext shard image under DATA/held, verified.
-    let hex = chunk.to_hex();
-    let on_disk = b
-        .repo_path
-        .join("held/shards")
-        .join(&hex[..2])
-        .join(format!("{hex}.2"));
+    let on_disk = held_path(&b, &chunk, 2);
     assert_eq!(std::fs::read(&on_disk).expect("held shard file"), image);
     assert_eq!(
         a.net.fetch_shard(bid, chunk, 2).await.expect("fetch"),
@@ -178,12 +180,7 @@ async fn store_fetch_check_delete_between_two_peers() {
         .store_shard(bid, chunk, 1, image.clone())
         .await
         .expect("store");
-    let hex = chunk.to_hex();
-    let path = b
-        .repo_path
-        .join("held/shards")
-        .join(&hex[..2])
-        .join(format!("{hex}.1"));
+    let path = held_path(&b, &chunk, 1);
     let mut rotten = image.clone();
     rotten[1000] ^= 0x40;
     std::fs::write(&path, &rotten).expect("corrupt");
