@@ -111,6 +111,18 @@ pub enum ChunkError {
     WrongKey { id: ChunkId },
     #[error("shard store: {0}")]
     Store(#[from] StoreError),
+    #[error("chunk {id} is not durable: only {peers} peers took its shards, {required} are required (see placement.durable_peers)")]
+    NotDurable {
+        id: ChunkId,
+        peers: usize,
+        required: usize,
+    },
+    #[error("chunk {id} cannot be read: only {got} of the {needed} shards needed could be fetched from the peers holding them")]
+    Unreachable {
+        id: ChunkId,
+        got: usize,
+        needed: usize,
+    },
     #[error("the chunk worker stopped before finishing")]
     WorkerGone,
     #[error(transparent)]
@@ -202,7 +214,7 @@ impl Repo {
     ) -> Result<(ChunkRef, Vec<u8>), ChunkError> {
         let SealedChunk { chunk, ciphertext } = seal(self.secret(), plaintext);
         if let Some(record) = self.meta().chunk(&chunk.id)? {
-            if self.all_shards_present(&chunk.id, &record)? {
+            if self.is_stored(&chunk.id, &record)? {
                 self.meta().add_ref(&chunk.id, owner)?;
                 return Ok((chunk, ciphertext));
             }
@@ -210,7 +222,14 @@ impl Repo {
         let layout = self.config().storage.layout_for(ciphertext.len());
         let chunk_len = ciphertext.len() as u32;
         let shards = encode_shards(&chunk.id, ciphertext, layout, coder)?;
-        self.write_shards(&chunk.id, &shards, None)?;
+        let placed = match self.remote() {
+            Some(remote) => remote.place(self, &chunk.id, &shards)?,
+            None => None,
+        };
+        match placed {
+            Some(placed) => self.meta().set_placed(&chunk.id, &placed)?,
+            None => self.write_shards(&chunk.id, &shards, None)?,
+        }
         self.meta().add_chunk(
             &chunk.id,
             &ChunkRecord {
@@ -238,6 +257,18 @@ impl Repo {
             self.store().write(id, index, &[header, body])?;
         }
         Ok(())
+    }
+
+    /// Whether a chunk already in the index is stored well enough to reuse: enough shards
+    /// placed on peers (the repair thread sees to the rest), or all of them local.
+    fn is_stored(&self, id: &ChunkId, record: &ChunkRecord) -> Result<bool, ChunkError> {
+        if let Some(placed) = self.meta().placed(id)? {
+            let mut indices: Vec<u8> = placed.holders.iter().map(|(i, _)| *i).collect();
+            indices.sort_unstable();
+            indices.dedup();
+            return Ok(indices.len() >= record.layout.needed());
+        }
+        self.all_shards_present(id, record)
     }
 
     fn all_shards_present(&self, id: &ChunkId, record: &ChunkRecord) -> Result<bool, ChunkError> {
@@ -301,6 +332,15 @@ impl Repo {
         if chunk.is_hole() {
             return Ok(vec![0; chunk.len as usize]);
         }
+        if let Some(remote) = self.remote() {
+            if let Some(placed) = self.meta().placed(&chunk.id)? {
+                let ciphertext = self.read_placed(remote.as_ref(), &chunk.id, &placed, coder)?;
+                return chunk
+                    .key
+                    .decrypt(ciphertext)
+                    .map_err(|_| ChunkError::WrongKey { id: chunk.id });
+            }
+        }
         if let Some(plain) = self.read_chunk_fast(chunk)? {
             return Ok(plain);
         }
@@ -310,6 +350,45 @@ impl Repo {
             .key
             .decrypt(ciphertext)
             .map_err(|_| ChunkError::WrongKey { id: chunk.id })
+    }
+
+    /// The ciphertext of a chunk whose shards are on peers: any k shards gathered in parallel
+    /// (data shards preferred, so usually no decode), checked against the chunk id.
+    fn read_placed(
+        &self,
+        remote: &dyn crate::cluster::Remote,
+        id: &ChunkId,
+        placed: &crate::meta::Placed,
+        coder: &mut ShardCoder,
+    ) -> Result<Vec<u8>, ChunkError> {
+        let Some(record) = self.meta().chunk(id)? else {
+            return Err(ChunkError::Absent { id: *id });
+        };
+        let layout = record.layout;
+        let images = remote.gather(self, id, layout, placed, layout.needed());
+        let got = images.iter().filter(|i| i.is_some()).count();
+        if got < layout.needed() {
+            return Err(ChunkError::Unreachable {
+                id: *id,
+                got,
+                needed: layout.needed(),
+            });
+        }
+        let bodies: Vec<Option<&[u8]>> = images
+            .iter()
+            .map(|i| i.as_deref().and_then(|b| b.get(crate::shard::HEADER_LEN..)))
+            .collect();
+        let ciphertext = coder
+            .decode(layout, record.len as usize, &bodies)
+            .map_err(|_| ChunkError::Unreachable {
+                id: *id,
+                got,
+                needed: layout.needed(),
+            })?;
+        if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
+            return Err(ChunkError::Mismatch { id: *id });
+        }
+        Ok(ciphertext)
     }
 
     /// The common case of [`Repo::read_chunk`]: concatenate the data shards and decrypt. The
@@ -357,6 +436,22 @@ impl Repo {
         all: bool,
     ) -> Result<(Option<Vec<u8>>, ChunkHealth), ChunkError> {
         let mut images: Vec<Option<Vec<u8>>> = Vec::new();
+        // Shards on peers are gathered up front (all of them, or as many as needed); the
+        // repair thread, not this call, rewrites what they lack.
+        let mut repair = repair;
+        if let (Some(remote), Some(placed), Some(record)) = (
+            self.remote(),
+            self.meta().placed(id)?,
+            self.meta().chunk(id)?,
+        ) {
+            let want = if all {
+                record.layout.shard_count()
+            } else {
+                record.layout.needed()
+            };
+            images = remote.gather(self, id, record.layout, &placed, want);
+            repair = false;
+        }
         let mut header: Option<ShardHeader> = self.meta().chunk(id)?.map(|r| ShardHeader {
             chunk: *id,
             layout: r.layout,

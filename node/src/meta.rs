@@ -27,6 +27,10 @@ const CF_CHUNKS: &str = "chunks";
 const CF_REFS: &str = "refs";
 const CF_PUTS: &str = "puts";
 const CF_HELD: &str = "held";
+/// Where this peer put the shards of its chunks on other peers (see [`Placed`]).
+const CF_PLACED: &str = "placed";
+/// Shards on other peers of chunks collected here, still to be deleted there.
+const CF_DOOMED: &str = "doomed";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -172,7 +176,7 @@ impl MetaDb {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD]
+        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD, CF_PLACED, CF_DOOMED]
             .into_iter()
             .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -289,9 +293,88 @@ impl MetaDb {
         Ok(out)
     }
 
+    /// Forget a chunk. Shards it had on other peers are queued for deletion there.
     pub fn delete_chunk(&self, id: &ChunkId) -> Result<(), MetaError> {
-        self.db.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?;
+        let mut batch = WriteBatch::default();
+        if let Some(placed) = self.placed(id)? {
+            batch.put_cf(self.cf(CF_DOOMED)?, id.as_bytes(), encode(&placed));
+            batch.delete_cf(self.cf(CF_PLACED)?, id.as_bytes());
+        }
+        batch.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes());
+        self.db.write(batch)?;
         Ok(())
+    }
+}
+
+/// The shards of one chunk and the peers that hold them, as the peer that wrote the chunk
+/// knows it. A chunk with no record has every shard in the local store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// (shard index, holder's libp2p PeerId bytes); an index may have several holders while a
+    /// shard moves, and none when it is lost.
+    pub holders: Vec<(u8, Vec<u8>)>,
+}
+
+impl MetaDb {
+    pub fn placed(&self, id: &ChunkId) -> Result<Option<Placed>, MetaError> {
+        match self.db.get_cf(self.cf(CF_PLACED)?, id.as_bytes())? {
+            Some(v) => decode("placed chunk", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_placed(&self, id: &ChunkId, placed: &Placed) -> Result<(), MetaError> {
+        self.db
+            .put_cf(self.cf(CF_PLACED)?, id.as_bytes(), encode(placed))?;
+        Ok(())
+    }
+
+    /// Every chunk with a placement record.
+    pub fn placed_ids(&self) -> Result<Vec<ChunkId>, MetaError> {
+        self.ids_of(CF_PLACED)
+    }
+
+    /// Shards of collected chunks still to delete on other peers.
+    pub fn doomed(&self) -> Result<Vec<(ChunkId, Placed)>, MetaError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DOOMED)?, IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Some(id) = chunk_from_key(&k) {
+                out.push((id, decode("doomed chunk", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What is queued for deletion of one chunk (empty when nothing).
+    pub fn doomed_of(&self, id: &ChunkId) -> Result<Placed, MetaError> {
+        match self.db.get_cf(self.cf(CF_DOOMED)?, id.as_bytes())? {
+            Some(v) => decode("doomed chunk", &v),
+            None => Ok(Placed::default()),
+        }
+    }
+
+    /// Replace (or with an empty list, drop) what is left to delete of a collected chunk.
+    pub fn set_doomed(&self, id: &ChunkId, placed: &Placed) -> Result<(), MetaError> {
+        let cf = self.cf(CF_DOOMED)?;
+        if placed.holders.is_empty() {
+            self.db.delete_cf(cf, id.as_bytes())?;
+        } else {
+            self.db.put_cf(cf, id.as_bytes(), encode(placed))?;
+        }
+        Ok(())
+    }
+
+    fn ids_of(&self, cf: &'static str) -> Result<Vec<ChunkId>, MetaError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            let (k, _) = item?;
+            out.extend(chunk_from_key(&k));
+        }
+        Ok(out)
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfs_node::api::{ApiEndpoint, ApiServer};
+use dfs_node::cluster::{Cluster, ClusterHandle};
 use dfs_node::config::NetworkConfig;
 use dfs_node::net::{NetOptions, Network, NodeStatus, PeerView};
 use dfs_node::Repo;
@@ -51,6 +52,10 @@ pub struct NetArgs {
     /// Address of the HTTP control API [default: 127.0.0.1 and a free port]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<SocketAddr>,
+    /// Keep no shards of this peer's own chunks here: every shard goes to other peers
+    /// (`[placement] store_here = false`)
+    #[arg(long)]
+    pub no_store: bool,
 }
 
 impl NetArgs {
@@ -100,6 +105,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 pub struct RunningPeer {
     runtime: tokio::runtime::Runtime,
     network: Network,
+    repo: Arc<Repo>,
+    cluster: Option<ClusterHandle>,
     stop_api: Option<tokio::sync::oneshot::Sender<()>>,
     api_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -125,8 +132,10 @@ impl RunningPeer {
             .build()
             .context("cannot start the network runtime")?;
         let data = repo.path().to_path_buf();
+        let mut placement = repo.config().placement.clone();
+        placement.store_here &= !args.no_store;
         let (network, api) = runtime.block_on(async {
-            let network = Network::start(repo, options).await?;
+            let network = Network::start(repo.clone(), options).await?;
             let api = ApiServer::bind(&data, api_addr, network.clone()).await?;
             anyhow::Ok((network, api))
         })?;
@@ -134,9 +143,18 @@ impl RunningPeer {
         let api_task = runtime.spawn(api.serve(async {
             let _ = stopped.await;
         }));
+        let cluster = Cluster::start(
+            repo.clone(),
+            network.clone(),
+            runtime.handle().clone(),
+            placement,
+        );
+        network.attach_cluster(&cluster.cluster);
         Ok(Self {
             runtime,
             network,
+            repo,
+            cluster: Some(cluster),
             stop_api: Some(stop_api),
             api_task: Some(api_task),
         })
@@ -172,6 +190,9 @@ impl RunningPeer {
 
     /// Stop the API (removing DATA/api.json) and the peer.
     pub fn stop(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop(&self.repo);
+        }
         if let Some(stop) = self.stop_api.take() {
             let _ = stop.send(());
         }

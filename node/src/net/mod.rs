@@ -160,6 +160,9 @@ pub struct NodeStatus {
     pub uptime_secs: f64,
     pub storage: StorageStatus,
     pub peers: PeerCounts,
+    /// Health of the chunks this peer wrote, when it spreads chunks over the network.
+    #[serde(default)]
+    pub placement: Option<crate::cluster::PlacementStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +210,7 @@ pub struct Network {
     local: PeerId,
     outbound: Arc<Semaphore>,
     started: Instant,
+    cluster: Arc<std::sync::Mutex<Option<std::sync::Weak<crate::cluster::Cluster>>>>,
 }
 
 impl Network {
@@ -225,6 +229,7 @@ impl Network {
             local,
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
             started,
+            cluster: Arc::default(),
         };
         Ok(network)
     }
@@ -250,7 +255,20 @@ impl Network {
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NetError> {
-        self.ask(Command::Status).await
+        let mut status = self.ask(Command::Status).await?;
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|w| w.upgrade());
+        status.placement = cluster.map(|c| c.status());
+        Ok(status)
+    }
+
+    /// Report this cluster's placement health in [`Network::status`].
+    pub fn attach_cluster(&self, cluster: &Arc<crate::cluster::Cluster>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(cluster));
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerView>, NetError> {

@@ -285,6 +285,19 @@ impl Node {
                 request,
                 reply,
             } => {
+                // A peer that is not connected and not answering (suspect or dead) fails at
+                // once: dialling it (QUIC times out slowly) would stall the caller for seconds,
+                // and callers have other holders to ask.
+                let down = self.table.get(&peer).is_some_and(|p| {
+                    p.connections == 0 && p.state != super::peers::PeerState::Alive
+                });
+                if down {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        detail: "the peer is not answering".into(),
+                    }));
+                    return;
+                }
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -350,6 +363,7 @@ impl Node {
                 suspect,
                 dead,
             },
+            placement: None,
         }
     }
 

@@ -1,0 +1,168 @@
+//! The membership snapshot placement works from: every peer that may hold shards, with its
+//! zone, rendezvous weight and health, built from the peer table and this peer's own status.
+//!
+//! Weights follow offered capacity, rounded down to a power of two, so that the small drifts of
+//! free space and round-trip time do not shift rendezvous targets (which would move shards back
+//! and forth); a peer that keeps failing or sent bad data is weighted down, and a full peer gets
+//! no new shards.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dfs_placement::hrw::Candidate;
+use libp2p::PeerId;
+
+use crate::net::{NodeStatus, PeerState, PeerView};
+
+/// Free bytes below which a peer is given no new shards.
+const FULL_BELOW: u64 = 64 << 20;
+/// A peer scoring below this is weighted down (it fails requests or sent bad data).
+const POOR_SCORE: f64 = 0.2;
+
+/// One peer as placement sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: PeerId,
+    pub zone: String,
+    /// Rendezvous weight (0: takes no new shards).
+    pub weight: f64,
+    /// Alive now (false: suspect, i.e. maybe back soon; dead peers are not members).
+    pub alive: bool,
+    pub score: f64,
+    pub is_self: bool,
+}
+
+/// All members, self included.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    pub list: Vec<Member>,
+    index: HashMap<PeerId, usize>,
+    /// Peers the table knows to be dead.
+    pub dead: Vec<PeerId>,
+    /// The peer table has had time to learn who is around (a holder it still does not know
+    /// is then as good as dead).
+    pub settled: bool,
+}
+
+/// Rendezvous weight for `capacity` bytes offered: GiB rounded down to a power of two.
+fn capacity_weight(capacity: u64) -> f64 {
+    let gib = (capacity >> 30).max(1);
+    (1u64 << (63 - gib.leading_zeros())) as f64
+}
+
+impl Members {
+    /// Build the snapshot. `store_here`: this peer takes shards of its own chunks (otherwise it
+    /// is a member of weight almost zero, chosen only when no other peer is left).
+    pub fn from_views(
+        local: PeerId,
+        status: &NodeStatus,
+        peers: &[PeerView],
+        store_here: bool,
+        uptime: Duration,
+    ) -> Self {
+        let mut list = vec![Member {
+            id: local,
+            zone: status.zone.clone(),
+            weight: if store_here {
+                capacity_weight(status.storage.capacity)
+            } else {
+                1e-9
+            },
+            alive: true,
+            score: 1.0,
+            is_self: true,
+        }];
+        let mut dead = Vec::new();
+        let mut longest_grace = Duration::ZERO;
+        for view in peers {
+            let Ok(id) = view.id.parse::<PeerId>() else {
+                continue;
+            };
+            longest_grace = longest_grace.max(Duration::from_secs_f64(view.last_seen_secs));
+            match view.state {
+                PeerState::Dead => {
+                    dead.push(id);
+                    continue;
+                }
+                PeerState::Alive | PeerState::Suspect => {}
+            }
+            // A peer that has not announced yet (no capacity known) is not a target yet.
+            let Some(capacity) = view.capacity else {
+                continue;
+            };
+            let mut weight = capacity_weight(capacity);
+            if view.score < POOR_SCORE {
+                weight *= 0.1;
+            }
+            if view.free.is_some_and(|f| f < FULL_BELOW) {
+                weight = 0.0;
+            }
+            list.push(Member {
+                id,
+                zone: view.zone.clone().unwrap_or_else(|| "default".into()),
+                weight,
+                alive: view.state == PeerState::Alive,
+                score: view.score,
+                is_self: false,
+            });
+        }
+        let index = list.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        Self {
+            list,
+            index,
+            dead,
+            // Announcements come every 2 s; after 15 s every live peer has been heard from.
+            settled: uptime > Duration::from_secs(15),
+        }
+    }
+
+    pub fn position(&self, id: &PeerId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn get(&self, id: &PeerId) -> Option<&Member> {
+        self.position(id).map(|i| &self.list[i])
+    }
+
+    pub fn is_dead(&self, id: &PeerId) -> bool {
+        self.dead.contains(id)
+    }
+
+    /// The members as rendezvous candidates (same order as `list`); with `alive_only`, suspect
+    /// peers get weight 0 (they keep what they hold but take nothing new).
+    pub fn candidates(&self, alive_only: bool) -> Vec<Candidate> {
+        self.list
+            .iter()
+            .map(|m| Candidate {
+                key: m.id.to_bytes(),
+                zone: m.zone.clone(),
+                weight: if alive_only && !m.alive {
+                    0.0
+                } else {
+                    m.weight
+                },
+            })
+            .collect()
+    }
+
+    /// Other peers that may take shards now.
+    pub fn live_others(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|m| !m.is_self && m.alive && m.weight > 0.0)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_stable_under_small_drift() {
+        assert_eq!(capacity_weight(0), 1.0);
+        assert_eq!(capacity_weight(100 << 30), 64.0);
+        assert_eq!(capacity_weight((100 << 30) + (20 << 30)), 64.0);
+        assert_eq!(capacity_weight(128 << 30), 128.0);
+    }
+}

@@ -1,0 +1,279 @@
+//! The chunk pipeline spread over the network: where a chunk's shards go, how they come back,
+//! and the background work that keeps them healthy.
+//!
+//! A [`Cluster`] joins a [`Repo`] (chunk index, local shard store) to a running [`Network`].
+//! Once installed with [`Repo::set_remote`], every chunk the repo stores is cut into its k+m
+//! shards and sent to the targets that rendezvous hashing picks among the live peers
+//! ([`transfer`]), and every read gathers any k shards from their holders in parallel. Where
+//! each shard went is the chunk's [`Placed`] record in RocksDB; the peer that wrote a chunk owns
+//! its health: [`repair`] rebuilds shards lost with dead peers, re-verifies held shards
+//! (scrubbing) and moves shards toward their rendezvous targets when peers join or leave.
+//!
+//! The membership view (who is alive, their zones and weights) is refreshed from the peer
+//! table twice a second ([`Members`]); writes and reads use the latest snapshot.
+
+mod members;
+pub mod repair;
+mod transfer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dfs_placement::{ChunkId, Layout};
+use libp2p::PeerId;
+
+use crate::chunk::{ChunkError, ShardSet};
+use crate::config::PlacementConfig;
+use crate::meta::Placed;
+use crate::net::Network;
+use crate::repo::Repo;
+pub use members::{Member, Members};
+pub use repair::PlacementStatus;
+
+/// What the repo needs from the network to store and read chunks (implemented by [`Cluster`]).
+pub trait Remote: Send + Sync {
+    /// Store the shards of a new chunk on their targets. `None`: this peer is the only place
+    /// to put them (the caller writes them all locally).
+    fn place(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        shards: &ShardSet,
+    ) -> Result<Option<Placed>, ChunkError>;
+
+    /// Verified shard images of at least `want` distinct shards (data shards preferred) from
+    /// their holders, indexed by shard; fewer when not enough could be had.
+    fn gather(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        layout: Layout,
+        placed: &Placed,
+        want: usize,
+    ) -> Vec<Option<Vec<u8>>>;
+}
+
+/// Counters of shard traffic caused by reads and writes.
+#[derive(Debug, Default)]
+pub struct TransferCounters {
+    pub shards_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub shards_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub hedged: AtomicU64,
+    pub fetch_failures: AtomicU64,
+    pub store_failures: AtomicU64,
+    /// Shards found through Kademlia provider records after their recorded holder failed.
+    pub found_by_providers: AtomicU64,
+}
+
+/// The network side of a repo's chunks.
+pub struct Cluster {
+    network: Network,
+    runtime: tokio::runtime::Handle,
+    local: PeerId,
+    settings: PlacementConfig,
+    members: Mutex<Arc<Members>>,
+    /// Smoothed time to fetch one shard, in microseconds (the hedge delay follows it).
+    fetch_micros: AtomicU64,
+    pub counters: TransferCounters,
+    status: Mutex<PlacementStatus>,
+    /// Serialises read-modify-write of placement records (writers vs the repair thread).
+    placed_lock: Mutex<()>,
+    stopping: AtomicBool,
+}
+
+/// A running cluster with its background threads; stops them when dropped.
+pub struct ClusterHandle {
+    pub cluster: Arc<Cluster>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Join `repo` to `network` (installing the cluster as the repo's remote) and start the
+    /// membership refresh and the repair thread. `runtime` is the network's runtime.
+    pub fn start(
+        repo: Arc<Repo>,
+        network: Network,
+        runtime: tokio::runtime::Handle,
+        settings: PlacementConfig,
+    ) -> ClusterHandle {
+        let cluster = Arc::new(Cluster {
+            local: network.local_id(),
+            network,
+            runtime,
+            settings,
+            members: Mutex::new(Arc::new(Members::default())),
+            fetch_micros: AtomicU64::new(5_000),
+            counters: TransferCounters::default(),
+            status: Mutex::new(PlacementStatus::default()),
+            placed_lock: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+        });
+        cluster.refresh_members();
+        repo.set_remote(Some(cluster.clone()));
+        let mut threads = Vec::new();
+        let c = cluster.clone();
+        threads.extend(
+            std::thread::Builder::new()
+                .name("dfs-members".into())
+                .spawn(move || {
+                    while c.sleep(Duration::from_millis(500)) {
+                        c.refresh_members();
+                    }
+                })
+                .map_err(|e| tracing::error!("cannot start the membership thread: {e}"))
+                .ok(),
+        );
+        let c = cluster.clone();
+        threads.extend(
+            std::thread::Builder::new()
+                .name("dfs-repair".into())
+                .spawn(move || repair::run(&c, &repo))
+                .map_err(|e| tracing::error!("cannot start the repair thread: {e}"))
+                .ok(),
+        );
+        ClusterHandle { cluster, threads }
+    }
+
+    pub fn local_id(&self) -> PeerId {
+        self.local
+    }
+
+    pub fn settings(&self) -> &PlacementConfig {
+        &self.settings
+    }
+
+    /// The latest membership snapshot.
+    pub fn members(&self) -> Arc<Members> {
+        lock(&self.members).clone()
+    }
+
+    fn refresh_members(&self) {
+        let network = self.network.clone();
+        let seen = self.runtime.block_on(async move {
+            let status = network.status().await?;
+            let peers = network.peers().await?;
+            Ok::<_, crate::net::NetError>((status, peers))
+        });
+        match seen {
+            Ok((status, peers)) => {
+                let members = Members::from_views(
+                    self.local,
+                    &status,
+                    &peers,
+                    self.settings.store_here,
+                    self.network.uptime(),
+                );
+                *lock(&self.members) = Arc::new(members);
+            }
+            Err(e) => tracing::debug!("membership refresh failed: {e}"),
+        }
+    }
+
+    /// What the repair thread last found, plus transfer counters.
+    pub fn status(&self) -> PlacementStatus {
+        let mut s = lock(&self.status).clone();
+        s.hedged_fetches = self.counters.hedged.load(Ordering::Relaxed);
+        s.found_by_providers = self.counters.found_by_providers.load(Ordering::Relaxed);
+        s.bytes_sent = self.counters.bytes_sent.load(Ordering::Relaxed);
+        s.bytes_fetched = self.counters.bytes_fetched.load(Ordering::Relaxed);
+        s
+    }
+
+    fn set_status(&self, update: impl FnOnce(&mut PlacementStatus)) {
+        update(&mut lock(&self.status));
+    }
+
+    /// Sleep unless stopping; false once the cluster stops.
+    fn sleep(&self, d: Duration) -> bool {
+        let step = Duration::from_millis(50);
+        let mut left = d;
+        while !left.is_zero() {
+            if self.stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+            let s = left.min(step);
+            std::thread::sleep(s);
+            left -= s;
+        }
+        !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Record how long a shard fetch took (for the hedge delay).
+    fn observe_fetch(&self, took: Duration) {
+        let sample = took.as_micros().min(10_000_000) as u64;
+        let old = self.fetch_micros.load(Ordering::Relaxed);
+        self.fetch_micros
+            .store((old * 7 + sample) / 8, Ordering::Relaxed);
+    }
+
+    /// How long to wait for a slow shard before asking one more holder.
+    fn hedge_delay(&self) -> Duration {
+        Duration::from_micros(3 * self.fetch_micros.load(Ordering::Relaxed) + 5_000)
+    }
+
+    /// Change a chunk's placement record under the placement lock.
+    fn update_placed(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        change: impl FnOnce(&mut Placed),
+    ) -> Result<(), crate::meta::MetaError> {
+        let _guard = lock(&self.placed_lock);
+        let Some(mut placed) = repo.meta().placed(id)? else {
+            return Ok(());
+        };
+        change(&mut placed);
+        repo.meta().set_placed(id, &placed)
+    }
+}
+
+impl ClusterHandle {
+    /// Stop the background threads and detach from `repo`.
+    pub fn stop(mut self, repo: &Repo) {
+        repo.set_remote(None);
+        self.cluster.stopping.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A holder's id as stored in a placement record.
+fn peer_from_bytes(bytes: &[u8]) -> Option<PeerId> {
+    PeerId::from_bytes(bytes).ok()
+}
+
+impl Remote for Cluster {
+    fn place(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        shards: &ShardSet,
+    ) -> Result<Option<Placed>, ChunkError> {
+        transfer::place(self, repo, id, shards)
+    }
+
+    fn gather(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        layout: Layout,
+        placed: &Placed,
+        want: usize,
+    ) -> Vec<Option<Vec<u8>>> {
+        let work = transfer::gather(self, repo, id, layout, placed, want);
+        match tokio::runtime::Handle::try_current() {
+            // Called from inside a runtime (not expected): block this thread without starving it.
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
+            Err(_) => self.runtime.block_on(work),
+        }
+    }
+}

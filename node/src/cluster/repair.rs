@@ -1,0 +1,537 @@
+//! The repair thread: every round it takes stock of where the shards of this peer's chunks
+//! are, asks the planner what to do, and does it within a byte budget.
+//!
+//! A round:
+//! 1. builds each chunk's inventory from its placement record (a chunk without one has every
+//!    shard in the local store). Holders the peer table knows to be dead are left out, so their
+//!    shards count as missing; a holder it does not know yet makes the round skip that chunk
+//!    until the table has settled (a restarted peer must not rebuild everything it has not
+//!    heard from yet);
+//! 2. plans ([`dfs_placement::planner::plan`]) with suspect peers still counted as holders but
+//!    never as new targets, so a peer that blips is not repaired around;
+//! 3. rebuilds missing shards (decoding the chunk once from any k shards), moves shards toward
+//!    their rendezvous targets, drops surplus copies, at most `max_bytes_per_sec` a second;
+//! 4. deletes on other peers the shards of chunks collected here;
+//! 5. scrubs a few shards: asks their holders to re-verify them. A shard that is corrupt or
+//!    gone is struck from the record, so the next round rebuilds it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_placement::erasure::ShardCoder;
+use dfs_placement::planner::{plan, Action, ChunkInventory};
+use dfs_placement::ChunkId;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::transfer::{fetch_from, gather, image, store_on};
+use super::{peer_from_bytes, Cluster, Members};
+use crate::chunk::{encode_shards, ChunkError};
+use crate::meta::{ChunkRecord, Placed};
+use crate::net::{NetError, Refusal};
+use crate::repo::Repo;
+
+/// Chunks repaired or moved at once.
+const REPAIR_THREADS: usize = 4;
+/// How long a scrub check may take before the shard is left for a later round.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `dfs status` shows of placement and repair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementStatus {
+    /// Chunks this peer wrote and looks after.
+    pub chunks: u64,
+    /// Chunks missing shards or with shards off their targets, as of the last round.
+    pub degraded: u64,
+    /// Chunks with all shards but on fewer distinct peers than shards (too few peers).
+    pub crowded: u64,
+    /// Chunks with fewer than k shards left.
+    pub lost: u64,
+    /// Rebuilds, moves and drops left for later rounds.
+    pub pending: u64,
+    pub rebuilt: u64,
+    pub moved: u64,
+    pub dropped: u64,
+    /// Bytes written by rebuilds and moves.
+    pub repair_bytes: u64,
+    pub scrubbed: u64,
+    pub corrupt_found: u64,
+    pub orphans_deleted: u64,
+    pub rounds: u64,
+    pub last_round_ms: u64,
+    pub hedged_fetches: u64,
+    pub found_by_providers: u64,
+    pub bytes_sent: u64,
+    pub bytes_fetched: u64,
+    pub last_error: Option<String>,
+}
+
+/// Run rounds until the cluster stops.
+pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {
+    let interval = Duration::from_millis(cluster.settings.repair_interval_ms.max(100));
+    let mut scrub_cursor: Option<ChunkId> = None;
+    while cluster.sleep(interval) {
+        let started = Instant::now();
+        let result = round(cluster, repo, &mut scrub_cursor, interval);
+        cluster.set_status(|s| {
+            s.rounds += 1;
+            s.last_round_ms = started.elapsed().as_millis() as u64;
+            s.last_error = result.as_ref().err().map(|e| e.to_string());
+        });
+        if let Err(e) = result {
+            tracing::warn!("repair round failed: {e}");
+        }
+    }
+}
+
+fn block<F: std::future::Future>(cluster: &Cluster, f: F) -> F::Output {
+    cluster.runtime.block_on(f)
+}
+
+/// Inventory of every chunk this peer looks after, in the planner's terms.
+struct Stock {
+    inventories: Vec<ChunkInventory>,
+    records: BTreeMap<ChunkId, ChunkRecord>,
+    crowded: u64,
+    /// Chunks skipped because a holder is not known yet.
+    unsure: u64,
+}
+
+fn take_stock(cluster: &Cluster, repo: &Repo, members: &Members) -> Result<Stock, ChunkError> {
+    let mut stock = Stock {
+        inventories: Vec::new(),
+        records: BTreeMap::new(),
+        crowded: 0,
+        unsure: 0,
+    };
+    let local = members.list.iter().position(|m| m.is_self);
+    for id in repo.meta().chunk_ids()? {
+        let Some(record) = repo.meta().chunk(&id)? else {
+            continue;
+        };
+        let count = record.layout.shard_count();
+        let held: Vec<(u8, usize)> = match repo.meta().placed(&id)? {
+            None => match local {
+                Some(me) => (0..count as u8).map(|i| (i, me)).collect(),
+                None => continue,
+            },
+            Some(placed) => {
+                let mut held = Vec::with_capacity(placed.holders.len());
+                let mut unsure = false;
+                for (index, bytes) in &placed.holders {
+                    let Some(peer) = peer_from_bytes(bytes) else {
+                        continue;
+                    };
+                    match members.position(&peer) {
+                        Some(pos) => held.push((*index, pos)),
+                        None if members.is_dead(&peer) || members.settled => {}
+                        None => unsure = true,
+                    }
+                }
+                if unsure {
+                    stock.unsure += 1;
+                    continue;
+                }
+                // A gone holder of a shard that lives elsewhere now is struck from the record;
+                // its copy is deleted if the peer ever comes back.
+                let gone: Vec<(u8, Vec<u8>)> = placed
+                    .holders
+                    .iter()
+                    .filter(|(index, bytes)| {
+                        peer_from_bytes(bytes).is_some_and(|p| members.position(&p).is_none())
+                            && held.iter().any(|(i, _)| i == index)
+                    })
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    forget_gone(cluster, repo, &id, &gone)?;
+                }
+                held
+            }
+        };
+        let mut peers: Vec<usize> = held.iter().map(|(_, p)| *p).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        if peers.len() < count {
+            stock.crowded += 1;
+        }
+        stock.inventories.push(ChunkInventory {
+            chunk: id,
+            data_shards: record.layout.needed(),
+            total_shards: count,
+            held,
+        });
+        stock.records.insert(id, record);
+    }
+    Ok(stock)
+}
+
+fn round(
+    cluster: &Cluster,
+    repo: &Repo,
+    scrub_cursor: &mut Option<ChunkId>,
+    interval: Duration,
+) -> Result<(), ChunkError> {
+    let members = cluster.members();
+    let candidates = members.candidates(false);
+    let stock = take_stock(cluster, repo, &members)?;
+    let settings = cluster.settings();
+    let planned = plan(
+        &stock.inventories,
+        &candidates,
+        settings.max_actions_per_round as usize,
+    );
+    let lost = planned.lost.len() as u64;
+    if lost > 0 {
+        tracing::error!(
+            chunks = lost,
+            "chunks have fewer shards left than needed to rebuild them"
+        );
+    }
+    let crowded = stock.crowded;
+    cluster.set_status(|s| {
+        s.chunks = stock.inventories.len() as u64 + stock.unsure;
+        s.degraded = planned.degraded as u64;
+        s.crowded = crowded;
+        s.lost = lost;
+        s.pending = (planned.actions.len() + planned.deferred) as u64;
+    });
+    let budget = (settings.max_bytes_per_sec as f64 * interval.as_secs_f64()) as u64;
+    // Chunks in the planner's order (most endangered first), each with its actions.
+    let mut work: Vec<(ChunkId, Vec<Action>)> = Vec::new();
+    for action in planned.actions {
+        let (chunk, to) = match &action {
+            Action::Rebuild { chunk, to, .. } | Action::Move { chunk, to, .. } => {
+                (*chunk, Some(*to))
+            }
+            Action::Drop { chunk, .. } => (*chunk, None),
+        };
+        // Suspect peers keep what they hold but take nothing new.
+        if to.is_some_and(|t| !members.list[t].alive) {
+            continue;
+        }
+        match work.iter_mut().find(|(id, _)| *id == chunk) {
+            Some((_, actions)) => actions.push(action),
+            None => work.push((chunk, vec![action])),
+        }
+    }
+    for (id, _) in &work {
+        if let Some(record) = stock.records.get(id) {
+            ensure_placed(cluster, repo, id, record)?;
+        }
+    }
+    // A few chunks at a time: each waits mostly on other peers.
+    let queue = std::sync::Mutex::new(work.into_iter());
+    let spent = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..REPAIR_THREADS {
+            scope.spawn(|| {
+                let mut coder = ShardCoder::default();
+                loop {
+                    if spent.load(Ordering::Relaxed) >= budget
+                        || cluster.stopping.load(Ordering::Relaxed)
+                    {
+                        return;
+                    }
+                    let next = super::lock(&queue).next();
+                    let Some((id, actions)) = next else { return };
+                    let Some(record) = stock.records.get(&id) else {
+                        continue;
+                    };
+                    match carry_out(cluster, repo, &mut coder, &members, &id, record, &actions) {
+                        Ok(bytes) => {
+                            spent.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(chunk = %id.short(), "repair failed: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    delete_doomed(cluster, repo, &members)?;
+    scrub(cluster, repo, scrub_cursor)?;
+    Ok(())
+}
+
+/// Move holders that are gone from a chunk's record to its queue of deletes.
+fn forget_gone(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    gone: &[(u8, Vec<u8>)],
+) -> Result<(), ChunkError> {
+    cluster.update_placed(repo, id, |p| p.holders.retain(|h| !gone.contains(h)))?;
+    let mut doomed = repo.meta().doomed_of(id)?;
+    doomed.holders.extend(gone.iter().cloned());
+    repo.meta().set_doomed(id, &doomed)?;
+    Ok(())
+}
+
+/// Give a chunk whose shards are all local an explicit record before any of them moves.
+fn ensure_placed(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    record: &ChunkRecord,
+) -> Result<(), ChunkError> {
+    let _guard = super::lock(&cluster.placed_lock);
+    if repo.meta().placed(id)?.is_none() {
+        let me = cluster.local.to_bytes();
+        let placed = Placed {
+            holders: (0..record.layout.shard_count() as u8)
+                .map(|i| (i, me.clone()))
+                .collect(),
+        };
+        repo.meta().set_placed(id, &placed)?;
+    }
+    Ok(())
+}
+
+/// Do one chunk's actions; returns the bytes written.
+fn carry_out(
+    cluster: &Cluster,
+    repo: &Repo,
+    coder: &mut ShardCoder,
+    members: &Members,
+    id: &ChunkId,
+    record: &ChunkRecord,
+    actions: &[Action],
+) -> Result<u64, String> {
+    let peer = |i: usize| members.list[i].id;
+    let needs_decode = actions.iter().any(|a| matches!(a, Action::Rebuild { .. }));
+    let mut rebuilt = None;
+    if needs_decode {
+        rebuilt = Some(rebuild_shards(cluster, repo, coder, id, record)?);
+    }
+    let mut bytes = 0;
+    for action in actions {
+        match *action {
+            Action::Rebuild { index, to, .. } => {
+                let Some(shards) = &rebuilt else { continue };
+                let img = image(shards, usize::from(index));
+                let len = img.len() as u64;
+                block(cluster, store_on(cluster, repo, peer(to), id, index, img))?;
+                add_holder(cluster, repo, id, index, peer(to))?;
+                bytes += len;
+                cluster.set_status(|s| {
+                    s.rebuilt += 1;
+                    s.repair_bytes += len;
+                });
+                tracing::info!(chunk = %id.short(), index, to = %peer(to), "rebuilt shard");
+            }
+            Action::Move {
+                index, from, to, ..
+            } => {
+                let img = match block(cluster, fetch_from(cluster, repo, peer(from), id, index)) {
+                    Ok(img) => img,
+                    Err(_) => {
+                        let shards = match rebuilt.take() {
+                            Some(s) => s,
+                            None => rebuild_shards(cluster, repo, coder, id, record)?,
+                        };
+                        let img = image(&shards, usize::from(index));
+                        rebuilt = Some(shards);
+                        img
+                    }
+                };
+                let len = img.len() as u64;
+                block(cluster, store_on(cluster, repo, peer(to), id, index, img))?;
+                add_holder(cluster, repo, id, index, peer(to))?;
+                drop_holder(cluster, repo, id, index, peer(from))?;
+                bytes += len;
+                cluster.set_status(|s| {
+                    s.moved += 1;
+                    s.repair_bytes += len;
+                });
+            }
+            Action::Drop { index, from, .. } => {
+                drop_holder(cluster, repo, id, index, peer(from))?;
+                cluster.set_status(|s| s.dropped += 1);
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Decode a chunk from any k of its shards and encode the whole set again.
+fn rebuild_shards(
+    cluster: &Cluster,
+    repo: &Repo,
+    coder: &mut ShardCoder,
+    id: &ChunkId,
+    record: &ChunkRecord,
+) -> Result<crate::chunk::ShardSet, String> {
+    let placed = repo
+        .meta()
+        .placed(id)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let layout = record.layout;
+    let images = block(
+        cluster,
+        gather(cluster, repo, id, layout, &placed, layout.needed()),
+    );
+    let bodies: Vec<Option<&[u8]>> = images
+        .iter()
+        .map(|i| i.as_deref().and_then(|b| b.get(crate::shard::HEADER_LEN..)))
+        .collect();
+    let ciphertext = coder
+        .decode(layout, record.len as usize, &bodies)
+        .map_err(|e| format!("cannot decode from the shards left: {e}"))?;
+    if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
+        return Err("the shards decode to bytes that do not match the chunk id".into());
+    }
+    encode_shards(id, ciphertext, layout, coder).map_err(|e| e.to_string())
+}
+
+fn add_holder(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    index: u8,
+    peer: PeerId,
+) -> Result<(), String> {
+    let bytes = peer.to_bytes();
+    cluster
+        .update_placed(repo, id, |p| {
+            if !p.holders.iter().any(|(i, b)| *i == index && *b == bytes) {
+                p.holders.push((index, bytes));
+                p.holders.sort();
+            }
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Delete shard `index` on `peer` and strike it from the record; a delete that cannot be done
+/// now is queued with the collected chunks' deletes.
+fn drop_holder(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    index: u8,
+    peer: PeerId,
+) -> Result<(), String> {
+    let bytes = peer.to_bytes();
+    cluster
+        .update_placed(repo, id, |p| {
+            p.holders.retain(|(i, b)| !(*i == index && *b == bytes))
+        })
+        .map_err(|e| e.to_string())?;
+    if !delete_shard(cluster, repo, peer, id, index) {
+        let mut doomed = repo.meta().doomed_of(id).map_err(|e| e.to_string())?;
+        doomed.holders.push((index, bytes));
+        repo.meta()
+            .set_doomed(id, &doomed)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Delete one shard; true when it is gone (or was never there).
+fn delete_shard(cluster: &Cluster, repo: &Repo, peer: PeerId, id: &ChunkId, index: u8) -> bool {
+    if peer == cluster.local {
+        return repo.store().remove(id, index).is_ok();
+    }
+    match block(cluster, cluster.network.delete_shard(peer, *id, index)) {
+        Ok(_) => true,
+        Err(NetError::Refused {
+            refusal: Refusal::NotFound,
+            ..
+        }) => true,
+        Err(e) => {
+            tracing::debug!(chunk = %id.short(), index, %peer, "delete failed: {e}");
+            false
+        }
+    }
+}
+
+/// Deletes queued for collected chunks and moved shards, to peers that are alive now.
+fn delete_doomed(cluster: &Cluster, repo: &Repo, members: &Members) -> Result<(), ChunkError> {
+    let mut budget = cluster.settings().max_actions_per_round as usize;
+    for (id, placed) in repo.meta().doomed()? {
+        if budget == 0 {
+            break;
+        }
+        let mut left = Placed::default();
+        for (index, bytes) in placed.holders {
+            let Some(peer) = peer_from_bytes(&bytes) else {
+                continue;
+            };
+            let reachable = peer == cluster.local || members.get(&peer).is_some_and(|m| m.alive);
+            if budget > 0 && reachable && delete_shard(cluster, repo, peer, &id, index) {
+                budget -= 1;
+                cluster.set_status(|s| s.orphans_deleted += 1);
+            } else {
+                left.holders.push((index, bytes));
+            }
+        }
+        repo.meta().set_doomed(&id, &left)?;
+    }
+    Ok(())
+}
+
+/// Re-verify up to `scrub_shards_per_round` shards, continuing where the last round stopped.
+fn scrub(cluster: &Cluster, repo: &Repo, cursor: &mut Option<ChunkId>) -> Result<(), ChunkError> {
+    let mut budget = cluster.settings().scrub_shards_per_round as usize;
+    if budget == 0 {
+        return Ok(());
+    }
+    let ids = repo.meta().placed_ids()?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let start = cursor.map_or(0, |c| ids.partition_point(|id| *id <= c));
+    let order = ids[start..].iter().chain(&ids[..start]);
+    for id in order {
+        if budget == 0 {
+            break;
+        }
+        *cursor = Some(*id);
+        let Some(placed) = repo.meta().placed(id)? else {
+            continue;
+        };
+        // Fresh for every chunk: a scrub round can outlast a peer.
+        let members = cluster.members();
+        for (index, bytes) in &placed.holders {
+            let Some(peer) = peer_from_bytes(bytes) else {
+                continue;
+            };
+            if peer != cluster.local && !members.get(&peer).is_some_and(|m| m.alive) {
+                continue;
+            }
+            if cluster.stopping.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            budget = budget.saturating_sub(1);
+            let intact = if peer == cluster.local {
+                match block(cluster, fetch_from(cluster, repo, peer, id, *index)) {
+                    Ok(_) => Some(true),
+                    Err(_) => Some(false),
+                }
+            } else {
+                let check = cluster.network.check_shard(peer, *id, *index);
+                match block(cluster, async {
+                    tokio::time::timeout(CHECK_TIMEOUT, check).await
+                }) {
+                    Ok(Ok((intact, _))) => Some(intact),
+                    Ok(Err(NetError::Refused {
+                        refusal: Refusal::NotFound,
+                        ..
+                    })) => Some(false),
+                    _ => None,
+                }
+            };
+            cluster.set_status(|s| s.scrubbed += 1);
+            if intact == Some(false) {
+                tracing::warn!(chunk = %id.short(), index, %peer, "scrub found a corrupt or missing shard; it will be rebuilt");
+                cluster.set_status(|s| s.corrupt_found += 1);
+                let _ = cluster.update_placed(repo, id, |p| {
+                    p.holders.retain(|(i, b)| !(i == index && b == bytes))
+                });
+            }
+        }
+    }
+    Ok(())
+}

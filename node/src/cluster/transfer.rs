@@ -1,0 +1,357 @@
+//! Moving one chunk's shards: placing a new chunk on its rendezvous targets in parallel, and
+//! gathering any k shards back from their holders with a hedged extra request.
+//!
+//! A write sends shard `i` to `targets[i]`. A target that fails is replaced by the next-ranked
+//! peer that holds nothing of the chunk yet; a shard no peer took is left to the repair thread.
+//! The write is durable once `durable_peers` distinct peers (k+1 by default, or every live
+//! peer when there are fewer) hold shards; otherwise it fails and nothing refers to the chunk.
+//!
+//! A read asks the holders of the data shards first (no decode needed when they all answer),
+//! best-scored first, local shards without a network hop; each failure starts the next
+//! candidate at once, and when the slowest outstanding answer is late (three times the smoothed
+//! fetch time) one extra shard is requested. When the recorded holders cannot supply enough,
+//! the peers that announced the chunk in the DHT are asked.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use dfs_placement::{hrw, ChunkId, Layout};
+use futures::stream::{FuturesUnordered, StreamExt};
+use libp2p::PeerId;
+
+use super::{peer_from_bytes, Cluster, Members};
+use crate::chunk::{ChunkError, ShardSet};
+use crate::meta::Placed;
+use crate::repo::Repo;
+use crate::shard::ShardHeader;
+
+/// The image of shard `index` of a set: header then body.
+pub fn image(shards: &ShardSet, index: usize) -> Vec<u8> {
+    let body = shards.encoded.shard(index);
+    let mut out = Vec::with_capacity(shards.headers[index].len() + body.len());
+    out.extend_from_slice(&shards.headers[index]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Store `image` as shard `index` of `id` on `peer` (the local store when it is this peer).
+pub async fn store_on(
+    cluster: &Cluster,
+    repo: &Repo,
+    peer: PeerId,
+    id: &ChunkId,
+    index: u8,
+    image: Vec<u8>,
+) -> Result<(), String> {
+    let len = image.len() as u64;
+    let result = if peer == cluster.local {
+        repo.store()
+            .write(id, index, &[&image])
+            .map_err(|e| e.to_string())
+    } else {
+        cluster
+            .network
+            .store_shard(peer, *id, index, image)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match &result {
+        Ok(()) => {
+            cluster.counters.shards_sent.fetch_add(1, Ordering::Relaxed);
+            cluster
+                .counters
+                .bytes_sent
+                .fetch_add(len, Ordering::Relaxed);
+        }
+        Err(_) => {
+            cluster
+                .counters
+                .store_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+/// Fetch and verify shard `index` of `id` from `peer` (locally when it is this peer).
+pub async fn fetch_from(
+    cluster: &Cluster,
+    repo: &Repo,
+    peer: PeerId,
+    id: &ChunkId,
+    index: u8,
+) -> Result<Vec<u8>, String> {
+    if peer == cluster.local {
+        return match repo.store().read(id, index) {
+            Ok(Some(image)) if ShardHeader::decode_expected(&image, *id, index).is_ok() => {
+                Ok(image)
+            }
+            Ok(Some(_)) => Err("the local copy is corrupt".into()),
+            Ok(None) => Err("not in the local store".into()),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    let started = Instant::now();
+    let result = cluster.network.fetch_shard(peer, *id, index).await;
+    match result {
+        Ok(image) => {
+            cluster.observe_fetch(started.elapsed());
+            cluster
+                .counters
+                .shards_fetched
+                .fetch_add(1, Ordering::Relaxed);
+            cluster
+                .counters
+                .bytes_fetched
+                .fetch_add(image.len() as u64, Ordering::Relaxed);
+            Ok(image)
+        }
+        Err(e) => {
+            cluster
+                .counters
+                .fetch_failures
+                .fetch_add(1, Ordering::Relaxed);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Place a new chunk (see the module doc). `None` when this peer is the only member.
+pub fn place(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    shards: &ShardSet,
+) -> Result<Option<Placed>, ChunkError> {
+    let members = cluster.members();
+    if members.live_others() == 0 {
+        return Ok(None);
+    }
+    let count = shards.encoded.shard_count();
+    let candidates = members.candidates(true);
+    let ranked = hrw::rank(id, &candidates);
+    let targets = hrw::place(id, count, &candidates).targets;
+    let work = place_all(cluster, repo, id, shards, &members, &ranked, &targets);
+    let holders = match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(|| cluster.runtime.block_on(work)),
+        Err(_) => cluster.runtime.block_on(work),
+    };
+    let distinct: HashSet<&PeerId> = holders.iter().map(|(_, p)| p).collect();
+    let usable = ranked.len();
+    let required = match cluster.settings.durable_peers {
+        0 => shards.encoded.layout().needed() + 1,
+        n => n as usize,
+    }
+    .min(usable);
+    let placed = Placed {
+        holders: holders.iter().map(|(i, p)| (*i, p.to_bytes())).collect(),
+    };
+    if distinct.len() < required || holders.len() < shards.encoded.layout().needed() {
+        // Nothing will refer to this chunk: what did land is deleted by the repair thread.
+        let _ = repo.meta().set_doomed(id, &placed);
+        return Err(ChunkError::NotDurable {
+            id: *id,
+            peers: distinct.len(),
+            required,
+        });
+    }
+    Ok(Some(placed))
+}
+
+async fn place_all(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    shards: &ShardSet,
+    members: &Members,
+    ranked: &[usize],
+    targets: &[usize],
+) -> Vec<(u8, PeerId)> {
+    let used: HashSet<usize> = targets.iter().copied().collect();
+    let mut spare = ranked.iter().copied().filter(|i| !used.contains(i));
+    let mut inflight = FuturesUnordered::new();
+    let send = |index: usize, to: usize| {
+        let peer = members.list[to].id;
+        let image = image(shards, index);
+        async move {
+            let r = store_on(cluster, repo, peer, id, index as u8, image).await;
+            (index, to, r)
+        }
+    };
+    for (index, &to) in targets.iter().enumerate() {
+        inflight.push(send(index, to));
+    }
+    let mut holders = Vec::with_capacity(targets.len());
+    while let Some((index, to, result)) = inflight.next().await {
+        match result {
+            Ok(()) => holders.push((index as u8, members.list[to].id)),
+            Err(e) => {
+                tracing::warn!(chunk = %id.short(), index, peer = %members.list[to].id, "storing a shard failed: {e}");
+                if let Some(next) = spare.next() {
+                    inflight.push(send(index, next));
+                }
+            }
+        }
+    }
+    holders.sort();
+    holders
+}
+
+/// One way to get one shard: ask `peer` for shard `index`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Source {
+    index: u8,
+    peer: PeerId,
+}
+
+/// The order to try holders in: data shards first, then local copies, then by peer score;
+/// holders known dead last.
+fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members) -> Vec<Source> {
+    let k = layout.needed();
+    let mut out: Vec<(u8, u8, i64, Source)> = placed
+        .holders
+        .iter()
+        .filter_map(|(index, bytes)| {
+            let peer = peer_from_bytes(bytes)?;
+            let parity = u8::from(usize::from(*index) >= k);
+            let (tier, score) = match members.get(&peer) {
+                Some(m) if m.is_self => (0, 1.0),
+                Some(m) if m.alive => (1, m.score),
+                Some(m) => (2, m.score),
+                None if members.is_dead(&peer) => (4, 0.0),
+                None if peer == cluster.local => (0, 1.0),
+                None => (3, 0.0),
+            };
+            Some((
+                parity,
+                tier,
+                -(score * 1e6) as i64,
+                Source {
+                    index: *index,
+                    peer,
+                },
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(parity, tier, score, s)| {
+        (*tier.max(&1) == 4, *parity, *tier, *score, s.index)
+    });
+    out.into_iter().map(|(.., s)| s).collect()
+}
+
+/// Gather at least `want` verified shard images (see the module doc).
+pub async fn gather(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    layout: Layout,
+    placed: &Placed,
+    want: usize,
+) -> Vec<Option<Vec<u8>>> {
+    let count = layout.shard_count();
+    let want = want.min(count);
+    let members = cluster.members();
+    let mut queue = sources(cluster, layout, placed, &members).into_iter();
+    let mut images: Vec<Option<Vec<u8>>> = vec![None; count];
+    let mut got = 0;
+    let mut asked: HashSet<(u8, PeerId)> = HashSet::new();
+    // Indices being fetched now.
+    let mut pending: HashSet<u8> = HashSet::new();
+    let mut inflight = FuturesUnordered::new();
+    let fetch = |s: Source| async move {
+        let r = fetch_from(cluster, repo, s.peer, id, s.index).await;
+        (s, r)
+    };
+    // The next source for an index we have neither got nor are fetching.
+    let mut next_source =
+        |images: &[Option<Vec<u8>>], pending: &HashSet<u8>, asked: &mut HashSet<(u8, PeerId)>| {
+            queue.find(|s| {
+                usize::from(s.index) < count
+                    && images[usize::from(s.index)].is_none()
+                    && !pending.contains(&s.index)
+                    && asked.insert((s.index, s.peer))
+            })
+        };
+    for _ in 0..want {
+        if let Some(s) = next_source(&images, &pending, &mut asked) {
+            pending.insert(s.index);
+            inflight.push(fetch(s));
+        }
+    }
+    let mut hedged = false;
+    let mut providers_asked = false;
+    loop {
+        if got >= want {
+            break;
+        }
+        if inflight.is_empty() {
+            // The recorded holders are exhausted: ask the DHT who has the chunk.
+            if providers_asked {
+                break;
+            }
+            providers_asked = true;
+            let found = cluster
+                .network
+                .find_providers(*id)
+                .await
+                .unwrap_or_default();
+            for peer in found {
+                for index in 0..count as u8 {
+                    if images[usize::from(index)].is_none() && asked.insert((index, peer)) {
+                        let s = Source { index, peer };
+                        inflight.push(fetch(s));
+                    }
+                }
+            }
+            if inflight.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let next = if hedged {
+            inflight.next().await
+        } else {
+            match tokio::time::timeout(cluster.hedge_delay(), inflight.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    hedged = true;
+                    if let Some(s) = next_source(&images, &pending, &mut asked) {
+                        cluster.counters.hedged.fetch_add(1, Ordering::Relaxed);
+                        pending.insert(s.index);
+                        inflight.push(fetch(s));
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some((source, result)) = next else {
+            continue;
+        };
+        pending.remove(&source.index);
+        let slot = usize::from(source.index);
+        match result {
+            Ok(image) if images[slot].is_none() => {
+                if providers_asked {
+                    cluster
+                        .counters
+                        .found_by_providers
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                images[slot] = Some(image);
+                got += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(chunk = %id.short(), index = source.index, peer = %source.peer, "shard fetch failed: {e}");
+                if got + pending.len() < want {
+                    if let Some(s) = next_source(&images, &pending, &mut asked) {
+                        pending.insert(s.index);
+                        inflight.push(fetch(s));
+                    }
+                }
+            }
+        }
+    }
+    images
+}
