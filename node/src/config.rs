@@ -12,6 +12,51 @@ pub struct Config {
     pub storage: StorageConfig,
     pub versions: VersionsConfig,
     pub network: NetworkConfig,
+    pub cache: CacheConfig,
+    pub placement: PlacementConfig,
+}
+
+/// How much of what this peer reads from other peers it keeps locally (as ciphertext, verified
+/// again on every use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of chunks fetched from other peers to keep on disk, in `DATA/cache/`, least
+    /// recently used evicted first. 0 disables the disk cache; otherwise at least 1 MiB (a
+    /// smaller cache would hold hardly a chunk). Default 1 GiB.
+    pub disk_bytes: u64,
+    /// Bytes of recently read chunks to keep in memory. 0 disables the memory cache; otherwise
+    /// at least 1 MiB. Default 256 MiB.
+    pub memory_bytes: u64,
+}
+
+/// Smallest cache size accepted, other than 0 (disabled).
+pub const MIN_CACHE_BYTES: u64 = 1 << 20;
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            disk_bytes: 1 << 30,
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("cache.disk_bytes", self.disk_bytes),
+            ("cache.memory_bytes", self.memory_bytes),
+        ] {
+            if value != 0 && value < MIN_CACHE_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be 0 (disabled) or at least {MIN_CACHE_BYTES} bytes (1 MiB), got {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How this peer takes part in the network. Command-line flags add to the lists and override the
@@ -195,6 +240,8 @@ impl Config {
             ));
         }
         self.network.validate()?;
+        self.placement.validate()?;
+        self.cache.validate()?;
         if s.tree_fanout < 2 {
             return Err(ConfigError::Invalid(
                 "storage.tree_fanout must be at least 2".into(),
@@ -246,6 +293,56 @@ impl StorageConfig {
     }
 }
 
+/// Where shards go and how the network heals (`[placement]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// This peer keeps shards of its own chunks when rendezvous hashing picks it (false: a
+    /// client that stores everything on other peers, e.g. a laptop).
+    pub store_here: bool,
+    /// Distinct peers that must hold shards before a write counts as durable; 0 means k+1.
+    /// With fewer live peers than that, every live peer is required.
+    pub durable_peers: u32,
+    /// Milliseconds between repair rounds.
+    pub repair_interval_ms: u64,
+    /// Rebuilds, moves and drops planned per round at most.
+    pub max_actions_per_round: u32,
+    /// Bytes a second that repair and rebalancing may write (repairs go first).
+    pub max_bytes_per_sec: u64,
+    /// Shards re-verified per round by scrubbing (0 turns scrubbing off).
+    pub scrub_shards_per_round: u32,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            store_here: true,
+            durable_peers: 0,
+            repair_interval_ms: 2000,
+            max_actions_per_round: 512,
+            max_bytes_per_sec: 128 << 20,
+            scrub_shards_per_round: 64,
+        }
+    }
+}
+
+impl PlacementConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.repair_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "placement.repair_interval_ms must be at least 100".into(),
+            ));
+        }
+        if self.max_actions_per_round == 0 || self.max_bytes_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "placement.max_actions_per_round and placement.max_bytes_per_sec must be at least 1"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +364,10 @@ mod tests {
             "[storage]\nchunk_size = 99999999",
             "[storage]\nparity_shards = 0",
             "[storage]\nbogus = 1",
+            "[cache]\ndisk_bytes = 1000",
+            "[cache]\nmemory_bytes = 1048575",
+            "[cache]\ndisk_bytes = -1",
+            "[cache]\nbogus = 1",
             "not toml at all [",
         ] {
             std::fs::write(&path, bad).unwrap();
@@ -278,5 +379,27 @@ mod tests {
             config.storage.erasure_layout(),
             Layout::Erasure { data: 8, parity: 3 }
         );
+    }
+
+    #[test]
+    fn cache_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let defaults = CacheConfig::default();
+        assert_eq!(
+            (defaults.disk_bytes, defaults.memory_bytes),
+            (1 << 30, 256 << 20)
+        );
+        std::fs::write(&path, "[cache]\ndisk_bytes = 536870912").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.cache.disk_bytes, 512 << 20);
+        assert_eq!(config.cache.memory_bytes, 256 << 20);
+        // 0 disables either cache.
+        std::fs::write(&path, "[cache]\ndisk_bytes = 0\nmemory_bytes = 0").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!((config.cache.disk_bytes, config.cache.memory_bytes), (0, 0));
+        std::fs::write(&path, "[cache]\nmemory_bytes = 4096").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("cache.memory_bytes"), "{err}");
     }
 }

@@ -6,13 +6,16 @@
 //! [`shard`]); the chunk index and the put records live in RocksDB ([`meta`]). A read walks the
 //! chunk tree ([`tree`]), fetches and verifies shards, decodes, checks the chunk id, decrypts
 //! ([`chunk`]), and repairs shards that were missing or corrupt. [`repo`] ties one data directory
-//! together (lock, config, secret, store, metadata, garbage collection).
+//! together (lock, config, secret, store, metadata, garbage collection). Chunks fetched from
+//! other peers are kept, as ciphertext, in a size-bounded local cache ([`diskcache`]).
 
 pub mod api;
 pub mod blob;
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
+pub mod diskcache;
 pub mod meta;
 pub mod net;
 pub mod repo;
@@ -25,4 +28,5 @@ pub use blob::{BlobError, BlobRef, ReadReport};
 pub use chunk::{ChunkError, ChunkHealth, ChunkRef, ShardState};
 pub use config::Config;
 pub use crypto::{ChunkKey, VolumeSecret};
+pub use diskcache::{CacheStats, DiskCache};
 pub use repo::{GcReport, OpenError, PutSession, Repo};

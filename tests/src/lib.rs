@@ -163,9 +163,20 @@ impl Dfs {
 
     /// Every shard file in the store: (path, chunk hex, index).
     pub fn shard_files(&self) -> Vec<(PathBuf, String, u8)> {
-        let mut out = Vec::new();
-        let root = self.data().join("shards");
-        for sub in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        shard_files_under(&self.data().join("shards"))
+    }
+
+    /// Every shard this peer holds for other peers: (path, chunk hex, index).
+    pub fn held_files(&self) -> Vec<(PathBuf, String, u8)> {
+        shard_files_under(&self.data().join("held").join("shards"))
+    }
+}
+
+/// Shard files `<root>/<2 hex>/<chunk hex>.<index>`: (path, chunk hex, index).
+pub fn shard_files_under(root: &Path) -> Vec<(PathBuf, String, u8)> {
+    let mut out = Vec::new();
+    {
+        for sub in std::fs::read_dir(root).into_iter().flatten().flatten() {
             for f in std::fs::read_dir(sub.path())
                 .into_iter()
                 .flatten()
@@ -179,9 +190,9 @@ impl Dfs {
                 }
             }
         }
-        out.sort();
-        out
     }
+    out.sort();
+    out
 }
 
 /// Deterministic pseudo-random bytes (seeded), fast enough for hundreds of MiB.
@@ -400,6 +411,9 @@ pub struct NodeStatus {
     pub addresses: Vec<String>,
     pub peers: PeerCounts,
     pub storage: serde_json::Value,
+    /// Placement health of the chunks this peer wrote (`null` before the first round).
+    #[serde(default)]
+    pub placement: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Copy, serde::Deserialize)]

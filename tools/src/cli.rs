@@ -196,6 +196,11 @@ cannot be read stops the collection before anything is removed. The put cleanup 
 itself when dfs opens a data directory after an interrupted put."
     )]
     Gc,
+    /// Show or prune the local disk cache of chunks read from other peers (DATA/cache)
+    Cache {
+        #[command(subcommand)]
+        command: crate::cache::CacheCommand,
+    },
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -318,6 +323,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let repo = Arc::new(open_repo(args.data)?);
             let data = repo.path().display().to_string();
             let peer = RunningPeer::start(Arc::clone(&repo), &net)?;
+            peer.wait_for_a_peer(std::time::Duration::from_secs(10));
             let mut options = dfs_fs::mount::MountOptions {
                 allow_other,
                 nonempty,
@@ -486,6 +492,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cache { command } => crate::cache::run(&data_dir(args.data)?, command),
     }
 }
 

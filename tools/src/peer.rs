@@ -107,6 +107,8 @@ pub struct RunningPeer {
     network: Network,
     repo: Arc<Repo>,
     cluster: Option<ClusterHandle>,
+    /// Bootstrap peers or trackers were given.
+    bootstrap: bool,
     stop_api: Option<tokio::sync::oneshot::Sender<()>>,
     api_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -119,6 +121,7 @@ impl RunningPeer {
             config.api = api.to_string();
         }
         let options = NetOptions::from_config(&config)?;
+        let bootstrap = !options.peers.is_empty() || !options.rendezvous.is_empty();
         let api_addr = match config.api.as_str() {
             "" => None,
             s => Some(s.parse::<SocketAddr>().with_context(|| {
@@ -155,6 +158,7 @@ impl RunningPeer {
             network,
             repo,
             cluster: Some(cluster),
+            bootstrap,
             stop_api: Some(stop_api),
             api_task: Some(api_task),
         })
@@ -172,6 +176,35 @@ impl RunningPeer {
             }
             bail!("the peer did not start listening within 5 s")
         })
+    }
+
+    /// Wait (at most `timeout`) until a peer that announced itself is alive, when bootstrap
+    /// peers were given: a mount then starts with somewhere to put and find its shards.
+    pub fn wait_for_a_peer(&self, timeout: std::time::Duration) {
+        if !self.bootstrap {
+            return;
+        }
+        let network = self.network.clone();
+        let found = self.runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while tokio::time::Instant::now() < deadline {
+                let peers = network.peers().await.unwrap_or_default();
+                if peers
+                    .iter()
+                    .any(|p| p.state == dfs_node::net::PeerState::Alive && p.capacity.is_some())
+                {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        });
+        if !found {
+            eprintln!(
+                "dfs: no other peer answered within {} s; going on alone for now",
+                timeout.as_secs()
+            );
+        }
     }
 
     /// Run until SIGINT or SIGTERM.

@@ -269,11 +269,19 @@ impl Remote for Cluster {
         placed: &Placed,
         want: usize,
     ) -> Vec<Option<Vec<u8>>> {
-        let work = transfer::gather(self, repo, id, layout, placed, want);
-        match tokio::runtime::Handle::try_current() {
-            // Called from inside a runtime (not expected): block this thread without starving it.
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
-            Err(_) => self.runtime.block_on(work),
+        loop {
+            let work = transfer::gather(self, repo, id, layout, placed, want);
+            let images = match tokio::runtime::Handle::try_current() {
+                // Called from inside a runtime (not expected): block without starving it.
+                Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
+                Err(_) => self.runtime.block_on(work),
+            };
+            let got = images.iter().filter(|i| i.is_some()).count();
+            // Just after start the holders may not be known yet: wait for the peer table
+            // rather than fail the read.
+            if got >= want || self.members().settled || !self.sleep(Duration::from_millis(500)) {
+                return images;
+            }
         }
     }
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A mount whose shards all live on six other peers (k+m = 4+2, every peer a separate process on
+# 127.0.0.1), against the local disk in the same run:
+#   benches/placement.sh        (as root: drops caches, mounts; SIZE_MIB=1024 ROUNDS=3)
+# Sequential write (dd, 1 MiB blocks, fsync) and cold read (caches dropped; the mount keeps no
+# shard of its own, `--no-store`), medians of ROUNDS rounds with the two targets taking turns.
+# Then one storage peer is killed with -9 and the repair rate is measured: shard bytes rebuilt
+# onto the live peers divided by the time from the first rebuild to full health.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+size_mib=${SIZE_MIB:-1024}
+rounds=${ROUNDS:-3}
+peers=6
+grace=3
+[ "$(id -u)" -eq 0 ] || { echo "placement.sh: run as root (mounts, drop_caches)" >&2; exit 2; }
+cd "$root"
+cargo build -q --release -p dfs
+dfs=$root/target/release/dfs
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dfs-placement-bench.XXXXXX")
+pids=()
+cleanup() {
+  grep -q " $work/mnt " /proc/self/mountinfo && umount -l "$work/mnt"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/mnt" "$work/local" "$work/client"
+
+# Six storage peers, in three zones.
+for i in $(seq 0 $((peers - 1))); do
+  boot=()
+  [ "$i" -gt 0 ] && boot=(--peer "$first")
+  "$dfs" --data "$work/n$i" node --grace $grace --zone "z$((i % 3))" "${boot[@]}" 2>"$work/n$i.log" &
+  pids+=($!)
+  for _ in $(seq 200); do [ -f "$work/n$i/api.json" ] && break; sleep 0.05; done
+  if [ "$i" -eq 0 ]; then
+    first=$("$dfs" --data "$work/n0" status --json | python3 -c \
+      'import json,sys; print([a for a in json.load(sys.stdin)["addresses"] if "/tcp/" in a][0])')
+  fi
+done
+printf '[placement]\nrepair_interval_ms = 500\nmax_bytes_per_sec = 4294967296\n' > "$work/client/config.toml"
+"$dfs" --data "$work/client" mount "$work/mnt" --no-store --grace $grace --peer "$first" 2>"$work/client.log" &
+pids+=($!)
+for _ in $(seq 400); do grep -q " $work/mnt " /proc/self/mountinfo && break; sleep 0.05; done
+grep -q " $work/mnt " /proc/self/mountinfo || { echo "placement.sh: the mount did not come up" >&2; cat "$work/client.log" >&2; exit 1; }
+alive() { "$dfs" --data "$work/client" peers --json | python3 -c \
+  'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["state"] == "alive" and p.get("capacity") is not None))'; }
+for _ in $(seq 200); do [ "$(alive)" -ge $peers ] && break; sleep 0.1; done
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+head -c $((size_mib << 20)) /dev/urandom > "$work/input"
+declare -A result
+record() { result[$1,$2]="${result[$1,$2]:-} $3"; }
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+run() {
+  local name=$1 dir=$2 t0 t1
+  drop; t0=$(now); dd if="$work/input" of="$dir/seq" bs=1M conv=fsync status=none; t1=$(now)
+  record "$name" write "$(echo "$size_mib / ($t1 - $t0)" | bc -l)"
+  drop; t0=$(now); dd if="$dir/seq" of=/dev/null bs=1M status=none; t1=$(now)
+  record "$name" read "$(echo "$size_mib / ($t1 - $t0)" | bc -l)"
+  cmp -s "$work/input" "$dir/seq" || { echo "placement.sh: $name read back different bytes" >&2; exit 1; }
+  rm -f "$dir/seq"
+}
+for r in $(seq "$rounds"); do
+  if [ $((r % 2)) -eq 1 ]; then run local "$work/local"; run dfs "$work/mnt"; else run dfs "$work/mnt"; run local "$work/local"; fi
+done
+
+# Repair: keep one file on the network, kill a peer, time the rebuild.
+dd if="$work/input" of="$work/mnt/kept" bs=1M conv=fsync status=none
+placement() { "$dfs" --data "$work/client" status --json | python3 -c \
+  "import json,sys; p=json.load(sys.stdin)['placement'] or {}; print(p.get('$1', -1))"; }
+rebuilt0=$(placement rebuilt); bytes0=$(placement repair_bytes)
+kill -9 "${pids[1]}"
+t_kill=$(now); t_first=; t_end=
+for _ in $(seq 1200); do
+  sleep 0.25
+  rebuilt=$(placement rebuilt)
+  if [ -z "$t_first" ] && [ "$rebuilt" -gt "$rebuilt0" ]; then t_first=$(now); fi
+  if [ -n "$t_first" ] && [ "$(placement degraded)" -eq 0 ] && [ "$(placement pending)" -eq 0 ]; then t_end=$(now); break; fi
+done
+[ -n "$t_end" ] || { echo "placement.sh: repair did not finish" >&2; exit 1; }
+repair_mib=$(echo "($(placement repair_bytes) - $bytes0) / 1048576" | bc -l)
+repair_rate=$(echo "$repair_mib / ($t_end - $t_first)" | bc -l)
+shards=$(( $(placement rebuilt) - rebuilt0 ))
+cmp -s "$work/input" "$work/mnt/kept" || { echo "placement.sh: the kept file changed" >&2; exit 1; }
+
+printf '\n%s MiB, %s rounds (medians), %s storage peers on loopback, 4+2, mount with --no-store\n\n' "$size_mib" "$rounds" "$peers"
+printf '| workload | local disk | dfs | dfs/local |\n|---|---|---|---|\n'
+for w in write read; do
+  l=$(median "${result[local,$w]}"); d=$(median "${result[dfs,$w]}")
+  printf '| seq %s MB/s | %.0f | %.0f | %.2f |\n' "$w" "$l" "$d" "$(echo "$d / $l" | bc -l)"
+done
+printf '\nrepair after kill -9 of one peer: %s shards, %.0f MiB rebuilt in %.1f s = %.0f MiB/s (detected dead after %.1f s)\n' \
+  "$shards" "$repair_mib" "$(echo "$t_end - $t_first" | bc -l)" "$repair_rate" "$(echo "$t_first - $t_kill" | bc -l)"

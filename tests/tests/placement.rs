@@ -1,0 +1,246 @@
+//! Placement end to end, with real processes on loopback: a mount and seven storage peers
+//! (k+m = 4+2 on 8 peers). Files written through the mount are spread as shards over distinct
+//! peers; two peers killed with -9 lose nothing and are repaired around; a peer that joins
+//! takes about its share of shards and no more; shards corrupted on disk are found by scrubbing
+//! and rebuilt. Every byte is compared with what was written, through the mount, at each step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dfs_tests::{fuse_available, random_bytes, wait_for, Dfs, Peer};
+
+/// Short grace so the test does not wait long for deaths.
+const GRACE: &str = "3";
+const FILES: usize = 20;
+const FILE_SIZE: usize = 10 << 20;
+
+/// Shards seen on disk: chunk hex -> {(index, holder number)}.
+type Layout = BTreeMap<String, BTreeSet<(u8, usize)>>;
+
+/// Where every shard is: on the storage peers (`held/`) and in the mount's own store.
+fn layout(nodes: &[(usize, &Dfs)], mount: (usize, &Dfs)) -> Layout {
+    let mut out = Layout::new();
+    for &(n, dfs) in nodes {
+        for (_, chunk, index) in dfs.held_files() {
+            out.entry(chunk).or_default().insert((index, n));
+        }
+    }
+    for (_, chunk, index) in mount.1.shard_files() {
+        out.entry(chunk).or_default().insert((index, mount.0));
+    }
+    out
+}
+
+/// Every chunk has all its shards (6, or 3 copies for small ones) on as many distinct peers.
+fn fully_spread(layout: &Layout) -> Result<(), String> {
+    for (chunk, shards) in layout {
+        let indices: BTreeSet<u8> = shards.iter().map(|(i, _)| *i).collect();
+        let holders: BTreeSet<usize> = shards.iter().map(|(_, h)| *h).collect();
+        let n = indices.len();
+        let complete = (n == 6 || n == 3) && indices.iter().copied().eq(0..n as u8);
+        if !complete || holders.len() != n || shards.len() != n {
+            return Err(format!("chunk {chunk}: {shards:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn placement(mount: &Dfs) -> serde_json::Value {
+    mount
+        .status()
+        .map(|s| s.placement)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v.get(key).and_then(|x| x.as_u64()).unwrap_or(u64::MAX)
+}
+
+/// Placement has nothing left to do: no degraded, lost or pending chunk.
+fn settled(mount: &Dfs) -> Option<serde_json::Value> {
+    let p = placement(mount);
+    let quiet = num(&p, "degraded") == 0 && num(&p, "lost") == 0 && num(&p, "pending") == 0;
+    (quiet && num(&p, "chunks") > 0).then_some(p)
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn check_files(dir: &Path, what: &str) {
+    drop_caches();
+    for i in 0..FILES {
+        let path = dir.join(format!("f{i}.bin"));
+        let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{what}: read {path:?}: {e}"));
+        assert!(
+            got == random_bytes(FILE_SIZE, i as u64),
+            "{what}: {path:?} differs from what was written"
+        );
+    }
+}
+
+/// Peers alive in the mount's table with an announcement received.
+fn announced_peers(mount: &Dfs) -> usize {
+    let run = mount.run(&["peers", "--json"]);
+    let peers: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap_or_default();
+    peers
+        .iter()
+        .filter(|p| p["state"] == "alive" && p["capacity"].is_u64())
+        .count()
+}
+
+#[test]
+fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
+    if !fuse_available() {
+        eprintln!("skipping: FUSE is not available");
+        return;
+    }
+    let dirs: Vec<Dfs> = (0..8).map(|_| Dfs::new()).collect();
+    let mut nodes: Vec<Option<Peer>> = Vec::new();
+    nodes.push(Some(dirs[0].node(&["--grace", GRACE, "--zone", "z0"])));
+    let boot = dirs[0].address();
+    for (i, dir) in dirs.iter().enumerate().take(7).skip(1) {
+        let zone = format!("z{}", i % 3);
+        nodes.push(Some(
+            dir.node(&["--grace", GRACE, "--zone", &zone, "--peer", &boot]),
+        ));
+    }
+    // The mount is a peer too (and stores shards): 8 peers in all.
+    let mount_dir = Dfs::new();
+    mount_dir.configure(
+        "[placement]\nrepair_interval_ms = 500\nscrub_shards_per_round = 400\n\
+         max_bytes_per_sec = 1073741824\n",
+    );
+    let mnt = mount_dir.path("mnt");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
+    wait_for(Duration::from_secs(20), "the mount to see 7 peers", || {
+        (announced_peers(&mount_dir) >= 7).then_some(())
+    });
+
+    // 1. Write 200 MiB through the mount: every chunk ends up with 6 shards on 6 peers.
+    let started = Instant::now();
+    for i in 0..FILES {
+        let path = mnt.join(format!("f{i}.bin"));
+        std::fs::write(&path, random_bytes(FILE_SIZE, i as u64)).expect("write through mount");
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .expect("fsync");
+    }
+    eprintln!(
+        "wrote {} MiB in {:?}",
+        (FILES * FILE_SIZE) >> 20,
+        started.elapsed()
+    );
+    let all: Vec<(usize, &Dfs)> = dirs.iter().take(7).enumerate().collect();
+    let spread = layout(&all, (7, &mount_dir));
+    fully_spread(&spread).expect("every chunk spread over distinct peers");
+    let per_peer: Vec<usize> = (0..8)
+        .map(|n| spread.values().flatten().filter(|(_, h)| *h == n).count())
+        .collect();
+    eprintln!("{} chunks; shards per peer {per_peer:?}", spread.len());
+    assert!(spread.len() >= 50, "{} chunks", spread.len());
+    assert!(per_peer.iter().all(|&c| c > 0), "{per_peer:?}");
+    check_files(&mnt, "after writing");
+
+    // 2. kill -9 two storage peers: every file still reads, then every chunk is back to full
+    //    health on the live peers.
+    nodes[2].take().expect("node 2").kill9();
+    nodes[5].take().expect("node 5").kill9();
+    let killed = Instant::now();
+    check_files(&mnt, "with 2 peers killed");
+    let p = wait_for(Duration::from_secs(90), "repair after 2 crashes", || {
+        settled(&mount_dir).filter(|p| num(p, "rebuilt") > 0)
+    });
+    let live: Vec<(usize, &Dfs)> = all
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != 2 && *n != 5)
+        .collect();
+    let healed = wait_for(Duration::from_secs(30), "shards on disk to match", || {
+        let l = layout(&live, (7, &mount_dir));
+        (l.len() == spread.len() && fully_spread(&l).is_ok()).then_some(l)
+    });
+    eprintln!(
+        "repaired in {:?}: {} shards rebuilt ({} bytes)",
+        killed.elapsed(),
+        num(&p, "rebuilt"),
+        num(&p, "repair_bytes")
+    );
+    check_files(&mnt, "after repair");
+
+    // 3. A new peer joins: shards move to it, about 1/(n+1) of them and never 1.5x that.
+    let moved_before = num(&p, "moved");
+    let newcomer = &dirs[7];
+    let _joined = newcomer.node(&["--grace", GRACE, "--zone", "z1", "--peer", &boot]);
+    let total: usize = healed.values().map(|s| s.len()).sum();
+    let p = wait_for(
+        Duration::from_secs(90),
+        "rebalancing onto the new peer",
+        || {
+            settled(&mount_dir)
+                .filter(|p| num(p, "moved") > moved_before && !newcomer.held_files().is_empty())
+        },
+    );
+    let mut with_new = live.clone();
+    with_new.push((8, newcomer));
+    let rebalanced = wait_for(Duration::from_secs(30), "shards on disk to match", || {
+        let l = layout(&with_new, (7, &mount_dir));
+        fully_spread(&l).is_ok().then_some(l)
+    });
+    let on_new = rebalanced
+        .values()
+        .flatten()
+        .filter(|(_, h)| *h == 8)
+        .count();
+    let moved = num(&p, "moved") - moved_before;
+    let fair = total as f64 / 7.0;
+    eprintln!(
+        "{total} shards on 6 peers; the 7th took {on_new} ({moved} moved), fair share {fair:.1}"
+    );
+    assert!(on_new as f64 >= 0.5 * fair, "{on_new} of {total}");
+    assert!(moved as f64 <= 1.5 * fair, "{moved} moved of {total}");
+    check_files(&mnt, "after rebalancing");
+
+    // 4. Corrupt shards on disk on three peers: scrubbing finds and rebuilds every one.
+    let corrupt_before = num(&p, "corrupt_found");
+    let mut damaged = Vec::new();
+    // Two shards on each of three peers, each of a different chunk (so every chunk keeps at
+    // least 5 good shards).
+    let mut chunks_hit = BTreeSet::new();
+    for dfs in [&dirs[0], &dirs[3], newcomer] {
+        let files = dfs.held_files().into_iter();
+        let picked: Vec<_> = files
+            .filter(|(_, chunk, _)| chunks_hit.insert(chunk.clone()))
+            .take(2)
+            .collect();
+        for (path, _, _) in picked {
+            let good = std::fs::read(&path).expect("read held shard");
+            let mut bad = good.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 0xff;
+            bad[at + 1] ^= 0x55;
+            std::fs::write(&path, &bad).expect("corrupt held shard");
+            damaged.push((path, good));
+        }
+    }
+    wait_for(
+        Duration::from_secs(90),
+        "scrubbing to rebuild the corrupt shards",
+        || {
+            let p = settled(&mount_dir)?;
+            let restored = damaged
+                .iter()
+                .all(|(path, good)| std::fs::read(path).is_ok_and(|now| now == *good));
+            (num(&p, "corrupt_found") >= corrupt_before + damaged.len() as u64 && restored)
+                .then_some(())
+        },
+    );
+
+    // 5. A fresh mount process (empty caches) reads every byte back.
+    drop(mount);
+    let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
+    check_files(&mnt, "after remounting");
+    drop(mount);
+}
