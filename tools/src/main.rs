@@ -1,6 +1,7 @@
 //! `dfs`: the command-line tool. Parses arguments, opens the data directory, calls into the fs
 //! and node crates and prints results; every failure reaches the user as one `dfs: error:` line.
 
+mod cache;
 mod cli;
 mod peer;
 

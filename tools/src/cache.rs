@@ -1,0 +1,135 @@
+//! `dfs cache stats` and `dfs cache prune`: the local disk cache of chunks fetched from other
+//! peers (`DATA/cache/`). Both work on the directory itself, so they run whether or not a peer
+//! has the data directory open (they take no lock); a running peer sees pruned entries as misses.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use dfs_node::diskcache;
+use dfs_node::Config;
+use serde::Serialize;
+
+use crate::cli::human_bytes;
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Show how many chunks the cache holds and their size against the limit
+    Stats {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the least recently used chunks from the cache
+    #[command(
+        long_about = "Remove chunks from the disk cache, least recently used first, until at \
+most --keep bytes remain (all of them by default). The cache only holds copies of chunks \
+stored on other peers: nothing is lost, later reads fetch them again."
+    )]
+    Prune {
+        /// Bytes to keep, e.g. 512M or 1G [default: 0, i.e. empty the cache]
+        #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "0")]
+        keep: u64,
+    },
+}
+
+/// What `dfs cache stats --json` prints.
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    path: &'a Path,
+    entries: u64,
+    bytes: u64,
+    limit: u64,
+}
+
+/// Run a `dfs cache` command on the data directory `data`.
+pub fn run(data: &Path, command: CacheCommand) -> Result<ExitCode> {
+    let dir = diskcache::cache_dir(data);
+    match command {
+        CacheCommand::Stats { json } => {
+            let config = Config::load(&data.join("config.toml"))?;
+            let limit = config.cache.disk_bytes;
+            let stats = diskcache::scan(&dir, limit)
+                .with_context(|| format!("cannot read the disk cache {}", dir.display()))?;
+            if json {
+                let out = StatsJson {
+                    path: &dir,
+                    entries: stats.entries,
+                    bytes: stats.bytes,
+                    limit: stats.limit,
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let disabled = if limit == 0 {
+                    " (disabled: [cache] disk_bytes = 0)"
+                } else {
+                    ""
+                };
+                println!(
+                    "disk cache {}: {} chunks, {} of {} limit{disabled}",
+                    dir.display(),
+                    stats.entries,
+                    human_bytes(stats.bytes),
+                    human_bytes(limit)
+                );
+            }
+        }
+        CacheCommand::Prune { keep } => {
+            let report = diskcache::prune_dir(&dir, keep)
+                .with_context(|| format!("cannot prune the disk cache {}", dir.display()))?;
+            println!(
+                "removed {} chunks, freed {}",
+                report.removed_entries,
+                human_bytes(report.freed_bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A byte count with an optional binary unit: `1048576`, `512K`, `512M`, `1G`, `2GiB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size like 512M or 1G, got {s:?}"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (give a whole number and K, M, G or T, \
+                 like 512M or 1G)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2gib"), Ok(2 << 30));
+        assert_eq!(parse_size("3 KB"), Ok(3 << 10));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12Q").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+    }
+}
