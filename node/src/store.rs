@@ -55,6 +55,26 @@ pub struct ShardStore {
     shards: PathBuf,
     tmp: PathBuf,
     counters: StoreCounters,
+    group: GroupSync,
+}
+
+/// Group commit: writers that need durability share one `syncfs` instead of two fsyncs each.
+/// A writer takes a ticket after its write; a sync that starts after the ticket covers it. One
+/// writer at a time runs the sync; the others wait for it, and the next sync covers every
+/// ticket taken while one ran. Under load many shards become durable per journal commit.
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out.
+    taken: u64,
+    /// Every ticket up to this one is durable.
+    synced: u64,
+    running: bool,
 }
 
 /// One shard file found by [`ShardStore::list`].
@@ -81,6 +101,7 @@ impl ShardStore {
             shards,
             tmp,
             counters: StoreCounters::default(),
+            group: GroupSync::default(),
         })
     }
 
@@ -97,28 +118,52 @@ impl ShardStore {
     /// Write a shard file from its parts (header, body) atomically: temporary file, then rename.
     /// Not durable until [`ShardStore::sync`].
     pub fn write(&self, chunk: &ChunkId, index: u8, parts: &[&[u8]]) -> Result<(), StoreError> {
-        self.write_file(chunk, index, parts, false)
+        self.write_file(chunk, index, parts)
     }
 
-    /// Like [`ShardStore::write`], and durable on return: the file is fsynced before the rename
-    /// and its directory after. For one shard at a time (a peer's store request), far cheaper
-    /// than syncing the whole filesystem.
-    pub fn write_durable(
+    /// Like [`ShardStore::write`], and durable on return, through a group commit (see
+    /// [`GroupSync`]): the way to store shards that arrive concurrently from other peers.
+    pub fn write_grouped(
         &self,
         chunk: &ChunkId,
         index: u8,
         parts: &[&[u8]],
     ) -> Result<(), StoreError> {
-        self.write_file(chunk, index, parts, true)
+        self.write_file(chunk, index, parts)?;
+        self.sync_grouped()
     }
 
-    fn write_file(
-        &self,
-        chunk: &ChunkId,
-        index: u8,
-        parts: &[&[u8]],
-        durable: bool,
-    ) -> Result<(), StoreError> {
+    /// Wait until everything written before this call is durable (sharing the sync).
+    fn sync_grouped(&self) -> Result<(), StoreError> {
+        fn lock(m: &std::sync::Mutex<SyncState>) -> std::sync::MutexGuard<'_, SyncState> {
+            m.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        let mut st = lock(&self.group.state);
+        st.taken += 1;
+        let ticket = st.taken;
+        loop {
+            if st.synced >= ticket {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                let upto = st.taken;
+                drop(st);
+                let result = self.sync();
+                st = lock(&self.group.state);
+                st.running = false;
+                if result.is_ok() {
+                    st.synced = st.synced.max(upto);
+                }
+                self.group.done.notify_all();
+                result?;
+                continue;
+            }
+            st = self.group.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn write_file(&self, chunk: &ChunkId, index: u8, parts: &[&[u8]]) -> Result<(), StoreError> {
         let dest = self.path(chunk, index);
         let tmp = self.tmp.join(format!(
             "{}.{index}.{}.{:x}",
@@ -133,18 +178,7 @@ impl ShardStore {
                 file.write_all(part)
                     .map_err(|e| StoreError::new("cannot write", &tmp, e))?;
             }
-            if durable {
-                file.sync_data()
-                    .map_err(|e| StoreError::new("cannot sync", &tmp, e))?;
-            }
             fs::rename(&tmp, &dest).map_err(|e| StoreError::new("cannot rename into", &dest, e))?;
-            if durable {
-                if let Some(dir) = dest.parent() {
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| StoreError::new("cannot sync", dir, e))?;
-                }
-            }
             Ok(())
         })();
         if result.is_err() {

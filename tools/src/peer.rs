@@ -333,6 +333,36 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
         "peers     {} alive, {} suspect, {} dead",
         s.peers.alive, s.peers.suspect, s.peers.dead
     );
+    if let Some(p) = &s.placement {
+        let healthy = p.chunks.saturating_sub(p.degraded + p.lost);
+        println!(
+            "chunks    {} written here: {healthy} healthy, {} degraded, {} lost{}",
+            p.chunks,
+            p.degraded,
+            p.lost,
+            if p.crowded > 0 {
+                format!(
+                    " ({} on fewer peers than shards: add peers to spread them)",
+                    p.crowded
+                )
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "repair    {} shards rebuilt, {} moved, {} dropped ({}), {} pending; scrub: {} checked, {} bad",
+            p.rebuilt,
+            p.moved,
+            p.dropped,
+            human_bytes(p.repair_bytes),
+            p.pending,
+            p.scrubbed,
+            p.corrupt_found
+        );
+        if let Some(e) = &p.last_error {
+            println!("          last repair round failed: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -106,7 +106,7 @@ impl HeldShards {
             }
         }
         // Same chunk id and index means same bytes: storing again only refreshes the file.
-        self.store.write_durable(&chunk, index, &[image])?;
+        self.store.write_grouped(&chunk, index, &[image])?;
         if existing.is_none() {
             let record = HeldRecord {
                 owner: from.to_bytes(),

@@ -137,9 +137,9 @@ impl From<WireError> for io::Error {
 
 /// Encode a message body (version byte + postcard).
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![WIRE_VERSION];
-    let body = postcard::to_stdvec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
-    out.extend_from_slice(&body);
+    // Serialised straight after the version byte: a shard image is copied once, not twice.
+    let out = postcard::to_extend(message, vec![WIRE_VERSION])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     if out.len() > MAX_FRAME {
         return Err(WireError::TooLarge {
             len: out.len(),
