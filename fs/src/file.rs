@@ -528,7 +528,41 @@ impl FileContent {
     }
 }
 
-/// Cache budget for a volume by default.
-pub fn default_cache() -> ChunkCache {
-    ChunkCache::new(256 << 20)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory cache never holds more than its limit, whatever the order of reads, and keeps
+    /// the most recently read chunks.
+    #[test]
+    fn memory_cache_stays_within_its_byte_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = Repo::open(dir.path()).expect("open repo");
+        let mut coder = ShardCoder::default();
+        let chunks: Vec<ChunkRef> = (0..12u8)
+            .map(|i| {
+                let len = 100_000 + usize::from(i) * 37_000;
+                repo.put_chunk(&VOLUME_OWNER, vec![i; len], &mut coder)
+                    .expect("put chunk")
+            })
+            .collect();
+        let limit = 1_000_000;
+        let cache = ChunkCache::new(limit);
+        for round in 0..3 {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let got = cache.get(&repo, chunk).expect("read chunk");
+                assert_eq!(got.len(), chunk.len as usize);
+                assert!(got.iter().all(|&b| b == i as u8), "round {round} chunk {i}");
+                assert!(cache.bytes() <= limit, "{} > {limit}", cache.bytes());
+            }
+        }
+        // The last chunk read is still there; the first ones were evicted.
+        let last = chunks.last().expect("chunks");
+        assert!(cache.lock().0.contains(&last.id));
+        assert!(!cache.lock().0.contains(&chunks[0].id));
+        // A chunk bigger than the whole cache is returned but not kept.
+        let small = ChunkCache::new(50_000);
+        assert_eq!(small.get(&repo, &chunks[0]).expect("read").len(), 100_000);
+        assert_eq!(small.bytes(), 0);
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::Repo;
 
-use crate::file::{default_cache, ChunkCache, FileContent, Io, ReadBytes};
+use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Result, SetAttr, Time};
 use dfs_node::workers::ChunkWorkers;
 
@@ -57,11 +57,12 @@ impl Volume {
         // Twice the cores: fetch jobs wait on the disk as much as they compute, and more
         // threads keep both the disk and the cores busy (measured: +20% cold sequential reads).
         let threads = 2 * repo.config().storage.worker_count();
+        let memory_cache = usize::try_from(repo.config().cache.memory_bytes).unwrap_or(usize::MAX);
         Ok(Self {
             workers: ChunkWorkers::start(repo.clone(), threads),
             repo,
             ns,
-            cache: default_cache(),
+            cache: ChunkCache::new(memory_cache),
             files: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
         })

@@ -298,6 +298,27 @@ impl Repo {
             };
             return Ok((vec![0; chunk.len as usize], health));
         }
+        // A chunk on peers is read from any k shards (or the disk cache), like `read_chunk`:
+        // its repairs are the repair thread's, and `dfs verify` checks every shard.
+        if let Some(remote) = self.remote() {
+            if let (Some(placed), Some(record)) = (
+                self.meta().placed(&chunk.id)?,
+                self.meta().chunk(&chunk.id)?,
+            ) {
+                let ciphertext = self.read_placed(remote.as_ref(), &chunk.id, &placed, coder)?;
+                let plaintext = chunk
+                    .key
+                    .decrypt(ciphertext)
+                    .map_err(|_| ChunkError::WrongKey { id: chunk.id })?;
+                let health = ChunkHealth {
+                    id: chunk.id,
+                    layout: Some(record.layout),
+                    shards: vec![ShardState::Unread; record.layout.shard_count()],
+                    repaired: Vec::new(),
+                };
+                return Ok((plaintext, health));
+            }
+        }
         let (ciphertext, health) = self.inspect_chunk(&chunk.id, coder, repair)?;
         let ciphertext = match ciphertext {
             Some(c) => c,
@@ -361,6 +382,9 @@ impl Repo {
         placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
     ) -> Result<Vec<u8>, ChunkError> {
+        if let Some(ciphertext) = remote.cached(id) {
+            return Ok(ciphertext);
+        }
         let Some(record) = self.meta().chunk(id)? else {
             return Err(ChunkError::Absent { id: *id });
         };
@@ -388,6 +412,7 @@ impl Repo {
         if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
             return Err(ChunkError::Mismatch { id: *id });
         }
+        remote.remember(id, &ciphertext);
         Ok(ciphertext)
     }
 

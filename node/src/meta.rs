@@ -329,6 +329,21 @@ impl MetaDb {
         Ok(())
     }
 
+    /// Whether any chunk has a placement record, or shards queued for deletion elsewhere.
+    pub fn has_placed(&self) -> Result<bool, MetaError> {
+        for cf in [CF_PLACED, CF_DOOMED] {
+            if let Some(item) = self
+                .db
+                .iterator_cf(self.cf(cf)?, IteratorMode::Start)
+                .next()
+            {
+                item?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Every chunk with a placement record.
     pub fn placed_ids(&self) -> Result<Vec<ChunkId>, MetaError> {
         self.ids_of(CF_PLACED)

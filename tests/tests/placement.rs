@@ -238,9 +238,27 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
         },
     );
 
-    // 5. A fresh mount process (empty caches) reads every byte back.
+    // 5. A fresh mount process with empty caches (the disk cache emptied with `dfs cache
+    //    prune`) reads every byte back, fetching from the peers and keeping what it fetched
+    //    in the disk cache, within its limit.
     drop(mount);
+    mount_dir.run(&["cache", "prune"]).ok();
     let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
     check_files(&mnt, "after remounting");
+    let fetched = num(&placement(&mount_dir), "bytes_fetched");
+    assert!(
+        fetched > 0 && fetched != u64::MAX,
+        "nothing was fetched from peers"
+    );
+    let run = mount_dir.run(&["cache", "stats", "--json"]).ok();
+    let stats: serde_json::Value = serde_json::from_str(&run.stdout).expect("cache stats JSON");
+    assert!(num(&stats, "entries") > 0, "{stats}");
+    assert!(num(&stats, "bytes") <= num(&stats, "limit"), "{stats}");
+
+    // 6. Once more: now every chunk comes from the disk cache, nothing from the peers.
+    drop(mount);
+    let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
+    check_files(&mnt, "from the disk cache");
+    assert_eq!(num(&placement(&mount_dir), "bytes_fetched"), 0);
     drop(mount);
 }

@@ -333,35 +333,12 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
         "peers     {} alive, {} suspect, {} dead",
         s.peers.alive, s.peers.suspect, s.peers.dead
     );
-    if let Some(p) = &s.placement {
-        let healthy = p.chunks.saturating_sub(p.degraded + p.lost);
-        println!(
-            "chunks    {} written here: {healthy} healthy, {} degraded, {} lost{}",
-            p.chunks,
-            p.degraded,
-            p.lost,
-            if p.crowded > 0 {
-                format!(
-                    " ({} on fewer peers than shards: add peers to spread them)",
-                    p.crowded
-                )
-            } else {
-                String::new()
-            }
-        );
-        println!(
-            "repair    {} shards rebuilt, {} moved, {} dropped ({}), {} pending; scrub: {} checked, {} bad",
-            p.rebuilt,
-            p.moved,
-            p.dropped,
-            human_bytes(p.repair_bytes),
-            p.pending,
-            p.scrubbed,
-            p.corrupt_found
-        );
-        if let Some(e) = &p.last_error {
-            println!("          last repair round failed: {e}");
+    match &s.placement {
+        Some(p) if p.chunks == 0 && s.peers.alive == 0 => {
+            println!("chunks    all in the local store (no other peer to spread them over yet)")
         }
+        Some(p) => print_placement(p),
+        None => {}
     }
     Ok(())
 }
@@ -394,6 +371,37 @@ pub fn peers(data: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_placement(p: &dfs_node::cluster::PlacementStatus) {
+    let healthy = p.chunks.saturating_sub(p.degraded + p.lost);
+    println!(
+        "chunks    {} written here: {healthy} healthy, {} degraded, {} lost{}",
+        p.chunks,
+        p.degraded,
+        p.lost,
+        if p.crowded > 0 {
+            format!(
+                " ({} on fewer peers than shards: add peers to spread them)",
+                p.crowded
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+            "repair    {} shards rebuilt, {} moved, {} dropped ({}), {} pending; scrub: {} checked, {} bad",
+            p.rebuilt,
+            p.moved,
+            p.dropped,
+            human_bytes(p.repair_bytes),
+            p.pending,
+            p.scrubbed,
+            p.corrupt_found
+        );
+    if let Some(e) = &p.last_error {
+        println!("          last repair round failed: {e}");
+    }
 }
 
 fn human_duration(secs: f64) -> String {

@@ -29,6 +29,8 @@ pub struct Member {
     /// Alive now (false: suspect, i.e. maybe back soon; dead peers are not members).
     pub alive: bool,
     pub score: f64,
+    /// Shard requests it was serving at its last announcement.
+    pub load: u32,
     pub is_self: bool,
 }
 
@@ -70,6 +72,7 @@ impl Members {
             },
             alive: true,
             score: 1.0,
+            load: 0,
             is_self: true,
         }];
         let mut dead = Vec::new();
@@ -103,6 +106,7 @@ impl Members {
                 weight,
                 alive: view.state == PeerState::Alive,
                 score: view.score,
+                load: view.load.unwrap_or(0),
                 is_self: false,
             });
         }

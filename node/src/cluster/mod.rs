@@ -26,6 +26,7 @@ use libp2p::PeerId;
 
 use crate::chunk::{ChunkError, ShardSet};
 use crate::config::PlacementConfig;
+use crate::diskcache::DiskCache;
 use crate::meta::Placed;
 use crate::net::Network;
 use crate::repo::Repo;
@@ -42,6 +43,12 @@ pub trait Remote: Send + Sync {
         id: &ChunkId,
         shards: &ShardSet,
     ) -> Result<Option<Placed>, ChunkError>;
+
+    /// The ciphertext of a chunk fetched before, from the disk cache.
+    fn cached(&self, id: &ChunkId) -> Option<Vec<u8>>;
+
+    /// Keep a fetched chunk's verified ciphertext in the disk cache.
+    fn remember(&self, id: &ChunkId, ciphertext: &[u8]);
 
     /// Verified shard images of at least `want` distinct shards (data shards preferred) from
     /// their holders, indexed by shard; fewer when not enough could be had.
@@ -83,6 +90,8 @@ pub struct Cluster {
     /// Serialises read-modify-write of placement records (writers vs the repair thread).
     placed_lock: Mutex<()>,
     stopping: AtomicBool,
+    /// Chunks fetched from other peers, kept on disk (`DATA/cache`); `None` when disabled.
+    disk_cache: Option<DiskCache>,
 }
 
 /// A running cluster with its background threads; stops them when dropped.
@@ -111,6 +120,7 @@ impl Cluster {
             status: Mutex::new(PlacementStatus::default()),
             placed_lock: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            disk_cache: open_disk_cache(&repo),
         });
         cluster.refresh_members();
         repo.set_remote(Some(cluster.clone()));
@@ -180,6 +190,7 @@ impl Cluster {
         s.found_by_providers = self.counters.found_by_providers.load(Ordering::Relaxed);
         s.bytes_sent = self.counters.bytes_sent.load(Ordering::Relaxed);
         s.bytes_fetched = self.counters.bytes_fetched.load(Ordering::Relaxed);
+        s.disk_cache = self.disk_cache.as_ref().map(|c| c.stats());
         s
     }
 
@@ -242,6 +253,16 @@ impl ClusterHandle {
     }
 }
 
+fn open_disk_cache(repo: &Repo) -> Option<DiskCache> {
+    let limit = repo.config().cache.disk_bytes;
+    if limit == 0 {
+        return None;
+    }
+    DiskCache::open(&crate::diskcache::cache_dir(repo.path()), limit)
+        .map_err(|e| tracing::warn!("the disk cache is off: {e}"))
+        .ok()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -252,6 +273,15 @@ fn peer_from_bytes(bytes: &[u8]) -> Option<PeerId> {
 }
 
 impl Remote for Cluster {
+    fn cached(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        self.disk_cache.as_ref()?.get(id)
+    }
+
+    fn remember(&self, id: &ChunkId, ciphertext: &[u8]) {
+        if let Some(cache) = &self.disk_cache {
+            cache.put(id, ciphertext);
+        }
+    }
     fn place(
         &self,
         repo: &Repo,

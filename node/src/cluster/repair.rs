@@ -40,6 +40,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `dfs status` shows of placement and repair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PlacementStatus {
     /// Chunks this peer wrote and looks after.
     pub chunks: u64,
@@ -66,6 +67,8 @@ pub struct PlacementStatus {
     pub bytes_sent: u64,
     pub bytes_fetched: u64,
     pub last_error: Option<String>,
+    /// The disk cache of fetched chunks, when enabled.
+    pub disk_cache: Option<crate::diskcache::CacheStats>,
 }
 
 /// Run rounds until the cluster stops.
@@ -175,6 +178,10 @@ fn round(
     interval: Duration,
 ) -> Result<(), ChunkError> {
     let members = cluster.members();
+    // Alone, with every shard local, there is nothing to do (and no reason to scan).
+    if members.live_others() == 0 && !repo.meta().has_placed()? {
+        return Ok(());
+    }
     let candidates = members.candidates(false);
     let stock = take_stock(cluster, repo, &members)?;
     let settings = cluster.settings();

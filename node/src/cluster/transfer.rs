@@ -205,28 +205,38 @@ struct Source {
     peer: PeerId,
 }
 
-/// The order to try holders in: data shards first, then local copies, then by peer score;
-/// holders known dead last.
+/// Shard requests in flight at a holder above which it counts as busy.
+const BUSY: u32 = 8;
+
+/// The order to try holders in: busy holders after idle ones (so a hot chunk is served by its
+/// parity holders too, at the price of a decode), data shards before parity, local copies
+/// first, then live peers by score, suspect, unknown and dead ones last.
 fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members) -> Vec<Source> {
     let k = layout.needed();
-    let mut out: Vec<(u8, u8, i64, Source)> = placed
+    let mut out: Vec<((bool, bool, bool, u8, i64, u8), Source)> = placed
         .holders
         .iter()
         .filter_map(|(index, bytes)| {
             let peer = peer_from_bytes(bytes)?;
-            let parity = u8::from(usize::from(*index) >= k);
-            let (tier, score) = match members.get(&peer) {
-                Some(m) if m.is_self => (0, 1.0),
-                Some(m) if m.alive => (1, m.score),
-                Some(m) => (2, m.score),
-                None if members.is_dead(&peer) => (4, 0.0),
-                None if peer == cluster.local => (0, 1.0),
-                None => (3, 0.0),
+            let parity = usize::from(*index) >= k;
+            let (tier, score, load) = match members.get(&peer) {
+                Some(m) if m.is_self => (0, 1.0, 0),
+                Some(m) if m.alive => (1, m.score, m.load),
+                Some(m) => (2, m.score, m.load),
+                None if peer == cluster.local => (0, 1.0, 0),
+                None if members.is_dead(&peer) => (4, 0.0, 0),
+                None => (3, 0.0, 0),
             };
-            Some((
+            let key = (
+                tier == 4,
+                load >= BUSY,
                 parity,
                 tier,
                 -(score * 1e6) as i64,
+                *index,
+            );
+            Some((
+                key,
                 Source {
                     index: *index,
                     peer,
@@ -234,10 +244,8 @@ fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members
             ))
         })
         .collect();
-    out.sort_by_key(|(parity, tier, score, s)| {
-        (*tier.max(&1) == 4, *parity, *tier, *score, s.index)
-    });
-    out.into_iter().map(|(.., s)| s).collect()
+    out.sort_by_key(|(key, _)| *key);
+    out.into_iter().map(|(_, s)| s).collect()
 }
 
 /// Gather at least `want` verified shard images (see the module doc).
