@@ -205,6 +205,9 @@ struct Source {
     peer: PeerId,
 }
 
+/// Sort key of a source: (dead, busy, parity, tier, -score, index); smaller is asked first.
+type SourceRank = (bool, bool, bool, u8, i64, u8);
+
 /// Shard requests in flight at a holder above which it counts as busy.
 const BUSY: u32 = 8;
 
@@ -213,7 +216,7 @@ const BUSY: u32 = 8;
 /// first, then live peers by score, suspect, unknown and dead ones last.
 fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members) -> Vec<Source> {
     let k = layout.needed();
-    let mut out: Vec<((bool, bool, bool, u8, i64, u8), Source)> = placed
+    let mut out: Vec<(SourceRank, Source)> = placed
         .holders
         .iter()
         .filter_map(|(index, bytes)| {
