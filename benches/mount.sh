@@ -70,6 +70,9 @@ run() { # run NAME TARGET: one target's workloads
 }
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
+  # Fresh bytes every round: dfs would dedup the same content (convergent encryption) and
+  # store nothing the second time.
+  head -c $((size_mib << 20)) /dev/urandom > "$work/input"
   run local "$work/local"
   run bindfs "$work/bindfs"
   run dfs "$work/dfs"

@@ -51,7 +51,6 @@ for _ in $(seq 200); do [ "$(alive)" -ge $peers ] && break; sleep 0.1; done
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
-head -c $((size_mib << 20)) /dev/urandom > "$work/input"
 declare -A result
 record() { result[$1,$2]="${result[$1,$2]:-} $3"; }
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -65,10 +64,15 @@ run() {
   rm -f "$dir/seq"
 }
 for r in $(seq "$rounds"); do
+  # Fresh bytes every round: the same content again would dedup (convergent encryption) and
+  # be read from the disk cache, measuring neither the network nor the peers.
+  head -c $((size_mib << 20)) /dev/urandom > "$work/input"
+  "$dfs" --data "$work/client" cache prune >/dev/null
   if [ $((r % 2)) -eq 1 ]; then run local "$work/local"; run dfs "$work/mnt"; else run dfs "$work/mnt"; run local "$work/local"; fi
 done
 
 # Repair: keep one file on the network, kill a peer, time the rebuild.
+head -c $((size_mib << 20)) /dev/urandom > "$work/input"
 dd if="$work/input" of="$work/mnt/kept" bs=1M conv=fsync status=none
 placement() { "$dfs" --data "$work/client" status --json | python3 -c \
   "import json,sys; p=json.load(sys.stdin)['placement'] or {}; print(p.get('$1', -1))"; }
