@@ -262,3 +262,56 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     assert_eq!(num(&placement(&mount_dir), "bytes_fetched"), 0);
     drop(mount);
 }
+
+/// `dfs put` and `dfs get` with `--peer` run a peer for their duration: the shards go to the
+/// network, and a get finds them there even with every local shard file gone.
+#[test]
+fn put_and_get_through_the_network() {
+    let dirs: Vec<Dfs> = (0..5).map(|_| Dfs::new()).collect();
+    let mut nodes = vec![dirs[0].node(&["--grace", GRACE])];
+    let boot = dirs[0].address();
+    for dir in &dirs[1..] {
+        nodes.push(dir.node(&["--grace", GRACE, "--peer", &boot]));
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the peers to see each other",
+        || (announced_peers(&dirs[0]) >= 4).then_some(()),
+    );
+    let started = Instant::now();
+    let client = Dfs::new();
+    let input = client.path("input.bin");
+    let bytes = random_bytes(24 << 20, 7);
+    std::fs::write(&input, &bytes).expect("write input");
+    let run = client
+        .run(&["put", input.to_str().expect("utf-8"), "--peer", &boot])
+        .ok();
+    let link = run.last_line().to_string();
+    assert!(link.starts_with("dfs://"), "{run:#?}");
+    let held: usize = dirs.iter().map(|d| d.held_files().len()).sum();
+    let local = client.shard_files().len();
+    eprintln!(
+        "{held} shards on the 5 peers, {local} kept by the client (put took {:?})",
+        started.elapsed()
+    );
+    assert!(held > 0 && held > local, "held {held}, local {local}");
+
+    // Without the local shard files, the get has to fetch from the peers.
+    for (path, _, _) in client.shard_files() {
+        std::fs::remove_file(path).expect("remove local shard");
+    }
+    let out = client.path("out.bin");
+    client
+        .run(&[
+            "get",
+            &link,
+            "-o",
+            out.to_str().expect("utf-8"),
+            "--peer",
+            &boot,
+        ])
+        .ok();
+    assert!(std::fs::read(&out).expect("read output") == bytes);
+    eprintln!("put and get took {:?}", started.elapsed());
+    drop(nodes);
+}

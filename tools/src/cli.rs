@@ -60,6 +60,10 @@ already stored is not stored again."
         /// Erasure coding as DATA+PARITY shards, e.g. 4+2 or 8+3 (default from config: 4+2)
         #[arg(long, value_name = "K+M", value_parser = parse_ec)]
         ec: Option<(u8, u8)>,
+        /// With --peer, --rendezvous or --mdns (or peers in the config), a peer runs for the
+        /// duration and the shards go to the network
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Restore what a share link points to
     #[command(
@@ -78,6 +82,8 @@ verified: a failed get leaves nothing behind."
         /// Replace OUT if it is an existing file
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Check every shard behind a link and report missing or corrupt ones
     #[command(
@@ -92,6 +98,8 @@ every chunk recoverable, 3 some data lost."
         /// Rewrite missing and corrupt shards from the surviving ones
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// List the stored puts (name, size, date, link)
     List,
@@ -256,7 +264,7 @@ fn parse_link(s: &str) -> Result<ShareLink> {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Command::Put { path, ec } => {
+        Command::Put { path, ec, net } => {
             // Check the input before touching the data directory, so a typo creates nothing.
             std::fs::symlink_metadata(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -267,22 +275,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 config.storage.parity_shards = m;
                 repo.set_config(config)?;
             }
-            put(&repo, &path)
+            let repo = Arc::new(repo);
+            let peer = RunningPeer::start_if_wanted(&repo, &net)?;
+            let result = put(&repo, &path);
+            if let Some(peer) = peer {
+                peer.stop();
+            }
+            result
         }
         Command::Get {
             link,
             output,
             force,
+            net,
         } => {
             let link = parse_link(&link)?;
-            let repo = open_repo(args.data)?;
-            get(&repo, &link, output.as_deref(), force)
+            let repo = Arc::new(open_repo(args.data)?);
+            let peer = RunningPeer::start_if_wanted(&repo, &net)?;
+            let result = get(&repo, &link, output.as_deref(), force);
+            if let Some(peer) = peer {
+                peer.stop();
+            }
+            result
         }
-        Command::Verify { link, repair } => {
+        Command::Verify { link, repair, net } => {
             let link = parse_link(&link)?;
-            let repo = open_repo(args.data)?;
-            let report = snapshot::verify_link(&repo, &link, repair)?;
-            Ok(print_verify(&report, repair))
+            let repo = Arc::new(open_repo(args.data)?);
+            let peer = RunningPeer::start_if_wanted(&repo, &net)?;
+            let report = snapshot::verify_link(&repo, &link, repair);
+            if let Some(peer) = peer {
+                peer.stop();
+            }
+            Ok(print_verify(&report?, repair))
         }
         Command::List => {
             let repo = open_repo(args.data)?;

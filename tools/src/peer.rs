@@ -164,6 +164,19 @@ impl RunningPeer {
         })
     }
 
+    /// For one-shot commands (`put`, `get`, `verify`): start the peer only when there is a
+    /// network to join (bootstrap peers, trackers or mDNS, from the flags or the config), and
+    /// wait for a first peer.
+    pub fn start_if_wanted(repo: &Arc<Repo>, args: &NetArgs) -> Result<Option<Self>> {
+        let c = args.apply(&repo.config().network);
+        if c.peers.is_empty() && c.rendezvous.is_empty() && !c.mdns {
+            return Ok(None);
+        }
+        let peer = Self::start(Arc::clone(repo), args)?;
+        peer.wait_for_a_peer(std::time::Duration::from_secs(10));
+        Ok(Some(peer))
+    }
+
     /// Wait until the peer listens, and return its status.
     pub fn wait_listening(&self) -> Result<NodeStatus> {
         self.runtime.block_on(async {
@@ -178,28 +191,36 @@ impl RunningPeer {
         })
     }
 
-    /// Wait (at most `timeout`) until a peer that announced itself is alive, when bootstrap
-    /// peers were given: a mount then starts with somewhere to put and find its shards.
+    /// Wait (at most `timeout`) until peers that announced themselves are alive, when
+    /// bootstrap peers were given, and the count has been steady for a second: a mount or a
+    /// put then starts with the network it will spread shards over.
     pub fn wait_for_a_peer(&self, timeout: std::time::Duration) {
         if !self.bootstrap {
             return;
         }
         let network = self.network.clone();
         let found = self.runtime.block_on(async {
-            let deadline = tokio::time::Instant::now() + timeout;
-            while tokio::time::Instant::now() < deadline {
+            let started = tokio::time::Instant::now();
+            let (mut seen, mut since) = (0, started);
+            while started.elapsed() < timeout {
                 let peers = network.peers().await.unwrap_or_default();
-                if peers
+                let alive = peers
                     .iter()
-                    .any(|p| p.state == dfs_node::net::PeerState::Alive && p.capacity.is_some())
-                {
-                    return true;
+                    .filter(|p| p.state == dfs_node::net::PeerState::Alive && p.capacity.is_some())
+                    .count();
+                if alive != seen {
+                    (seen, since) = (alive, tokio::time::Instant::now());
+                } else if alive > 0 && since.elapsed() >= std::time::Duration::from_secs(1) {
+                    break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            false
+            seen
         });
-        if !found {
+        if let Some(cluster) = &self.cluster {
+            cluster.cluster.refresh_members();
+        }
+        if found == 0 {
             eprintln!(
                 "dfs: no other peer answered within {} s; going on alone for now",
                 timeout.as_secs()

@@ -161,7 +161,8 @@ impl Cluster {
         lock(&self.members).clone()
     }
 
-    fn refresh_members(&self) {
+    /// Take a fresh membership snapshot now (it is refreshed twice a second anyway).
+    pub fn refresh_members(&self) {
         let network = self.network.clone();
         let seen = self.runtime.block_on(async move {
             let status = network.status().await?;
