@@ -356,8 +356,9 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     );
     match &s.placement {
         Some(p) if p.chunks == 0 && s.peers.alive == 0 => {
-            println!("chunks    all in the local store (no other peer to spread them over yet)")
+            println!("chunks    kept in the local store (no other peer to spread them over yet)")
         }
+        Some(p) if p.chunks == 0 => println!("chunks    none written by this peer"),
         Some(p) => print_placement(p),
         None => {}
     }
