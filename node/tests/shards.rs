@@ -21,6 +21,7 @@ const BODY: usize = 64 << 10;
 
 struct TestPeer {
     net: Network,
+    repo: Arc<Repo>,
     _dir: tempfile::TempDir,
     repo_path: std::path::PathBuf,
 }
@@ -34,9 +35,12 @@ async fn start(capacity: u64) -> TestPeer {
         ..NetworkConfig::default()
     };
     let options = NetOptions::from_config(&config).expect("options");
-    let net = Network::start(repo, options).await.expect("start peer");
+    let net = Network::start(repo.clone(), options)
+        .await
+        .expect("start peer");
     TestPeer {
         net,
+        repo,
         repo_path: dir.path().to_path_buf(),
         _dir: dir,
     }
@@ -439,4 +443,70 @@ async fn a_rogue_peer_is_refused_and_scored_down_and_never_stalls_the_peer() {
         .store_shard(hid, chunk, 3, image)
         .await
         .expect("the attacked peer still serves");
+}
+
+/// A placement record that names the wrong holder: the reader falls back to the peers that
+/// announced the chunk in Kademlia and gets the shard from its real holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_records() {
+    let a = start(0).await;
+    let b = start(0).await;
+    let c = start(0).await;
+    connect(&a.net, &b.net).await;
+    connect(&a.net, &c.net).await;
+    let (chunk, image) = shard(9, 3);
+    a.net
+        .store_shard(b.net.local_id(), chunk, 3, image.clone())
+        .await
+        .expect("store on b");
+    // Wait until b's provider record can be found.
+    let bid = b.net.local_id();
+    wait(|| async {
+        a.net
+            .find_providers(chunk)
+            .await
+            .is_ok_and(|p| p.contains(&bid))
+    })
+    .await;
+    // The cluster blocks on the runtime from its own threads, so it starts outside it.
+    let (repo, net, handle) = (
+        a.repo.clone(),
+        a.net.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let cluster = tokio::task::spawn_blocking(move || {
+        dfs_node::cluster::Cluster::start(
+            repo,
+            net,
+            handle,
+            dfs_node::config::PlacementConfig::default(),
+        )
+    })
+    .await
+    .expect("start cluster");
+    // The record says c holds shard 3; c has never seen it.
+    let wrong = dfs_node::meta::Placed {
+        holders: vec![(3, c.net.local_id().to_bytes())],
+    };
+    let (repo, remote) = (a.repo.clone(), cluster.cluster.clone());
+    let images = tokio::task::spawn_blocking(move || {
+        use dfs_node::cluster::Remote;
+        let layout = Layout::Erasure { data: 4, parity: 2 };
+        remote.gather(&repo, &chunk, layout, &wrong, 1)
+    })
+    .await
+    .expect("gather");
+    assert_eq!(images[3].as_deref(), Some(&image[..]));
+    assert_eq!(
+        cluster
+            .cluster
+            .counters
+            .found_by_providers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let repo = a.repo.clone();
+    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+        .await
+        .expect("stop cluster");
 }
