@@ -293,16 +293,19 @@ impl MetaDb {
         Ok(out)
     }
 
-    /// Forget a chunk. Shards it had on other peers are queued for deletion there.
-    pub fn delete_chunk(&self, id: &ChunkId) -> Result<(), MetaError> {
+    /// Forget a chunk. Shards it had on other peers are queued for deletion there (the
+    /// running peer sends the deletes); returns how many were queued.
+    pub fn delete_chunk(&self, id: &ChunkId) -> Result<usize, MetaError> {
         let mut batch = WriteBatch::default();
+        let mut queued = 0;
         if let Some(placed) = self.placed(id)? {
+            queued = placed.holders.len();
             batch.put_cf(self.cf(CF_DOOMED)?, id.as_bytes(), encode(&placed));
             batch.delete_cf(self.cf(CF_PLACED)?, id.as_bytes());
         }
         batch.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes());
         self.db.write(batch)?;
-        Ok(())
+        Ok(queued)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct GcReport {
     pub chunks_removed: usize,
     pub shard_files_removed: usize,
     pub bytes_freed: u64,
+    /// Shards of removed chunks that live on other peers: deleted there by the running peer.
+    pub shards_queued_remote: usize,
 }
 
 /// An open data directory.
@@ -338,7 +340,7 @@ impl Repo {
         report.bytes_freed += self.store.clean_tmp()?;
         for chunk in self.meta.chunk_ids()? {
             if !live.contains(&chunk) {
-                self.meta.delete_chunk(&chunk)?;
+                report.shards_queued_remote += self.meta.delete_chunk(&chunk)?;
                 report.chunks_removed += 1;
             }
         }

@@ -260,6 +260,46 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
     check_files(&mnt, "from the disk cache");
     assert_eq!(num(&placement(&mount_dir), "bytes_fetched"), 0);
+
+    // 7. Delete half the files; `dfs gc` (offline) queues their shards on the peers for
+    //    deletion, and the next mount deletes exactly those.
+    for i in FILES / 2..FILES {
+        std::fs::remove_file(mnt.join(format!("f{i}.bin"))).expect("remove file");
+    }
+    drop(mount);
+    mount_dir.configure(
+        "[placement]\nrepair_interval_ms = 500\nscrub_shards_per_round = 400\n\
+         max_bytes_per_sec = 1073741824\n[versions]\nkeep_last = 1\nkeep_daily_days = 0\n",
+    );
+    let before: usize = layout(&with_new, (7, &mount_dir))
+        .values()
+        .map(|s| s.len())
+        .sum();
+    let gc = mount_dir.run(&["gc"]).ok();
+    let queued: usize = gc
+        .stdout
+        .lines()
+        .find_map(|l| l.split_once(" shards on other peers are queued"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("gc queued nothing: {gc:#?}"));
+    let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
+    let left = wait_for(Duration::from_secs(60), "the queued deletes", || {
+        let p = settled(&mount_dir)?;
+        let l = layout(&with_new, (7, &mount_dir));
+        let total: usize = l.values().map(|s| s.len()).sum();
+        (num(&p, "orphans_deleted") >= queued as u64 && total + queued <= before).then_some(l)
+    });
+    let after: usize = left.values().map(|s| s.len()).sum();
+    eprintln!("gc: {queued} remote shards queued; {before} shards on disk before, {after} after");
+    fully_spread(&left).expect("what is left is still fully spread");
+    drop_caches();
+    for i in 0..FILES / 2 {
+        let got = std::fs::read(mnt.join(format!("f{i}.bin"))).expect("read kept file");
+        assert!(
+            got == random_bytes(FILE_SIZE, i as u64),
+            "f{i}.bin after gc"
+        );
+    }
     drop(mount);
 }
 

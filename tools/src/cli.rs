@@ -514,6 +514,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 human_bytes(report.bytes_freed),
                 report.interrupted_puts
             );
+            if report.shards_queued_remote > 0 {
+                println!(
+                    "{} shards on other peers are queued for deletion; the next `dfs mount` or \
+                     `dfs node` on this data directory deletes them",
+                    report.shards_queued_remote
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command } => crate::cache::run(&data_dir(args.data)?, command),
