@@ -176,7 +176,10 @@ impl Volume {
                 if st.closed {
                     return Ok(());
                 }
-                self.commit(ino, &mut st, false, true)
+                // Only the last close records a version: a release that arrives late (FUSE
+                // sends it after close(2) returns) while a new handle has already truncated
+                // the file would otherwise record that empty content as a version.
+                self.commit(ino, &mut st, false, last)
             };
             if !last || result.is_err() {
                 return result;
