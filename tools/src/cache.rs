@@ -88,8 +88,9 @@ pub fn run(data: &Path, command: CacheCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A byte count with an optional binary unit: `1048576`, `512K`, `512M`, `1G`, `2GiB`.
-fn parse_size(s: &str) -> Result<u64, String> {
+/// A byte count with an optional binary unit: `1048576`, `512K`, `512M`, `1G`, `2GiB` (used
+/// by `--capacity` and `--keep`).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = digits

@@ -14,6 +14,7 @@ use dfs_node::config::NetworkConfig;
 use dfs_node::net::{NetOptions, Network, NodeStatus, PeerView};
 use dfs_node::Repo;
 
+use crate::cache::parse_size;
 use crate::cli::human_bytes;
 
 /// Network flags shared by `dfs node` and `dfs mount`; each adds to or overrides `[network]` in
@@ -81,24 +82,6 @@ impl NetArgs {
         }
         c
     }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a size like 500M or 20G, got {s:?}"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// A running peer with its API, on a tokio runtime of its own.

@@ -214,6 +214,15 @@ impl Cluster {
         !self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Run `work` on the network's runtime and wait for it from a plain thread (a chunk
+    /// worker, FUSE); from inside a runtime (not expected) without starving it.
+    fn wait_for<F: std::future::Future>(&self, work: F) -> F::Output {
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
+            Err(_) => self.runtime.block_on(work),
+        }
+    }
+
     /// Record how long a shard fetch took (for the hedge delay).
     fn observe_fetch(&self, took: Duration) {
         let sample = took.as_micros().min(10_000_000) as u64;
@@ -302,11 +311,7 @@ impl Remote for Cluster {
     ) -> Vec<Option<Vec<u8>>> {
         loop {
             let work = transfer::gather(self, repo, id, layout, placed, want);
-            let images = match tokio::runtime::Handle::try_current() {
-                // Called from inside a runtime (not expected): block without starving it.
-                Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
-                Err(_) => self.runtime.block_on(work),
-            };
+            let images = self.wait_for(work);
             let got = images.iter().filter(|i| i.is_some()).count();
             // Just after start the holders may not be known yet: wait for the peer table
             // rather than fail the read.

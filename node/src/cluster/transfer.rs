@@ -133,10 +133,7 @@ pub fn place(
     let ranked = hrw::rank(id, &candidates);
     let targets = hrw::place(id, count, &candidates).targets;
     let work = place_all(cluster, repo, id, shards, &members, &ranked, &targets);
-    let holders = match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(|| cluster.runtime.block_on(work)),
-        Err(_) => cluster.runtime.block_on(work),
-    };
+    let holders = cluster.wait_for(work);
     let distinct: HashSet<&PeerId> = holders.iter().map(|(_, p)| p).collect();
     let usable = ranked.len();
     let required = match cluster.settings.durable_peers {
