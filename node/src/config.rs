@@ -90,6 +90,12 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Address of the HTTP control API (a 127.0.0.1 port is chosen when empty).
     pub api: String,
+    /// Provider records (DHT entries saying "this peer holds shards of chunk X") announced per
+    /// second while the peer is serving shard requests, and while it is idle. They are the
+    /// fallback for finding a shard whose recorded holder lost it, so they go out in the
+    /// background, never in the way of a write.
+    pub providers_per_sec_busy: u32,
+    pub providers_per_sec_idle: u32,
 }
 
 impl NetworkConfig {
@@ -103,6 +109,11 @@ impl NetworkConfig {
         if self.zone.is_empty() || self.zone.len() > 64 {
             return Err(ConfigError::Invalid(
                 "network.zone (--zone) must be 1 to 64 bytes".into(),
+            ));
+        }
+        if self.providers_per_sec_idle == 0 {
+            return Err(ConfigError::Invalid(
+                "network.providers_per_sec_idle must be at least 1".into(),
             ));
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
@@ -130,6 +141,8 @@ impl Default for NetworkConfig {
             max_connections: 512,
             max_connections_per_peer: 4,
             api: String::new(),
+            providers_per_sec_busy: crate::net::AnnounceRate::default().busy,
+            providers_per_sec_idle: crate::net::AnnounceRate::default().idle,
         }
     }
 }

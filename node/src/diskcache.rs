@@ -23,12 +23,17 @@
 //!   holds, e.g. from the CLI while a peer runs) removes the oldest mtimes first.
 //! - Files deleted behind the cache's back are misses that correct the byte count; files added
 //!   behind its back are not seen until the next open.
+//!
+//! [`Filler`] writes entries from a thread of its own, so a read does not wait for the cache
+//! file it leaves behind (a fifth of a cold read's time when written inline).
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use dfs_placement::ChunkId;
@@ -283,6 +288,11 @@ impl DiskCache {
         self.check_invariants(&st);
     }
 
+    /// Whether chunk `id` is cached (without counting a hit or a miss).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.lock().lru.contains(id)
+    }
+
     /// Counters and sizes now.
     pub fn stats(&self) -> CacheStats {
         let st = self.lock();
@@ -523,6 +533,75 @@ fn remove_quietly(path: &Path) {
     }
 }
 
+/// Chunks waiting to be written by the fill thread.
+type FillQueue = SyncSender<(ChunkId, Vec<u8>)>;
+
+/// Puts into a [`DiskCache`] from a background thread (`dfs-cache-fill`). A put queues a copy
+/// of the ciphertext; when `depth` puts are already waiting, the caller writes the entry itself,
+/// so memory stays bounded and nothing offered to the cache is dropped.
+pub struct Filler {
+    cache: Arc<DiskCache>,
+    queue: Mutex<Option<FillQueue>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Filler {
+    pub fn start(cache: Arc<DiskCache>, depth: usize) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(depth);
+        let worker = Arc::clone(&cache);
+        let thread = std::thread::Builder::new()
+            .name("dfs-cache-fill".into())
+            .spawn(move || {
+                for (id, bytes) in rx {
+                    worker.put(&id, &bytes);
+                }
+            })
+            .map_err(|e| tracing::warn!("disk cache: no fill thread, writing inline: {e}"))
+            .ok();
+        Self {
+            cache,
+            queue: Mutex::new(thread.is_some().then_some(tx)),
+            thread: Mutex::new(thread),
+        }
+    }
+
+    pub fn cache(&self) -> &DiskCache {
+        &self.cache
+    }
+
+    /// Cache `ciphertext` as chunk `id` (see [`DiskCache::put`]), in the background if the
+    /// queue has room.
+    pub fn put(&self, id: &ChunkId, ciphertext: &[u8]) {
+        if self.cache.limit == 0 || self.cache.contains(id) {
+            return;
+        }
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(queue) = queue else {
+            return self.cache.put(id, ciphertext);
+        };
+        match queue.try_send((*id, ciphertext.to_vec())) {
+            Ok(()) => {}
+            Err(TrySendError::Full((id, bytes)) | TrySendError::Disconnected((id, bytes))) => {
+                self.cache.put(&id, &bytes)
+            }
+        }
+    }
+
+    /// Write what is queued and stop the thread (puts after this are written inline).
+    pub fn stop(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, RwLock};
@@ -568,6 +647,33 @@ mod tests {
     fn is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<DiskCache>();
+    }
+
+    #[test]
+    fn the_filler_writes_everything_offered_even_with_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(DiskCache::open(dir.path(), 8 << 20).unwrap());
+        let filler = Filler::start(Arc::clone(&cache), 1);
+        let chunks: Vec<_> = (0..40).map(|n| chunk(100 + n, 20_000)).collect();
+        std::thread::scope(|s| {
+            for part in chunks.chunks(10) {
+                let filler = &filler;
+                s.spawn(move || {
+                    for (id, data) in part {
+                        filler.put(id, data);
+                    }
+                });
+            }
+        });
+        filler.stop();
+        for (id, data) in &chunks {
+            assert_eq!(cache.get(id).as_ref(), Some(data));
+        }
+        assert_eq!(cache.stats().entries, 40);
+        // After stop, puts are written inline.
+        let (id, data) = chunk(999, 100);
+        filler.put(&id, &data);
+        assert_eq!(cache.get(&id), Some(data));
     }
 
     #[test]

@@ -430,6 +430,32 @@ impl MetaDb {
         Ok(())
     }
 
+    /// Up to `limit` distinct chunks of which this peer holds shards, in id order, after
+    /// `after` (from the start when `None`): a sweep reads the table in such pages.
+    pub fn held_chunks(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>, MetaError> {
+        let start = after.map_or([0u8; 33], |id| held_key(id, u8::MAX));
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut out: Vec<ChunkId> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HELD)?, mode) {
+            let (k, _) = item?;
+            let Some(id) = chunk_from_key(&k) else {
+                continue;
+            };
+            if after == Some(&id) || out.last() == Some(&id) {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push(id);
+        }
+        Ok(out)
+    }
+
     /// Count and total size of the shards held for other peers.
     pub fn held_totals(&self) -> Result<(u64, u64), MetaError> {
         let (mut count, mut bytes) = (0, 0);

@@ -27,12 +27,19 @@ struct TestPeer {
 }
 
 async fn start(capacity: u64) -> TestPeer {
+    start_with(NetworkConfig {
+        capacity,
+        ..NetworkConfig::default()
+    })
+    .await
+}
+
+async fn start_with(config: NetworkConfig) -> TestPeer {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = Arc::new(Repo::open(dir.path()).expect("open repo"));
     let config = NetworkConfig {
-        capacity,
         grace_secs: 5,
-        ..NetworkConfig::default()
+        ..config
     };
     let options = NetOptions::from_config(&config).expect("options");
     let net = Network::start(repo.clone(), options)
@@ -92,6 +99,16 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("condition not met within 10 s");
+}
+
+/// Wait until `net` finds `provider` among the DHT providers of `chunk`.
+async fn wait_for_provider(net: &Network, chunk: ChunkId, provider: PeerId) {
+    wait(|| async {
+        net.find_providers(chunk)
+            .await
+            .is_ok_and(|p| p.contains(&provider))
+    })
+    .await;
 }
 
 fn shard(seed: u8, index: u8) -> (ChunkId, Vec<u8>) {
@@ -460,14 +477,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
         .await
         .expect("store on b");
     // Wait until b's provider record can be found.
-    let bid = b.net.local_id();
-    wait(|| async {
-        a.net
-            .find_providers(chunk)
-            .await
-            .is_ok_and(|p| p.contains(&bid))
-    })
-    .await;
+    wait_for_provider(&a.net, chunk, b.net.local_id()).await;
     // The cluster blocks on the runtime from its own threads, so it starts outside it.
     let (repo, net, handle) = (
         a.repo.clone(),
@@ -509,4 +519,55 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
     tokio::task::spawn_blocking(move || cluster.stop(&repo))
         .await
         .expect("stop cluster");
+}
+
+/// Provider records go out in the background, for more chunks than Kademlia's default store
+/// takes (1024 keys), and a restarted holder announces what it holds again (its sweep of the
+/// held table), since provider records live only in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_held_chunk_gets_a_provider_record_also_after_a_restart() {
+    let fast = NetworkConfig {
+        providers_per_sec_idle: 5_000,
+        ..NetworkConfig::default()
+    };
+    let a = start(0).await;
+    let b = start_with(fast.clone()).await;
+    connect(&a.net, &b.net).await;
+    const CHUNKS: usize = 1_100;
+    let mut chunks = Vec::new();
+    for n in 0..CHUNKS {
+        let chunk = ChunkId(*blake3::hash(format!("provider {n}").as_bytes()).as_bytes());
+        let header = ShardHeader {
+            chunk,
+            layout: Layout::Erasure { data: 4, parity: 2 },
+            index: 0,
+            chunk_len: 64,
+        };
+        a.net
+            .store_shard(b.net.local_id(), chunk, 0, header.encode(&[7u8; 16]))
+            .await
+            .expect("store on b");
+        chunks.push(chunk);
+    }
+    let bid = b.net.local_id();
+    for chunk in [chunks[0], chunks[CHUNKS / 2], chunks[CHUNKS - 1]] {
+        wait_for_provider(&a.net, chunk, bid).await;
+    }
+
+    // b restarts on the same data directory; a fresh peer c that never heard the first
+    // announcements finds b through its new ones.
+    b.net.shutdown().await;
+    let options = NetOptions::from_config(&NetworkConfig {
+        grace_secs: 5,
+        ..fast
+    })
+    .expect("options");
+    let b2 = Network::start(b.repo.clone(), options)
+        .await
+        .expect("restart b");
+    let c = start(0).await;
+    connect(&c.net, &b2).await;
+    for chunk in [chunks[1], chunks[CHUNKS - 2]] {
+        wait_for_provider(&c.net, chunk, bid).await;
+    }
 }

@@ -26,7 +26,7 @@ use libp2p::PeerId;
 
 use crate::chunk::{ChunkError, ShardSet};
 use crate::config::PlacementConfig;
-use crate::diskcache::DiskCache;
+use crate::diskcache::{DiskCache, Filler};
 use crate::meta::Placed;
 use crate::net::Network;
 use crate::repo::Repo;
@@ -90,8 +90,9 @@ pub struct Cluster {
     /// Serialises read-modify-write of placement records (writers vs the repair thread).
     placed_lock: Mutex<()>,
     stopping: AtomicBool,
-    /// Chunks fetched from other peers, kept on disk (`DATA/cache`); `None` when disabled.
-    disk_cache: Option<DiskCache>,
+    /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
+    /// thread); `None` when disabled.
+    disk_cache: Option<Filler>,
 }
 
 /// A running cluster with its background threads; stops them when dropped.
@@ -191,7 +192,7 @@ impl Cluster {
         s.found_by_providers = self.counters.found_by_providers.load(Ordering::Relaxed);
         s.bytes_sent = self.counters.bytes_sent.load(Ordering::Relaxed);
         s.bytes_fetched = self.counters.bytes_fetched.load(Ordering::Relaxed);
-        s.disk_cache = self.disk_cache.as_ref().map(|c| c.stats());
+        s.disk_cache = self.disk_cache.as_ref().map(|c| c.cache().stats());
         s
     }
 
@@ -260,10 +261,16 @@ impl ClusterHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(filler) = &self.cluster.disk_cache {
+            filler.stop();
+        }
     }
 }
 
-fn open_disk_cache(repo: &Repo) -> Option<DiskCache> {
+/// Cache puts waiting for the fill thread (4 MiB chunks: at most 32 MiB of copies).
+const CACHE_FILL_DEPTH: usize = 8;
+
+fn open_disk_cache(repo: &Repo) -> Option<Filler> {
     let limit = repo.config().cache.disk_bytes;
     if limit == 0 {
         return None;
@@ -271,6 +278,7 @@ fn open_disk_cache(repo: &Repo) -> Option<DiskCache> {
     DiskCache::open(&crate::diskcache::cache_dir(repo.path()), limit)
         .map_err(|e| tracing::warn!("the disk cache is off: {e}"))
         .ok()
+        .map(|cache| Filler::start(Arc::new(cache), CACHE_FILL_DEPTH))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -284,7 +292,7 @@ fn peer_from_bytes(bytes: &[u8]) -> Option<PeerId> {
 
 impl Remote for Cluster {
     fn cached(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        self.disk_cache.as_ref()?.get(id)
+        self.disk_cache.as_ref()?.cache().get(id)
     }
 
     fn remember(&self, id: &ChunkId, ciphertext: &[u8]) {

@@ -68,6 +68,15 @@ impl HeldShards {
         )
     }
 
+    /// Up to `limit` distinct chunks held here, in id order, after `after`.
+    pub fn chunks_after(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>, crate::meta::MetaError> {
+        self.meta().held_chunks(after, limit)
+    }
+
     /// Serve one request from `from`.
     pub fn handle(&self, from: PeerId, request: Request) -> Response {
         let (chunk, index) = request.shard();

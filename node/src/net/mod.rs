@@ -7,6 +7,7 @@
 //! announcements on a gossipsub topic feed the peer table ([`peers`]) with its failure detector.
 //! Shards move over the request-response protocol in [`wire`], served from [`held`].
 
+mod announce;
 pub mod held;
 pub mod identity;
 pub mod peers;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::config::NetworkConfig;
 use crate::shard::ShardHeader;
 use crate::Repo;
+pub use announce::AnnounceRate;
 pub use peers::{PeerState, PeerView};
 pub use wire::{Refusal, Request, Response};
 
@@ -83,6 +85,8 @@ pub struct NetOptions {
     pub capacity: u64,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    /// How fast provider records of held chunks are announced in the DHT.
+    pub announce_rate: AnnounceRate,
 }
 
 /// Parse a multiaddr given by the user, naming the setting it came from.
@@ -137,6 +141,10 @@ impl NetOptions {
             capacity: c.capacity,
             max_connections: c.max_connections,
             max_connections_per_peer: c.max_connections_per_peer,
+            announce_rate: AnnounceRate {
+                busy: c.providers_per_sec_busy,
+                idle: c.providers_per_sec_idle,
+            },
         })
     }
 }
@@ -356,7 +364,8 @@ impl Network {
         }
     }
 
-    /// Announce in the DHT that this peer holds shards of `chunk`.
+    /// Announce in the DHT that this peer holds shards of `chunk` (queued: announcements go
+    /// out at the `[network] providers_per_sec_*` rates).
     pub async fn provide(&self, chunk: ChunkId) -> Result<(), NetError> {
         self.commands
             .send(Command::Provide(chunk))

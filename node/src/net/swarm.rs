@@ -20,6 +20,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::announce::{self, Announcer};
 use super::held::{disk_free, disk_total, HeldShards};
 use super::peers::{Announcement, PeerTable, PeerView, Transition};
 use super::wire::{Refusal, Request, Response, ShardCodec, PROTOCOL};
@@ -35,6 +36,16 @@ const RENDEZVOUS_NAMESPACE: &str = "dfs";
 const MAX_INBOUND: usize = 32;
 /// How often the failure detector and the redial schedule run.
 const HEALTH_TICK: Duration = Duration::from_millis(250);
+/// How often queued provider announcements are started.
+const ANNOUNCE_TICK: Duration = Duration::from_millis(50);
+/// A peer that received a shard request this recently is busy: announcements slow down.
+const BUSY_FOR: Duration = Duration::from_millis(250);
+/// Held chunks read from RocksDB per step of a sweep, and the queue length below which the
+/// sweep reads the next page (so a sweep never holds the whole table in memory).
+const SWEEP_PAGE: usize = 1024;
+const SWEEP_LOW_WATER: usize = 4 * SWEEP_PAGE;
+/// Provider records (keys) a peer keeps, its own and others' (about 200 bytes each).
+const MAX_PROVIDER_KEYS: usize = 1 << 20;
 /// Ping interval, and how long an answer may take before the peer is suspect (a cut link
 /// does not close a TCP connection; only a ping that fails to come back shows it at once).
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -80,6 +91,13 @@ pub(super) struct Node {
     /// Bootstrap addresses given without a peer id: dialled while no peer is connected.
     anonymous: Vec<Multiaddr>,
     bootstrapped: bool,
+    /// Provider announcements waiting for their turn.
+    announcer: Announcer,
+    /// Kademlia queries of announcements in flight.
+    announcing: HashSet<QueryId>,
+    /// Where a sweep of the held table has got to: `Some(None)` to start from the beginning.
+    sweep: Option<Option<dfs_placement::ChunkId>>,
+    last_inbound: Option<Instant>,
 }
 
 /// An inbound request served on the blocking pool.
@@ -108,7 +126,17 @@ fn behaviour(
         .with_max_pending_outgoing(Some(128));
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config.set_query_timeout(Duration::from_secs(30));
-    let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_config);
+    // Our own sweep republishes provider records at a bounded rate (see `announce`); Kademlia's
+    // would restart every query at once.
+    kad_config.set_provider_publication_interval(None);
+    let store = MemoryStore::with_config(
+        local,
+        kad::store::MemoryStoreConfig {
+            max_provided_keys: MAX_PROVIDER_KEYS,
+            ..Default::default()
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
     kad.set_mode(Some(kad::Mode::Server));
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -225,6 +253,7 @@ impl Node {
             }
         }
         let (done_tx, done_rx) = mpsc::channel(MAX_INBOUND * 2);
+        let options_rate = options.announce_rate;
         Ok(Self {
             swarm,
             table,
@@ -242,6 +271,10 @@ impl Node {
             rendezvous_points,
             anonymous,
             bootstrapped: false,
+            announcer: Announcer::new(options_rate),
+            announcing: HashSet::new(),
+            sweep: Some(None),
+            last_inbound: None,
         })
     }
 
@@ -249,6 +282,12 @@ impl Node {
         let mut health = tokio::time::interval(HEALTH_TICK);
         let mut announce = tokio::time::interval(self.options.announce);
         let mut discover = tokio::time::interval(DISCOVER_EVERY);
+        let mut providers = tokio::time::interval(ANNOUNCE_TICK);
+        providers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval_at(
+            tokio::time::Instant::now() + announce::SWEEP_EVERY,
+            announce::SWEEP_EVERY,
+        );
         for addr in self.anonymous.clone() {
             self.dial_address(addr);
         }
@@ -267,6 +306,8 @@ impl Node {
                 _ = health.tick() => self.health(),
                 _ = announce.tick() => self.announce(),
                 _ = discover.tick() => self.discover(),
+                _ = providers.tick() => self.announce_providers(),
+                _ = sweep.tick() => self.sweep = Some(None),
             }
         }
         tracing::info!("peer stopped");
@@ -306,7 +347,9 @@ impl Node {
                 self.pending.insert(id, (peer, reply));
             }
             Command::BadData(peer) => self.table.bad_data(peer, Instant::now()),
-            Command::Provide(chunk) => self.provide(chunk),
+            Command::Provide(chunk) => {
+                self.announcer.push(chunk);
+            }
             Command::FindProviders { chunk, reply } => {
                 let key = kad::RecordKey::new(chunk.as_bytes());
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
@@ -322,10 +365,40 @@ impl Node {
         }
     }
 
-    fn provide(&mut self, chunk: dfs_placement::ChunkId) {
-        let key = kad::RecordKey::new(chunk.as_bytes());
-        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-            tracing::warn!(error = %e, "cannot record a provider entry");
+    /// Start the provider announcements that are due, after topping the queue up from a
+    /// sweep of the held table if one is running.
+    fn announce_providers(&mut self) {
+        if let Some(after) = self.sweep {
+            if self.announcer.len() < SWEEP_LOW_WATER && self.announcer.room() >= SWEEP_PAGE {
+                match self.held.chunks_after(after.as_ref(), SWEEP_PAGE) {
+                    Ok(page) => {
+                        self.sweep = (page.len() == SWEEP_PAGE).then(|| page.last().copied());
+                        for chunk in page {
+                            self.announcer.push(chunk);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read held chunks to announce");
+                        self.sweep = None;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let busy = self
+            .last_inbound
+            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_FOR);
+        for chunk in self.announcer.due(now, busy) {
+            let key = kad::RecordKey::new(chunk.as_bytes());
+            match self.swarm.behaviour_mut().kad.start_providing(key) {
+                Ok(id) => {
+                    self.announcing.insert(id);
+                }
+                Err(e) => {
+                    self.announcer.finished();
+                    tracing::warn!(error = %e, "cannot record a provider entry");
+                }
+            }
         }
     }
 
@@ -447,7 +520,7 @@ impl Node {
     fn respond(&mut self, served: Served) {
         self.inbound = self.inbound.saturating_sub(1);
         if let Some(chunk) = served.stored {
-            self.provide(chunk);
+            self.announcer.push(chunk);
         }
         if served.response == Response::Refused(Refusal::Invalid) {
             self.table.bad_data(served.peer, Instant::now());
@@ -584,6 +657,12 @@ impl Node {
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             }) => {
+                if matches!(result, QueryResult::StartProviding(_))
+                    && step.last
+                    && self.announcing.remove(&id)
+                {
+                    self.announcer.finished();
+                }
                 if let QueryResult::GetProviders(result) = result {
                     if let Some((found, _)) = self.providers.get_mut(&id) {
                         if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = result {
@@ -629,6 +708,7 @@ impl Node {
                 ..
             } => {
                 self.table.seen(peer, now);
+                self.last_inbound = Some(now);
                 if self.inbound >= MAX_INBOUND {
                     let busy = Response::Refused(Refusal::Busy);
                     let _ = self
