@@ -226,18 +226,19 @@ impl Repo {
             Some(remote) => remote.place(self, &chunk.id, &shards)?,
             None => None,
         };
+        let record = ChunkRecord {
+            layout,
+            len: chunk_len,
+        };
         match placed {
-            Some(placed) => self.meta().set_placed(&chunk.id, &placed)?,
-            None => self.write_shards(&chunk.id, &shards, None)?,
+            Some(placed) => self
+                .meta()
+                .add_placed_chunk(&chunk.id, &record, owner, &placed)?,
+            None => {
+                self.write_shards(&chunk.id, &shards, None)?;
+                self.meta().add_chunk(&chunk.id, &record, owner)?;
+            }
         }
-        self.meta().add_chunk(
-            &chunk.id,
-            &ChunkRecord {
-                layout,
-                len: chunk_len,
-            },
-            owner,
-        )?;
         Ok((chunk, coder.recycle(shards.encoded)))
     }
 

@@ -31,6 +31,9 @@ const CF_HELD: &str = "held";
 const CF_PLACED: &str = "placed";
 /// Shards on other peers of chunks collected here, still to be deleted there.
 const CF_DOOMED: &str = "doomed";
+/// Chunks being placed right now, with every peer a shard was sent to: what a crash in the
+/// middle of a write leaves behind is found here at the next start (see [`MetaDb::recover_placing`]).
+const CF_PLACING: &str = "placing";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -176,10 +179,12 @@ impl MetaDb {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD, CF_PLACED, CF_DOOMED]
-            .into_iter()
-            .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [
+            CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD, CF_PLACED, CF_DOOMED, CF_PLACING,
+        ]
+        .into_iter()
+        .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self { db })
     }
@@ -207,6 +212,24 @@ impl MetaDb {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
         batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// [`MetaDb::add_chunk`] for a chunk placed on other peers, in one batch with its placement
+    /// record; its placing intent is done with.
+    pub fn add_placed_chunk(
+        &self,
+        id: &ChunkId,
+        record: &ChunkRecord,
+        owner: &OwnerId,
+        placed: &Placed,
+    ) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
+        batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
+        batch.put_cf(self.cf(CF_PLACED)?, id.as_bytes(), encode(placed));
+        batch.delete_cf(self.cf(CF_PLACING)?, id.as_bytes());
         self.db.write(batch)?;
         Ok(())
     }
@@ -300,7 +323,8 @@ impl MetaDb {
         let mut queued = 0;
         if let Some(placed) = self.placed(id)? {
             queued = placed.holders.len();
-            batch.put_cf(self.cf(CF_DOOMED)?, id.as_bytes(), encode(&placed));
+            let doomed = self.doomed_of(id)?.merged(&placed.holders);
+            batch.put_cf(self.cf(CF_DOOMED)?, id.as_bytes(), encode(&doomed));
             batch.delete_cf(self.cf(CF_PLACED)?, id.as_bytes());
         }
         batch.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes());
@@ -316,6 +340,33 @@ pub struct Placed {
     /// (shard index, holder's libp2p PeerId bytes); an index may have several holders while a
     /// shard moves, and none when it is lost.
     pub holders: Vec<(u8, Vec<u8>)>,
+}
+
+impl Placed {
+    /// These holders and `more`, each (index, peer) once.
+    pub fn merged(mut self, more: &[(u8, Vec<u8>)]) -> Placed {
+        for h in more {
+            if !self.holders.contains(h) {
+                self.holders.push(h.clone());
+            }
+        }
+        self
+    }
+
+    /// These holders without any in `gone`.
+    pub fn without(mut self, gone: &[(u8, Vec<u8>)]) -> Placed {
+        self.holders.retain(|h| !gone.contains(h));
+        self
+    }
+}
+
+/// What [`MetaDb::recover_placing`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Writes that a crash interrupted.
+    pub writes: usize,
+    /// Shards they may have left on peers, now queued for deletion there.
+    pub shards_queued: usize,
 }
 
 impl MetaDb {
@@ -369,21 +420,130 @@ impl MetaDb {
 
     /// What is queued for deletion of one chunk (empty when nothing).
     pub fn doomed_of(&self, id: &ChunkId) -> Result<Placed, MetaError> {
-        match self.db.get_cf(self.cf(CF_DOOMED)?, id.as_bytes())? {
-            Some(v) => decode("doomed chunk", &v),
-            None => Ok(Placed::default()),
-        }
+        self.record_of(CF_DOOMED, id)
     }
 
-    /// Replace (or with an empty list, drop) what is left to delete of a collected chunk.
-    pub fn set_doomed(&self, id: &ChunkId, placed: &Placed) -> Result<(), MetaError> {
+    /// Start placing chunk `id` on the peers in `intent`, before any shard is sent. Deletes
+    /// still queued for those very shards (left by an earlier, collected copy of the chunk)
+    /// are dropped: the shards about to be stored are the same bytes, and must stay.
+    pub fn begin_placing(&self, id: &ChunkId, intent: &Placed) -> Result<(), MetaError> {
+        self.extend_placing(id, Placed::default(), intent)
+    }
+
+    /// One more peer is sent shard `index` of `id` (a target failed).
+    pub fn add_placing(&self, id: &ChunkId, index: u8, peer: Vec<u8>) -> Result<(), MetaError> {
+        let current = self.record_of(CF_PLACING, id)?;
+        self.extend_placing(
+            id,
+            current,
+            &Placed {
+                holders: vec![(index, peer)],
+            },
+        )
+    }
+
+    fn extend_placing(
+        &self,
+        id: &ChunkId,
+        current: Placed,
+        more: &Placed,
+    ) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        let intent = current.merged(&more.holders);
+        batch.put_cf(self.cf(CF_PLACING)?, id.as_bytes(), encode(&intent));
+        self.put_doomed(&mut batch, id, self.doomed_of(id)?.without(&more.holders))?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// A placement failed: every peer it sent a shard to is queued for deletion.
+    pub fn abandon_placing(&self, id: &ChunkId) -> Result<(), MetaError> {
+        let intent = self.record_of(CF_PLACING, id)?;
+        let mut batch = WriteBatch::default();
+        self.put_doomed(&mut batch, id, self.doomed_of(id)?.merged(&intent.holders))?;
+        batch.delete_cf(self.cf(CF_PLACING)?, id.as_bytes());
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// After a crash: every placement that never finished queues the shards it may have left
+    /// for deletion, except those its chunk's placement record names (a chunk written before
+    /// and being placed again). Run at start, before any write.
+    pub fn recover_placing(&self) -> Result<Recovered, MetaError> {
+        let mut found = Recovered::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_PLACING)?, IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let Some(id) = chunk_from_key(&k) else {
+                continue;
+            };
+            let intent: Placed = decode("placing chunk", &v)?;
+            let keep = match self.chunk(&id)? {
+                Some(_) => self.placed(&id)?.unwrap_or_default(),
+                None => Placed::default(),
+            };
+            let strays = intent.without(&keep.holders);
+            found.writes += 1;
+            found.shards_queued += strays.holders.len();
+            let mut batch = WriteBatch::default();
+            self.put_doomed(
+                &mut batch,
+                &id,
+                self.doomed_of(&id)?.merged(&strays.holders),
+            )?;
+            batch.delete_cf(self.cf(CF_PLACING)?, id.as_bytes());
+            self.db.write(batch)?;
+        }
+        Ok(found)
+    }
+
+    /// Whether chunk `id` is being placed now.
+    pub fn is_placing(&self, id: &ChunkId) -> Result<bool, MetaError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_PLACING)?, id.as_bytes())?
+            .is_some())
+    }
+
+    /// Queue shards of chunk `id` (index, peer) for deletion on their peers.
+    pub fn queue_deletes(&self, id: &ChunkId, shards: &[(u8, Vec<u8>)]) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        self.put_doomed(&mut batch, id, self.doomed_of(id)?.merged(shards))?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Drop shards from the delete queue of chunk `id`: they were deleted, or they are to be
+    /// kept after all (a peer holds that shard again).
+    pub fn unqueue_deletes(&self, id: &ChunkId, shards: &[(u8, Vec<u8>)]) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        self.put_doomed(&mut batch, id, self.doomed_of(id)?.without(shards))?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    fn put_doomed(
+        &self,
+        batch: &mut WriteBatch,
+        id: &ChunkId,
+        doomed: Placed,
+    ) -> Result<(), MetaError> {
         let cf = self.cf(CF_DOOMED)?;
-        if placed.holders.is_empty() {
-            self.db.delete_cf(cf, id.as_bytes())?;
+        if doomed.holders.is_empty() {
+            batch.delete_cf(cf, id.as_bytes());
         } else {
-            self.db.put_cf(cf, id.as_bytes(), encode(placed))?;
+            batch.put_cf(cf, id.as_bytes(), encode(&doomed));
         }
         Ok(())
+    }
+
+    fn record_of(&self, cf: &'static str, id: &ChunkId) -> Result<Placed, MetaError> {
+        match self.db.get_cf(self.cf(cf)?, id.as_bytes())? {
+            Some(v) => decode("placement", &v),
+            None => Ok(Placed::default()),
+        }
     }
 
     fn ids_of(&self, cf: &'static str) -> Result<Vec<ChunkId>, MetaError> {
@@ -554,6 +714,100 @@ fn ref_key(id: &ChunkId, owner: &OwnerId) -> [u8; 48] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shard(index: u8, peer: u8) -> (u8, Vec<u8>) {
+        (index, vec![peer; 4])
+    }
+
+    fn intent(pairs: &[(u8, u8)]) -> Placed {
+        Placed {
+            holders: pairs.iter().map(|&(i, p)| shard(i, p)).collect(),
+        }
+    }
+
+    fn sorted(mut p: Placed) -> Vec<(u8, Vec<u8>)> {
+        p.holders.sort();
+        p.holders
+    }
+
+    #[test]
+    fn a_write_cut_short_queues_every_peer_it_sent_to_for_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        let id = ChunkId([5; 32]);
+        db.begin_placing(&id, &intent(&[(0, 1), (1, 2)])).unwrap();
+        db.add_placing(&id, 1, vec![3; 4]).unwrap();
+        // The process dies here; the database is reopened by the next start.
+        drop(db);
+        let db = MetaDb::open(dir.path()).unwrap();
+        let found = db.recover_placing().unwrap();
+        assert_eq!(
+            found,
+            Recovered {
+                writes: 1,
+                shards_queued: 3
+            }
+        );
+        assert_eq!(
+            sorted(db.doomed_of(&id).unwrap()),
+            vec![shard(0, 1), shard(1, 2), shard(1, 3)]
+        );
+        assert!(!db.is_placing(&id).unwrap());
+        assert_eq!(db.recover_placing().unwrap(), Recovered::default());
+    }
+
+    #[test]
+    fn a_finished_write_leaves_no_intent_and_recovery_spares_recorded_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        let rec = ChunkRecord {
+            layout: Layout::Erasure { data: 4, parity: 2 },
+            len: 10,
+        };
+        let done = ChunkId([6; 32]);
+        db.begin_placing(&done, &intent(&[(0, 1)])).unwrap();
+        db.add_placed_chunk(&done, &rec, &[1; 16], &intent(&[(0, 1)]))
+            .unwrap();
+        assert!(!db.is_placing(&done).unwrap());
+        // A chunk placed before, being placed again when the crash came: only the peers its
+        // record does not name are strays.
+        let again = ChunkId([7; 32]);
+        db.add_placed_chunk(&again, &rec, &[1; 16], &intent(&[(0, 1), (1, 2)]))
+            .unwrap();
+        db.begin_placing(&again, &intent(&[(0, 1), (1, 4)]))
+            .unwrap();
+        assert_eq!(
+            db.recover_placing().unwrap(),
+            Recovered {
+                writes: 1,
+                shards_queued: 1
+            }
+        );
+        assert_eq!(db.doomed_of(&again).unwrap().holders, vec![shard(1, 4)]);
+        assert_eq!(db.doomed_of(&done).unwrap(), Placed::default());
+    }
+
+    #[test]
+    fn placing_a_collected_chunk_again_cancels_the_deletes_of_the_same_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        let id = ChunkId([8; 32]);
+        db.queue_deletes(&id, &[shard(0, 1), shard(1, 2), shard(2, 3)])
+            .unwrap();
+        db.begin_placing(&id, &intent(&[(0, 1), (1, 5)])).unwrap();
+        db.add_placing(&id, 2, vec![3; 4]).unwrap();
+        // Shard 0 on peer 1 and shard 2 on peer 3 are stored anew: same bytes, and they stay.
+        assert_eq!(db.doomed_of(&id).unwrap().holders, vec![shard(1, 2)]);
+        // The write fails: everything it sent to is queued, with what was queued already.
+        db.abandon_placing(&id).unwrap();
+        assert_eq!(
+            sorted(db.doomed_of(&id).unwrap()),
+            vec![shard(0, 1), shard(1, 2), shard(1, 5), shard(2, 3)]
+        );
+        db.unqueue_deletes(&id, &[shard(0, 1), shard(1, 2), shard(1, 5), shard(2, 3)])
+            .unwrap();
+        assert!(db.doomed().unwrap().is_empty());
+    }
 
     #[test]
     fn records_round_trip_in_a_real_rocksdb() {

@@ -16,8 +16,9 @@ mod members;
 pub mod repair;
 mod transfer;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -89,6 +90,10 @@ pub struct Cluster {
     status: Mutex<PlacementStatus>,
     /// Serialises read-modify-write of placement records (writers vs the repair thread).
     placed_lock: Mutex<()>,
+    /// Chunks whose queued deletes are being sent now. A writer placing such a chunk again
+    /// waits for them (see [`Cluster::begin_placing`]); `deletes_done` wakes it.
+    deleting: Mutex<HashSet<ChunkId>>,
+    deletes_done: Condvar,
     stopping: AtomicBool,
     /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
     /// thread); `None` when disabled.
@@ -120,9 +125,20 @@ impl Cluster {
             counters: TransferCounters::default(),
             status: Mutex::new(PlacementStatus::default()),
             placed_lock: Mutex::new(()),
+            deleting: Mutex::new(HashSet::new()),
+            deletes_done: Condvar::new(),
             stopping: AtomicBool::new(false),
             disk_cache: open_disk_cache(&repo),
         });
+        match repo.meta().recover_placing() {
+            Ok(r) if r.writes > 0 => tracing::warn!(
+                writes = r.writes,
+                shards = r.shards_queued,
+                "writes cut short by a crash: the shards they left on peers are queued for deletion"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot recover interrupted writes: {e}"),
+        }
         cluster.refresh_members();
         repo.set_remote(Some(cluster.clone()));
         let mut threads = Vec::new();
@@ -235,6 +251,58 @@ impl Cluster {
     /// How long to wait for a slow shard before asking one more holder.
     fn hedge_delay(&self) -> Duration {
         Duration::from_micros(3 * self.fetch_micros.load(Ordering::Relaxed) + 5_000)
+    }
+
+    /// Record that chunk `id` is about to be sent to the peers in `intent` (see
+    /// [`crate::meta::MetaDb::begin_placing`]). Waits while deletes queued for an earlier copy
+    /// of the chunk are in flight, so none of them can land after the new shards.
+    pub(crate) fn begin_placing(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        intent: &Placed,
+    ) -> Result<(), crate::meta::MetaError> {
+        let mut deleting = lock(&self.deleting);
+        while deleting.contains(id) {
+            deleting = self
+                .deletes_done
+                .wait(deleting)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        repo.meta().begin_placing(id, intent)
+    }
+
+    /// The queued deletes of chunk `id`, claimed for sending, unless the chunk is being placed
+    /// again now (its writer drops what must stay). Release with [`Cluster::release_deletes`].
+    fn claim_deletes(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+    ) -> Result<Option<Placed>, crate::meta::MetaError> {
+        let mut deleting = lock(&self.deleting);
+        if repo.meta().is_placing(id)? {
+            return Ok(None);
+        }
+        let doomed = repo.meta().doomed_of(id)?;
+        if doomed.holders.is_empty() {
+            return Ok(None);
+        }
+        deleting.insert(*id);
+        Ok(Some(doomed))
+    }
+
+    /// Done sending deletes of chunk `id`; `deleted` leave its queue.
+    fn release_deletes(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+        deleted: &[(u8, Vec<u8>)],
+    ) -> Result<(), crate::meta::MetaError> {
+        let mut deleting = lock(&self.deleting);
+        let result = repo.meta().unqueue_deletes(id, deleted);
+        deleting.remove(id);
+        self.deletes_done.notify_all();
+        result
     }
 
     /// Change a chunk's placement record under the placement lock.

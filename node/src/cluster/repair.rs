@@ -270,9 +270,7 @@ fn forget_gone(
     gone: &[(u8, Vec<u8>)],
 ) -> Result<(), ChunkError> {
     cluster.update_placed(repo, id, |p| p.holders.retain(|h| !gone.contains(h)))?;
-    let mut doomed = repo.meta().doomed_of(id)?;
-    doomed.holders.extend(gone.iter().cloned());
-    repo.meta().set_doomed(id, &doomed)?;
+    repo.meta().queue_deletes(id, gone)?;
     Ok(())
 }
 
@@ -401,6 +399,10 @@ fn add_holder(
     peer: PeerId,
 ) -> Result<(), String> {
     let bytes = peer.to_bytes();
+    // A delete still queued for this very shard (the peer held it before) must not follow.
+    repo.meta()
+        .unqueue_deletes(id, &[(index, bytes.clone())])
+        .map_err(|e| e.to_string())?;
     cluster
         .update_placed(repo, id, |p| {
             if !p.holders.iter().any(|(i, b)| *i == index && *b == bytes) {
@@ -427,10 +429,8 @@ fn drop_holder(
         })
         .map_err(|e| e.to_string())?;
     if !delete_shard(cluster, repo, peer, id, index) {
-        let mut doomed = repo.meta().doomed_of(id).map_err(|e| e.to_string())?;
-        doomed.holders.push((index, bytes));
         repo.meta()
-            .set_doomed(id, &doomed)
+            .queue_deletes(id, &[(index, bytes)])
             .map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -457,24 +457,28 @@ fn delete_shard(cluster: &Cluster, repo: &Repo, peer: PeerId, id: &ChunkId, inde
 /// Deletes queued for collected chunks and moved shards, to peers that are alive now.
 fn delete_doomed(cluster: &Cluster, repo: &Repo, members: &Members) -> Result<(), ChunkError> {
     let mut budget = cluster.settings().max_actions_per_round as usize;
-    for (id, placed) in repo.meta().doomed()? {
+    for (id, _) in repo.meta().doomed()? {
         if budget == 0 {
             break;
         }
-        let mut left = Placed::default();
-        for (index, bytes) in placed.holders {
+        // Claimed fresh: the chunk may be being written again since the list was read.
+        let Some(doomed) = cluster.claim_deletes(repo, &id)? else {
+            continue;
+        };
+        let mut deleted = Vec::new();
+        for (index, bytes) in doomed.holders {
             let Some(peer) = peer_from_bytes(&bytes) else {
+                deleted.push((index, bytes));
                 continue;
             };
             let reachable = peer == cluster.local || members.get(&peer).is_some_and(|m| m.alive);
             if budget > 0 && reachable && delete_shard(cluster, repo, peer, &id, index) {
                 budget -= 1;
                 cluster.set_status(|s| s.orphans_deleted += 1);
-            } else {
-                left.holders.push((index, bytes));
+                deleted.push((index, bytes));
             }
         }
-        repo.meta().set_doomed(&id, &left)?;
+        cluster.release_deletes(repo, &id, &deleted)?;
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! peer that holds nothing of the chunk yet; a shard no peer took is left to the repair thread.
 //! The write is durable once `durable_peers` distinct peers (k+1 by default, or every live
 //! peer when there are fewer) hold shards; otherwise it fails and nothing refers to the chunk.
+//! Every peer is written down (a placing intent in RocksDB) before a shard goes to it, so a
+//! crash in the middle leaves nothing that the next start cannot find and delete.
 //!
 //! A read asks the holders of the data shards first (no decode needed when they all answer),
 //! best-scored first, local shards without a network hop; each failure starts the next
@@ -132,6 +134,14 @@ pub fn place(
     let candidates = members.candidates(true);
     let ranked = hrw::rank(id, &candidates);
     let targets = hrw::place(id, count, &candidates).targets;
+    let intent = Placed {
+        holders: targets
+            .iter()
+            .enumerate()
+            .map(|(index, &to)| (index as u8, members.list[to].id.to_bytes()))
+            .collect(),
+    };
+    cluster.begin_placing(repo, id, &intent)?;
     let work = place_all(cluster, repo, id, shards, &members, &ranked, &targets);
     let holders = cluster.wait_for(work);
     let distinct: HashSet<&PeerId> = holders.iter().map(|(_, p)| p).collect();
@@ -145,8 +155,8 @@ pub fn place(
         holders: holders.iter().map(|(i, p)| (*i, p.to_bytes())).collect(),
     };
     if distinct.len() < required || holders.len() < shards.encoded.layout().needed() {
-        // Nothing will refer to this chunk: what did land is deleted by the repair thread.
-        let _ = repo.meta().set_doomed(id, &placed);
+        // Nothing will refer to this chunk: whatever landed is deleted by the repair thread.
+        repo.meta().abandon_placing(id)?;
         return Err(ChunkError::NotDurable {
             id: *id,
             peers: distinct.len(),
@@ -186,7 +196,14 @@ async fn place_all(
             Err(e) => {
                 tracing::warn!(chunk = %id.short(), index, peer = %members.list[to].id, "storing a shard failed: {e}");
                 if let Some(next) = spare.next() {
-                    inflight.push(send(index, next));
+                    let peer = members.list[next].id.to_bytes();
+                    // Recorded before the store goes out, like the first targets.
+                    match repo.meta().add_placing(id, index as u8, peer) {
+                        Ok(()) => inflight.push(send(index, next)),
+                        Err(e) => {
+                            tracing::warn!(chunk = %id.short(), "cannot record a placement: {e}")
+                        }
+                    }
                 }
             }
         }
