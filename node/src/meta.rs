@@ -398,9 +398,30 @@ impl MetaDb {
         Ok(false)
     }
 
-    /// Every chunk with a placement record.
-    pub fn placed_ids(&self) -> Result<Vec<ChunkId>, MetaError> {
-        self.ids_of(CF_PLACED)
+    /// Up to `limit` placement records in chunk id order, after `after` (from the start when
+    /// `None`).
+    pub fn placed_after(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, Placed)>, MetaError> {
+        let start = after.map_or([0u8; 32], |id| *id.as_bytes());
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PLACED)?, mode) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(id) = chunk_from_key(&k) else {
+                continue;
+            };
+            if after == Some(&id) {
+                continue;
+            }
+            out.push((id, decode("placed chunk", &v)?));
+        }
+        Ok(out)
     }
 
     /// Shards of collected chunks still to delete on other peers.
@@ -544,15 +565,6 @@ impl MetaDb {
             Some(v) => decode("placement", &v),
             None => Ok(Placed::default()),
         }
-    }
-
-    fn ids_of(&self, cf: &'static str) -> Result<Vec<ChunkId>, MetaError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
-            let (k, _) = item?;
-            out.extend(chunk_from_key(&k));
-        }
-        Ok(out)
     }
 }
 
@@ -807,6 +819,32 @@ mod tests {
         db.unqueue_deletes(&id, &[shard(0, 1), shard(1, 2), shard(1, 5), shard(2, 3)])
             .unwrap();
         assert!(db.doomed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn placement_records_are_read_in_pages_after_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        for n in 1..=5u8 {
+            db.set_placed(&ChunkId([n; 32]), &intent(&[(0, n)]))
+                .unwrap();
+        }
+        let ids = |page: Vec<(ChunkId, Placed)>| {
+            page.into_iter().map(|(id, _)| id.0[0]).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(db.placed_after(None, 2).unwrap()), vec![1, 2]);
+        assert_eq!(
+            ids(db.placed_after(Some(&ChunkId([2; 32])), 2).unwrap()),
+            vec![3, 4]
+        );
+        assert_eq!(
+            ids(db.placed_after(Some(&ChunkId([4; 32])), 9).unwrap()),
+            vec![5]
+        );
+        assert!(db
+            .placed_after(Some(&ChunkId([5; 32])), 9)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -259,7 +259,10 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     drop(mount);
     let mount = mount_dir.mount_at(&mnt, &["--grace", GRACE, "--peer", &boot, "--zone", "z2"]);
     check_files(&mnt, "from the disk cache");
-    assert_eq!(num(&placement(&mount_dir), "bytes_fetched"), 0);
+    let p = wait_for(Duration::from_secs(10), "the mount's status", || {
+        Some(placement(&mount_dir)).filter(|p| !p.is_null())
+    });
+    assert_eq!(num(&p, "bytes_fetched"), 0, "{p}");
 
     // 7. Delete half the files; `dfs gc` (offline) queues their shards on the peers for
     //    deletion, and the next mount deletes exactly those.
@@ -424,6 +427,15 @@ fn a_writer_killed_mid_write_leaves_no_stray_shards() {
         num(&p, "orphans_deleted")
     );
     assert!(after.len() < before.len() || num(&p, "orphans_deleted") > 0);
+    // Nothing changes now: rounds go on (deletes, scrubbing) without looking at every chunk.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = placement(&client);
+    let rounds = num(&idle, "rounds") - num(&p, "rounds");
+    let passes = num(&idle, "full_passes") - num(&p, "full_passes");
+    assert!(
+        rounds >= 3 && passes <= 1,
+        "{rounds} rounds, {passes} full passes while idle"
+    );
     drop(writer);
     drop(nodes);
 }

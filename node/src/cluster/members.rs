@@ -53,6 +53,20 @@ fn capacity_weight(capacity: u64) -> f64 {
 }
 
 impl Members {
+    /// A digest of everything placement decisions depend on: who is a member, alive or
+    /// suspect, where and how heavy, who is dead, and whether the table has settled. Equal
+    /// fingerprints plan the same.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for m in &self.list {
+            (m.id, &m.zone, m.weight.to_bits(), m.alive).hash(&mut h);
+        }
+        self.dead.hash(&mut h);
+        self.settled.hash(&mut h);
+        h.finish()
+    }
+
     /// Build the snapshot. `store_here`: this peer takes shards of its own chunks (otherwise it
     /// is a member of weight almost zero, chosen only when no other peer is left).
     pub fn from_views(

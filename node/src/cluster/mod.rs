@@ -94,6 +94,9 @@ pub struct Cluster {
     /// waits for them (see [`Cluster::begin_placing`]); `deletes_done` wakes it.
     deleting: Mutex<HashSet<ChunkId>>,
     deletes_done: Condvar,
+    /// Bumped whenever a placement record is made or changed: the repair thread looks at every
+    /// chunk again only after such a change or a change of membership.
+    changes: AtomicU64,
     stopping: AtomicBool,
     /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
     /// thread); `None` when disabled.
@@ -127,6 +130,7 @@ impl Cluster {
             placed_lock: Mutex::new(()),
             deleting: Mutex::new(HashSet::new()),
             deletes_done: Condvar::new(),
+            changes: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             disk_cache: open_disk_cache(&repo),
         });
@@ -317,7 +321,13 @@ impl Cluster {
             return Ok(());
         };
         change(&mut placed);
+        self.changed();
         repo.meta().set_placed(id, &placed)
+    }
+
+    /// A placement record was made or changed.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -61,6 +61,9 @@ pub struct PlacementStatus {
     pub corrupt_found: u64,
     pub orphans_deleted: u64,
     pub rounds: u64,
+    /// Rounds that looked at every chunk (the others found nothing changed since).
+    #[serde(default)]
+    pub full_passes: u64,
     pub last_round_ms: u64,
     pub hedged_fetches: u64,
     pub found_by_providers: u64,
@@ -75,9 +78,10 @@ pub struct PlacementStatus {
 pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {
     let interval = Duration::from_millis(cluster.settings.repair_interval_ms.max(100));
     let mut scrub_cursor: Option<ChunkId> = None;
+    let mut memo: Option<Memo> = None;
     while cluster.sleep(interval) {
         let started = Instant::now();
-        let result = round(cluster, repo, &mut scrub_cursor, interval);
+        let result = round(cluster, repo, &mut scrub_cursor, &mut memo, interval);
         cluster.set_status(|s| {
             s.rounds += 1;
             s.last_round_ms = started.elapsed().as_millis() as u64;
@@ -171,10 +175,25 @@ fn take_stock(cluster: &Cluster, repo: &Repo, members: &Members) -> Result<Stock
     Ok(stock)
 }
 
+/// What the last full pass over the chunks saw. While membership and placement records stay as
+/// they were and that pass left nothing to do, a round does not look at every chunk again
+/// (which costs about 4 s per million chunks): only deletes and scrubbing go on.
+struct Memo {
+    fingerprint: u64,
+    changes: u64,
+    at: Instant,
+    quiet: bool,
+}
+
+/// A full pass is made at least this often anyway (counts in `dfs status` stay fresh, and
+/// anything the memo cannot see, such as a peer that filled up, is caught).
+const FULL_PASS_EVERY: Duration = Duration::from_secs(300);
+
 fn round(
     cluster: &Cluster,
     repo: &Repo,
     scrub_cursor: &mut Option<ChunkId>,
+    memo: &mut Option<Memo>,
     interval: Duration,
 ) -> Result<(), ChunkError> {
     let members = cluster.members();
@@ -182,8 +201,38 @@ fn round(
     if members.live_others() == 0 && !repo.meta().has_placed()? {
         return Ok(());
     }
+    let fingerprint = members.fingerprint();
+    let changes = cluster.changes.load(Ordering::Relaxed);
+    let unchanged = memo.as_ref().is_some_and(|m| {
+        m.quiet
+            && m.fingerprint == fingerprint
+            && m.changes == changes
+            && m.at.elapsed() < FULL_PASS_EVERY
+    });
+    if !unchanged {
+        let quiet = full_pass(cluster, repo, &members, interval)?;
+        *memo = Some(Memo {
+            fingerprint,
+            changes,
+            at: Instant::now(),
+            quiet,
+        });
+    }
+    delete_doomed(cluster, repo, &members)?;
+    scrub(cluster, repo, scrub_cursor)?;
+    Ok(())
+}
+
+/// Look at every chunk, plan, and carry out what the budget allows. True when there was
+/// nothing to do.
+fn full_pass(
+    cluster: &Cluster,
+    repo: &Repo,
+    members: &Members,
+    interval: Duration,
+) -> Result<bool, ChunkError> {
     let candidates = members.candidates(false);
-    let stock = take_stock(cluster, repo, &members)?;
+    let stock = take_stock(cluster, repo, members)?;
     let settings = cluster.settings();
     let planned = plan(
         &stock.inventories,
@@ -198,7 +247,9 @@ fn round(
         );
     }
     let crowded = stock.crowded;
+    let quiet = planned.actions.is_empty() && planned.deferred == 0 && stock.unsure == 0;
     cluster.set_status(|s| {
+        s.full_passes += 1;
         s.chunks = stock.inventories.len() as u64 + stock.unsure;
         s.degraded = planned.degraded as u64;
         s.crowded = crowded;
@@ -247,7 +298,7 @@ fn round(
                     let Some(record) = stock.records.get(&id) else {
                         continue;
                     };
-                    match carry_out(cluster, repo, &mut coder, &members, &id, record, &actions) {
+                    match carry_out(cluster, repo, &mut coder, members, &id, record, &actions) {
                         Ok(bytes) => {
                             spent.fetch_add(bytes, Ordering::Relaxed);
                         }
@@ -257,9 +308,7 @@ fn round(
             });
         }
     });
-    delete_doomed(cluster, repo, &members)?;
-    scrub(cluster, repo, scrub_cursor)?;
-    Ok(())
+    Ok(quiet)
 }
 
 /// Move holders that are gone from a chunk's record to its queue of deletes.
@@ -489,20 +538,22 @@ fn scrub(cluster: &Cluster, repo: &Repo, cursor: &mut Option<ChunkId>) -> Result
     if budget == 0 {
         return Ok(());
     }
-    let ids = repo.meta().placed_ids()?;
-    if ids.is_empty() {
-        return Ok(());
+    // A page of records after the cursor, then from the start again (each round reads only
+    // about as many records as it checks).
+    let mut page = repo.meta().placed_after(cursor.as_ref(), budget)?;
+    if page.len() < budget {
+        let wrapped = repo.meta().placed_after(None, budget - page.len())?;
+        page.extend(
+            wrapped
+                .into_iter()
+                .filter(|(id, _)| Some(id) <= cursor.as_ref()),
+        );
     }
-    let start = cursor.map_or(0, |c| ids.partition_point(|id| *id <= c));
-    let order = ids[start..].iter().chain(&ids[..start]);
-    for id in order {
+    for (id, placed) in &page {
         if budget == 0 {
             break;
         }
         *cursor = Some(*id);
-        let Some(placed) = repo.meta().placed(id)? else {
-            continue;
-        };
         // Fresh for every chunk: a scrub round can outlast a peer.
         let members = cluster.members();
         for (index, bytes) in &placed.holders {

@@ -163,6 +163,7 @@ pub fn place(
             required,
         });
     }
+    cluster.changed();
     Ok(Some(placed))
 }
 
