@@ -279,6 +279,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
             let result = put(&repo, &path);
             if let Some(peer) = peer {
+                if result.is_ok() {
+                    peer.settle(std::time::Duration::from_secs(30));
+                }
                 peer.stop();
             }
             result

@@ -174,6 +174,23 @@ impl RunningPeer {
         })
     }
 
+    /// Before a one-shot command exits: give the repair thread up to `timeout` to put every
+    /// shard on its peers (a store that failed during the write is redone now rather than at
+    /// the next run), and say so if it could not.
+    pub fn settle(&self, timeout: std::time::Duration) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let s = cluster.cluster.settle(timeout);
+        if s.degraded > 0 || s.pending > 0 {
+            eprintln!(
+                "dfs: {} chunks are not on all their peers yet ({} shard moves or rebuilds \
+                 pending); the next peer run on this data directory finishes them",
+                s.degraded, s.pending
+            );
+        }
+    }
+
     /// Wait (at most `timeout`) until peers that announced themselves are alive, when
     /// bootstrap peers were given, and the count has been steady for a second: a mount or a
     /// put then starts with the network it will spread shards over.

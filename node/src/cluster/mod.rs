@@ -97,6 +97,10 @@ pub struct Cluster {
     /// Bumped whenever a placement record is made or changed: the repair thread looks at every
     /// chunk again only after such a change or a change of membership.
     changes: AtomicU64,
+    /// Full passes begun by the repair thread (see [`Cluster::settle`]).
+    passes_begun: AtomicU64,
+    /// Set to end the repair thread's sleep early.
+    wake: AtomicBool,
     stopping: AtomicBool,
     /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
     /// thread); `None` when disabled.
@@ -131,6 +135,8 @@ impl Cluster {
             deleting: Mutex::new(HashSet::new()),
             deletes_done: Condvar::new(),
             changes: AtomicU64::new(0),
+            passes_begun: AtomicU64::new(0),
+            wake: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             disk_cache: open_disk_cache(&repo),
         });
@@ -220,13 +226,44 @@ impl Cluster {
         update(&mut lock(&self.status));
     }
 
+    /// Wait until a repair pass that began after this call has found every chunk on all its
+    /// peers, or `timeout` passes; returns the status then. For one-shot commands (`dfs put`)
+    /// that would otherwise exit with a shard whose target failed left to a later run.
+    pub fn settle(&self, timeout: Duration) -> PlacementStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let target = self.passes_begun.load(Ordering::Relaxed) + 1;
+            self.changed();
+            self.wake.store(true, Ordering::Relaxed);
+            while self.status().full_passes < target {
+                if std::time::Instant::now() >= deadline || self.stopping.load(Ordering::Relaxed) {
+                    return self.status();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let s = self.status();
+            if (s.degraded == 0 && s.pending == 0) || std::time::Instant::now() >= deadline {
+                return s;
+            }
+        }
+    }
+
     /// Sleep unless stopping; false once the cluster stops.
     fn sleep(&self, d: Duration) -> bool {
-        let step = Duration::from_millis(50);
+        self.nap(d, false)
+    }
+
+    /// Sleep unless stopping or, when `wakeable`, woken by [`Cluster::settle`]; false once the
+    /// cluster stops.
+    fn nap(&self, d: Duration, wakeable: bool) -> bool {
+        let step = Duration::from_millis(10);
         let mut left = d;
         while !left.is_zero() {
             if self.stopping.load(Ordering::Relaxed) {
                 return false;
+            }
+            if wakeable && self.wake.swap(false, Ordering::Relaxed) {
+                return true;
             }
             let s = left.min(step);
             std::thread::sleep(s);

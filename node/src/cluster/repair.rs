@@ -79,7 +79,7 @@ pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {
     let interval = Duration::from_millis(cluster.settings.repair_interval_ms.max(100));
     let mut scrub_cursor: Option<ChunkId> = None;
     let mut memo: Option<Memo> = None;
-    while cluster.sleep(interval) {
+    while cluster.nap(interval, true) {
         let started = Instant::now();
         let result = round(cluster, repo, &mut scrub_cursor, &mut memo, interval);
         cluster.set_status(|s| {
@@ -231,6 +231,7 @@ fn full_pass(
     members: &Members,
     interval: Duration,
 ) -> Result<bool, ChunkError> {
+    cluster.passes_begun.fetch_add(1, Ordering::Relaxed);
     let candidates = members.candidates(false);
     let stock = take_stock(cluster, repo, members)?;
     let settings = cluster.settings();
