@@ -28,6 +28,10 @@ pub struct CacheConfig {
     /// Bytes of recently read chunks to keep in memory. 0 disables the memory cache; otherwise
     /// at least 1 MiB. Default 256 MiB.
     pub memory_bytes: u64,
+    /// Admit a chunk to the disk cache on its second fetch from the network rather than its
+    /// first, so a file streamed once does not push out what is read again and again (and a
+    /// cold read does not pay for a disk write per chunk). Default true.
+    pub disk_on_second_fetch: bool,
 }
 
 /// Smallest cache size accepted, other than 0 (disabled).
@@ -38,6 +42,7 @@ impl Default for CacheConfig {
         Self {
             disk_bytes: 1 << 30,
             memory_bytes: 256 << 20,
+            disk_on_second_fetch: true,
         }
     }
 }

@@ -26,8 +26,15 @@
 //!
 //! [`Filler`] writes entries from a thread of its own, so a read does not wait for the cache
 //! file it leaves behind (a fifth of a cold read's time when written inline).
+//!
+//! Admission: by default a chunk enters the cache on its second fetch from the network, not its
+//! first ([`DiskCache::admit`]). Writing a fetched chunk to disk costs about as much CPU as
+//! fetching it, and a file streamed once (a video, a backup being restored) would otherwise push
+//! out everything that is read again and again. The chunks fetched once are remembered as
+//! "ghosts" (ids only, the newest [`MAX_GHOSTS`]) in `DATA/cache.ghosts`, beside the cache
+//! directory, so a second fetch counts across restarts.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -49,6 +56,11 @@ const TMP_DIR: &str = "tmp";
 /// A hit refreshes the file's mtime (recency across restarts) only when it is older than this,
 /// so a hot chunk does not cost a metadata write per read.
 const TOUCH_AFTER: Duration = Duration::from_secs(60);
+
+/// Where the first fetches of chunks not cached yet are remembered: `DATA/cache.ghosts`.
+pub fn ghosts_file(data: &Path) -> PathBuf {
+    data.join(format!("{CACHE_DIR}.ghosts"))
+}
 
 /// The cache directory of the data directory `data`: `DATA/cache`.
 pub fn cache_dir(data: &Path) -> PathBuf {
@@ -109,6 +121,90 @@ pub struct DiskCache {
     tmp: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    /// Chunks fetched once; `None` when every fetched chunk is admitted.
+    ghosts: Option<Mutex<Ghosts>>,
+}
+
+/// Ghost entries remembered (32 bytes each on disk, about three times that in memory).
+pub const MAX_GHOSTS: usize = 1 << 15;
+
+/// Ids of chunks fetched once and not cached, oldest first, mirrored in an append-only file
+/// that is rewritten with the newer half when it holds [`MAX_GHOSTS`]. Losing the file loses
+/// nothing but some second chances.
+struct Ghosts {
+    path: PathBuf,
+    set: HashSet<ChunkId>,
+    order: VecDeque<ChunkId>,
+    file: Option<File>,
+}
+
+impl Ghosts {
+    fn open(path: PathBuf) -> Self {
+        let mut ghosts = Ghosts {
+            path,
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            file: None,
+        };
+        if let Ok(bytes) = fs::read(&ghosts.path) {
+            for id in bytes.chunks_exact(ChunkId::LEN) {
+                if let Ok(id) = <[u8; 32]>::try_from(id) {
+                    ghosts.remember(ChunkId(id));
+                }
+            }
+        }
+        ghosts.file = File::options()
+            .create(true)
+            .append(true)
+            .open(&ghosts.path)
+            .map_err(|e| tracing::debug!(path = %ghosts.path.display(), error = %e, "disk cache: ghosts kept in memory only"))
+            .ok();
+        ghosts
+    }
+
+    fn remember(&mut self, id: ChunkId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_GHOSTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// True when `id` was fetched before (it is then forgotten as a ghost); otherwise it is
+    /// remembered for next time.
+    fn seen_before(&mut self, id: &ChunkId) -> bool {
+        if self.set.remove(id) {
+            self.order.retain(|g| g != id);
+            return true;
+        }
+        self.remember(*id);
+        if self.order.len() >= MAX_GHOSTS {
+            self.compact();
+        } else if let Some(file) = &mut self.file {
+            if let Err(e) = file.write_all(id.as_bytes()) {
+                tracing::debug!(error = %e, "disk cache: cannot record a ghost");
+            }
+        }
+        false
+    }
+
+    /// Keep the newer half, in a file written aside and renamed over the old one.
+    fn compact(&mut self) {
+        let drop = self.order.len() / 2;
+        for old in self.order.drain(..drop) {
+            self.set.remove(&old);
+        }
+        let tmp = self.path.with_extension("ghosts.tmp");
+        let bytes: Vec<u8> = self.order.iter().flat_map(|id| id.0).collect();
+        let written = fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &self.path));
+        self.file = written
+            .and_then(|()| File::options().append(true).open(&self.path))
+            .map_err(|e| tracing::debug!(error = %e, "disk cache: ghosts kept in memory only"))
+            .ok();
+    }
 }
 
 /// Everything that changes, under one lock (held for bookkeeping and unlinks, never for reads
@@ -167,6 +263,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             tmp,
             limit: limit_bytes,
+            ghosts: None,
             state: Mutex::new(State {
                 lru,
                 bytes,
@@ -286,6 +383,24 @@ impl DiskCache {
             }
         }
         self.check_invariants(&st);
+    }
+
+    /// Admit chunks on their second fetch only, remembering first fetches in `ghosts_file`
+    /// (see the module doc). Without this, every chunk offered is admitted.
+    pub fn admit_on_second_fetch(mut self, ghosts_file: PathBuf) -> Self {
+        self.ghosts = Some(Mutex::new(Ghosts::open(ghosts_file)));
+        self
+    }
+
+    /// Whether chunk `id`, just fetched from the network, should be cached.
+    pub fn admit(&self, id: &ChunkId) -> bool {
+        if self.limit == 0 || self.contains(id) {
+            return false;
+        }
+        match &self.ghosts {
+            None => true,
+            Some(g) => g.lock().unwrap_or_else(|p| p.into_inner()).seen_before(id),
+        }
     }
 
     /// Whether chunk `id` is cached (without counting a hit or a miss).
@@ -569,10 +684,10 @@ impl Filler {
         &self.cache
     }
 
-    /// Cache `ciphertext` as chunk `id` (see [`DiskCache::put`]), in the background if the
-    /// queue has room.
+    /// Offer chunk `id`, just fetched: cached (see [`DiskCache::put`]) if the admission policy
+    /// takes it, in the background if the queue has room.
     pub fn put(&self, id: &ChunkId, ciphertext: &[u8]) {
-        if self.cache.limit == 0 || self.cache.contains(id) {
+        if !self.cache.admit(id) {
             return;
         }
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -674,6 +789,42 @@ mod tests {
         let (id, data) = chunk(999, 100);
         filler.put(&id, &data);
         assert_eq!(cache.get(&id), Some(data));
+    }
+
+    #[test]
+    fn chunks_are_admitted_on_their_second_fetch_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ghosts = dir.path().join("cache.ghosts");
+        let open = || {
+            DiskCache::open(&dir.path().join("cache"), 1 << 20)
+                .unwrap()
+                .admit_on_second_fetch(ghosts.clone())
+        };
+        let cache = open();
+        let (a, _) = chunk(1, 10);
+        let (b, _) = chunk(2, 10);
+        assert!(!cache.admit(&a), "a first fetch is not admitted");
+        assert!(cache.admit(&a), "a second fetch is");
+        assert!(!cache.admit(&b));
+        drop(cache);
+        let cache = open();
+        assert!(
+            cache.admit(&b),
+            "the first fetch is remembered across a restart"
+        );
+        assert!(!cache.admit(&chunk(3, 10).0));
+        // Never more than MAX_GHOSTS remembered, on disk or in memory; the newest survive.
+        for n in 0..(MAX_GHOSTS as u64 + 10) {
+            cache.admit(&chunk(1_000 + n, 1).0);
+        }
+        let on_disk = fs::metadata(&ghosts).unwrap().len() as usize;
+        assert!(
+            on_disk <= MAX_GHOSTS * ChunkId::LEN,
+            "{on_disk} bytes of ghosts"
+        );
+        drop(cache);
+        let cache = open();
+        assert!(cache.admit(&chunk(1_000 + MAX_GHOSTS as u64 + 9, 1).0));
     }
 
     #[test]

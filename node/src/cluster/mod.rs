@@ -393,7 +393,14 @@ fn open_disk_cache(repo: &Repo) -> Option<Filler> {
     DiskCache::open(&crate::diskcache::cache_dir(repo.path()), limit)
         .map_err(|e| tracing::warn!("the disk cache is off: {e}"))
         .ok()
-        .map(|cache| Filler::start(Arc::new(cache), CACHE_FILL_DEPTH))
+        .map(|cache| {
+            let cache = if repo.config().cache.disk_on_second_fetch {
+                cache.admit_on_second_fetch(crate::diskcache::ghosts_file(repo.path()))
+            } else {
+                cache
+            };
+            Filler::start(Arc::new(cache), CACHE_FILL_DEPTH)
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
