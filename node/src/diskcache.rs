@@ -403,6 +403,15 @@ impl DiskCache {
         }
     }
 
+    /// [`DiskCache::put`] after checking that `ciphertext` is chunk `id`.
+    pub fn put_verified(&self, id: &ChunkId, ciphertext: &[u8]) {
+        if blake3::hash(ciphertext).as_bytes() == id.as_bytes() {
+            self.put(id, ciphertext);
+        } else {
+            tracing::warn!(chunk = %id.short(), "disk cache: offered bytes are not the chunk; not cached");
+        }
+    }
+
     /// Whether chunk `id` is cached (without counting a hit or a miss).
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.lock().lru.contains(id)
@@ -668,7 +677,7 @@ impl Filler {
             .name("dfs-cache-fill".into())
             .spawn(move || {
                 for (id, bytes) in rx {
-                    worker.put(&id, &bytes);
+                    worker.put_verified(&id, &bytes);
                 }
             })
             .map_err(|e| tracing::warn!("disk cache: no fill thread, writing inline: {e}"))
@@ -685,19 +694,20 @@ impl Filler {
     }
 
     /// Offer chunk `id`, just fetched: cached (see [`DiskCache::put`]) if the admission policy
-    /// takes it, in the background if the queue has room.
+    /// takes it and `ciphertext` hashes to `id` (readers that rely on the AEAD tag offer it
+    /// unverified), in the background if the queue has room.
     pub fn put(&self, id: &ChunkId, ciphertext: &[u8]) {
         if !self.cache.admit(id) {
             return;
         }
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(queue) = queue else {
-            return self.cache.put(id, ciphertext);
+            return self.cache.put_verified(id, ciphertext);
         };
         match queue.try_send((*id, ciphertext.to_vec())) {
             Ok(()) => {}
             Err(TrySendError::Full((id, bytes)) | TrySendError::Disconnected((id, bytes))) => {
-                self.cache.put(&id, &bytes)
+                self.cache.put_verified(&id, &bytes)
             }
         }
     }

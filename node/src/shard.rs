@@ -77,6 +77,10 @@ impl ShardHeader {
 
     /// Parse and fully verify a shard file image; returns the header and the body.
     pub fn decode(bytes: &[u8]) -> Result<(ShardHeader, &[u8]), ShardDefect> {
+        Self::parse(bytes, true)
+    }
+
+    fn parse(bytes: &[u8], checksum: bool) -> Result<(ShardHeader, &[u8]), ShardDefect> {
         if bytes.len() < HEADER_LEN {
             return Err(ShardDefect::Truncated { len: bytes.len() });
         }
@@ -84,11 +88,13 @@ impl ShardHeader {
             return Err(ShardDefect::BadMagic);
         }
         let body = &bytes[HEADER_LEN..];
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&bytes[..HASHED_HEADER_LEN]);
-        hasher.update(body);
-        if hasher.finalize().as_bytes() != &bytes[HASHED_HEADER_LEN..HEADER_LEN] {
-            return Err(ShardDefect::Checksum);
+        if checksum {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&bytes[..HASHED_HEADER_LEN]);
+            hasher.update(body);
+            if hasher.finalize().as_bytes() != &bytes[HASHED_HEADER_LEN..HEADER_LEN] {
+                return Err(ShardDefect::Checksum);
+            }
         }
         let mut chunk = [0u8; 32];
         chunk.copy_from_slice(&bytes[8..40]);
@@ -128,7 +134,19 @@ impl ShardHeader {
         chunk: ChunkId,
         index: u8,
     ) -> Result<(ShardHeader, &[u8]), ShardDefect> {
-        let (header, body) = Self::decode(bytes)?;
+        Self::decode_as(bytes, chunk, index, true)
+    }
+
+    /// [`ShardHeader::decode_expected`] without the checksum (`checksum` false): the structure
+    /// and the names are checked, the bytes are not. Only for a caller that authenticates the
+    /// content another way: a reader holding the chunk's key, whose AEAD tag covers every byte.
+    pub fn decode_as(
+        bytes: &[u8],
+        chunk: ChunkId,
+        index: u8,
+        checksum: bool,
+    ) -> Result<(ShardHeader, &[u8]), ShardDefect> {
+        let (header, body) = Self::parse(bytes, checksum)?;
         if header.chunk != chunk {
             return Err(ShardDefect::WrongChunk {
                 found: header.chunk,

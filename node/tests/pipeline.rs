@@ -193,3 +193,117 @@ fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
         "the corrupt shard was rewritten"
     );
 }
+
+/// Shards "on peers" kept in memory by a scripted double of the network side, which serves
+/// one shard with its body tampered (header intact) until it is asked with checksums on. The
+/// reader's logic is the real one: a fast read that trusts the AEAD tag, and on failure a read
+/// with every shard verified (by the real `ShardHeader` checks, applied here as the network
+/// side applies them).
+struct TamperingPeers {
+    images: std::sync::Mutex<std::collections::HashMap<u8, Vec<u8>>>,
+    tampered: u8,
+    trusting_reads: std::sync::atomic::AtomicUsize,
+    checked_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl dfs_node::cluster::Remote for TamperingPeers {
+    fn place(
+        &self,
+        _: &Repo,
+        id: &dfs_placement::ChunkId,
+        shards: &dfs_node::chunk::ShardSet,
+    ) -> Result<Option<dfs_node::meta::Placed>, ChunkError> {
+        let mut images = self.images.lock().unwrap();
+        let mut holders = Vec::new();
+        for index in 0..shards.encoded.shard_count() {
+            let mut image = shards.headers[index].to_vec();
+            image.extend_from_slice(shards.encoded.shard(index));
+            images.insert(index as u8, image);
+            holders.push((index as u8, vec![index as u8; 8]));
+        }
+        let _ = id;
+        Ok(Some(dfs_node::meta::Placed { holders }))
+    }
+
+    fn cached(&self, _: &dfs_placement::ChunkId) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn remember(&self, _: &dfs_placement::ChunkId, _: &[u8]) {}
+
+    fn gather(
+        &self,
+        _: &Repo,
+        id: &dfs_placement::ChunkId,
+        layout: dfs_placement::Layout,
+        _: &dfs_node::meta::Placed,
+        want: usize,
+        checksum: bool,
+    ) -> Vec<Option<Vec<u8>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counter = if checksum {
+            &self.checked_reads
+        } else {
+            &self.trusting_reads
+        };
+        counter.fetch_add(1, Relaxed);
+        let images = self.images.lock().unwrap();
+        let mut out = vec![None; layout.shard_count()];
+        let mut got = 0;
+        for index in 0..layout.shard_count() as u8 {
+            if got == want {
+                break;
+            }
+            let mut image = images[&index].clone();
+            if index == self.tampered {
+                let last = image.len() - 1;
+                image[last] ^= 1;
+            }
+            if dfs_node::shard::ShardHeader::decode_as(&image, *id, index, checksum).is_ok() {
+                out[index as usize] = Some(image);
+                got += 1;
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn a_tampered_shard_fails_the_tag_and_the_checked_read_goes_around_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    let peers = std::sync::Arc::new(TamperingPeers {
+        images: Default::default(),
+        tampered: 1,
+        trusting_reads: Default::default(),
+        checked_reads: Default::default(),
+    });
+    repo.set_remote(Some(peers.clone()));
+    let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 253) as u8).collect();
+    let mut coder = dfs_placement::erasure::ShardCoder::default();
+    let chunk = repo
+        .put_chunk(&[3; 16], plaintext.clone(), &mut coder)
+        .unwrap();
+    assert!(repo.meta().placed(&chunk.id).unwrap().is_some());
+    let read = repo.read_chunk(&chunk, &mut coder).unwrap();
+    assert!(read == plaintext, "the read returned other bytes");
+    assert_eq!(peers.trusting_reads.load(Relaxed), 1);
+    assert_eq!(
+        peers.checked_reads.load(Relaxed),
+        1,
+        "the tag failed, so a checked read"
+    );
+    // Without tampering the trusting read is enough.
+    let clean = TamperingPeers {
+        images: std::sync::Mutex::new(peers.images.lock().unwrap().clone()),
+        tampered: u8::MAX,
+        trusting_reads: Default::default(),
+        checked_reads: Default::default(),
+    };
+    let clean = std::sync::Arc::new(clean);
+    repo.set_remote(Some(clean.clone()));
+    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == plaintext);
+    assert_eq!(clean.trusting_reads.load(Relaxed), 1);
+    assert_eq!(clean.checked_reads.load(Relaxed), 0);
+}

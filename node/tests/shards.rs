@@ -101,6 +101,24 @@ where
     panic!("condition not met within 10 s");
 }
 
+/// Run placement for `peer` (its chunks go to the network). The cluster blocks on the runtime
+/// from its own threads, so it starts outside it.
+async fn start_cluster(
+    peer: &TestPeer,
+    settings: dfs_node::config::PlacementConfig,
+) -> dfs_node::cluster::ClusterHandle {
+    let (repo, net, handle) = (
+        peer.repo.clone(),
+        peer.net.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    tokio::task::spawn_blocking(move || {
+        dfs_node::cluster::Cluster::start(repo, net, handle, settings)
+    })
+    .await
+    .expect("start cluster")
+}
+
 /// Wait until `net` finds `provider` among the DHT providers of `chunk`.
 async fn wait_for_provider(net: &Network, chunk: ChunkId, provider: PeerId) {
     wait(|| async {
@@ -478,22 +496,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
         .expect("store on b");
     // Wait until b's provider record can be found.
     wait_for_provider(&a.net, chunk, b.net.local_id()).await;
-    // The cluster blocks on the runtime from its own threads, so it starts outside it.
-    let (repo, net, handle) = (
-        a.repo.clone(),
-        a.net.clone(),
-        tokio::runtime::Handle::current(),
-    );
-    let cluster = tokio::task::spawn_blocking(move || {
-        dfs_node::cluster::Cluster::start(
-            repo,
-            net,
-            handle,
-            dfs_node::config::PlacementConfig::default(),
-        )
-    })
-    .await
-    .expect("start cluster");
+    let cluster = start_cluster(&a, dfs_node::config::PlacementConfig::default()).await;
     // The record says c holds shard 3; c has never seen it.
     let wrong = dfs_node::meta::Placed {
         holders: vec![(3, c.net.local_id().to_bytes())],
@@ -502,7 +505,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
     let images = tokio::task::spawn_blocking(move || {
         use dfs_node::cluster::Remote;
         let layout = Layout::Erasure { data: 4, parity: 2 };
-        remote.gather(&repo, &chunk, layout, &wrong, 1)
+        remote.gather(&repo, &chunk, layout, &wrong, 1, true)
     })
     .await
     .expect("gather");
@@ -570,4 +573,70 @@ async fn every_held_chunk_gets_a_provider_record_also_after_a_restart() {
     for chunk in [chunks[1], chunks[CHUNKS - 2]] {
         wait_for_provider(&c.net, chunk, bid).await;
     }
+}
+
+/// A chunk placed on two other peers reads back through the network with one of its data
+/// shards rotten on its holder's disk: the holder refuses to serve it, the reader takes a
+/// parity shard instead and decodes, and the AEAD tag (no shard hashing on this path) accepts
+/// the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
+    let a = start(0).await;
+    let b = start(0).await;
+    let c = start(0).await;
+    connect(&a.net, &b.net).await;
+    connect(&a.net, &c.net).await;
+    connect(&b.net, &c.net).await;
+    let placement = dfs_node::config::PlacementConfig {
+        store_here: false,
+        ..Default::default()
+    };
+    let cluster = start_cluster(&a, placement).await;
+    // Wait until a sees both others as members it can place on.
+    let members = cluster.cluster.clone();
+    wait(|| {
+        let members = members.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                members.refresh_members();
+                members.members().live_others() >= 2
+            })
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    let plaintext: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    let repo = a.repo.clone();
+    let written = plaintext.clone();
+    let chunk = tokio::task::spawn_blocking(move || {
+        let mut coder = dfs_placement::erasure::ShardCoder::default();
+        repo.put_chunk(&[1; 16], written, &mut coder)
+    })
+    .await
+    .expect("join")
+    .expect("put chunk on b and c");
+    // Rot one data shard held by b, after its header.
+    let rotten = (0..4u8)
+        .map(|i| held_path(&b, &chunk.id, i))
+        .find(|p| p.exists())
+        .expect("b holds a data shard");
+    let mut bytes = std::fs::read(&rotten).expect("read held shard");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&rotten, &bytes).expect("rot the shard");
+
+    let repo = a.repo.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut coder = dfs_placement::erasure::ShardCoder::default();
+        repo.read_chunk(&chunk, &mut coder)
+    })
+    .await
+    .expect("join")
+    .expect("read around the rotten shard");
+    assert!(read == plaintext, "the read returned other bytes");
+    let repo = a.repo.clone();
+    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+        .await
+        .expect("stop cluster");
 }

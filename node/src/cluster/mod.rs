@@ -48,11 +48,15 @@ pub trait Remote: Send + Sync {
     /// The ciphertext of a chunk fetched before, from the disk cache.
     fn cached(&self, id: &ChunkId) -> Option<Vec<u8>>;
 
-    /// Keep a fetched chunk's verified ciphertext in the disk cache.
+    /// Offer a fetched chunk's ciphertext to the disk cache (which checks it against `id`).
     fn remember(&self, id: &ChunkId, ciphertext: &[u8]);
 
     /// Verified shard images of at least `want` distinct shards (data shards preferred) from
     /// their holders, indexed by shard; fewer when not enough could be had.
+    ///
+    /// With `checksum` false, shard checksums are not checked (only headers): for a reader
+    /// whose AEAD tag authenticates the decoded chunk, which then retries with checksums to
+    /// find a bad shard.
     fn gather(
         &self,
         repo: &Repo,
@@ -60,6 +64,7 @@ pub trait Remote: Send + Sync {
         layout: Layout,
         placed: &Placed,
         want: usize,
+        checksum: bool,
     ) -> Vec<Option<Vec<u8>>>;
 }
 
@@ -438,9 +443,10 @@ impl Remote for Cluster {
         layout: Layout,
         placed: &Placed,
         want: usize,
+        checksum: bool,
     ) -> Vec<Option<Vec<u8>>> {
         loop {
-            let work = transfer::gather(self, repo, id, layout, placed, want);
+            let work = transfer::gather(self, repo, id, layout, placed, want, checksum);
             let images = self.wait_for(work);
             let got = images.iter().filter(|i| i.is_some()).count();
             // Just after start the holders may not be known yet: wait for the peer table

@@ -426,7 +426,7 @@ fn rebuild_shards(
     let layout = record.layout;
     let images = block(
         cluster,
-        gather(cluster, repo, id, layout, &placed, layout.needed()),
+        gather(cluster, repo, id, layout, &placed, layout.needed(), true),
     );
     let bodies: Vec<Option<&[u8]>> = images
         .iter()

@@ -84,9 +84,22 @@ pub async fn fetch_from(
     id: &ChunkId,
     index: u8,
 ) -> Result<Vec<u8>, String> {
+    fetch_checked(cluster, repo, peer, id, index, true).await
+}
+
+/// [`fetch_from`], with the shard's checksum checked only when `checksum` is true (see
+/// [`ShardHeader::decode_as`]).
+async fn fetch_checked(
+    cluster: &Cluster,
+    repo: &Repo,
+    peer: PeerId,
+    id: &ChunkId,
+    index: u8,
+    checksum: bool,
+) -> Result<Vec<u8>, String> {
     if peer == cluster.local {
         return match repo.store().read(id, index) {
-            Ok(Some(image)) if ShardHeader::decode_expected(&image, *id, index).is_ok() => {
+            Ok(Some(image)) if ShardHeader::decode_as(&image, *id, index, checksum).is_ok() => {
                 Ok(image)
             }
             Ok(Some(_)) => Err("the local copy is corrupt".into()),
@@ -95,7 +108,10 @@ pub async fn fetch_from(
         };
     }
     let started = Instant::now();
-    let result = cluster.network.fetch_shard(peer, *id, index).await;
+    let result = cluster
+        .network
+        .fetch_shard_checked(peer, *id, index, checksum)
+        .await;
     match result {
         Ok(image) => {
             cluster.observe_fetch(started.elapsed());
@@ -266,7 +282,8 @@ fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members
     out.into_iter().map(|(_, s)| s).collect()
 }
 
-/// Gather at least `want` verified shard images (see the module doc).
+/// Gather at least `want` shard images (see the module doc), verified by their checksums
+/// unless `checksum` is false.
 pub async fn gather(
     cluster: &Cluster,
     repo: &Repo,
@@ -274,6 +291,7 @@ pub async fn gather(
     layout: Layout,
     placed: &Placed,
     want: usize,
+    checksum: bool,
 ) -> Vec<Option<Vec<u8>>> {
     let count = layout.shard_count();
     let want = want.min(count);
@@ -286,7 +304,7 @@ pub async fn gather(
     let mut pending: HashSet<u8> = HashSet::new();
     let mut inflight = FuturesUnordered::new();
     let fetch = |s: Source| async move {
-        let r = fetch_from(cluster, repo, s.peer, id, s.index).await;
+        let r = fetch_checked(cluster, repo, s.peer, id, s.index, checksum).await;
         (s, r)
     };
     // The next source for an index we have neither got nor are fetching.
