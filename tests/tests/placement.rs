@@ -415,6 +415,7 @@ fn a_writer_killed_mid_write_leaves_no_stray_shards() {
     );
 
     // A peer on the writer's data directory recovers.
+    let writer_started = Instant::now();
     let writer = client.node(&["--grace", GRACE, "--peer", &boot]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (p, after) = loop {
@@ -446,12 +447,17 @@ fn a_writer_killed_mid_write_leaves_no_stray_shards() {
     );
     assert!(after.len() < before.len() || num(&p, "orphans_deleted") > 0);
     // Nothing changes now: rounds go on (deletes, scrubbing) without looking at every chunk.
-    std::thread::sleep(Duration::from_secs(3));
-    let idle = placement(&client);
+    // (Once the peer table has settled, 15 s after start; a peer that turns suspect under load
+    // is a change, hence some slack.)
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(writer_started.elapsed()));
+    let p = settled_status(&client);
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = settled_status(&client);
     let rounds = num(&idle, "rounds") - num(&p, "rounds");
     let passes = num(&idle, "full_passes") - num(&p, "full_passes");
+    eprintln!("idle: {rounds} rounds, {passes} full passes");
     assert!(
-        rounds >= 3 && passes <= 1,
+        rounds >= 5 && passes * 2 <= rounds,
         "{rounds} rounds, {passes} full passes while idle"
     );
     drop(writer);
