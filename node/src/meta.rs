@@ -209,11 +209,21 @@ impl MetaDb {
         record: &ChunkRecord,
         owner: &OwnerId,
     ) -> Result<(), MetaError> {
+        self.db.write(self.chunk_batch(id, record, owner)?)?;
+        Ok(())
+    }
+
+    /// The writes that record a stored chunk and its first user.
+    fn chunk_batch(
+        &self,
+        id: &ChunkId,
+        record: &ChunkRecord,
+        owner: &OwnerId,
+    ) -> Result<WriteBatch, MetaError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
         batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
-        self.db.write(batch)?;
-        Ok(())
+        Ok(batch)
     }
 
     /// [`MetaDb::add_chunk`] for a chunk placed on other peers, in one batch with its placement
@@ -225,9 +235,7 @@ impl MetaDb {
         owner: &OwnerId,
         placed: &Placed,
     ) -> Result<(), MetaError> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
-        batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
+        let mut batch = self.chunk_batch(id, record, owner)?;
         batch.put_cf(self.cf(CF_PLACED)?, id.as_bytes(), encode(placed));
         batch.delete_cf(self.cf(CF_PLACING)?, id.as_bytes());
         self.db.write(batch)?;
@@ -530,17 +538,18 @@ impl MetaDb {
 
     /// Queue shards of chunk `id` (index, peer) for deletion on their peers.
     pub fn queue_deletes(&self, id: &ChunkId, shards: &[(u8, Vec<u8>)]) -> Result<(), MetaError> {
-        let mut batch = WriteBatch::default();
-        self.put_doomed(&mut batch, id, self.doomed_of(id)?.merged(shards))?;
-        self.db.write(batch)?;
-        Ok(())
+        self.write_doomed(id, self.doomed_of(id)?.merged(shards))
     }
 
     /// Drop shards from the delete queue of chunk `id`: they were deleted, or they are to be
     /// kept after all (a peer holds that shard again).
     pub fn unqueue_deletes(&self, id: &ChunkId, shards: &[(u8, Vec<u8>)]) -> Result<(), MetaError> {
+        self.write_doomed(id, self.doomed_of(id)?.without(shards))
+    }
+
+    fn write_doomed(&self, id: &ChunkId, doomed: Placed) -> Result<(), MetaError> {
         let mut batch = WriteBatch::default();
-        self.put_doomed(&mut batch, id, self.doomed_of(id)?.without(shards))?;
+        self.put_doomed(&mut batch, id, doomed)?;
         self.db.write(batch)?;
         Ok(())
     }
