@@ -9,6 +9,7 @@
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
 pub mod collect;
+pub mod crdt;
 pub mod dotdfs;
 pub mod file;
 pub mod fsck;
