@@ -8,6 +8,7 @@
 //! ([`chunk`]), and repairs shards that were missing or corrupt. [`repo`] ties one data directory
 //! together (lock, config, secret, store, metadata, garbage collection). Chunks fetched from
 //! other peers are kept, as ciphertext, in a size-bounded local cache ([`diskcache`]).
+//! Each volume's metadata changes are signed operations in a replicated log ([`oplog`]).
 
 pub mod api;
 pub mod blob;
@@ -18,6 +19,7 @@ pub mod crypto;
 pub mod diskcache;
 pub mod meta;
 pub mod net;
+pub mod oplog;
 pub mod repo;
 pub mod shard;
 pub mod store;

@@ -10,6 +10,8 @@
 //!
 //! - `fs_inodes`, `fs_dirents`, `fs_xattrs`, `fs_meta`, `fs_versions`: the filesystem's tables, opaque
 //!   here; the fs crate owns their schema and reaches them through [`FsTable`] and [`FsBatch`].
+//! - `oplog`, `oplog_seq`, `volume_members`: the volumes' operation logs, opaque here;
+//!   [`crate::oplog::store`] owns their schema and reaches them through the `cf_*` methods.
 //!
 //! Every value starts with a format version byte so later versions can migrate.
 
@@ -34,6 +36,10 @@ const CF_DOOMED: &str = "doomed";
 /// Chunks being placed right now, with every peer a shard was sent to: what a crash in the
 /// middle of a write leaves behind is found here at the next start (see [`MetaDb::recover_placing`]).
 const CF_PLACING: &str = "placing";
+/// The op log's tables (schema in [`crate::oplog::store`]).
+pub(crate) const CF_OPLOG: &str = "oplog";
+pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
+pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -180,7 +186,16 @@ impl MetaDb {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         let cfs = [
-            CF_CHUNKS, CF_REFS, CF_PUTS, CF_HELD, CF_PLACED, CF_DOOMED, CF_PLACING,
+            CF_CHUNKS,
+            CF_REFS,
+            CF_PUTS,
+            CF_HELD,
+            CF_PLACED,
+            CF_DOOMED,
+            CF_PLACING,
+            CF_OPLOG,
+            CF_OPLOG_SEQ,
+            CF_VOLUME_MEMBERS,
         ]
         .into_iter()
         .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
@@ -653,23 +668,13 @@ impl MetaDb {
 impl MetaDb {
     /// One value of a filesystem table.
     pub fn fs_get(&self, table: FsTable, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        Ok(self.db.get_cf(self.cf(table.cf_name())?, key)?)
+        self.cf_get(table.cf_name(), key)
     }
 
     /// Apply a batch atomically; `durable` waits for the write-ahead log to reach the disk.
     pub fn fs_write(&self, batch: FsBatch, durable: bool) -> Result<(), MetaError> {
-        let mut wb = WriteBatch::default();
-        for (table, key, value) in batch.ops {
-            let cf = self.cf(table.cf_name())?;
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
-        }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(durable);
-        self.db.write_opt(wb, &opts)?;
-        Ok(())
+        let writes = batch.ops.into_iter();
+        self.cf_write(writes.map(|(table, k, v)| (table.cf_name(), k, v)), durable)
     }
 
     /// Entries of a table whose keys start with `prefix`, in key order, starting after
@@ -681,10 +686,51 @@ impl MetaDb {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, MetaError> {
+        self.cf_scan(table.cf_name(), prefix, after, limit)
+    }
+
+    /// One value of the named column family, for modules that own a table's schema.
+    pub(crate) fn cf_get(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(self.db.get_cf(self.cf(cf)?, key)?)
+    }
+
+    /// Apply (column family, key, value or `None` to delete) writes atomically; `durable` waits
+    /// for the write-ahead log to reach the disk.
+    pub(crate) fn cf_write(
+        &self,
+        writes: impl IntoIterator<Item = (&'static str, Vec<u8>, Option<Vec<u8>>)>,
+        durable: bool,
+    ) -> Result<(), MetaError> {
+        let mut wb = WriteBatch::default();
+        for (cf, key, value) in writes {
+            let cf = self.cf(cf)?;
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durable);
+        self.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
+    /// [`MetaDb::fs_scan`] of the named column family.
+    pub(crate) fn cf_scan(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, MetaError> {
         let start = after.unwrap_or(prefix);
         let mode = IteratorMode::From(start, Direction::Forward);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(table.cf_name())?, mode) {
+        for item in self.db.iterator_cf(self.cf(cf)?, mode) {
             let (k, v) = item?;
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
