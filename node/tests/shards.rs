@@ -2,9 +2,12 @@
 //! its own data directory and RocksDB): store, fetch, check and delete; verification, ownership
 //! and capacity; and a rogue peer that sends malformed frames and bad shards.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::tcp_address;
 use dfs_node::config::NetworkConfig;
 use dfs_node::net::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
 use dfs_node::net::{NetError, NetOptions, Network, Refusal};
@@ -58,17 +61,6 @@ fn held_path(peer: &TestPeer, chunk: &ChunkId, index: u8) -> std::path::PathBuf 
     dfs_node::store::ShardStore::open(&peer.repo_path.join("held"))
         .expect("held store")
         .path(chunk, index)
-}
-
-async fn tcp_address(net: &Network) -> Multiaddr {
-    for _ in 0..200 {
-        let status = net.status().await.expect("status");
-        if let Some(a) = status.addresses.iter().find(|a| a.contains("/tcp/")) {
-            return a.parse().expect("multiaddr");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("peer never listened");
 }
 
 /// Connect `a` to `b` and wait until each sees the other alive.

@@ -12,6 +12,7 @@ pub mod held;
 pub mod identity;
 pub mod peers;
 mod swarm;
+pub mod sync;
 pub mod wire;
 
 use std::sync::Arc;
@@ -208,6 +209,10 @@ enum Command {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
     Dial(Multiaddr),
+    /// Follow a volume's ops: subscribe to its topic and pull it from members.
+    Follow(crate::oplog::VolumeId),
+    /// Gossip an op already in the log.
+    PublishOp(crate::oplog::SignedOp),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -219,6 +224,7 @@ pub struct Network {
     outbound: Arc<Semaphore>,
     started: Instant,
     cluster: Arc<std::sync::Mutex<Option<std::sync::Weak<crate::cluster::Cluster>>>>,
+    hub: Arc<sync::OpsHub>,
 }
 
 impl Network {
@@ -227,10 +233,15 @@ impl Network {
     pub async fn start(repo: Arc<Repo>, options: NetOptions) -> Result<Network, NetError> {
         let key = identity::load_or_create(&repo.path().join("identity.key"))?;
         let local = key.public().to_peer_id();
+        let signer = key
+            .clone()
+            .try_into_ed25519()
+            .map_err(|e| NetError::Start(format!("the identity key cannot sign ops: {e}")))?;
+        let hub = Arc::new(sync::OpsHub::new(repo.clone(), signer));
         let held = Arc::new(held::HeldShards::open(repo, options.capacity)?);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let started = Instant::now();
-        let node = swarm::Node::new(key, held, options, rx, started)?;
+        let node = swarm::Node::new(key, held, options, rx, started, hub.clone())?;
         tokio::spawn(node.run());
         let network = Network {
             commands,
@@ -238,12 +249,43 @@ impl Network {
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
             started,
             cluster: Arc::default(),
+            hub,
         };
         Ok(network)
     }
 
     pub fn local_id(&self) -> PeerId {
         self.local
+    }
+
+    /// The op log of this peer, its clock and the streams of new ops ([`sync::OpsHub`]).
+    pub fn ops(&self) -> &Arc<sync::OpsHub> {
+        &self.hub
+    }
+
+    /// Follow `volume`: take its ops from gossip and pull what is missing from every member
+    /// connected now and later. New ops reach [`sync::OpsHub::follow`] receivers.
+    pub async fn follow_volume(&self, volume: crate::oplog::VolumeId) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Follow(volume))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Sign `payload` as this peer's next op on `volume`, append it, and gossip it to the
+    /// volume's members.
+    pub async fn commit_op(
+        &self,
+        volume: crate::oplog::VolumeId,
+        payload: Vec<u8>,
+    ) -> Result<crate::oplog::SignedOp, sync::IngestError> {
+        let hub = Arc::clone(&self.hub);
+        let op = tokio::task::spawn_blocking(move || hub.commit(&volume, payload))
+            .await
+            .map_err(|e| sync::IngestError::Task(e.to_string()))??;
+        // A stopped peer cannot gossip; the op is in the log and anti-entropy carries it.
+        let _ = self.commands.send(Command::PublishOp(op.clone())).await;
+        Ok(op)
     }
 
     pub fn uptime(&self) -> Duration {

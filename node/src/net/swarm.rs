@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::announce::{self, Announcer};
 use super::held::{disk_free, disk_total, HeldShards};
 use super::peers::{Announcement, PeerTable, PeerView, Transition};
+use super::sync::{self, OpsHub, SyncCodec, SyncRequest, SyncResponse, Syncing};
 use super::wire::{Refusal, Request, Response, ShardCodec, PROTOCOL};
 use super::{
     peer_of, Command, NetError, NetOptions, NodeStatus, PeerCounts, StorageStatus, REQUEST_TIMEOUT,
@@ -52,8 +53,10 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often rendezvous points are asked for new peers.
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
-/// Largest announcement accepted on the membership topic.
-const MAX_GOSSIP: usize = 16 << 10;
+/// Largest gossip message: an encoded op (membership announcements are far smaller).
+const MAX_GOSSIP: usize = crate::oplog::MAX_ENCODED + (1 << 10);
+/// How often every followed volume is pulled from every connected member (anti-entropy).
+const PULL_EVERY: Duration = Duration::from_secs(2);
 /// Addresses of our own put in an announcement, and taken from a peer's identify.
 const MAX_ANNOUNCED_ADDRS: usize = super::peers::MAX_ADDRS;
 
@@ -65,6 +68,7 @@ pub(super) struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossip: gossipsub::Behaviour,
     shards: request_response::Behaviour<ShardCodec>,
+    ops: request_response::Behaviour<SyncCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     rendezvous: rendezvous::client::Behaviour,
     rendezvous_server: Toggle<rendezvous::server::Behaviour>,
@@ -98,6 +102,26 @@ pub(super) struct Node {
     /// Where a sweep of the held table has got to: `Some(None)` to start from the beginning.
     sweep: Option<Option<dfs_placement::ChunkId>>,
     last_inbound: Option<Instant>,
+    /// The op log and its followers; disk work on it runs on the blocking pool.
+    hub: Arc<OpsHub>,
+    syncing: Syncing,
+    sync_tx: mpsc::Sender<SyncDone>,
+    sync_rx: mpsc::Receiver<SyncDone>,
+}
+
+/// Op-log work finished on the blocking pool.
+enum SyncDone {
+    /// Answer a pull.
+    Served {
+        peer: PeerId,
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+    /// Ops are missing here: pull `volume` from `peer` (again).
+    Pull {
+        peer: PeerId,
+        volume: crate::oplog::VolumeId,
+    },
 }
 
 /// An inbound request served on the blocking pool.
@@ -149,7 +173,7 @@ fn behaviour(
     )
     .map_err(start_error)?;
     let shards = request_response::Behaviour::with_codec(
-        ShardCodec,
+        ShardCodec::default(),
         [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
@@ -160,6 +184,11 @@ fn behaviour(
     } else {
         None
     };
+    let ops = request_response::Behaviour::with_codec(
+        sync::codec(),
+        [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    );
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
@@ -174,6 +203,7 @@ fn behaviour(
         kad,
         gossip,
         shards,
+        ops,
         mdns: mdns.into(),
         rendezvous: rendezvous::client::Behaviour::new(key.clone()),
         rendezvous_server: options
@@ -196,6 +226,7 @@ impl Node {
         options: NetOptions,
         commands: mpsc::Receiver<Command>,
         started: Instant,
+        hub: Arc<OpsHub>,
     ) -> Result<Self, NetError> {
         let mut built_error = None;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -253,6 +284,7 @@ impl Node {
             }
         }
         let (done_tx, done_rx) = mpsc::channel(MAX_INBOUND * 2);
+        let (sync_tx, sync_rx) = mpsc::channel(MAX_INBOUND * 2);
         let options_rate = options.announce_rate;
         Ok(Self {
             swarm,
@@ -275,6 +307,10 @@ impl Node {
             announcing: HashSet::new(),
             sweep: Some(None),
             last_inbound: None,
+            hub,
+            syncing: Syncing::default(),
+            sync_tx,
+            sync_rx,
         })
     }
 
@@ -284,6 +320,8 @@ impl Node {
         let mut discover = tokio::time::interval(DISCOVER_EVERY);
         let mut providers = tokio::time::interval(ANNOUNCE_TICK);
         providers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pull = tokio::time::interval(PULL_EVERY);
+        pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval_at(
             tokio::time::Instant::now() + announce::SWEEP_EVERY,
             announce::SWEEP_EVERY,
@@ -303,6 +341,8 @@ impl Node {
                 },
                 event = self.swarm.select_next_some() => self.event(event),
                 Some(served) = self.done_rx.recv() => self.respond(served),
+                Some(done) = self.sync_rx.recv() => self.sync_done(done),
+                _ = pull.tick() => self.pull_all(),
                 _ = health.tick() => self.health(),
                 _ = announce.tick() => self.announce(),
                 _ = discover.tick() => self.discover(),
@@ -361,7 +401,163 @@ impl Node {
                 }
                 self.dial_address(addr);
             }
+            Command::Follow(volume) => {
+                if let Some(topic) = self.syncing.follow(volume) {
+                    if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic) {
+                        tracing::warn!(%volume, error = %e, "cannot subscribe to the volume's ops");
+                    }
+                    let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                    for peer in peers {
+                        self.pull(peer, volume);
+                    }
+                }
+            }
+            Command::PublishOp(op) => {
+                let Some(topic) = self.syncing.topic(&op.volume).cloned() else {
+                    tracing::debug!(volume = %op.volume, "op of a volume not followed: not published");
+                    return;
+                };
+                // No peer subscribed yet is normal: anti-entropy brings the op to them.
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(topic, op.to_bytes())
+                {
+                    tracing::debug!(volume = %op.volume, error = %e, "op not gossiped");
+                }
+            }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Pull `volume` from `peer` unless a pull is in flight or the peer is not a member.
+    fn pull(&mut self, peer: PeerId, volume: crate::oplog::VolumeId) {
+        let member = sync::author_of(&peer)
+            .is_some_and(|a| self.hub.oplog().is_member(&volume, &a).unwrap_or(false));
+        if !member || !self.syncing.may_pull(peer, volume) {
+            return;
+        }
+        let heads = match self.hub.oplog().heads(&volume) {
+            Ok(heads) => heads,
+            Err(e) => {
+                tracing::warn!(%volume, error = %e, "cannot read the op log's heads");
+                return;
+            }
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .ops
+            .send_request(&peer, SyncRequest::Pull { volume, heads });
+        self.syncing.started(id, peer, volume);
+    }
+
+    /// Anti-entropy: pull every followed volume from every connected peer that is a member.
+    fn pull_all(&mut self) {
+        let volumes = self.syncing.volumes();
+        if volumes.is_empty() {
+            return;
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            for volume in &volumes {
+                self.pull(peer, *volume);
+            }
+        }
+    }
+
+    fn sync_done(&mut self, done: SyncDone) {
+        match done {
+            SyncDone::Served {
+                peer,
+                channel,
+                response,
+            } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .ops
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "puller left before the answer");
+                }
+            }
+            SyncDone::Pull { peer, volume } => self.pull(peer, volume),
+        }
+    }
+
+    /// Ops of a followed volume from gossip: taken on the blocking pool; a gap behind one
+    /// means gossip lost something, so the sender is pulled from at once.
+    fn gossiped_op(&mut self, volume: crate::oplog::VolumeId, from: PeerId, data: Vec<u8>) {
+        let hub = Arc::clone(&self.hub);
+        let done = self.sync_tx.clone();
+        tokio::task::spawn_blocking(move || match hub.ingest(&volume, &data) {
+            Ok((op, _)) => {
+                if sync::gap_behind(&hub, &op) {
+                    let _ = done.blocking_send(SyncDone::Pull { peer: from, volume });
+                }
+            }
+            Err(e) => tracing::warn!(peer = %from, %volume, error = %e, "gossiped op refused"),
+        });
+    }
+
+    fn ops_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let hub = Arc::clone(&self.hub);
+                let done = self.sync_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let response = hub.serve(&peer, &request);
+                    let _ = done.blocking_send(SyncDone::Served {
+                        peer,
+                        channel,
+                        response,
+                    });
+                });
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some((_, volume)) = self.syncing.finished(&request_id) else {
+                    return;
+                };
+                let hub = Arc::clone(&self.hub);
+                let done = self.sync_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    if hub.ingest_page(&peer, &volume, response) {
+                        let _ = done.blocking_send(SyncDone::Pull { peer, volume });
+                    }
+                });
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.syncing.finished(&request_id);
+                tracing::debug!(%peer, error = %error, "pull failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, error = %error, "bad inbound pull");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -564,6 +760,9 @@ impl Node {
                 if self.rendezvous_points.contains_key(&peer_id) {
                     self.register(peer_id);
                 }
+                for volume in self.syncing.volumes() {
+                    self.pull(peer_id, volume);
+                }
                 // Join the DHT once, on the first connection; Kademlia refreshes its routing
                 // table by itself after that (a bootstrap per connection is quadratic).
                 if !self.bootstrapped {
@@ -634,6 +833,10 @@ impl Node {
                 let Some(source) = message.source else {
                     return;
                 };
+                if let Some(volume) = self.syncing.volume_of(&message.topic) {
+                    self.gossiped_op(volume, propagation_source, message.data);
+                    return;
+                }
                 match Announcement::decode(&message.data) {
                     Ok(announcement) => {
                         let addrs = announcement.addrs.clone();
@@ -654,6 +857,7 @@ impl Node {
                 }
             }
             BehaviourEvent::Shards(event) => self.shard_event(event, now),
+            BehaviourEvent::Ops(event) => self.ops_event(event),
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             }) => {

@@ -193,34 +193,68 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, body: &[u8]) -> io::
     io.flush().await
 }
 
+/// A request-response codec of length-prefixed, versioned postcard frames ([`encode`],
+/// [`read_frame`]), each direction with its own size limit. One request per stream; the
+/// writer closes its side after the frame.
+pub struct FramedCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _messages: std::marker::PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> FramedCodec<Req, Resp> {
+    pub const fn new(max_request: usize, max_response: usize) -> Self {
+        FramedCodec {
+            max_request,
+            max_response,
+            _messages: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Clone for FramedCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::new(self.max_request, self.max_response)
+    }
+}
+
 /// The request-response codec for [`PROTOCOL`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ShardCodec;
+pub type ShardCodec = FramedCodec<Request, Response>;
 
-impl libp2p::request_response::Codec for ShardCodec {
+impl Default for ShardCodec {
+    fn default() -> Self {
+        Self::new(MAX_FRAME, MAX_FRAME)
+    }
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for FramedCodec<Req, Resp>
+where
+    Req: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+    Resp: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+{
     type Protocol = libp2p::StreamProtocol;
-    type Request = Request;
-    type Response = Response;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(decode(&read_frame(io, MAX_FRAME).await?)?)
+        Ok(decode(&read_frame(io, self.max_request).await?)?)
     }
 
-    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Response>
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(decode(&read_frame(io, MAX_FRAME).await?)?)
+        Ok(decode(&read_frame(io, self.max_response).await?)?)
     }
 
     async fn write_request<T>(
         &mut self,
         _: &Self::Protocol,
         io: &mut T,
-        request: Request,
+        request: Req,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -233,7 +267,7 @@ impl libp2p::request_response::Codec for ShardCodec {
         &mut self,
         _: &Self::Protocol,
         io: &mut T,
-        response: Response,
+        response: Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,

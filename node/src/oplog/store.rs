@@ -122,6 +122,9 @@ struct AuthorState {
 struct VolumeState {
     len: u64,
     authors: BTreeMap<AuthorId, AuthorState>,
+    /// The highest clock reading of any op held: a peer's clock starts above it, so its new
+    /// ops order after everything it has seen, across restarts too.
+    latest: Hlc,
 }
 
 /// The op logs of every volume this peer follows.
@@ -220,12 +223,15 @@ impl<M: MetaSource> OpLog<M> {
 
     fn load(&self, volume: &VolumeId) -> Result<VolumeState, OpLogError> {
         let mut state = VolumeState::default();
-        self.for_each(CF_OPLOG_SEQ, volume, &volume.0, |key, _| {
+        self.for_each(CF_OPLOG_SEQ, volume, &volume.0, |key, value| {
             let (author, seq) = parse_seq_key(key).ok_or_else(|| OpLogError::Corrupt {
                 volume: *volume,
                 what: "sequence index key",
                 detail: format!("{} bytes", key.len()),
             })?;
+            if let Some(id) = value.get(1..).and_then(parse_op_key) {
+                state.latest = state.latest.max(id.hlc);
+            }
             let a = state.authors.entry(author).or_default();
             // Keys come in seq order per author, so the head stops at the first gap.
             if seq == a.head + 1 {
@@ -365,6 +371,7 @@ impl<M: MetaSource> OpLog<M> {
             .map_err(|e| db_err(&volume, e))?;
 
         state.len += 1;
+        state.latest = state.latest.max(op.id.hlc);
         let a = state.authors.entry(op.id.author).or_default();
         a.max = a.max.max(op.seq);
         let mut stale = false;
@@ -458,6 +465,12 @@ impl<M: MetaSource> OpLog<M> {
     pub fn len(&self, volume: &VolumeId) -> Result<u64, OpLogError> {
         let mut states = self.lock();
         Ok(self.volume_state(&mut states, volume)?.len)
+    }
+
+    /// The highest clock reading among the ops of `volume` held here ([`Hlc::ZERO`] if none).
+    pub fn latest_hlc(&self, volume: &VolumeId) -> Result<Hlc, OpLogError> {
+        let mut states = self.lock();
+        Ok(self.volume_state(&mut states, volume)?.latest)
     }
 
     /// Whether no op of `volume` is held.

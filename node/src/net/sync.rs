@@ -1,0 +1,348 @@
+//! The op-log sync protocol (`/dfs/ops/1`): how a member of a volume pulls the operations it
+//! lacks from another member (anti-entropy), and the gossip topic new operations are pushed on.
+//!
+//! Push: a new op is published on the volume's gossipsub topic ([`topic_of`]) as its
+//! [`SignedOp::to_bytes`] encoding. Gossip may drop or reorder, so a member also pulls: it sends
+//! its *heads* (per author, the highest sequence number up to which it holds every op) and the
+//! other side answers with what it holds beyond them, a page at a time ([`PULL_PAGE`]). Heads
+//! are contiguous, so an op that gossip lost is always asked for again.
+//!
+//! Only members pull: a peer's identity key is its author key, so the requester's peer id
+//! says who asks, and a peer that is not a member of the volume is refused. Payloads are
+//! encrypted by the fs layer under the volume's secret, so even ops relayed by gossip to a
+//! non-member say nothing about names or content.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libp2p::gossipsub::{IdentTopic, TopicHash};
+use libp2p::request_response::OutboundRequestId;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::wire::FramedCodec;
+use crate::oplog::{
+    physical_now_ms, Appended, AuthorId, ClockError, Hlc, HlcClock, OpLog, OpLogError, SignedOp,
+    VolumeId,
+};
+use crate::Repo;
+
+/// The protocol name negotiated on the stream.
+pub const PROTOCOL: &str = "/dfs/ops/1";
+/// Ops sent in one answer at most; the asker pulls again while `more` is set.
+pub const PULL_PAGE: usize = 256;
+/// Encoded bytes of ops in one answer at most (a page stops early to stay under it).
+pub const PAGE_BYTES: usize = 2 << 20;
+/// The largest frame of this protocol: a page of ops and the message around it.
+pub const MAX_FRAME: usize = PAGE_BYTES + crate::oplog::MAX_ENCODED + (64 << 10);
+/// New ops a follower of a volume may fall behind by before it must rescan the log.
+const HUB_DEPTH: usize = 1024;
+
+/// The gossipsub topic of a volume's ops.
+pub fn topic_of(volume: &VolumeId) -> String {
+    format!("dfs/ops/1/{volume}")
+}
+
+/// The author key of a peer: its Ed25519 identity key, which is inlined in its peer id.
+pub fn author_of(peer: &PeerId) -> Option<AuthorId> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    let key = key.try_into_ed25519().ok()?;
+    Some(AuthorId(key.to_bytes()))
+}
+
+/// What one member asks another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Send the ops of `volume` beyond these heads (authors missing from the map: all).
+    Pull {
+        volume: VolumeId,
+        heads: BTreeMap<AuthorId, u64>,
+    },
+}
+
+/// The answer to a [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Encoded [`crate::oplog::SignedOp`]s, at most [`PULL_PAGE`]; `more` if there are others.
+    Ops {
+        ops: Vec<serde_bytes::ByteBuf>,
+        more: bool,
+    },
+    Refused(SyncRefusal),
+}
+
+/// Why a pull was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SyncRefusal {
+    #[error("this peer does not follow that volume")]
+    UnknownVolume,
+    #[error("the asking peer is not a member of the volume")]
+    NotMember,
+    #[error("the peer failed to read its op log")]
+    Internal,
+}
+
+/// The request-response codec for [`PROTOCOL`]: a pull is a volume id and one head per
+/// author (small); an answer is a page of ops.
+pub type SyncCodec = FramedCodec<SyncRequest, SyncResponse>;
+
+/// The codec with this protocol's limits.
+pub fn codec() -> SyncCodec {
+    FramedCodec::new(1 << 20, MAX_FRAME)
+}
+
+/// The op log of this peer, its clock, and the stream of new ops of each followed volume.
+///
+/// One per process: the swarm appends what peers send, the fs layer appends its own ops
+/// ([`OpsHub::commit`]) and follows every new op ([`OpsHub::follow`]).
+pub struct OpsHub {
+    oplog: OpLog<Arc<Repo>>,
+    key: libp2p::identity::ed25519::Keypair,
+    author: AuthorId,
+    /// Held across clock tick, seq choice, signing and append, so two local ops never take
+    /// the same seq.
+    clock: Mutex<HlcClock>,
+    followers: Mutex<HashMap<VolumeId, broadcast::Sender<SignedOp>>>,
+}
+
+impl std::fmt::Debug for OpsHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpsHub")
+            .field("author", &self.author)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an op from a peer was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("undecodable op: {0}")]
+    Decode(#[from] crate::oplog::OpError),
+    #[error("op for volume {got} arrived as one of volume {expected}")]
+    WrongVolume { expected: VolumeId, got: VolumeId },
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    #[error(transparent)]
+    Log(#[from] OpLogError),
+    #[error("op-log task failed: {0}")]
+    Task(String),
+}
+
+impl OpsHub {
+    pub fn new(repo: Arc<Repo>, key: libp2p::identity::ed25519::Keypair) -> Self {
+        let author = AuthorId(key.public().to_bytes());
+        OpsHub {
+            oplog: OpLog::new(repo),
+            key,
+            author,
+            clock: Mutex::new(HlcClock::new()),
+            followers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn oplog(&self) -> &OpLog<Arc<Repo>> {
+        &self.oplog
+    }
+
+    /// The key this peer signs ops with (its identity key).
+    pub fn author(&self) -> AuthorId {
+        self.author
+    }
+
+    fn clock(&self) -> MutexGuard<'_, HlcClock> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New ops of `volume` from now on, as they are appended (by peers or locally). A
+    /// receiver that lags gets `RecvError::Lagged` and should rescan the log: nothing is lost
+    /// from the log, only from this stream.
+    pub fn follow(&self, volume: &VolumeId) -> broadcast::Receiver<SignedOp> {
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        followers
+            .entry(*volume)
+            .or_insert_with(|| broadcast::channel(HUB_DEPTH).0)
+            .subscribe()
+    }
+
+    fn deliver(&self, op: &SignedOp) {
+        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = followers.get(&op.volume) {
+            // No receiver left is fine: nobody follows the volume at the moment.
+            let _ = tx.send(op.clone());
+        }
+    }
+
+    /// Sign `payload` as this peer's next op on `volume`, append it, and hand it to the
+    /// volume's followers. The caller publishes it ([`super::Network::publish_op`]).
+    pub fn commit(&self, volume: &VolumeId, payload: Vec<u8>) -> Result<SignedOp, IngestError> {
+        let op = {
+            let mut clock = self.clock();
+            // Above every op held, across restarts, so our ops order after what we saw.
+            let latest = self.oplog.latest_hlc(volume)?;
+            let now = physical_now_ms();
+            if latest > clock.last() {
+                // Our own earlier ops may be ahead of the wall clock: never refuse them.
+                *clock = HlcClock::new().with_last(latest);
+            }
+            let hlc = clock.tick(now);
+            let seq = self.oplog.next_seq(volume, &self.author)?;
+            let op = SignedOp::sign(&self.key, *volume, hlc, seq, payload)?;
+            self.oplog.append(&op)?;
+            op
+        };
+        self.deliver(&op);
+        Ok(op)
+    }
+
+    /// Take an encoded op a peer sent for `volume`: decode, check its clock is not too far
+    /// ahead of ours, append (which verifies the signature and membership) and deliver it if
+    /// it is new. Returns the op and whether it was new.
+    pub fn ingest(
+        &self,
+        volume: &VolumeId,
+        bytes: &[u8],
+    ) -> Result<(SignedOp, Appended), IngestError> {
+        let op = SignedOp::from_bytes(bytes)?;
+        if op.volume != *volume {
+            return Err(IngestError::WrongVolume {
+                expected: *volume,
+                got: op.volume,
+            });
+        }
+        self.observe(op.id.hlc)?;
+        let appended = self.oplog.append(&op)?;
+        if appended == Appended::New {
+            self.deliver(&op);
+        }
+        Ok((op, appended))
+    }
+
+    fn observe(&self, remote: Hlc) -> Result<Hlc, ClockError> {
+        self.clock().observe(remote, physical_now_ms())
+    }
+
+    /// Whether `author` has a gap before `seq` here: ops before it are missing.
+    fn has_gap_before(&self, volume: &VolumeId, author: &AuthorId, seq: u64) -> bool {
+        self.oplog
+            .heads(volume)
+            .is_ok_and(|heads| heads.get(author).copied().unwrap_or(0) + 1 < seq)
+    }
+
+    /// Answer a pull from `peer`.
+    pub fn serve(&self, peer: &PeerId, request: &SyncRequest) -> SyncResponse {
+        let SyncRequest::Pull { volume, heads } = request;
+        let Some(author) = author_of(peer) else {
+            return SyncResponse::Refused(SyncRefusal::NotMember);
+        };
+        match self.oplog.is_member(volume, &author) {
+            Ok(true) => {}
+            Ok(false) => return SyncResponse::Refused(SyncRefusal::NotMember),
+            Err(e) => {
+                tracing::warn!(%volume, error = %e, "cannot read volume members");
+                return SyncResponse::Refused(SyncRefusal::Internal);
+            }
+        }
+        let held = match self.oplog.missing(volume, heads, PULL_PAGE) {
+            Ok(ops) => ops,
+            Err(e) => {
+                tracing::warn!(%volume, error = %e, "cannot read the op log");
+                return SyncResponse::Refused(SyncRefusal::Internal);
+            }
+        };
+        let full = held.len() == PULL_PAGE;
+        let mut ops = Vec::with_capacity(held.len());
+        let mut bytes = 0;
+        for op in held {
+            let encoded = op.to_bytes();
+            if bytes + encoded.len() > PAGE_BYTES && !ops.is_empty() {
+                return SyncResponse::Ops { ops, more: true };
+            }
+            bytes += encoded.len();
+            ops.push(serde_bytes::ByteBuf::from(encoded));
+        }
+        SyncResponse::Ops { ops, more: full }
+    }
+
+    /// Take the ops of a pull answer; true if another pull should follow.
+    pub fn ingest_page(&self, peer: &PeerId, volume: &VolumeId, response: SyncResponse) -> bool {
+        match response {
+            SyncResponse::Ops { ops, more } => {
+                let mut new = 0usize;
+                for bytes in &ops {
+                    match self.ingest(volume, bytes) {
+                        Ok((_, Appended::New)) => new += 1,
+                        Ok((_, Appended::Duplicate)) => {}
+                        Err(e) => {
+                            tracing::warn!(%peer, %volume, error = %e, "op refused");
+                        }
+                    }
+                }
+                if new > 0 {
+                    tracing::debug!(%peer, %volume, new, "ops pulled");
+                }
+                // A page of nothing but refusals or repeats would loop forever.
+                more && new > 0
+            }
+            SyncResponse::Refused(refusal) => {
+                tracing::debug!(%peer, %volume, %refusal, "pull refused");
+                false
+            }
+        }
+    }
+}
+
+/// The swarm's record of followed volumes and pulls in flight.
+#[derive(Debug, Default)]
+pub(super) struct Syncing {
+    topics: HashMap<TopicHash, VolumeId>,
+    followed: BTreeMap<VolumeId, IdentTopic>,
+    pulls: HashMap<OutboundRequestId, (PeerId, VolumeId)>,
+    in_flight: HashSet<(PeerId, VolumeId)>,
+}
+
+impl Syncing {
+    /// Start following `volume`; returns its topic if it was not followed yet.
+    pub(super) fn follow(&mut self, volume: VolumeId) -> Option<IdentTopic> {
+        if self.followed.contains_key(&volume) {
+            return None;
+        }
+        let topic = IdentTopic::new(topic_of(&volume));
+        self.topics.insert(topic.hash(), volume);
+        self.followed.insert(volume, topic.clone());
+        Some(topic)
+    }
+
+    pub(super) fn volume_of(&self, topic: &TopicHash) -> Option<VolumeId> {
+        self.topics.get(topic).copied()
+    }
+
+    pub(super) fn topic(&self, volume: &VolumeId) -> Option<&IdentTopic> {
+        self.followed.get(volume)
+    }
+
+    pub(super) fn volumes(&self) -> Vec<VolumeId> {
+        self.followed.keys().copied().collect()
+    }
+
+    /// Whether a pull of `volume` from `peer` may start (none is in flight).
+    pub(super) fn may_pull(&self, peer: PeerId, volume: VolumeId) -> bool {
+        !self.in_flight.contains(&(peer, volume))
+    }
+
+    pub(super) fn started(&mut self, id: OutboundRequestId, peer: PeerId, volume: VolumeId) {
+        self.pulls.insert(id, (peer, volume));
+        self.in_flight.insert((peer, volume));
+    }
+
+    pub(super) fn finished(&mut self, id: &OutboundRequestId) -> Option<(PeerId, VolumeId)> {
+        let (peer, volume) = self.pulls.remove(id)?;
+        self.in_flight.remove(&(peer, volume));
+        Some((peer, volume))
+    }
+}
+
+/// Whether an op just taken from gossip shows that ops before it are missing here.
+pub(super) fn gap_behind(hub: &OpsHub, op: &SignedOp) -> bool {
+    hub.has_gap_before(&op.volume, &op.id.author, op.seq)
+}
