@@ -8,10 +8,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use axum::extract::Path as UrlPath;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +101,79 @@ async fn peers(
     Ok(Json(state.network.peers().await?))
 }
 
+impl From<crate::volumes::VolumeError> for ApiError {
+    fn from(e: crate::volumes::VolumeError) -> Self {
+        use crate::volumes::VolumeError as V;
+        let code = match &e {
+            V::NameTaken(_) | V::AlreadyMember(..) => StatusCode::CONFLICT,
+            V::Unknown(_) => StatusCode::NOT_FOUND,
+            V::BadName(_) | V::BadTicket(_) | V::NotYetMember(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+/// `POST /v1/volumes` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVolume {
+    pub name: String,
+}
+
+/// `POST /v1/volumes/join` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinVolume {
+    pub ticket: String,
+    pub name: Option<String>,
+}
+
+/// `POST /v1/volumes/{name}/invite` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invitation {
+    pub ticket: String,
+}
+
+async fn volumes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(crate::volumes::list_on(&state.network).await?))
+}
+
+async fn create_volume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<CreateVolume>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let info = crate::volumes::create_on(&state.network, body.name).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn invite_volume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let ticket = crate::volumes::invite_on(&state.network, name).await?;
+    Ok(Json(Invitation {
+        ticket: ticket.encode(),
+    }))
+}
+
+async fn join_volume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<JoinVolume>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let ticket = crate::volumes::Ticket::decode(&body.ticket)?;
+    let info = crate::volumes::join_on(&state.network, ticket, body.name).await?;
+    Ok(Json(info))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -114,6 +188,9 @@ pub fn router(network: Network, token: String) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/volumes", get(volumes).post(create_volume))
+        .route("/v1/volumes/join", post(join_volume))
+        .route("/v1/volumes/{name}/invite", post(invite_volume))
         .fallback(not_found)
         .with_state(ApiState { network, token })
 }

@@ -24,6 +24,7 @@ pub mod repo;
 pub mod shard;
 pub mod store;
 pub mod tree;
+pub mod volumes;
 pub mod workers;
 
 pub use blob::{BlobError, BlobRef, ReadReport};

@@ -10,8 +10,11 @@
 //!
 //! - `fs_inodes`, `fs_dirents`, `fs_xattrs`, `fs_meta`, `fs_versions`: the filesystem's tables, opaque
 //!   here; the fs crate owns their schema and reaches them through [`FsTable`] and [`FsBatch`].
-//! - `oplog`, `oplog_seq`, `volume_members`: the volumes' operation logs, opaque here;
-//!   [`crate::oplog::store`] owns their schema and reaches them through the `cf_*` methods.
+//! - `oplog`, `oplog_seq`, `volume_members`, `volume_invites`: the volumes' operation logs and
+//!   the membership derived from them, opaque here; [`crate::oplog::store`] owns their schema
+//!   and reaches them through the `cf_*` methods.
+//! - `volumes`: the volumes this peer keeps (name, secret, pending join), owned by
+//!   [`crate::volumes`].
 //!
 //! Every value starts with a format version byte so later versions can migrate.
 
@@ -40,6 +43,8 @@ const CF_PLACING: &str = "placing";
 pub(crate) const CF_OPLOG: &str = "oplog";
 pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
 pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
+pub(crate) const CF_VOLUME_INVITES: &str = "volume_invites";
+pub(crate) const CF_VOLUMES: &str = "volumes";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -196,6 +201,8 @@ impl MetaDb {
             CF_OPLOG,
             CF_OPLOG_SEQ,
             CF_VOLUME_MEMBERS,
+            CF_VOLUME_INVITES,
+            CF_VOLUMES,
         ]
         .into_iter()
         .chain(FsTable::ALL.iter().map(|t| t.cf_name()))

@@ -209,6 +209,11 @@ itself when dfs opens a data directory after an interrupted put."
         #[command(subcommand)]
         command: crate::cache::CacheCommand,
     },
+    /// Create, list, invite to and join shared volumes (through the running peer)
+    Volume {
+        #[command(subcommand)]
+        command: crate::volume::VolumeCommand,
+    },
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -527,6 +532,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command } => crate::cache::run(&data_dir(args.data)?, command),
+        Command::Volume { command } => crate::volume::run(&data_dir(args.data)?, command),
     }
 }
 

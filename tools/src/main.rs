@@ -4,6 +4,7 @@
 mod cache;
 mod cli;
 mod peer;
+mod volume;
 
 use std::process::ExitCode;
 

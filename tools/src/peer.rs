@@ -276,7 +276,25 @@ pub fn run_node(repo: Repo, args: &NetArgs) -> Result<()> {
 }
 
 /// GET an API route of the peer running on `data` and decode its JSON.
-fn api_get<T: serde::de::DeserializeOwned>(data: &Path, route: &str) -> Result<T> {
+pub(crate) fn api_get<T: serde::de::DeserializeOwned>(data: &Path, route: &str) -> Result<T> {
+    api_call(data, route, None)
+}
+
+/// POST a JSON body to an API route of the peer running on `data` and decode its JSON.
+pub(crate) fn api_post<T: serde::de::DeserializeOwned>(
+    data: &Path,
+    route: &str,
+    body: &impl serde::Serialize,
+) -> Result<T> {
+    let body = serde_json::to_string(body).context("cannot encode the request")?;
+    api_call(data, route, Some(body))
+}
+
+fn api_call<T: serde::de::DeserializeOwned>(
+    data: &Path,
+    route: &str,
+    post: Option<String>,
+) -> Result<T> {
     let endpoint = match ApiEndpoint::load(data) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -298,11 +316,16 @@ fn api_get<T: serde::de::DeserializeOwned>(data: &Path, route: &str) -> Result<T
         .http_status_as_error(false)
         .build()
         .into();
-    let mut response = match agent
-        .get(&url)
-        .header("Authorization", &format!("Bearer {}", endpoint.token))
-        .call()
-    {
+    let auth = format!("Bearer {}", endpoint.token);
+    let sent = match post {
+        None => agent.get(&url).header("Authorization", &auth).call(),
+        Some(body) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .content_type("application/json")
+            .send(body.as_bytes()),
+    };
+    let mut response = match sent {
         Ok(r) => r,
         Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
             "no dfs peer is running on {} (its API at {} refuses connections; the peer \

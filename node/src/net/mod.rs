@@ -251,6 +251,12 @@ impl Network {
             cluster: Arc::default(),
             hub,
         };
+        // Every volume this peer keeps is followed from the start.
+        let volumes = crate::volumes::records(&network.hub)
+            .map_err(|e| NetError::Start(format!("cannot read the volume table: {e}")))?;
+        for (volume, _) in volumes {
+            network.follow_volume(volume).await?;
+        }
         Ok(network)
     }
 
@@ -272,14 +278,15 @@ impl Network {
             .map_err(|_| NetError::Stopped)
     }
 
-    /// Sign `payload` as this peer's next op on `volume`, append it, and gossip it to the
-    /// volume's members.
+    /// Sign `payload` (an fs operation) as this peer's next op on `volume`, append it, and
+    /// gossip it to the volume's members.
     pub async fn commit_op(
         &self,
         volume: crate::oplog::VolumeId,
         payload: Vec<u8>,
     ) -> Result<crate::oplog::SignedOp, sync::IngestError> {
         let hub = Arc::clone(&self.hub);
+        let payload = crate::oplog::data_payload(&payload);
         let op = tokio::task::spawn_blocking(move || hub.commit(&volume, payload))
             .await
             .map_err(|e| sync::IngestError::Task(e.to_string()))??;

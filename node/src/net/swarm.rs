@@ -431,11 +431,16 @@ impl Node {
         }
     }
 
-    /// Pull `volume` from `peer` unless a pull is in flight or the peer is not a member.
+    /// Pull `volume` from `peer` unless a pull is in flight or the peer is not a member. While
+    /// this peer's own join waits to be taken, it asks every peer, with the join attached.
     fn pull(&mut self, peer: PeerId, volume: crate::oplog::VolumeId) {
+        if !self.syncing.may_pull(peer, volume) {
+            return;
+        }
+        let join = crate::volumes::pending_join(&self.hub, &volume);
         let member = sync::author_of(&peer)
             .is_some_and(|a| self.hub.oplog().is_member(&volume, &a).unwrap_or(false));
-        if !member || !self.syncing.may_pull(peer, volume) {
+        if !member && join.is_none() {
             return;
         }
         let heads = match self.hub.oplog().heads(&volume) {
@@ -445,11 +450,12 @@ impl Node {
                 return;
             }
         };
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .ops
-            .send_request(&peer, SyncRequest::Pull { volume, heads });
+        let request = SyncRequest::Pull {
+            volume,
+            heads,
+            join: join.map(|op| serde_bytes::ByteBuf::from(op.to_bytes())),
+        };
+        let id = self.swarm.behaviour_mut().ops.send_request(&peer, request);
         self.syncing.started(id, peer, volume);
     }
 

@@ -58,6 +58,9 @@ pub enum SyncRequest {
     Pull {
         volume: VolumeId,
         heads: BTreeMap<AuthorId, u64>,
+        /// The asker's join op while it is not a member yet: taken first, so a new member can
+        /// pull from the member that invited it.
+        join: Option<serde_bytes::ByteBuf>,
     },
 }
 
@@ -177,22 +180,42 @@ impl OpsHub {
     /// volume's followers. The caller publishes it ([`super::Network::publish_op`]).
     pub fn commit(&self, volume: &VolumeId, payload: Vec<u8>) -> Result<SignedOp, IngestError> {
         let op = {
+            // Held from the seq choice to the append: two local ops never take one seq.
             let mut clock = self.clock();
-            // Above every op held, across restarts, so our ops order after what we saw.
-            let latest = self.oplog.latest_hlc(volume)?;
-            let now = physical_now_ms();
-            if latest > clock.last() {
-                // Our own earlier ops may be ahead of the wall clock: never refuse them.
-                *clock = HlcClock::new().with_last(latest);
-            }
-            let hlc = clock.tick(now);
-            let seq = self.oplog.next_seq(volume, &self.author)?;
-            let op = SignedOp::sign(&self.key, *volume, hlc, seq, payload)?;
+            let op = self.sign_next(&mut clock, volume, payload)?;
             self.oplog.append(&op)?;
             op
         };
         self.deliver(&op);
         Ok(op)
+    }
+
+    /// Sign `payload` as this peer's next op on `volume` without appending it (a join op,
+    /// which only a member can take).
+    pub(crate) fn sign_unlogged(
+        &self,
+        volume: &VolumeId,
+        payload: Vec<u8>,
+    ) -> Result<SignedOp, IngestError> {
+        let mut clock = self.clock();
+        self.sign_next(&mut clock, volume, payload)
+    }
+
+    fn sign_next(
+        &self,
+        clock: &mut HlcClock,
+        volume: &VolumeId,
+        payload: Vec<u8>,
+    ) -> Result<SignedOp, IngestError> {
+        // Above every op held, across restarts, so our ops order after what we saw.
+        let latest = self.oplog.latest_hlc(volume)?;
+        if latest > clock.last() {
+            // Our own earlier ops may be ahead of the wall clock: never refuse them.
+            *clock = HlcClock::new().with_last(latest);
+        }
+        let hlc = clock.tick(physical_now_ms());
+        let seq = self.oplog.next_seq(volume, &self.author)?;
+        Ok(SignedOp::sign(&self.key, *volume, hlc, seq, payload)?)
     }
 
     /// Take an encoded op a peer sent for `volume`: decode, check its clock is not too far
@@ -231,7 +254,16 @@ impl OpsHub {
 
     /// Answer a pull from `peer`.
     pub fn serve(&self, peer: &PeerId, request: &SyncRequest) -> SyncResponse {
-        let SyncRequest::Pull { volume, heads } = request;
+        let SyncRequest::Pull {
+            volume,
+            heads,
+            join,
+        } = request;
+        if let Some(join) = join {
+            if let Err(e) = self.ingest(volume, join) {
+                tracing::debug!(%peer, %volume, error = %e, "join not taken");
+            }
+        }
         let Some(author) = author_of(peer) else {
             return SyncResponse::Refused(SyncRefusal::NotMember);
         };

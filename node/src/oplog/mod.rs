@@ -25,10 +25,12 @@
 //! Payloads are opaque bytes here: the fs layer defines (and encrypts) what an op does; this
 //! module only signs, orders, stores and counts them.
 
+pub mod control;
 pub mod hlc;
 pub mod op;
 pub mod store;
 
+pub use control::{data_payload, Control, Payload};
 pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock, DEFAULT_MAX_DRIFT};
 pub use op::{AuthorId, OpError, OpId, ParseIdError, SignedOp, VolumeId, MAX_ENCODED, MAX_PAYLOAD};
 pub use store::{Appended, MetaSource, OpLog, OpLogError};

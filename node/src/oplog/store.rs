@@ -18,9 +18,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::control::{verify_join, volume_id_of, Control, Payload};
 use super::hlc::Hlc;
 use super::op::{AuthorId, OpError, OpId, SignedOp, VolumeId};
-use crate::meta::{MetaDb, MetaError, CF_OPLOG, CF_OPLOG_SEQ, CF_VOLUME_MEMBERS};
+use crate::meta::{
+    MetaDb, MetaError, CF_OPLOG, CF_OPLOG_SEQ, CF_VOLUME_INVITES, CF_VOLUME_MEMBERS,
+};
 use crate::repo::Repo;
 
 /// Format byte of `oplog_seq` values.
@@ -101,6 +104,13 @@ pub enum OpLogError {
         held_seq: u64,
         got_seq: u64,
     },
+    #[error("op {id} of {author} refused on volume {volume}: {reason}")]
+    Refused {
+        volume: VolumeId,
+        author: AuthorId,
+        id: OpId,
+        reason: String,
+    },
     #[error("corrupt {what} in the op log of volume {volume}: {detail}")]
     Corrupt {
         volume: VolumeId,
@@ -149,6 +159,13 @@ fn op_key(volume: &VolumeId, id: &OpId) -> Vec<u8> {
     key
 }
 
+/// One row written by an append: (column family, key, value or `None` to delete).
+type Write = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+fn invite_key(volume: &VolumeId, invite: &[u8; 32]) -> Vec<u8> {
+    [&volume.0[..], &invite[..]].concat()
+}
+
 fn author_prefix(volume: &VolumeId, author: &AuthorId) -> Vec<u8> {
     let mut key = Vec::with_capacity(SEQ_KEY_LEN);
     key.extend_from_slice(&volume.0);
@@ -190,7 +207,7 @@ impl<M: MetaSource> OpLog<M> {
         }
     }
 
-    fn db(&self) -> &MetaDb {
+    pub(crate) fn db(&self) -> &MetaDb {
         self.meta.meta()
     }
 
@@ -268,6 +285,58 @@ impl<M: MetaSource> OpLog<M> {
         }
     }
 
+    /// Whether `op` may be taken, by the membership rules of [`super::control`], and the
+    /// membership rows it writes along with itself.
+    fn admission(&self, op: &SignedOp) -> Result<Vec<Write>, OpLogError> {
+        let (volume, author) = (op.volume, op.id.author);
+        let refused = |reason: &str| OpLogError::Refused {
+            volume,
+            author,
+            id: op.id,
+            reason: reason.to_string(),
+        };
+        let payload = Payload::parse(&op.payload).map_err(|e| refused(&e.to_string()))?;
+        let member_row = (
+            CF_VOLUME_MEMBERS,
+            author_prefix(&volume, &author),
+            Some(Vec::new()),
+        );
+        match payload {
+            Payload::Data(_) | Payload::Control(Control::Invite { .. })
+                if !self.is_member(&volume, &author)? =>
+            {
+                Err(OpLogError::NotMember {
+                    volume,
+                    author,
+                    id: op.id,
+                })
+            }
+            Payload::Data(_) => Ok(Vec::new()),
+            Payload::Control(Control::Invite { invite }) => Ok(vec![(
+                CF_VOLUME_INVITES,
+                invite_key(&volume, &invite),
+                Some(author.0.to_vec()),
+            )]),
+            Payload::Control(Control::Genesis { nonce }) => {
+                if op.seq != 1 || volume_id_of(&author, &nonce) != volume {
+                    return Err(refused("a genesis that does not create this volume"));
+                }
+                Ok(vec![member_row])
+            }
+            Payload::Control(Control::Join { invite, proof }) => {
+                let known =
+                    self.cf_get(&volume, CF_VOLUME_INVITES, &invite_key(&volume, &invite))?;
+                if known.is_none() {
+                    return Err(refused("a join with an invitation not (yet) held here"));
+                }
+                if !verify_join(&invite, &volume, &author, &proof) {
+                    return Err(refused("a join whose proof does not verify"));
+                }
+                Ok(vec![member_row])
+            }
+        }
+    }
+
     /// Let `author` write ops to `volume`.
     pub fn add_member(&self, volume: &VolumeId, author: &AuthorId) -> Result<(), OpLogError> {
         let key = author_prefix(volume, author);
@@ -327,13 +396,7 @@ impl<M: MetaSource> OpLog<M> {
         }
         op.verify()
             .map_err(|source| OpLogError::Invalid { volume, source })?;
-        if !self.is_member(&volume, &op.id.author)? {
-            return Err(OpLogError::NotMember {
-                volume,
-                author: op.id.author,
-                id: op.id,
-            });
-        }
+        let membership = self.admission(op)?;
 
         let mut states = self.lock();
         let state = self.volume_state(&mut states, &volume)?;
@@ -365,7 +428,9 @@ impl<M: MetaSource> OpLog<M> {
         let writes = [
             (CF_OPLOG, okey, Some(bytes)),
             (CF_OPLOG_SEQ, skey, Some(index)),
-        ];
+        ]
+        .into_iter()
+        .chain(membership);
         self.db()
             .cf_write(writes, true)
             .map_err(|e| db_err(&volume, e))?;
@@ -581,6 +646,7 @@ fn decode_held(volume: &VolumeId, key: &[u8], bytes: &[u8]) -> Result<SignedOp, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oplog::control::data_payload;
     use crate::oplog::op::tests::key;
     use libp2p::identity::ed25519::Keypair;
     use proptest::prelude::*;
@@ -613,7 +679,7 @@ mod tests {
 
     fn op(k: &Keypair, millis: u64, seq: u64, payload: &[u8]) -> SignedOp {
         let hlc = Hlc { millis, counter: 0 };
-        SignedOp::sign(k, VOL, hlc, seq, payload.to_vec()).unwrap()
+        SignedOp::sign(k, VOL, hlc, seq, data_payload(payload)).unwrap()
     }
 
     fn members(log: &OpLog<MetaDb>, keys: &[&Keypair]) {
@@ -742,6 +808,83 @@ mod tests {
     }
 
     #[test]
+    fn membership_follows_genesis_invite_and_join_ops() {
+        use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
+        let f = Fixture::new();
+        let (creator, joiner, stranger) = (key(1), key(2), key(3));
+        let nonce = [9; 16];
+        let volume = volume_id_of(&author(&creator), &nonce);
+        let hlc = |millis| Hlc { millis, counter: 0 };
+        let signed = |k: &Keypair, millis, seq, c: &Control| {
+            SignedOp::sign(k, volume, hlc(millis), seq, control_payload(c)).unwrap()
+        };
+        let refused = |r: Result<Appended, OpLogError>| match r {
+            Err(OpLogError::Refused { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        // A genesis by anyone else, or under another nonce, does not create this volume.
+        let fake = signed(&stranger, 1, 1, &Control::Genesis { nonce });
+        assert!(refused(f.log.append(&fake)).contains("genesis"));
+        let genesis = Control::Genesis { nonce: [8; 16] };
+        assert!(refused(f.log.append(&signed(&creator, 1, 1, &genesis))).contains("genesis"));
+        let genesis = signed(&creator, 1, 1, &Control::Genesis { nonce });
+        assert_eq!(f.log.append(&genesis).unwrap(), Appended::New);
+        assert_eq!(f.log.members(&volume).unwrap(), vec![author(&creator)]);
+
+        let invite = Keypair::generate();
+        let invite_pub = invite.public().to_bytes();
+        let proof = join_proof(&invite, &volume, &author(&joiner));
+        let join = signed(
+            &joiner,
+            3,
+            1,
+            &Control::Join {
+                invite: invite_pub,
+                proof: proof.clone(),
+            },
+        );
+        // Before the invitation is held, a join waits (refused now, taken when pulled again).
+        assert!(refused(f.log.append(&join)).contains("invitation"));
+        // Only members invite.
+        let rogue = signed(&stranger, 2, 1, &Control::Invite { invite: invite_pub });
+        assert!(matches!(
+            f.log.append(&rogue),
+            Err(OpLogError::NotMember { .. })
+        ));
+        let invitation = signed(&creator, 2, 2, &Control::Invite { invite: invite_pub });
+        assert_eq!(f.log.append(&invitation).unwrap(), Appended::New);
+        // A proof made for someone else does not let the stranger in.
+        let stolen = signed(
+            &stranger,
+            4,
+            1,
+            &Control::Join {
+                invite: invite_pub,
+                proof,
+            },
+        );
+        assert!(refused(f.log.append(&stolen)).contains("proof"));
+        assert_eq!(f.log.append(&join).unwrap(), Appended::New);
+        let mut members = f.log.members(&volume).unwrap();
+        members.sort();
+        let mut want = vec![author(&creator), author(&joiner)];
+        want.sort();
+        assert_eq!(members, want);
+        // Data ops: members yes, the stranger no.
+        let data = SignedOp::sign(&joiner, volume, hlc(5), 2, data_payload(b"x")).unwrap();
+        assert_eq!(f.log.append(&data).unwrap(), Appended::New);
+        let data = SignedOp::sign(&stranger, volume, hlc(5), 1, data_payload(b"x")).unwrap();
+        assert!(matches!(
+            f.log.append(&data),
+            Err(OpLogError::NotMember { .. })
+        ));
+        // A payload of an unknown kind is refused, not stored.
+        let junk = SignedOp::sign(&creator, volume, hlc(6), 3, vec![9, 9]).unwrap();
+        assert!(refused(f.log.append(&junk)).contains("kind"));
+        assert_eq!(f.log.len(&volume).unwrap(), 4);
+    }
+
+    #[test]
     fn scan_yields_op_id_order_across_authors_and_pages() {
         let f = Fixture::new();
         let (a, b) = (key(1), key(2));
@@ -749,7 +892,7 @@ mod tests {
         let other = VolumeId([2; 16]);
         f.log.add_member(&other, &author(&a)).unwrap();
         let hlc = |millis| Hlc { millis, counter: 0 };
-        let noise = SignedOp::sign(&a, other, hlc(150), 1, b"elsewhere".to_vec()).unwrap();
+        let noise = SignedOp::sign(&a, other, hlc(150), 1, data_payload(b"elsewhere")).unwrap();
         f.log.append(&noise).unwrap();
         // Interleaved clocks, appended out of order; b and a tie at 300.
         let ops = [

@@ -1,0 +1,187 @@
+//! Membership of a volume, kept as ops in the volume's own log, so every member derives the
+//! same member list from the ops it holds.
+//!
+//! An op's payload starts with a kind byte: [`DATA`] (an fs operation, opaque and encrypted
+//! here) or [`CONTROL`] (a [`Control`] in plain postcard: it carries only public keys).
+//!
+//! - **Genesis** (the creator's first op): the volume id is derived from the creator's key and a
+//!   random nonce ([`volume_id_of`]), so nobody else can write a genesis for that id; its author
+//!   is the first member.
+//! - **Invite** (by a member): records the public half of a fresh invitation key. The secret half
+//!   travels in a join ticket.
+//! - **Join** (by anyone): the author proves it holds an invitation's secret key by a signature
+//!   over the volume id and its own key ([`join_proof`]), and becomes a member.
+//!
+//! An invitation may be used more than once until removal of members arrives; whoever holds a
+//! ticket can read the volume anyway, since the ticket carries the volume's secret.
+
+use libp2p::identity::ed25519;
+use serde::{Deserialize, Serialize};
+
+use super::op::{AuthorId, VolumeId};
+
+/// Kind byte of a payload defined by the fs layer.
+pub const DATA: u8 = 0;
+/// Kind byte of a [`Control`] payload.
+pub const CONTROL: u8 = 1;
+const VOLUME_DOMAIN: &[u8] = b"dfs/volume/v1";
+const JOIN_DOMAIN: &[u8] = b"dfs/join/v1";
+
+/// A membership operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    Genesis {
+        nonce: [u8; 16],
+    },
+    Invite {
+        invite: [u8; 32],
+    },
+    Join {
+        invite: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+}
+
+/// What an op's payload is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Data(&'a [u8]),
+    Control(Control),
+}
+
+/// Why a payload is not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("empty payload")]
+    Empty,
+    #[error("unknown payload kind {0}")]
+    Kind(u8),
+    #[error("malformed control op: {0}")]
+    Malformed(String),
+}
+
+impl Payload<'_> {
+    pub fn parse(payload: &[u8]) -> Result<Payload<'_>, PayloadError> {
+        match payload.split_first() {
+            None => Err(PayloadError::Empty),
+            Some((&DATA, rest)) => Ok(Payload::Data(rest)),
+            Some((&CONTROL, rest)) => {
+                let (control, trailing) = postcard::take_from_bytes(rest)
+                    .map_err(|e| PayloadError::Malformed(e.to_string()))?;
+                if !trailing.is_empty() {
+                    return Err(PayloadError::Malformed(format!(
+                        "{} trailing bytes",
+                        trailing.len()
+                    )));
+                }
+                Ok(Payload::Control(control))
+            }
+            Some((&kind, _)) => Err(PayloadError::Kind(kind)),
+        }
+    }
+}
+
+/// The payload of an fs operation.
+pub fn data_payload(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + bytes.len());
+    out.push(DATA);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The payload of a membership operation.
+pub fn control_payload(control: &Control) -> Vec<u8> {
+    // Serialising a plain enum into a Vec cannot fail.
+    postcard::to_extend(control, vec![CONTROL]).unwrap_or_else(|_| vec![CONTROL])
+}
+
+/// The id of the volume whose genesis `creator` wrote with `nonce`.
+pub fn volume_id_of(creator: &AuthorId, nonce: &[u8; 16]) -> VolumeId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(VOLUME_DOMAIN);
+    hasher.update(&creator.0);
+    hasher.update(nonce);
+    let mut id = [0; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    VolumeId(id)
+}
+
+fn join_message(volume: &VolumeId, joiner: &AuthorId) -> Vec<u8> {
+    [JOIN_DOMAIN, &volume.0, &joiner.0].concat()
+}
+
+/// The invitation key's signature that lets `joiner` join `volume`.
+pub fn join_proof(invite: &ed25519::Keypair, volume: &VolumeId, joiner: &AuthorId) -> Vec<u8> {
+    invite.sign(&join_message(volume, joiner))
+}
+
+/// Whether `proof` shows that `joiner` holds the secret of invitation `invite` for `volume`.
+pub fn verify_join(invite: &[u8; 32], volume: &VolumeId, joiner: &AuthorId, proof: &[u8]) -> bool {
+    ed25519::PublicKey::try_from_bytes(invite)
+        .is_ok_and(|key| key.verify(&join_message(volume, joiner), proof))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn payloads_round_trip_and_junk_is_an_error() {
+        let c = Control::Join {
+            invite: [3; 32],
+            proof: vec![9; 64],
+        };
+        assert_eq!(
+            Payload::parse(&control_payload(&c)).unwrap(),
+            Payload::Control(c)
+        );
+        assert_eq!(
+            Payload::parse(&data_payload(b"x")).unwrap(),
+            Payload::Data(b"x")
+        );
+        assert_eq!(Payload::parse(&[]), Err(PayloadError::Empty));
+        assert_eq!(Payload::parse(&[7, 1]), Err(PayloadError::Kind(7)));
+        assert!(matches!(
+            Payload::parse(&[CONTROL, 200]),
+            Err(PayloadError::Malformed(_))
+        ));
+        let mut long = control_payload(&Control::Invite { invite: [1; 32] });
+        long.push(0);
+        assert!(matches!(
+            Payload::parse(&long),
+            Err(PayloadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_join_proof_binds_the_volume_and_the_joiner() {
+        let invite = ed25519::Keypair::generate();
+        let public = invite.public().to_bytes();
+        let (v, w) = (VolumeId([1; 16]), VolumeId([2; 16]));
+        let (me, you) = (AuthorId([5; 32]), AuthorId([6; 32]));
+        let proof = join_proof(&invite, &v, &me);
+        assert!(verify_join(&public, &v, &me, &proof));
+        assert!(!verify_join(&public, &w, &me, &proof));
+        assert!(!verify_join(&public, &v, &you, &proof));
+        let other = ed25519::Keypair::generate().public().to_bytes();
+        assert!(!verify_join(&other, &v, &me, &proof));
+        assert!(!verify_join(&[0; 32], &v, &me, &proof));
+    }
+
+    #[test]
+    fn volume_ids_depend_on_creator_and_nonce() {
+        let a = volume_id_of(&AuthorId([1; 32]), &[0; 16]);
+        assert_eq!(a, volume_id_of(&AuthorId([1; 32]), &[0; 16]));
+        assert_ne!(a, volume_id_of(&AuthorId([2; 32]), &[0; 16]));
+        assert_ne!(a, volume_id_of(&AuthorId([1; 32]), &[1; 16]));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Payload::parse(&bytes);
+        }
+    }
+}

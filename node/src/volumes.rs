@@ -1,0 +1,389 @@
+//! The volumes this peer is a member of: creating one, inviting others with a join ticket, and
+//! joining with one. Membership itself lives in each volume's op log ([`crate::oplog::control`]);
+//! this module keeps the local side: a name for each volume, its secret, and a join that waits to
+//! be taken by a member.
+//!
+//! Table `volumes`: volume id -> [`VolumeRecord`] (version byte + postcard).
+//!
+//! A join ticket (`dfs-ticket-` + hex) carries the volume id, a suggested name, the volume's
+//! secret (whoever holds the ticket can read the volume), the secret half of a fresh invitation
+//! key (whoever holds it can become a member), and the inviter's addresses to dial.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{MetaError, CF_VOLUMES};
+use crate::net::sync::{IngestError, OpsHub};
+use crate::net::Network;
+use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
+use crate::oplog::{OpLogError, SignedOp, VolumeId};
+
+const RECORD_V1: u8 = 1;
+const TICKET_PREFIX: &str = "dfs-ticket-";
+/// Longest volume name accepted.
+pub const MAX_NAME: usize = 64;
+
+/// What this peer keeps about a volume it is a member of (or joining).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    /// The volume's secret: chunk keys and op payloads of the volume derive from it.
+    pub secret: [u8; 32],
+    /// This peer's join op, until a member took it and it came back in the log.
+    #[serde(with = "serde_bytes")]
+    pub pending_join: Vec<u8>,
+}
+
+/// A volume as `dfs volume list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub name: String,
+    pub members: usize,
+    pub ops: u64,
+    /// False while a join waits for a member to take it.
+    pub joined: bool,
+}
+
+/// What a join ticket carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub volume: VolumeId,
+    pub name: String,
+    pub secret: [u8; 32],
+    pub invite_secret: [u8; 32],
+    pub addrs: Vec<String>,
+}
+
+/// What went wrong with a volume command.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("a volume named {0:?} exists already on this peer")]
+    NameTaken(String),
+    #[error("no volume named {0:?} on this peer (see `dfs volume list`)")]
+    Unknown(String),
+    #[error("invalid volume name {0:?}: use 1 to {MAX_NAME} letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    #[error("this peer is already a member of volume {0} (as {1:?})")]
+    AlreadyMember(VolumeId, String),
+    #[error("this peer has not been admitted to volume {0:?} yet: it waits for a member to sync")]
+    NotYetMember(String),
+    #[error("not a valid join ticket: {0}")]
+    BadTicket(String),
+    #[error("the volume table is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Log(#[from] OpLogError),
+    #[error(transparent)]
+    Op(#[from] IngestError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("volume task failed: {0}")]
+    Task(String),
+}
+
+impl Ticket {
+    pub fn encode(&self) -> String {
+        // Serialising a plain struct into a Vec cannot fail.
+        let bytes = postcard::to_stdvec(self).unwrap_or_default();
+        format!("{TICKET_PREFIX}{}", dfs_placement::ids::to_hex(&bytes))
+    }
+
+    pub fn decode(text: &str) -> Result<Ticket, VolumeError> {
+        let bad = |m: &str| VolumeError::BadTicket(m.to_string());
+        let hex = text
+            .trim()
+            .strip_prefix(TICKET_PREFIX)
+            .ok_or_else(|| bad("it does not start with dfs-ticket-"))?;
+        if hex.len() % 2 != 0 || !hex.is_ascii() {
+            return Err(bad("the part after dfs-ticket- is not hex"));
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad("the part after dfs-ticket- is not hex"))?;
+        let (ticket, rest): (Ticket, _) =
+            postcard::take_from_bytes(&bytes).map_err(|e| bad(&format!("garbled ({e})")))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        check_name(&ticket.name)?;
+        Ok(ticket)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), VolumeError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(VolumeError::BadName(name.to_string()))
+    }
+}
+
+fn encode_record(record: &VolumeRecord) -> Vec<u8> {
+    postcard::to_extend(record, vec![RECORD_V1]).unwrap_or_default()
+}
+
+fn decode_record(bytes: &[u8]) -> Result<VolumeRecord, VolumeError> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| VolumeError::Corrupt(e.to_string()))
+        }
+        _ => Err(VolumeError::Corrupt("unknown record format".into())),
+    }
+}
+
+/// Every volume this peer keeps, in id order.
+pub fn records(hub: &OpsHub) -> Result<Vec<(VolumeId, VolumeRecord)>, VolumeError> {
+    let rows = hub
+        .oplog()
+        .db()
+        .cf_scan(CF_VOLUMES, &[], None, usize::MAX)?;
+    rows.iter()
+        .map(|(k, v)| {
+            let id = k
+                .as_slice()
+                .try_into()
+                .map(VolumeId)
+                .map_err(|_| VolumeError::Corrupt(format!("a key of {} bytes", k.len())))?;
+            Ok((id, decode_record(v)?))
+        })
+        .collect()
+}
+
+/// The volume this peer calls `name`.
+pub fn by_name(hub: &OpsHub, name: &str) -> Result<(VolumeId, VolumeRecord), VolumeError> {
+    records(hub)?
+        .into_iter()
+        .find(|(_, r)| r.name == name)
+        .ok_or_else(|| VolumeError::Unknown(name.to_string()))
+}
+
+fn save(hub: &OpsHub, id: &VolumeId, record: &VolumeRecord) -> Result<(), VolumeError> {
+    hub.oplog().db().cf_write(
+        [(CF_VOLUMES, id.0.to_vec(), Some(encode_record(record)))],
+        true,
+    )?;
+    Ok(())
+}
+
+fn name_free(hub: &OpsHub, name: &str) -> Result<(), VolumeError> {
+    check_name(name)?;
+    if records(hub)?.iter().any(|(_, r)| r.name == name) {
+        return Err(VolumeError::NameTaken(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Create a volume named `name` with this peer as its first member.
+pub fn create(hub: &OpsHub, name: &str) -> Result<VolumeId, VolumeError> {
+    name_free(hub, name)?;
+    let nonce: [u8; 16] = rand::random();
+    let volume = volume_id_of(&hub.author(), &nonce);
+    hub.commit(&volume, control_payload(&Control::Genesis { nonce }))?;
+    let record = VolumeRecord {
+        name: name.to_string(),
+        secret: rand::random(),
+        pending_join: Vec::new(),
+    };
+    save(hub, &volume, &record)?;
+    Ok(volume)
+}
+
+/// A ticket that lets its holder join volume `name`, dialling `addrs` to reach this peer.
+pub fn invite(hub: &OpsHub, name: &str, addrs: Vec<String>) -> Result<Ticket, VolumeError> {
+    let (volume, record) = by_name(hub, name)?;
+    if !hub.oplog().is_member(&volume, &hub.author())? {
+        return Err(VolumeError::NotYetMember(name.to_string()));
+    }
+    let invite = libp2p::identity::ed25519::Keypair::generate();
+    hub.commit(
+        &volume,
+        control_payload(&Control::Invite {
+            invite: invite.public().to_bytes(),
+        }),
+    )?;
+    let mut invite_secret = [0; 32];
+    invite_secret.copy_from_slice(invite.secret().as_ref());
+    Ok(Ticket {
+        volume,
+        name: record.name,
+        secret: record.secret,
+        invite_secret,
+        addrs,
+    })
+}
+
+/// Join the volume of `ticket` under `name` (default: the ticket's). The join op is kept here
+/// and handed to members with every pull until one takes it ([`pending_join`]).
+pub fn join(hub: &OpsHub, ticket: &Ticket, name: Option<&str>) -> Result<VolumeId, VolumeError> {
+    let name = name.unwrap_or(&ticket.name);
+    let volume = ticket.volume;
+    if let Some((_, r)) = records(hub)?.into_iter().find(|(id, _)| *id == volume) {
+        return Err(VolumeError::AlreadyMember(volume, r.name));
+    }
+    name_free(hub, name)?;
+    let mut secret = ticket.invite_secret;
+    let invite = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut secret)
+        .map(libp2p::identity::ed25519::Keypair::from)
+        .map_err(|e| VolumeError::BadTicket(format!("bad invitation key ({e})")))?;
+    let me = hub.author();
+    let control = Control::Join {
+        invite: invite.public().to_bytes(),
+        proof: join_proof(&invite, &volume, &me),
+    };
+    let op = hub.sign_unlogged(&volume, control_payload(&control))?;
+    let record = VolumeRecord {
+        name: name.to_string(),
+        secret: ticket.secret,
+        pending_join: op.to_bytes(),
+    };
+    save(hub, &volume, &record)?;
+    Ok(volume)
+}
+
+/// This peer's join op of `volume`, while it is not a member there yet.
+pub fn pending_join(hub: &OpsHub, volume: &VolumeId) -> Option<SignedOp> {
+    if hub
+        .oplog()
+        .is_member(volume, &hub.author())
+        .unwrap_or(false)
+    {
+        return None;
+    }
+    let bytes = hub.oplog().db().cf_get(CF_VOLUMES, &volume.0).ok()??;
+    let record = decode_record(&bytes).ok()?;
+    SignedOp::from_bytes(&record.pending_join).ok()
+}
+
+/// `dfs volume list`.
+pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
+    records(hub)?
+        .into_iter()
+        .map(|(id, r)| {
+            Ok(VolumeInfo {
+                id: id.to_string(),
+                name: r.name,
+                members: hub.oplog().members(&id)?.len(),
+                ops: hub.oplog().len(&id)?,
+                joined: hub.oplog().is_member(&id, &hub.author())?,
+            })
+        })
+        .collect()
+}
+
+/// Run a volume command on the blocking pool (it writes RocksDB durably).
+async fn blocking<T: Send + 'static>(
+    net: &Network,
+    work: impl FnOnce(&OpsHub) -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, VolumeError> {
+    let hub = std::sync::Arc::clone(net.ops());
+    tokio::task::spawn_blocking(move || work(&hub))
+        .await
+        .map_err(|e| VolumeError::Task(e.to_string()))?
+}
+
+/// [`create`] on a running peer, which then follows the new volume.
+pub async fn create_on(net: &Network, name: String) -> Result<VolumeInfo, VolumeError> {
+    let volume = blocking(net, move |hub| create(hub, &name)).await?;
+    net.follow_volume(volume).await?;
+    info_of(net, volume).await
+}
+
+/// [`invite`] on a running peer: the ticket names the addresses it listens on.
+pub async fn invite_on(net: &Network, name: String) -> Result<Ticket, VolumeError> {
+    let addrs = net.status().await?.addresses;
+    blocking(net, move |hub| invite(hub, &name, addrs)).await
+}
+
+/// [`join`] on a running peer: it follows the volume and dials the ticket's addresses; the
+/// first member reached takes the join and sends the volume's ops.
+pub async fn join_on(
+    net: &Network,
+    ticket: Ticket,
+    name: Option<String>,
+) -> Result<VolumeInfo, VolumeError> {
+    let addrs = ticket.addrs.clone();
+    let volume = blocking(net, move |hub| join(hub, &ticket, name.as_deref())).await?;
+    net.follow_volume(volume).await?;
+    for addr in addrs {
+        match addr.parse() {
+            Ok(addr) => net.dial(addr).await?,
+            Err(e) => tracing::warn!(%addr, error = %e, "unusable address in the ticket"),
+        }
+    }
+    info_of(net, volume).await
+}
+
+/// [`list`] on a running peer.
+pub async fn list_on(net: &Network) -> Result<Vec<VolumeInfo>, VolumeError> {
+    blocking(net, list).await
+}
+
+async fn info_of(net: &Network, volume: VolumeId) -> Result<VolumeInfo, VolumeError> {
+    let id = volume.to_string();
+    list_on(net)
+        .await?
+        .into_iter()
+        .find(|v| v.id == id)
+        .ok_or_else(|| VolumeError::Corrupt(format!("volume {id} vanished")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_round_trip_and_junk_is_refused() {
+        let t = Ticket {
+            volume: VolumeId([4; 16]),
+            name: "team".into(),
+            secret: [1; 32],
+            invite_secret: [2; 32],
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+        };
+        assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
+        for junk in [
+            "",
+            "dfs-ticket-",
+            "dfs-ticket-zz",
+            "dfs-ticket-abc",
+            "hello",
+            "dfs-ticket-é1",
+        ] {
+            assert!(Ticket::decode(junk).is_err(), "{junk:?} taken");
+        }
+        let mut bad_name = t.clone();
+        bad_name.name = "../etc".into();
+        assert!(matches!(
+            Ticket::decode(&bad_name.encode()),
+            Err(VolumeError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "team-docs", "v1.2_x"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "with space",
+            &"x".repeat(MAX_NAME + 1),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

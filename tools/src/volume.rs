@@ -1,0 +1,88 @@
+//! `dfs volume create|list|invite|join`: shared volumes, through the API of the peer running on
+//! the data directory (it owns the op logs and dials the members).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use dfs_node::api::{CreateVolume, Invitation, JoinVolume};
+use dfs_node::volumes::VolumeInfo;
+
+use crate::peer::{api_get, api_post};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a shared volume with this peer as its first member
+    Create {
+        /// A local name: letters, digits, '-', '_' or '.'
+        name: String,
+    },
+    /// List the volumes this peer is a member of (or joining)
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a join ticket for a volume
+    #[command(
+        long_about = "Print a join ticket for volume NAME. Whoever holds the ticket can read \
+the volume (it carries the volume's secret) and become a member (it carries an invitation key): \
+hand it over as you would a password. It also carries this peer's addresses, which the joiner \
+dials."
+    )]
+    Invite {
+        /// The volume's local name
+        name: String,
+    },
+    /// Join a volume with a ticket from `dfs volume invite`
+    Join {
+        /// The dfs-ticket-... printed by `dfs volume invite`
+        ticket: String,
+        /// A local name for the volume [default: the inviter's name for it]
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
+    match command {
+        VolumeCommand::Create { name } => {
+            let v: VolumeInfo = api_post(data, "/v1/volumes", &CreateVolume { name })?;
+            println!("created volume {} ({})", v.name, v.id);
+        }
+        VolumeCommand::List { json } => {
+            let list: Vec<VolumeInfo> = api_get(data, "/v1/volumes")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no volumes yet (create one with `dfs volume create NAME`)");
+            } else {
+                println!(
+                    "{:<20} {:<34} {:>7} {:>8}  STATE",
+                    "NAME", "ID", "MEMBERS", "OPS"
+                );
+                for v in list {
+                    let state = if v.joined { "member" } else { "joining" };
+                    println!(
+                        "{:<20} {:<34} {:>7} {:>8}  {state}",
+                        v.name, v.id, v.members, v.ops
+                    );
+                }
+            }
+        }
+        VolumeCommand::Invite { name } => {
+            let route = format!("/v1/volumes/{name}/invite");
+            let invitation: Invitation = api_post(data, &route, &serde_json::json!({}))?;
+            println!("{}", invitation.ticket);
+        }
+        VolumeCommand::Join { ticket, name } => {
+            let v: VolumeInfo = api_post(data, "/v1/volumes/join", &JoinVolume { ticket, name })?;
+            println!(
+                "joining volume {} ({}): a member takes the join when this peer reaches it",
+                v.name, v.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
