@@ -174,6 +174,25 @@ async fn join_volume(
     Ok(Json(info))
 }
 
+/// `GET /v1/volumes/{name}/log` query.
+#[derive(Debug, Clone, Deserialize)]
+struct LogQuery {
+    limit: Option<usize>,
+}
+
+async fn volume_log(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let limit = query.limit.unwrap_or(100);
+    Ok(Json(
+        crate::volumes::log_on(&state.network, name, limit).await?,
+    ))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -191,6 +210,7 @@ pub fn router(network: Network, token: String) -> Router {
         .route("/v1/volumes", get(volumes).post(create_volume))
         .route("/v1/volumes/join", post(join_volume))
         .route("/v1/volumes/{name}/invite", post(invite_volume))
+        .route("/v1/volumes/{name}/log", get(volume_log))
         .fallback(not_found)
         .with_state(ApiState { network, token })
 }

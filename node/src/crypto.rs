@@ -109,8 +109,82 @@ pub fn random_hex(bytes: usize) -> String {
     dfs_placement::ids::to_hex(&raw)
 }
 
+/// The key that seals the fs payloads of one volume's ops: derived from the volume's secret,
+/// so members read them and a peer that only relays or stores them does not.
+#[derive(Clone)]
+pub struct OpKey([u8; 32]);
+
+impl fmt::Debug for OpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OpKey(..)")
+    }
+}
+
+/// Random nonce bytes in front of each sealed payload.
+const OP_NONCE_LEN: usize = 24;
+
+impl OpKey {
+    pub fn of_volume(secret: &[u8; 32]) -> Self {
+        OpKey(blake3::derive_key("dfs 2026 op payload key v1", secret))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&Key::from(self.0))
+    }
+
+    /// Encrypt `plaintext` under a random nonce bound to `volume`: nonce, ciphertext, tag.
+    pub fn seal(&self, volume: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
+        let nonce_bytes: [u8; OP_NONCE_LEN] = rand::random();
+        let nonce = XNonce::from(nonce_bytes);
+        let mut out = Vec::with_capacity(OP_NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher()
+            .encrypt_inout_detached(&nonce, volume, out[OP_NONCE_LEN..].as_mut().into())
+            // Only fails for messages beyond 256 GiB; op payloads are at most 64 KiB.
+            .unwrap_or_else(|_| unreachable!("op payload larger than the AEAD limit"));
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Check and decrypt a payload sealed by [`OpKey::seal`] for `volume`.
+    pub fn open(&self, volume: &[u8; 16], sealed: &[u8]) -> Result<Vec<u8>, DecryptError> {
+        if sealed.len() < OP_NONCE_LEN + TAG_LEN {
+            return Err(DecryptError);
+        }
+        let (nonce, rest) = sealed.split_at(OP_NONCE_LEN);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| DecryptError)?;
+        let tag = Tag::try_from(tag).map_err(|_| DecryptError)?;
+        let mut plain = body.to_vec();
+        self.cipher()
+            .decrypt_inout_detached(&nonce, volume, plain.as_mut_slice().into(), &tag)
+            .map_err(|_| DecryptError)?;
+        Ok(plain)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn op_payloads_open_only_with_the_volume_key_and_id() {
+        let key = OpKey::of_volume(&[1; 32]);
+        let (v, w) = ([5; 16], [6; 16]);
+        let sealed = key.seal(&v, b"create notes.txt");
+        assert_eq!(key.open(&v, &sealed).unwrap(), b"create notes.txt");
+        // Fresh nonces: the same op sealed twice differs.
+        assert_ne!(key.seal(&v, b"create notes.txt"), sealed);
+        assert!(key.open(&w, &sealed).is_err());
+        assert!(OpKey::of_volume(&[2; 32]).open(&v, &sealed).is_err());
+        let mut flipped = sealed.clone();
+        flipped[30] ^= 1;
+        assert!(key.open(&v, &flipped).is_err());
+        for cut in [0, 10, 39] {
+            assert!(key.open(&v, &sealed[..cut]).is_err());
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -33,6 +33,21 @@ pub struct VolumeRecord {
     pub pending_join: Vec<u8>,
 }
 
+/// One op of a volume's log as `dfs volume log` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The op's clock reading: milliseconds since the Unix epoch, and a counter.
+    pub millis: u64,
+    pub counter: u32,
+    pub author: String,
+    pub seq: u64,
+    /// `genesis`, `invite`, `join` or `data`.
+    pub kind: String,
+    /// For `data`: the fs operation, decrypted with the volume's key (hex of its bytes, until
+    /// the fs layer names them); empty otherwise.
+    pub data: String,
+}
+
 /// A volume as `dfs volume list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
@@ -265,6 +280,54 @@ pub fn pending_join(hub: &OpsHub, volume: &VolumeId) -> Option<SignedOp> {
     SignedOp::from_bytes(&record.pending_join).ok()
 }
 
+/// `dfs volume log`: the newest `limit` ops of volume `name`, oldest first.
+pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, VolumeError> {
+    let (volume, record) = by_name(hub, name)?;
+    let key = crate::crypto::OpKey::of_volume(&record.secret);
+    let total = hub.oplog().len(&volume)?;
+    let skip = total.saturating_sub(limit as u64);
+    let mut out = Vec::new();
+    let mut after = None;
+    let mut seen = 0u64;
+    loop {
+        let page = hub.oplog().scan(&volume, after.as_ref(), 1024)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for op in page {
+            seen += 1;
+            if seen <= skip {
+                continue;
+            }
+            let (kind, data) = match crate::oplog::Payload::parse(&op.payload) {
+                Ok(crate::oplog::Payload::Control(Control::Genesis { .. })) => {
+                    ("genesis", String::new())
+                }
+                Ok(crate::oplog::Payload::Control(Control::Invite { .. })) => {
+                    ("invite", String::new())
+                }
+                Ok(crate::oplog::Payload::Control(Control::Join { .. })) => ("join", String::new()),
+                Ok(crate::oplog::Payload::Data(sealed)) => match key.open(&volume.0, sealed) {
+                    Ok(plain) => ("data", dfs_placement::ids::to_hex(&plain)),
+                    Err(_) => (
+                        "data",
+                        "(does not decrypt with this peer's volume key)".into(),
+                    ),
+                },
+                Err(e) => ("unknown", e.to_string()),
+            };
+            out.push(LogEntry {
+                millis: op.id.hlc.millis,
+                counter: op.id.hlc.counter,
+                author: op.id.author.to_string(),
+                seq: op.seq,
+                kind: kind.into(),
+                data,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// `dfs volume list`.
 pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
     records(hub)?
@@ -322,6 +385,15 @@ pub async fn join_on(
         }
     }
     info_of(net, volume).await
+}
+
+/// [`log`] on a running peer.
+pub async fn log_on(
+    net: &Network,
+    name: String,
+    limit: usize,
+) -> Result<Vec<LogEntry>, VolumeError> {
+    blocking(net, move |hub| log(hub, &name, limit)).await
 }
 
 /// [`list`] on a running peer.

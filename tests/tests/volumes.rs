@@ -82,6 +82,38 @@ fn members_admit_joiners_by_ticket_and_agree_on_the_log() {
         assert_eq!(v.id, on_a.id);
     }
 
+    // The signed history is the same everywhere: who did what, in clock order.
+    let kinds = |dfs: &Dfs, name: &str| -> Vec<(String, String, u64)> {
+        let run = dfs.run(&["volume", "log", name, "--json"]).ok();
+        let log: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).expect("log JSON");
+        log.iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or("?").to_string(),
+                    e["author"].as_str().unwrap_or("?").to_string(),
+                    e["seq"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let history = kinds(&a, "team");
+    let ops: Vec<&str> = history.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(ops, ["genesis", "invite", "join", "invite", "join"]);
+    assert_eq!(
+        history[0].1, history[1].1,
+        "a wrote the genesis and the first invitation"
+    );
+    assert_eq!(history[2].1, history[3].1, "b joined, then invited");
+    assert_eq!(kinds(&b, "shared"), history);
+    assert_eq!(kinds(&c, "shared"), history);
+    let text = a
+        .run(&["volume", "log", "team", "--limit", "2"])
+        .ok()
+        .stdout;
+    assert_eq!(text.lines().count(), 3, "a header and 2 ops: {text}");
+    a.run(&["volume", "log", "nope"])
+        .fails_with("no volume named \"nope\"");
+
     // Membership and the log are on disk: a restarted member still has them.
     assert!(pc.terminate().is_some());
     let _pc = c.node(&[]);

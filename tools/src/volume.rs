@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use dfs_node::api::{CreateVolume, Invitation, JoinVolume};
-use dfs_node::volumes::VolumeInfo;
+use dfs_node::volumes::{LogEntry, VolumeInfo};
 
 use crate::peer::{api_get, api_post};
 
@@ -34,6 +34,17 @@ dials."
     Invite {
         /// The volume's local name
         name: String,
+    },
+    /// Show the signed history of a volume: who changed it, when, and how
+    Log {
+        /// The volume's local name
+        name: String,
+        /// How many of the newest ops to show
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Join a volume with a ticket from `dfs volume invite`
     Join {
@@ -76,6 +87,33 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
             let invitation: Invitation = api_post(data, &route, &serde_json::json!({}))?;
             println!("{}", invitation.ticket);
         }
+        VolumeCommand::Log { name, limit, json } => {
+            let route = format!("/v1/volumes/{name}/log?limit={limit}");
+            let entries: Vec<LogEntry> = api_get(data, &route)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!(
+                    "{:<24} {:<18} {:>5}  {:<8} DATA",
+                    "TIME (UTC)", "AUTHOR", "SEQ", "OP"
+                );
+                for e in entries {
+                    let author = e.author.get(..16).unwrap_or(&e.author);
+                    let data = if e.data.len() > 40 {
+                        format!("{}... ({} bytes)", &e.data[..40], e.data.len() / 2)
+                    } else {
+                        e.data.clone()
+                    };
+                    println!(
+                        "{:<31} {:<17} {:>5}  {:<8} {data}",
+                        utc(e.millis),
+                        author,
+                        e.seq,
+                        e.kind
+                    );
+                }
+            }
+        }
         VolumeCommand::Join { ticket, name } => {
             let v: VolumeInfo = api_post(data, "/v1/volumes/join", &JoinVolume { ticket, name })?;
             println!(
@@ -85,4 +123,23 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The op time as the sortable UTC name versions have (`.dfs/versions`).
+fn utc(millis: u64) -> String {
+    dfs_fs::versions::time_name(dfs_fs::model::Time {
+        secs: (millis / 1000) as i64,
+        nsec: (millis % 1000) as u32 * 1_000_000,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(utc(0), "1970-01-01T00-00-00.000000000Z");
+        assert_eq!(utc(951_782_400_123), "2000-02-29T00-00-00.123000000Z");
+    }
 }
