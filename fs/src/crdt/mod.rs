@@ -43,5 +43,10 @@
 //! stable (every peer has seen every op before it); ops older than that are refused afterwards.
 
 pub mod tree;
+pub mod volume;
 
 pub use tree::{Applied, ApplyCounts, Move, Tree};
+pub use volume::{
+    ApplyError, Attr, Change, Entry, Kind, NodeId, Stamp, Time, Timestamp, Version, VersionVector,
+    VolumeOp, VolumeState,
+};

@@ -1,0 +1,2276 @@
+//! The metadata of one shared volume as a pure state machine: what every member's mount shows,
+//! as a deterministic function of the *set* of operations received.
+//!
+//! Every change a member makes is one [`VolumeOp`] stamped with a [`Stamp`] (unique, totally
+//! ordered timestamp `T`, author `A`, and the author's contiguous sequence number). The op log
+//! layer verifies and stores them; each replica feeds every op it holds, in whatever order and
+//! as often as the network delivers it, to [`VolumeState::apply`], and answers the mount's
+//! questions with [`VolumeState::list`], [`VolumeState::lookup`], [`VolumeState::attr`],
+//! [`VolumeState::content`], [`VolumeState::conflicts`] and [`VolumeState::xattrs`]. Each
+//! `apply` returns a [`Change`] naming the directories and nodes whose answers may have changed,
+//! so the FUSE layer can invalidate exactly those kernel cache entries.
+//!
+//! Nothing here does I/O, reads a clock or awaits. The state keeps every op (the undo/redo of the
+//! tree and the delete rule below need them); bounding that with causal stability is future work.
+//!
+//! # Merge rules
+//!
+//! 1. **Namespace shape** is the tree-move CRDT ([`Tree`]`<T, NodeId, Vec<u8>>`, the entry name as
+//!    edge metadata): `Create` is a move of a fresh node under its parent, `Move` (rename) a
+//!    move, a *valid* `Delete` a move under [`NodeId::TRASH`]. Concurrent renames never make a
+//!    cycle or lose a subtree; of two concurrent moves of one node the larger timestamp decides.
+//!    A node is *visible* when its own `Create` has arrived and its parent chain reaches
+//!    [`NodeId::ROOT`] through created directories only: an op that names a node whose create
+//!    has not arrived yet is kept and takes effect when it does.
+//! 2. **Names**: entries are never merged or dropped because of their names. Within one
+//!    directory the entries sharing a name are ordered by the timestamp of the op that placed
+//!    them (then node id); the oldest keeps the name, each other is shown as
+//!    `"<name> (conflict <author> <short time>)"`, where `<author>` is the first 8 characters of
+//!    the placing op's author's `Display` and `<short time>` its [`Timestamp::short_time`] (`/`
+//!    and NUL replaced by `_`). Every name an entry really has is reserved first; a generated
+//!    name that is taken gets `" (2)"`, `" (3)"`, ... appended, generated names being assigned in
+//!    the order (candidate name, timestamp, node id). So no generated name ever hides a real one,
+//!    and every replica computes the same names.
+//! 3. **Content**: every `Write` names the write it replaced (`base`). The *heads* of a file are
+//!    its writes that no other write of it names as base. The head with the largest timestamp is
+//!    the file's content; every other head that has not been dismissed is shown next to the file
+//!    as a read-only conflict copy named `"<shown name> (conflict <loser author> vs <winner
+//!    author>)"` (author labels as above, same collision suffixes, assigned after the entries of
+//!    rule 2), with id [`NodeId::conflict_copy`]`(node, losing ts)`. A later write based on the
+//!    winner leaves the loser visible until a `Dismiss` names it (a `Dismiss` of the current
+//!    winner has no effect while it wins). A write based on a loser supersedes that loser (it
+//!    was merged by hand).
+//! 4. **Delete against edit keeps the edit**: a `Delete { node, seen }` is *void* (has no effect
+//!    at all) while the op set holds an op that `seen` does not cover (the deleter had not seen
+//!    it) and that is a `Write` to a node of the deleted subtree, or a `Create`/`Move` whose new
+//!    parent is in it. The subtree is taken statically, from the op set rather than from the
+//!    tree (which depends on which deletes are void): every node that some `Create`/`Move`
+//!    placed under `node`, transitively. That over-approximates the deleter's view (a node that
+//!    was moved away still counts), which errs on the side of keeping data, and makes the rule
+//!    monotone: more ops can only void a delete, never revive it. A newly arrived delete is
+//!    checked once (O(subtree ops)). Any other op re-checks the still-valid deletes of its node's
+//!    (or new parent's) static ancestors; when one becomes void the tree is rebuilt from the
+//!    `Create`/`Move`/valid-`Delete` ops in timestamp order, O(n log n + n · depth) for n ops.
+//!    That happens at most once per delete, and only when a delete and an edit race.
+//!    Callers must not emit ops that target a node the author sees as deleted (the FUSE layer
+//!    must not turn a write to an unlinked-but-open file into a `Write`): such an op is
+//!    indistinguishable from a concurrent one and would void the delete.
+//! 5. **Attributes and xattrs**: last writer wins per field by timestamp. `mode`, `uid`, `gid`,
+//!    `atime` are set by `Create` and `SetAttr`; `mtime` also by `Write`; the size is the
+//!    content's. The kind and symlink target are those of the oldest `Create` of the node.
+//!    Each xattr name is its own register (`None` removes it).
+//! 6. **Atomicity**: [`VolumeState::apply`] validates first and changes nothing when it returns
+//!    an error; otherwise the whole op is applied before it returns.
+//!
+//! Generated names can be longer than the 255 bytes a kernel accepts; shortening them is the
+//! FUSE layer's business. `list` and `lookup` compute the names afresh, O(entries + their
+//! heads) per directory: the materialising layer is expected to cache listings and drop them
+//! on [`Change`].
+//!
+//! # Change reporting
+//!
+//! Besides the op's own node (with its conflict copies and its parent before and after), the
+//! only nodes whose place can change are the children of the tree ops at or after the op's
+//! timestamp (the ones the tree undoes and redoes), or of every tree op on a rebuild. Their
+//! edge and visibility are recorded before and compared after: a changed edge reports the old
+//! and new parent, a visibility flip reports the node's whole subtree. That is complete: the
+//! nearest such node on any node's path decides that node's visibility both before and after.
+//!
+//! Invalid ops, refused the same way by every replica: an op whose subject is a root, a
+//! `Create`/`Move` under `TRASH` (deleting is `Delete`), sequence number 0, or an op with the
+//! timestamp (or the author and sequence number) of a different op already held (equivocation).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::tree::{Move, Tree};
+
+/// A node of a volume: a file, directory or symlink, stable across renames. Fresh ids are
+/// random; the two roots are fixed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    /// The volume's root directory.
+    pub const ROOT: NodeId = NodeId([0; 16]);
+    /// Where deleted subtrees are kept; never visible.
+    pub const TRASH: NodeId = NodeId([0xff; 16]);
+
+    /// Whether this is `ROOT` or `TRASH`.
+    pub fn is_root(&self) -> bool {
+        *self == Self::ROOT || *self == Self::TRASH
+    }
+
+    /// The id of the virtual conflict copy showing the losing write `ts` of `node`: FNV-1a
+    /// (128 bit) of a domain tag, the node and the postcard encoding of `ts`. The same on every
+    /// replica.
+    pub fn conflict_copy<T: Serialize>(node: NodeId, ts: &T) -> NodeId {
+        const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+        const PRIME: u128 = 0x0000000001000000000000000000013b;
+        let ts = postcard::to_stdvec(ts).unwrap_or_default();
+        let mut h = OFFSET;
+        for b in b"dfs conflict copy\0"
+            .iter()
+            .chain(node.0.iter())
+            .chain(ts.iter())
+        {
+            h ^= u128::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+        NodeId(h.to_be_bytes())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// The first four bytes in hex: enough to tell ids apart in logs.
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId(")?;
+        self.0[..4].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "..)")
+    }
+}
+
+/// A string that is not 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a node id (32 hex digits): {input:?}")]
+pub struct ParseNodeIdError {
+    pub input: String,
+}
+
+impl FromStr for NodeId {
+    type Err = ParseNodeIdError;
+
+    fn from_str(s: &str) -> Result<Self, ParseNodeIdError> {
+        let err = || ParseNodeIdError {
+            input: s.to_owned(),
+        };
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(err());
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err())?;
+        }
+        Ok(NodeId(out))
+    }
+}
+
+/// An op timestamp: unique and totally ordered, consistent with causality (in the volume:
+/// (hybrid logical clock, author key)).
+pub trait Timestamp: Ord + Clone + Serialize {
+    /// A short human-readable rendering for conflict names, such as `"1126-2227"`.
+    fn short_time(&self) -> String;
+}
+
+/// Who made an op, when, and where it falls in the author's sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stamp<T, A> {
+    /// Unique, totally ordered; the order every rule uses.
+    pub ts: T,
+    pub author: A,
+    /// The author's per-volume sequence number: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+}
+
+/// For each author, the highest sequence number up to which an author has seen every op.
+pub type VersionVector<A> = BTreeMap<A, u64>;
+
+/// Whether op (`author`, `seq`) is covered by (was seen by whoever recorded) `vv`.
+pub fn covers<A: Ord>(vv: &VersionVector<A>, author: &A, seq: u64) -> bool {
+    vv.get(author).is_some_and(|s| *s >= seq)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// A point in time as the filesystem reports it: seconds and nanoseconds since the Unix epoch.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Time {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// One change to a volume's metadata: the payload of a signed op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "T: Serialize, A: Serialize",
+    deserialize = "T: Deserialize<'de>, A: Deserialize<'de> + Ord"
+))]
+pub enum VolumeOp<T, A> {
+    /// A new node `node` (a fresh random id) named `name` in `parent`.
+    Create {
+        node: NodeId,
+        parent: NodeId,
+        name: Vec<u8>,
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: Time,
+        /// The target of a symlink.
+        target: Option<Vec<u8>>,
+    },
+    /// Rename: `node` (with its subtree) is now `name` in `parent`.
+    Move {
+        node: NodeId,
+        parent: NodeId,
+        name: Vec<u8>,
+    },
+    /// Unlink or rmdir, by an author that had seen exactly the ops `seen` covers.
+    Delete {
+        node: NodeId,
+        seen: VersionVector<A>,
+    },
+    /// A new version of a file's content.
+    Write {
+        node: NodeId,
+        /// The encoded chunk-tree reference; opaque here.
+        content: Vec<u8>,
+        size: u64,
+        mtime: Time,
+        /// The timestamp of the write this one replaced; `None` for the first.
+        base: Option<T>,
+    },
+    /// Change some attributes; `None` leaves a field alone.
+    SetAttr {
+        node: NodeId,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    },
+    /// Set (`Some`) or remove (`None`) one extended attribute.
+    SetXattr {
+        node: NodeId,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    /// The user deleted the conflict copy of write `write`: stop showing it.
+    Dismiss { node: NodeId, write: T },
+}
+
+impl<T, A> VolumeOp<T, A> {
+    /// The node the op concerns.
+    pub fn node(&self) -> NodeId {
+        match self {
+            VolumeOp::Create { node, .. }
+            | VolumeOp::Move { node, .. }
+            | VolumeOp::Delete { node, .. }
+            | VolumeOp::Write { node, .. }
+            | VolumeOp::SetAttr { node, .. }
+            | VolumeOp::SetXattr { node, .. }
+            | VolumeOp::Dismiss { node, .. } => *node,
+        }
+    }
+}
+
+/// Why [`VolumeState::apply`] refused an op. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError<A: fmt::Display> {
+    /// A different op with the same timestamp, or the same author and sequence number, is
+    /// already held: the author signed two ops where it may sign one.
+    #[error("equivocation: {author} signed two different ops as #{seq} or at one timestamp")]
+    Equivocation { author: A, seq: u64 },
+    /// Sequence numbers start at 1.
+    #[error("op of {author} has sequence number 0")]
+    ZeroSeq { author: A },
+    /// The op creates, moves or deletes a root, or places a node in the trash by a move.
+    #[error("op on or under a root: node {node}, parent {parent:?}")]
+    RootNode {
+        node: NodeId,
+        parent: Option<NodeId>,
+    },
+}
+
+/// One version of a file's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version<T, A> {
+    pub ts: T,
+    pub author: A,
+    pub seq: u64,
+    pub content: Vec<u8>,
+    pub size: u64,
+    pub mtime: Time,
+    pub base: Option<T>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name shown, unique in the directory.
+    pub name: Vec<u8>,
+    /// The node, or for a conflict copy its derived id.
+    pub node: NodeId,
+    pub kind: Kind,
+    /// For a conflict copy: the file whose losing version it shows.
+    pub copy_of: Option<NodeId>,
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    /// The symlink target.
+    pub target: Option<Vec<u8>>,
+    /// A conflict copy: read-only, its write bits cleared in `mode`.
+    pub read_only: bool,
+}
+
+/// What [`VolumeState::apply`] may have made different for a mount. It may name more than
+/// changed; it never misses anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Directories whose listing (names, ids, kinds, visibility) may have changed.
+    pub dirs: BTreeSet<NodeId>,
+    /// Nodes (conflict copy ids included) whose attributes, content, conflicts, xattrs or
+    /// visibility may have changed.
+    pub nodes: BTreeSet<NodeId>,
+    /// The tree was rebuilt because a delete became void (rule 4).
+    pub rebuilt: bool,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty() && self.nodes.is_empty()
+    }
+}
+
+/// A last-writer-wins register.
+#[derive(Debug, Clone)]
+struct Lww<T, V>(Option<(T, V)>);
+
+impl<T: Ord, V> Default for Lww<T, V> {
+    fn default() -> Self {
+        Lww(None)
+    }
+}
+
+impl<T: Ord, V> Lww<T, V> {
+    fn offer(&mut self, ts: &T, value: V)
+    where
+        T: Clone,
+    {
+        if self.0.as_ref().is_none_or(|(old, _)| old < ts) {
+            self.0 = Some((ts.clone(), value));
+        }
+    }
+
+    fn get(&self) -> Option<&V> {
+        self.0.as_ref().map(|(_, v)| v)
+    }
+}
+
+/// Everything known about one node besides its place in the tree.
+#[derive(Debug, Clone)]
+struct NodeRec<T, A> {
+    /// From the oldest `Create`: (its ts, kind, symlink target). `None` until one arrives.
+    created: Option<(T, Kind, Option<Vec<u8>>)>,
+    mode: Lww<T, u32>,
+    uid: Lww<T, u32>,
+    gid: Lww<T, u32>,
+    atime: Lww<T, Time>,
+    mtime: Lww<T, Time>,
+    xattrs: BTreeMap<Vec<u8>, Lww<T, Option<Vec<u8>>>>,
+    writes: BTreeMap<T, Version<T, A>>,
+    /// Timestamps some write of this node names as its base.
+    replaced: BTreeSet<T>,
+    dismissed: BTreeSet<T>,
+}
+
+impl<T: Ord, A> Default for NodeRec<T, A> {
+    fn default() -> Self {
+        NodeRec {
+            created: None,
+            mode: Lww::default(),
+            uid: Lww::default(),
+            gid: Lww::default(),
+            atime: Lww::default(),
+            mtime: Lww::default(),
+            xattrs: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            replaced: BTreeSet::new(),
+            dismissed: BTreeSet::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Logged<T, A> {
+    author: A,
+    seq: u64,
+    op: VolumeOp<T, A>,
+}
+
+/// The merged metadata of one volume. See the [module docs](self) for the rules.
+#[derive(Debug, Clone)]
+pub struct VolumeState<T, A> {
+    /// Every op applied, by timestamp.
+    ops: BTreeMap<T, Logged<T, A>>,
+    /// (author, seq) -> ts, to refuse a reused sequence number.
+    seqs: BTreeMap<(A, u64), T>,
+    nodes: BTreeMap<NodeId, NodeRec<T, A>>,
+    tree: Tree<T, NodeId, Vec<u8>>,
+    /// parent -> (child, ts) of every `Create`/`Move` ever: the static subtrees of rule 4.
+    placed_under: BTreeMap<NodeId, BTreeSet<(NodeId, T)>>,
+    /// child -> every parent a `Create`/`Move` ever gave it.
+    placed_in: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// ts of every `Delete` -> whether it is valid (not void).
+    deletes: BTreeMap<T, bool>,
+    /// node -> ts of the `Delete`s naming it.
+    deletes_of: BTreeMap<NodeId, BTreeSet<T>>,
+    /// conflict copy id -> (node, write ts), for every write held.
+    copies: BTreeMap<NodeId, (NodeId, T)>,
+    rebuilds: u64,
+}
+
+impl<T, A> Default for VolumeState<T, A>
+where
+    T: Timestamp,
+    A: Ord + Clone + fmt::Display,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The winning head of a file and its losing heads not dismissed, ascending by timestamp.
+type Heads<'a, T, A> = (&'a Version<T, A>, Vec<&'a Version<T, A>>);
+
+/// Before-image of a node whose place may change.
+struct Before<T> {
+    edge: Option<(NodeId, Vec<u8>, T)>,
+    visible: bool,
+}
+
+impl<T, A> VolumeState<T, A>
+where
+    T: Timestamp,
+    A: Ord + Clone + fmt::Display,
+{
+    /// An empty volume: just the root directory.
+    pub fn new() -> Self {
+        VolumeState {
+            ops: BTreeMap::new(),
+            seqs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            tree: Tree::new(NodeId::ROOT, NodeId::TRASH),
+            placed_under: BTreeMap::new(),
+            placed_in: BTreeMap::new(),
+            deletes: BTreeMap::new(),
+            deletes_of: BTreeMap::new(),
+            copies: BTreeMap::new(),
+            rebuilds: 0,
+        }
+    }
+
+    /// The number of distinct ops applied.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many times a voided delete made the tree be rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Whether op `ts` is held.
+    pub fn contains(&self, ts: &T) -> bool {
+        self.ops.contains_key(ts)
+    }
+
+    /// Apply one op. Idempotent; the result does not depend on the order ops arrive in.
+    ///
+    /// Returns what may now look different to a mount. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        stamp: Stamp<T, A>,
+        op: VolumeOp<T, A>,
+    ) -> Result<Change, ApplyError<A>> {
+        let Stamp { ts, author, seq } = stamp;
+        Self::validate(&author, seq, &op)?;
+        if let Some(held) = self.ops.get(&ts) {
+            return if held.author == author && held.seq == seq && held.op == op {
+                Ok(Change::default())
+            } else {
+                Err(ApplyError::Equivocation { author, seq })
+            };
+        }
+        if self.seqs.contains_key(&(author.clone(), seq)) {
+            return Err(ApplyError::Equivocation { author, seq });
+        }
+        // From here on nothing fails.
+        let node = op.node();
+        let mut change = Change::default();
+
+        // Bookkeeping that no query reads (so the before-images below are unaffected): the op
+        // itself, the static placement indexes of rule 4, the conflict copy id of a write.
+        self.seqs.insert((author.clone(), seq), ts.clone());
+        let mut recheck = BTreeSet::new();
+        match &op {
+            VolumeOp::Create { parent, .. } | VolumeOp::Move { parent, .. } => {
+                self.placed_under
+                    .entry(*parent)
+                    .or_default()
+                    .insert((node, ts.clone()));
+                self.placed_in.entry(node).or_default().insert(*parent);
+                recheck = self.up_closure(*parent);
+            }
+            VolumeOp::Write { .. } => recheck = self.up_closure(node),
+            VolumeOp::Delete { .. } => {
+                self.deletes_of.entry(node).or_default().insert(ts.clone());
+            }
+            VolumeOp::Dismiss { .. } | VolumeOp::SetAttr { .. } | VolumeOp::SetXattr { .. } => {}
+        }
+        if let VolumeOp::Write { .. } = &op {
+            self.copies
+                .insert(NodeId::conflict_copy(node, &ts), (node, ts.clone()));
+        }
+        let is_delete = matches!(op, VolumeOp::Delete { .. });
+        self.ops.insert(
+            ts.clone(),
+            Logged {
+                author: author.clone(),
+                seq,
+                op: op.clone(),
+            },
+        );
+        let new_delete_valid = is_delete && self.delete_valid(&ts);
+
+        // Rule 4: the still-valid deletes this op may void. They read the writes from the node
+        // records, which get this op's write only after the before-images below: pass it along.
+        let pending_write = match &op {
+            VolumeOp::Write { .. } => Some((node, &author, seq)),
+            _ => None,
+        };
+        let voided: BTreeSet<T> = recheck
+            .iter()
+            .filter_map(|n| self.deletes_of.get(n))
+            .flatten()
+            .filter(|d| self.deletes.get(*d) == Some(&true))
+            .filter(|d| !self.delete_valid_with(d, pending_write))
+            .cloned()
+            .collect();
+        let tree_op = match &op {
+            VolumeOp::Create { parent, name, .. } | VolumeOp::Move { parent, name, .. } => {
+                Some((*parent, name.clone()))
+            }
+            VolumeOp::Delete { .. } if new_delete_valid => Some((NodeId::TRASH, Vec::new())),
+            _ => None,
+        };
+        let rebuild = !voided.is_empty();
+
+        // Before-images of every node whose place may change.
+        let candidates: BTreeSet<NodeId> = if rebuild {
+            self.tree
+                .edges()
+                .map(|(c, ..)| *c)
+                .chain(self.tree_ops().map(|(_, n, ..)| n))
+                .collect()
+        } else if tree_op.is_some() {
+            std::iter::once(node)
+                .chain(self.tree_ops_from(&ts).map(|(_, n, ..)| n))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let before: BTreeMap<NodeId, Before<T>> =
+            candidates.iter().map(|n| (*n, self.before(n))).collect();
+        let parent_before = self.tree.parent(&node).map(|(p, ..)| *p);
+        let kind_before = self.kind(&node);
+        change.nodes.extend(self.loser_ids(node));
+
+        // Apply: registers, delete validity, tree.
+        self.register(&ts, &author, seq, &op);
+        if is_delete {
+            self.deletes.insert(ts.clone(), new_delete_valid);
+        }
+        for d in &voided {
+            self.deletes.insert(d.clone(), false);
+        }
+        if rebuild {
+            self.rebuild_tree();
+            self.rebuilds += 1;
+            change.rebuilt = true;
+        } else if let Some((parent, name)) = tree_op {
+            self.tree.apply(Move {
+                ts: ts.clone(),
+                parent,
+                meta: name,
+                child: node,
+            });
+        }
+
+        // What changed.
+        if self.kind(&node) != kind_before {
+            // Only a second, older `Create` of one id does this: everything under it may have
+            // appeared or disappeared.
+            self.touch_subtree(node, &mut change);
+        }
+        change.nodes.insert(node);
+        change.nodes.extend(self.loser_ids(node));
+        change.dirs.extend(parent_before);
+        change
+            .dirs
+            .extend(self.tree.parent(&node).map(|(p, ..)| *p));
+        for (n, b) in before {
+            let edge = self
+                .tree
+                .parent(&n)
+                .map(|(p, m, t)| (*p, m.clone(), t.clone()));
+            if edge != b.edge {
+                change.nodes.insert(n);
+                change.dirs.extend(b.edge.map(|(p, ..)| p));
+                change.dirs.extend(edge.as_ref().map(|(p, ..)| *p));
+            }
+            if self.visible(&n) != b.visible {
+                change.dirs.extend(edge.as_ref().map(|(p, ..)| *p));
+                self.touch_subtree(n, &mut change);
+            }
+        }
+        Ok(change)
+    }
+
+    fn validate(author: &A, seq: u64, op: &VolumeOp<T, A>) -> Result<(), ApplyError<A>> {
+        if seq == 0 {
+            return Err(ApplyError::ZeroSeq {
+                author: author.clone(),
+            });
+        }
+        let node = op.node();
+        let parent = match op {
+            VolumeOp::Create { parent, .. } | VolumeOp::Move { parent, .. } => Some(*parent),
+            _ => None,
+        };
+        let bad_subject = node.is_root()
+            && matches!(
+                op,
+                VolumeOp::Create { .. } | VolumeOp::Move { .. } | VolumeOp::Delete { .. }
+            );
+        if bad_subject || parent == Some(NodeId::TRASH) {
+            return Err(ApplyError::RootNode { node, parent });
+        }
+        Ok(())
+    }
+
+    /// Record the op's effect on its node's registers.
+    fn register(&mut self, ts: &T, author: &A, seq: u64, op: &VolumeOp<T, A>) {
+        let rec = self.nodes.entry(op.node()).or_default();
+        match op {
+            VolumeOp::Create {
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                target,
+                ..
+            } => {
+                if rec.created.as_ref().is_none_or(|(old, ..)| ts < old) {
+                    rec.created = Some((ts.clone(), *kind, target.clone()));
+                }
+                rec.mode.offer(ts, *mode);
+                rec.uid.offer(ts, *uid);
+                rec.gid.offer(ts, *gid);
+                rec.atime.offer(ts, *mtime);
+                rec.mtime.offer(ts, *mtime);
+            }
+            VolumeOp::Move { .. } | VolumeOp::Delete { .. } => {}
+            VolumeOp::Write {
+                content,
+                size,
+                mtime,
+                base,
+                ..
+            } => {
+                rec.writes.insert(
+                    ts.clone(),
+                    Version {
+                        ts: ts.clone(),
+                        author: author.clone(),
+                        seq,
+                        content: content.clone(),
+                        size: *size,
+                        mtime: *mtime,
+                        base: base.clone(),
+                    },
+                );
+                rec.replaced.extend(base.clone());
+                rec.mtime.offer(ts, *mtime);
+            }
+            VolumeOp::SetAttr {
+                mode,
+                uid,
+                gid,
+                atime,
+                mtime,
+                ..
+            } => {
+                if let Some(v) = mode {
+                    rec.mode.offer(ts, *v);
+                }
+                if let Some(v) = uid {
+                    rec.uid.offer(ts, *v);
+                }
+                if let Some(v) = gid {
+                    rec.gid.offer(ts, *v);
+                }
+                if let Some(v) = atime {
+                    rec.atime.offer(ts, *v);
+                }
+                if let Some(v) = mtime {
+                    rec.mtime.offer(ts, *v);
+                }
+            }
+            VolumeOp::SetXattr { name, value, .. } => {
+                rec.xattrs
+                    .entry(name.clone())
+                    .or_default()
+                    .offer(ts, value.clone());
+            }
+            VolumeOp::Dismiss { write, .. } => {
+                rec.dismissed.insert(write.clone());
+            }
+        }
+    }
+
+    /// Every `Create`/`Move`/valid-`Delete` as (ts, child, parent, name), by timestamp.
+    fn tree_ops(&self) -> impl Iterator<Item = (&T, NodeId, NodeId, &[u8])> {
+        self.tree_ops_iter(self.ops.iter())
+    }
+
+    /// The tree ops with timestamp `from` or newer: the ones an op at `from` can undo and redo.
+    fn tree_ops_from<'a>(
+        &'a self,
+        from: &T,
+    ) -> impl Iterator<Item = (&'a T, NodeId, NodeId, &'a [u8])> + 'a {
+        self.tree_ops_iter(self.ops.range(from.clone()..))
+    }
+
+    fn tree_ops_iter<'a>(
+        &'a self,
+        ops: impl Iterator<Item = (&'a T, &'a Logged<T, A>)> + 'a,
+    ) -> impl Iterator<Item = (&'a T, NodeId, NodeId, &'a [u8])> + 'a {
+        ops.filter_map(move |(ts, l)| match &l.op {
+            VolumeOp::Create {
+                node, parent, name, ..
+            }
+            | VolumeOp::Move { node, parent, name } => Some((ts, *node, *parent, name.as_slice())),
+            VolumeOp::Delete { node, .. } if self.deletes.get(ts) == Some(&true) => {
+                Some((ts, *node, NodeId::TRASH, &[][..]))
+            }
+            _ => None,
+        })
+    }
+
+    fn rebuild_tree(&mut self) {
+        let mut tree = Tree::new(NodeId::ROOT, NodeId::TRASH);
+        tree.apply_all(
+            self.tree_ops()
+                .map(|(ts, child, parent, name)| Move {
+                    ts: ts.clone(),
+                    parent,
+                    meta: name.to_vec(),
+                    child,
+                })
+                .collect::<Vec<_>>(),
+        );
+        self.tree = tree;
+    }
+
+    /// `start` and every node some `Create`/`Move` placed it under, transitively.
+    fn up_closure(&self, start: NodeId) -> BTreeSet<NodeId> {
+        let mut seen = BTreeSet::from([start]);
+        let mut todo = vec![start];
+        while let Some(n) = todo.pop() {
+            for p in self.placed_in.get(&n).into_iter().flatten() {
+                if seen.insert(*p) {
+                    todo.push(*p);
+                }
+            }
+        }
+        seen
+    }
+
+    /// `start` and every node some `Create`/`Move` placed under it, transitively.
+    fn static_subtree(&self, start: NodeId) -> BTreeSet<NodeId> {
+        let mut seen = BTreeSet::from([start]);
+        let mut todo = vec![start];
+        while let Some(n) = todo.pop() {
+            for (c, _) in self.placed_under.get(&n).into_iter().flatten() {
+                if seen.insert(*c) {
+                    todo.push(*c);
+                }
+            }
+        }
+        seen
+    }
+
+    fn delete_valid(&self, d: &T) -> bool {
+        self.delete_valid_with(d, None)
+    }
+
+    /// Rule 4 for the delete at `d`, counting also a write (node, author, seq) not registered
+    /// yet.
+    fn delete_valid_with(&self, d: &T, pending_write: Option<(NodeId, &A, u64)>) -> bool {
+        let Some(Logged {
+            op: VolumeOp::Delete { node, seen },
+            ..
+        }) = self.ops.get(d)
+        else {
+            return false;
+        };
+        let subtree = self.static_subtree(*node);
+        if let Some((n, author, seq)) = pending_write {
+            if subtree.contains(&n) && !covers(seen, author, seq) {
+                return false;
+            }
+        }
+        subtree.iter().all(|n| {
+            let writes_seen = self
+                .nodes
+                .get(n)
+                .is_none_or(|rec| rec.writes.values().all(|w| covers(seen, &w.author, w.seq)));
+            let moves_seen = self
+                .placed_under
+                .get(n)
+                .into_iter()
+                .flatten()
+                .all(|(_, ts)| {
+                    self.ops
+                        .get(ts)
+                        .is_none_or(|l| covers(seen, &l.author, l.seq))
+                });
+            writes_seen && moves_seen
+        })
+    }
+
+    fn before(&self, n: &NodeId) -> Before<T> {
+        Before {
+            edge: self
+                .tree
+                .parent(n)
+                .map(|(p, m, t)| (*p, m.clone(), t.clone())),
+            visible: self.visible(n),
+        }
+    }
+
+    /// Report `n` and everything under it (visibility flipped).
+    fn touch_subtree(&self, n: NodeId, change: &mut Change) {
+        let mut todo = vec![n];
+        while let Some(x) = todo.pop() {
+            change.dirs.insert(x);
+            change.nodes.insert(x);
+            change.nodes.extend(self.loser_ids(x));
+            todo.extend(self.tree.children(&x).map(|(c, ..)| *c));
+        }
+    }
+
+    /// Whether `n` has had a `Create` (the root always has).
+    fn known(&self, n: &NodeId) -> bool {
+        *n == NodeId::ROOT || self.nodes.get(n).is_some_and(|r| r.created.is_some())
+    }
+
+    /// Whether a mount shows `n`: it has been created, and its parent chain reaches the root
+    /// through created directories only (a move under a file, which no honest member makes,
+    /// hides what it moved).
+    pub fn visible(&self, n: &NodeId) -> bool {
+        if *n == NodeId::ROOT {
+            return true;
+        }
+        if !self.known(n) {
+            return false;
+        }
+        self.tree
+            .ancestors(n)
+            .take_while(|a| **a != NodeId::TRASH)
+            .all(|a| self.kind(a) == Some(Kind::Dir))
+            && self.tree.ancestors(n).last() == Some(&NodeId::ROOT)
+    }
+
+    fn kind(&self, n: &NodeId) -> Option<Kind> {
+        if *n == NodeId::ROOT {
+            return Some(Kind::Dir);
+        }
+        self.nodes
+            .get(n)
+            .and_then(|r| r.created.as_ref())
+            .map(|(_, k, _)| *k)
+    }
+
+    /// The heads of a file: (winner, losers not dismissed), losers ascending by ts.
+    fn heads(&self, n: &NodeId) -> Option<Heads<'_, T, A>> {
+        if self.kind(n) != Some(Kind::File) {
+            return None;
+        }
+        let rec = self.nodes.get(n)?;
+        let mut heads: Vec<&Version<T, A>> = rec
+            .writes
+            .values()
+            .filter(|w| !rec.replaced.contains(&w.ts))
+            .collect();
+        let winner = heads.pop()?;
+        heads.retain(|w| !rec.dismissed.contains(&w.ts));
+        Some((winner, heads))
+    }
+
+    /// The ids of the conflict copies `n` shows now (whether or not `n` is visible).
+    fn loser_ids(&self, n: NodeId) -> Vec<NodeId> {
+        self.heads(&n)
+            .map(|(_, losers)| {
+                losers
+                    .iter()
+                    .map(|w| NodeId::conflict_copy(n, &w.ts))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The directory's entries, sorted by name; empty unless `dir` is a visible directory.
+    pub fn list(&self, dir: &NodeId) -> Vec<Entry> {
+        if self.kind(dir) != Some(Kind::Dir) || !self.visible(dir) {
+            return Vec::new();
+        }
+        let kids: Vec<(NodeId, &Vec<u8>, &T)> = self
+            .tree
+            .children(dir)
+            .filter(|(c, ..)| self.known(c))
+            .map(|(c, m, t)| (*c, m, t))
+            .collect();
+        // Every real name is reserved before any generated one is given out.
+        let mut taken: BTreeSet<Vec<u8>> = kids.iter().map(|(_, m, _)| (*m).clone()).collect();
+        let mut entries = Vec::with_capacity(kids.len());
+        let mut renamed = Vec::new();
+        let mut prev: Option<&Vec<u8>> = None;
+        for (c, name, ts) in &kids {
+            let kind = self.kind(c).unwrap_or(Kind::File);
+            if prev == Some(*name) {
+                let author = self.ops.get(*ts).map(|l| label(&l.author));
+                let mut candidate = (*name).clone();
+                candidate.extend_from_slice(
+                    format!(
+                        " (conflict {} {})",
+                        author.unwrap_or_default(),
+                        sanitize(&ts.short_time())
+                    )
+                    .as_bytes(),
+                );
+                renamed.push((candidate, *ts, *c, kind));
+            } else {
+                entries.push(Entry {
+                    name: (*name).clone(),
+                    node: *c,
+                    kind,
+                    copy_of: None,
+                });
+            }
+            prev = Some(*name);
+        }
+        renamed.sort();
+        for (candidate, _, node, kind) in renamed {
+            entries.push(Entry {
+                name: unique(candidate, &mut taken),
+                node,
+                kind,
+                copy_of: None,
+            });
+        }
+        let mut copies = Vec::new();
+        for e in &entries {
+            if let Some((winner, losers)) = self.heads(&e.node) {
+                for w in losers {
+                    let mut candidate = e.name.clone();
+                    candidate.extend_from_slice(
+                        format!(
+                            " (conflict {} vs {})",
+                            label(&w.author),
+                            label(&winner.author)
+                        )
+                        .as_bytes(),
+                    );
+                    copies.push((candidate, e.node, &w.ts));
+                }
+            }
+        }
+        copies.sort();
+        for (candidate, node, ts) in copies {
+            entries.push(Entry {
+                name: unique(candidate, &mut taken),
+                node: NodeId::conflict_copy(node, ts),
+                kind: Kind::File,
+                copy_of: Some(node),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries
+    }
+
+    /// The entry called `name` in `dir`. O(size of `dir`).
+    pub fn lookup(&self, dir: &NodeId, name: &[u8]) -> Option<Entry> {
+        self.list(dir).into_iter().find(|e| e.name == name)
+    }
+
+    /// For a conflict copy id: the file and its losing version, if shown now.
+    fn copy(&self, id: &NodeId) -> Option<(NodeId, &Version<T, A>)> {
+        let (n, ts) = self.copies.get(id)?;
+        if !self.visible(n) {
+            return None;
+        }
+        let (_, losers) = self.heads(n)?;
+        losers.into_iter().find(|w| w.ts == *ts).map(|w| (*n, w))
+    }
+
+    /// The attributes of a visible node or conflict copy.
+    pub fn attr(&self, id: &NodeId) -> Option<Attr> {
+        if let Some((n, w)) = self.copy(id) {
+            let mut attr = self.node_attr(&n)?;
+            attr.mode &= !0o222;
+            attr.size = w.size;
+            attr.mtime = w.mtime;
+            attr.read_only = true;
+            return Some(attr);
+        }
+        if !self.visible(id) {
+            return None;
+        }
+        self.node_attr(id)
+    }
+
+    fn node_attr(&self, n: &NodeId) -> Option<Attr> {
+        let kind = self.kind(n)?;
+        let empty = NodeRec::default();
+        let rec = self.nodes.get(n).unwrap_or(&empty);
+        let target = rec.created.as_ref().and_then(|(_, _, t)| t.clone());
+        let size = match kind {
+            Kind::File => self.heads(n).map(|(w, _)| w.size).unwrap_or(0),
+            Kind::Dir => 0,
+            Kind::Symlink => target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+        };
+        let default_mode = match kind {
+            Kind::File => 0o644,
+            Kind::Dir => 0o755,
+            Kind::Symlink => 0o777,
+        };
+        Some(Attr {
+            kind,
+            mode: rec.mode.get().copied().unwrap_or(default_mode),
+            uid: rec.uid.get().copied().unwrap_or(0),
+            gid: rec.gid.get().copied().unwrap_or(0),
+            size,
+            atime: rec.atime.get().copied().unwrap_or_default(),
+            mtime: rec.mtime.get().copied().unwrap_or_default(),
+            target,
+            read_only: false,
+        })
+    }
+
+    /// The version a visible file (or conflict copy) shows; `None` also for a file never
+    /// written (empty).
+    pub fn content(&self, id: &NodeId) -> Option<&Version<T, A>> {
+        if let Some((_, w)) = self.copy(id) {
+            return Some(w);
+        }
+        if !self.visible(id) {
+            return None;
+        }
+        self.heads(id).map(|(w, _)| w)
+    }
+
+    /// The conflict copies a visible file shows, as (copy id, losing version), by timestamp.
+    pub fn conflicts(&self, n: &NodeId) -> Vec<(NodeId, &Version<T, A>)> {
+        if !self.visible(n) {
+            return Vec::new();
+        }
+        self.heads(n)
+            .map(|(_, losers)| {
+                losers
+                    .into_iter()
+                    .map(|w| (NodeId::conflict_copy(*n, &w.ts), w))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The extended attributes of a visible node.
+    pub fn xattrs(&self, n: &NodeId) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        if !self.visible(n) {
+            return BTreeMap::new();
+        }
+        self.nodes
+            .get(n)
+            .map(|rec| {
+                rec.xattrs
+                    .iter()
+                    .filter_map(|(k, v)| v.get().cloned().flatten().map(|v| (k.clone(), v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the delete at `ts` is held and valid (not voided by rule 4).
+    pub fn delete_is_valid(&self, ts: &T) -> bool {
+        self.deletes.get(ts) == Some(&true)
+    }
+}
+
+/// An author as it appears in a conflict name: the first 8 characters of its `Display`.
+fn label<A: fmt::Display>(author: &A) -> String {
+    sanitize(&author.to_string().chars().take(8).collect::<String>())
+}
+
+/// Make a generated name component safe: no `/`, no NUL.
+fn sanitize(s: &str) -> String {
+    s.replace(['/', '\0'], "_")
+}
+
+/// `candidate`, or `candidate (k)` for the smallest k >= 2 not yet taken; reserved.
+fn unique(candidate: Vec<u8>, taken: &mut BTreeSet<Vec<u8>>) -> Vec<u8> {
+    let mut name = candidate.clone();
+    let mut k = 2u64;
+    while taken.contains(&name) {
+        name = candidate.clone();
+        name.extend_from_slice(format!(" ({k})").as_bytes());
+        k += 1;
+    }
+    taken.insert(name.clone());
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// (logical clock, author), as (hybrid logical clock, author key) in the volume.
+    type Ts = (u64, u8);
+    type St = VolumeState<Ts, u8>;
+    type Op = VolumeOp<Ts, u8>;
+    type Signed = (Stamp<Ts, u8>, Op);
+
+    impl Timestamp for (u64, u8) {
+        fn short_time(&self) -> String {
+            format!("{}.{}", self.0, self.1)
+        }
+    }
+
+    const ROOT: NodeId = NodeId::ROOT;
+    const TRASH: NodeId = NodeId::TRASH;
+    const AUTHORS: u8 = 3;
+
+    fn id(author: u8, k: u8) -> NodeId {
+        let mut b = [0u8; 16];
+        b[0] = 1;
+        b[1] = author;
+        b[2] = k;
+        NodeId(b)
+    }
+
+    fn st(clock: u64, author: u8, seq: u64) -> Stamp<Ts, u8> {
+        Stamp {
+            ts: (clock, author),
+            author,
+            seq,
+        }
+    }
+
+    fn create(node: NodeId, parent: NodeId, name: &str, kind: Kind) -> Op {
+        VolumeOp::Create {
+            node,
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+            uid: 1000,
+            gid: 1000,
+            mtime: Time { secs: 1, nanos: 0 },
+            target: None,
+        }
+    }
+
+    fn mv(node: NodeId, parent: NodeId, name: &str) -> Op {
+        VolumeOp::Move {
+            node,
+            parent,
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    fn write(node: NodeId, content: &str, base: Option<Ts>) -> Op {
+        VolumeOp::Write {
+            node,
+            content: content.as_bytes().to_vec(),
+            size: content.len() as u64,
+            mtime: Time { secs: 2, nanos: 0 },
+            base,
+        }
+    }
+
+    fn delete(node: NodeId, seen: &[(u8, u64)]) -> Op {
+        VolumeOp::Delete {
+            node,
+            seen: seen.iter().copied().collect(),
+        }
+    }
+
+    fn names(s: &St, dir: NodeId) -> Vec<String> {
+        s.list(&dir)
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect()
+    }
+
+    fn apply_all(s: &mut St, ops: &[Signed]) {
+        for (stamp, op) in ops {
+            s.apply(stamp.clone(), op.clone()).expect("valid op");
+        }
+    }
+
+    fn state_of(ops: &[Signed]) -> St {
+        let mut s = St::new();
+        apply_all(&mut s, ops);
+        s
+    }
+
+    /// Everything a mount can observe about one id.
+    #[derive(Debug, Clone, PartialEq)]
+    struct View {
+        list: Vec<Entry>,
+        attr: Option<Attr>,
+        content: Option<(Ts, Vec<u8>)>,
+        conflicts: Vec<(NodeId, Ts)>,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl View {
+        /// The part that is not the listing.
+        fn node_part(&self) -> impl PartialEq + '_ {
+            (&self.attr, &self.content, &self.conflicts, &self.xattrs)
+        }
+    }
+
+    fn universe(ops: &[Signed]) -> Vec<NodeId> {
+        let mut ids: BTreeSet<NodeId> = [ROOT, TRASH].into();
+        for (stamp, op) in ops {
+            ids.insert(op.node());
+            if let VolumeOp::Write { node, .. } = op {
+                ids.insert(NodeId::conflict_copy(*node, &stamp.ts));
+            }
+            if let VolumeOp::Create { parent, .. } | VolumeOp::Move { parent, .. } = op {
+                ids.insert(*parent);
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    fn view(s: &St, ids: &[NodeId]) -> BTreeMap<NodeId, View> {
+        ids.iter()
+            .map(|n| {
+                let v = View {
+                    list: s.list(n),
+                    attr: s.attr(n),
+                    content: s.content(n).map(|w| (w.ts, w.content.clone())),
+                    conflicts: s.conflicts(n).into_iter().map(|(i, w)| (i, w.ts)).collect(),
+                    xattrs: s.xattrs(n),
+                };
+                (*n, v)
+            })
+            .collect()
+    }
+
+    /// Names are unique in every listing, and every visible node is listed exactly once, in
+    /// its parent.
+    fn check_invariants(s: &St, ids: &[NodeId]) {
+        let mut listed: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for d in ids {
+            let list = s.list(d);
+            let names: BTreeSet<&Vec<u8>> = list.iter().map(|e| &e.name).collect();
+            assert_eq!(
+                names.len(),
+                list.len(),
+                "duplicate names in {d:?}: {list:?}"
+            );
+            for e in &list {
+                assert!(!e.name.is_empty() && !e.name.contains(&b'/'));
+                *listed.entry(e.node).or_default() += 1;
+                assert!(s.attr(&e.node).is_some(), "{e:?} listed without attributes");
+                assert_eq!(s.attr(&e.node).map(|a| a.kind), Some(e.kind));
+            }
+        }
+        for n in ids {
+            if *n != ROOT && s.attr(n).is_some() {
+                assert_eq!(
+                    listed.get(n),
+                    Some(&1),
+                    "{n:?} visible but listed {listed:?}"
+                );
+            }
+        }
+    }
+
+    // ---- simulation of 3 authors, each with its own replica ----
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Create {
+            a: u8,
+            parent: usize,
+            name: u8,
+            dir: bool,
+        },
+        Move {
+            a: u8,
+            node: usize,
+            parent: usize,
+            name: u8,
+        },
+        Delete {
+            a: u8,
+            node: usize,
+        },
+        Write {
+            a: u8,
+            node: usize,
+        },
+        SetAttr {
+            a: u8,
+            node: usize,
+            mode: u32,
+        },
+        SetXattr {
+            a: u8,
+            node: usize,
+            name: u8,
+            value: Option<u8>,
+        },
+        Dismiss {
+            a: u8,
+            node: usize,
+        },
+        Sync {
+            from: u8,
+            to: u8,
+        },
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        let a = 0..AUTHORS;
+        prop_oneof![
+            3 => (a.clone(), any::<usize>(), 0u8..3, any::<bool>())
+                .prop_map(|(a, parent, name, dir)| Action::Create { a, parent, name, dir }),
+            2 => (a.clone(), any::<usize>(), any::<usize>(), 0u8..3)
+                .prop_map(|(a, node, parent, name)| Action::Move { a, node, parent, name }),
+            1 => (a.clone(), any::<usize>()).prop_map(|(a, node)| Action::Delete { a, node }),
+            6 => (a.clone(), any::<usize>()).prop_map(|(a, node)| Action::Write { a, node }),
+            1 => (a.clone(), any::<usize>(), 0u32..4)
+                .prop_map(|(a, node, mode)| Action::SetAttr { a, node, mode: 0o600 + mode }),
+            1 => (a.clone(), any::<usize>(), 0u8..2, prop::option::of(0u8..3))
+                .prop_map(|(a, node, name, value)| Action::SetXattr { a, node, name, value }),
+            2 => (a.clone(), any::<usize>()).prop_map(|(a, node)| Action::Dismiss { a, node }),
+            4 => (a.clone(), 0..AUTHORS).prop_map(|(from, to)| Action::Sync { from, to }),
+        ]
+    }
+
+    const MAX_CREATES: u8 = 4;
+
+    struct Replica {
+        state: St,
+        held: BTreeMap<Ts, Signed>,
+    }
+
+    struct Sim {
+        reps: Vec<Replica>,
+        seq: Vec<u64>,
+        created: Vec<u8>,
+        log: Vec<Signed>,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                reps: (0..AUTHORS)
+                    .map(|_| Replica {
+                        state: St::new(),
+                        held: BTreeMap::new(),
+                    })
+                    .collect(),
+                seq: vec![0; AUTHORS as usize],
+                created: vec![0; AUTHORS as usize],
+                log: Vec::new(),
+            }
+        }
+
+        fn run(actions: &[Action]) -> Sim {
+            let mut sim = Sim::new();
+            for a in actions {
+                sim.step(a);
+            }
+            sim
+        }
+
+        fn vv(&self, a: u8) -> VersionVector<u8> {
+            let mut vv = VersionVector::new();
+            for (stamp, _) in self.reps[a as usize].held.values() {
+                let e = vv.entry(stamp.author).or_insert(0);
+                *e = (*e).max(stamp.seq);
+            }
+            vv
+        }
+
+        fn emit(&mut self, a: u8, op: Op) -> Ts {
+            let r = &mut self.reps[a as usize];
+            let clock = r.held.keys().map(|t| t.0).max().unwrap_or(0) + 1;
+            self.seq[a as usize] += 1;
+            let stamp = st(clock, a, self.seq[a as usize]);
+            r.state
+                .apply(stamp.clone(), op.clone())
+                .expect("own op applies");
+            r.held.insert(stamp.ts, (stamp.clone(), op.clone()));
+            self.log.push((stamp.clone(), op));
+            stamp.ts
+        }
+
+        fn sync(&mut self, from: u8, to: u8) {
+            if from == to {
+                return;
+            }
+            let ops: Vec<Signed> = self.reps[from as usize].held.values().cloned().collect();
+            let r = &mut self.reps[to as usize];
+            for (stamp, op) in ops {
+                if !r.held.contains_key(&stamp.ts) {
+                    r.state.apply(stamp.clone(), op.clone()).expect("valid op");
+                    r.held.insert(stamp.ts, (stamp, op));
+                }
+            }
+        }
+
+        /// The visible nodes of `a`'s replica (not the root, not conflict copies).
+        fn visible(&self, a: u8) -> Vec<(NodeId, Kind)> {
+            let s = &self.reps[a as usize].state;
+            let mut out = Vec::new();
+            let mut todo = vec![ROOT];
+            while let Some(d) = todo.pop() {
+                for e in s.list(&d) {
+                    if e.copy_of.is_none() {
+                        out.push((e.node, e.kind));
+                        if e.kind == Kind::Dir {
+                            todo.push(e.node);
+                        }
+                    }
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn pick(list: &[NodeId], i: usize) -> Option<NodeId> {
+            (!list.is_empty()).then(|| list[i % list.len()])
+        }
+
+        fn step(&mut self, action: &Action) {
+            let name = |n: &u8| vec![b"a", b"b", b"c"][*n as usize % 3].to_vec();
+            let of = |sim: &Sim, a: u8, kind: Option<Kind>| -> Vec<NodeId> {
+                sim.visible(a)
+                    .into_iter()
+                    .filter(|(_, k)| kind.is_none_or(|want| *k == want))
+                    .map(|(n, _)| n)
+                    .collect()
+            };
+            let dirs = |sim: &Sim, a: u8| -> Vec<NodeId> {
+                let mut d = vec![ROOT];
+                d.extend(of(sim, a, Some(Kind::Dir)));
+                d
+            };
+            match action {
+                Action::Create {
+                    a,
+                    parent,
+                    name: n,
+                    dir,
+                } => {
+                    if self.created[*a as usize] >= MAX_CREATES {
+                        return;
+                    }
+                    self.created[*a as usize] += 1;
+                    let node = id(*a, self.created[*a as usize]);
+                    let parent = dirs(self, *a)[parent % dirs(self, *a).len()];
+                    let kind = if *dir { Kind::Dir } else { Kind::File };
+                    let mut op = create(node, parent, "", kind);
+                    if let VolumeOp::Create { name: nm, .. } = &mut op {
+                        *nm = name(n);
+                    }
+                    self.emit(*a, op);
+                }
+                Action::Move {
+                    a,
+                    node,
+                    parent,
+                    name: n,
+                } => {
+                    let Some(node) = Self::pick(&of(self, *a, None), *node) else {
+                        return;
+                    };
+                    let ds = dirs(self, *a);
+                    let parent = ds[parent % ds.len()];
+                    self.emit(
+                        *a,
+                        VolumeOp::Move {
+                            node,
+                            parent,
+                            name: name(n),
+                        },
+                    );
+                }
+                Action::Delete { a, node } => {
+                    let Some(node) = Self::pick(&of(self, *a, None), *node) else {
+                        return;
+                    };
+                    let seen = self.vv(*a);
+                    self.emit(*a, VolumeOp::Delete { node, seen });
+                }
+                Action::Write { a, node } => {
+                    let Some(node) = Self::pick(&of(self, *a, Some(Kind::File)), *node) else {
+                        return;
+                    };
+                    let base = self.reps[*a as usize].state.content(&node).map(|w| w.ts);
+                    let content = format!("{a}:{}", self.seq[*a as usize] + 1);
+                    self.emit(*a, write(node, &content, base));
+                }
+                Action::SetAttr { a, node, mode } => {
+                    let Some(node) = Self::pick(&of(self, *a, None), *node) else {
+                        return;
+                    };
+                    self.emit(
+                        *a,
+                        VolumeOp::SetAttr {
+                            node,
+                            mode: Some(*mode),
+                            uid: None,
+                            gid: Some(*mode),
+                            atime: None,
+                            mtime: Some(Time {
+                                secs: i64::from(*mode),
+                                nanos: 0,
+                            }),
+                        },
+                    );
+                }
+                Action::SetXattr {
+                    a,
+                    node,
+                    name: n,
+                    value,
+                } => {
+                    let Some(node) = Self::pick(&of(self, *a, None), *node) else {
+                        return;
+                    };
+                    self.emit(
+                        *a,
+                        VolumeOp::SetXattr {
+                            node,
+                            name: name(n),
+                            value: value.map(|v| vec![v]),
+                        },
+                    );
+                }
+                Action::Dismiss { a, node } => {
+                    let files = of(self, *a, Some(Kind::File));
+                    let Some(node) = Self::pick(&files, *node) else {
+                        return;
+                    };
+                    let first = self.reps[*a as usize]
+                        .state
+                        .conflicts(&node)
+                        .first()
+                        .map(|(_, w)| w.ts);
+                    if let Some(write) = first {
+                        self.emit(*a, VolumeOp::Dismiss { node, write });
+                    }
+                }
+                Action::Sync { from, to } => self.sync(*from, *to),
+            }
+        }
+    }
+
+    /// A deterministic shuffle of `ops` with some duplicates, from `seed`.
+    fn delivery(ops: &[Signed], seed: u64) -> Vec<Signed> {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = ops.to_vec();
+        for i in (1..out.len()).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            out.swap(i, j);
+        }
+        let dups = if ops.is_empty() { 0 } else { next() % 5 };
+        for _ in 0..dups {
+            let op = ops[(next() % ops.len() as u64) as usize].clone();
+            let at = (next() % (out.len() as u64 + 1)) as usize;
+            out.insert(at, op);
+        }
+        out
+    }
+
+    /// Apply `ops` in order, checking after each step that every observable difference is
+    /// reported in the returned `Change`.
+    fn apply_checking_changes(ops: &[Signed], ids: &[NodeId]) -> St {
+        let mut s = St::new();
+        let mut before = view(&s, ids);
+        for (stamp, op) in ops {
+            let dup = s.contains(&stamp.ts);
+            let change = s.apply(stamp.clone(), op.clone()).expect("valid op");
+            let after = view(&s, ids);
+            check_invariants(&s, ids);
+            if dup {
+                assert!(change.is_empty(), "duplicate reported {change:?}");
+            }
+            for n in ids {
+                let (b, a) = (&before[n], &after[n]);
+                assert!(
+                    b.list == a.list || change.dirs.contains(n),
+                    "listing of {n:?} changed unreported by {op:?}: {:?} -> {:?}, {change:?}",
+                    b.list,
+                    a.list
+                );
+                assert!(
+                    b.node_part() == a.node_part() || change.nodes.contains(n),
+                    "{n:?} changed unreported by {op:?}: {b:?} -> {a:?}, {change:?}"
+                );
+            }
+            before = after;
+        }
+        s
+    }
+
+    fn history() -> impl Strategy<Value = Vec<Action>> {
+        prop::collection::vec(action(), 10..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// (a) + (f): three replicas given the op set in different orders with duplicates show
+        /// the same thing as each other and as timestamp order, and every step's `Change`
+        /// covers what it changed.
+        #[test]
+        fn replicas_converge_and_changes_are_complete(
+            actions in history(),
+            seeds in prop::array::uniform3(any::<u64>()),
+        ) {
+            let sim = Sim::run(&actions);
+            let ids = universe(&sim.log);
+            let mut sorted = sim.log.clone();
+            sorted.sort_by_key(|(s, _)| s.ts);
+            let reference = state_of(&sorted);
+            check_invariants(&reference, &ids);
+            let expected = view(&reference, &ids);
+            for seed in seeds {
+                let s = apply_checking_changes(&delivery(&sim.log, seed), &ids);
+                check_invariants(&s, &ids);
+                prop_assert_eq!(&view(&s, &ids), &expected);
+            }
+        }
+
+        /// (b): every write is the content, a shown conflict copy, replaced by a later write,
+        /// dismissed, or its file was deleted by someone who had seen it.
+        #[test]
+        fn no_acknowledged_write_is_lost(actions in history()) {
+            let sim = Sim::run(&actions);
+            let s = state_of(&sim.log);
+            for (stamp, op) in &sim.log {
+                let VolumeOp::Write { node, .. } = op else { continue };
+                let ts = stamp.ts;
+                if s.visible(node) {
+                    let content = s.content(node).map(|w| w.ts) == Some(ts);
+                    let copy = s.conflicts(node).iter().any(|(_, w)| w.ts == ts);
+                    let replaced = sim.log.iter().any(|(_, o)| {
+                        matches!(o, VolumeOp::Write { node: n, base: Some(b), .. }
+                            if n == node && *b == ts)
+                    });
+                    let dismissed = sim.log.iter().any(|(_, o)| {
+                        matches!(o, VolumeOp::Dismiss { node: n, write } if n == node && *write == ts)
+                    });
+                    prop_assert!(content || copy || replaced || dismissed, "write {:?} lost", ts);
+                    prop_assert!(!(copy && dismissed), "dismissed write {:?} still shown", ts);
+                    if copy {
+                        let id = NodeId::conflict_copy(*node, &ts);
+                        let parent = s.tree.parent(node).map(|(p, ..)| *p).unwrap();
+                        prop_assert!(s.list(&parent).iter().any(|e| e.node == id));
+                    }
+                } else {
+                    // Deleted: some valid delete of it or an ancestor had seen the write.
+                    let chain: Vec<NodeId> = std::iter::once(*node)
+                        .chain(s.tree.ancestors(node).copied())
+                        .collect();
+                    prop_assert_eq!(chain.last(), Some(&TRASH));
+                    let covered = sim.log.iter().any(|(ds, o)| {
+                        matches!(o, VolumeOp::Delete { node: d, seen }
+                            if chain.contains(d)
+                                && s.delete_is_valid(&ds.ts)
+                                && covers(seen, &stamp.author, stamp.seq))
+                    });
+                    prop_assert!(covered, "write {:?} to a deleted node that no delete saw", ts);
+                }
+            }
+        }
+
+        /// (c): a delete concurrent with an edit inside what it deletes has no effect, whichever
+        /// arrives first and whichever has the larger clock.
+        #[test]
+        fn delete_concurrent_with_edit_keeps_the_edit(
+            depth in 1usize..4,
+            target in 0usize..4,
+            edit in 0u8..3,
+            delete_clock in 10u64..13,
+            edit_clock in 10u64..13,
+        ) {
+            // Author 0 builds root/d1/.../d<depth>/f and an outside file g, written once.
+            let mut setup = Vec::new();
+            let mut seq = 0;
+            let mut push = |setup: &mut Vec<Signed>, op: Op| {
+                seq += 1;
+                setup.push((st(seq, 0, seq), op));
+            };
+            let mut parent = ROOT;
+            let mut dirs = Vec::new();
+            for k in 0..depth {
+                let d = id(0, k as u8 + 1);
+                push(&mut setup, create(d, parent, "d", Kind::Dir));
+                dirs.push(d);
+                parent = d;
+            }
+            let f = id(0, 10);
+            let g = id(0, 11);
+            push(&mut setup, create(f, parent, "f", Kind::File));
+            push(&mut setup, create(g, ROOT, "g", Kind::File));
+            push(&mut setup, write(f, "f1", None));
+            let f1 = (seq, 0);
+            let seen = [(0u8, seq)];
+            let mut chain = dirs.clone();
+            chain.push(f);
+            let deleted = chain[target % chain.len()];
+            let del = (st(delete_clock, 1, 1), delete(deleted, &seen));
+            // The edit: a write to f, a create in the deepest directory, or a move of g there.
+            let (edit_op, kept) = match (edit, deleted == f) {
+                (0, _) | (_, true) => (write(f, "f2", Some(f1)), f),
+                (1, false) => (create(id(2, 1), parent, "new", Kind::File), id(2, 1)),
+                _ => (mv(g, parent, "g"), g),
+            };
+            let ed = (st(edit_clock, 2, 1), edit_op);
+            let ids = universe(&[setup.clone(), vec![del.clone(), ed.clone()]].concat());
+            let mut views = Vec::new();
+            for order in [[del.clone(), ed.clone()], [ed.clone(), del.clone()]] {
+                let ops = [setup.clone(), order.to_vec()].concat();
+                let s = apply_checking_changes(&ops, &ids);
+                prop_assert!(!s.delete_is_valid(&del.0.ts));
+                prop_assert!(s.visible(&kept), "edited node {:?} not visible", kept);
+                prop_assert!(s.visible(&deleted));
+                if kept == f {
+                    prop_assert_eq!(s.content(&f).map(|w| w.content.clone()), Some(b"f2".to_vec()));
+                }
+                views.push(view(&s, &ids));
+            }
+            prop_assert_eq!(&views[0], &views[1]);
+        }
+
+        /// (d): two concurrent writes to one file give one conflict copy naming both authors;
+        /// a later write based on the winner leaves it visible.
+        #[test]
+        fn concurrent_writes_make_one_conflict_copy(
+            pre in 0u64..3,
+            c1 in 10u64..13,
+            c2 in 10u64..13,
+            later in any::<bool>(),
+            swap in any::<bool>(),
+        ) {
+            let f = id(0, 1);
+            let mut common = vec![(st(1, 0, 1), create(f, ROOT, "f", Kind::File))];
+            let mut base = None;
+            for k in 0..pre {
+                common.push((st(2 + k, 0, 2 + k), write(f, &format!("p{k}"), base)));
+                base = Some((2 + k, 0));
+            }
+            let w1 = (st(c1, 1, 1), write(f, "one", base));
+            let w2 = (st(c2, 2, 1), write(f, "two", base));
+            let (winner, loser) = if w1.0.ts > w2.0.ts { (&w1, &w2) } else { (&w2, &w1) };
+            let mut rest = if swap { vec![w2.clone(), w1.clone()] } else { vec![w1.clone(), w2.clone()] };
+            let mut winner_author = winner.0.author;
+            let mut content = winner.1.clone();
+            if later {
+                let w3 = (st(20, 0, 10), write(f, "three", Some(winner.0.ts)));
+                winner_author = 0;
+                content = w3.1.clone();
+                rest.insert(1, w3);
+            }
+            let s = state_of(&[common, rest].concat());
+            let copies: Vec<Entry> = s.list(&ROOT).into_iter().filter(|e| e.copy_of == Some(f)).collect();
+            prop_assert_eq!(copies.len(), 1);
+            let expected = format!("f (conflict {} vs {})", loser.0.author, winner_author);
+            prop_assert_eq!(String::from_utf8(copies[0].name.clone()).unwrap(), expected);
+            prop_assert_eq!(copies[0].node, NodeId::conflict_copy(f, &loser.0.ts));
+            let VolumeOp::Write { content: expected_content, .. } = content else { unreachable!() };
+            prop_assert_eq!(&s.content(&f).unwrap().content, &expected_content);
+            prop_assert_eq!(s.content(&copies[0].node).map(|w| w.ts), Some(loser.0.ts));
+            prop_assert!(s.attr(&copies[0].node).unwrap().read_only);
+        }
+
+        /// (e): concurrent creates of one name show every entry under distinct names; the
+        /// oldest keeps the name, even when a real entry already has a generated name.
+        #[test]
+        fn name_collisions_show_every_entry(
+            clocks in prop::collection::vec((5u64..8, any::<bool>()), 2..4),
+            squatter in any::<bool>(),
+        ) {
+            let mut ops = Vec::new();
+            if squatter {
+                // A real entry already named like the conflict name author 1 would get.
+                let name = format!("x (conflict 1 {}.1)", clocks[1].0);
+                ops.push((st(1, 0, 1), create(id(0, 9), ROOT, &name, Kind::File)));
+            }
+            let mut made = Vec::new();
+            for (a, (clock, dir)) in clocks.iter().enumerate() {
+                let a = a as u8;
+                let kind = if *dir { Kind::Dir } else { Kind::File };
+                let n = id(a, 1);
+                let seq = if a == 0 && squatter { 2 } else { 1 };
+                ops.push((st(*clock, a, seq), create(n, ROOT, "x", kind)));
+                made.push(((*clock, a), n));
+            }
+            let s = state_of(&ops);
+            let list = s.list(&ROOT);
+            check_invariants(&s, &universe(&ops));
+            prop_assert_eq!(list.len(), made.len() + usize::from(squatter));
+            let oldest = made.iter().min().unwrap().1;
+            prop_assert_eq!(s.lookup(&ROOT, b"x").map(|e| e.node), Some(oldest));
+            for (_, n) in &made {
+                prop_assert_eq!(list.iter().filter(|e| e.node == *n).count(), 1);
+            }
+            if squatter {
+                let name = format!("x (conflict 1 {}.1)", clocks[1].0);
+                prop_assert_eq!(s.lookup(&ROOT, name.as_bytes()).map(|e| e.node), Some(id(0, 9)));
+            }
+        }
+    }
+
+    // ---- named unit tests, one or more per rule ----
+
+    #[test]
+    fn rule1_concurrent_cross_renames_keep_both_nodes() {
+        let (a, b) = (id(0, 1), id(0, 2));
+        let setup = vec![
+            (st(1, 0, 1), create(a, ROOT, "a", Kind::Dir)),
+            (st(2, 0, 2), create(b, ROOT, "b", Kind::Dir)),
+        ];
+        // Author 1 moves a under b, author 2 b under a: the older move wins.
+        let a_under_b = (st(3, 1, 1), mv(a, b, "a"));
+        let b_under_a = (st(3, 2, 1), mv(b, a, "b"));
+        let s1 = state_of(&[setup.clone(), vec![a_under_b.clone(), b_under_a.clone()]].concat());
+        let s2 = state_of(&[setup, vec![b_under_a, a_under_b]].concat());
+        for s in [&s1, &s2] {
+            assert_eq!(names(s, ROOT), ["b"]);
+            assert_eq!(names(s, b), ["a"]);
+            assert!(s.list(&a).is_empty());
+            assert!(s.visible(&a) && s.visible(&b));
+        }
+    }
+
+    #[test]
+    fn rule1_ops_before_their_create_wait_for_it() {
+        let (d, f) = (id(0, 1), id(0, 2));
+        let create_d = (st(1, 0, 1), create(d, ROOT, "d", Kind::Dir));
+        let create_f = (st(2, 0, 2), create(f, d, "f", Kind::File));
+        let attr = (
+            st(3, 0, 3),
+            VolumeOp::SetAttr {
+                node: f,
+                mode: Some(0o600),
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: None,
+            },
+        );
+        let w = (st(4, 0, 4), write(f, "x", None));
+        let mut s = St::new();
+        // A rename of f to the root arrives before f's create: f is not shown yet.
+        let rename = (st(5, 1, 1), mv(f, ROOT, "g"));
+        apply_all(&mut s, std::slice::from_ref(&rename));
+        assert!(s.list(&ROOT).is_empty());
+        assert_eq!(s.attr(&f), None);
+        let mut s = St::new();
+        apply_all(&mut s, &[attr, w, create_f]);
+        // f hangs under d, which does not exist yet: nothing shows.
+        assert!(s.list(&ROOT).is_empty());
+        assert_eq!(s.attr(&f), None);
+        let change = s.apply(create_d.0, create_d.1).unwrap();
+        assert!(change.dirs.contains(&ROOT) && change.dirs.contains(&d));
+        assert!(change.nodes.contains(&f));
+        assert_eq!(names(&s, d), ["f"]);
+        let attr = s.attr(&f).unwrap();
+        assert_eq!((attr.mode, attr.size), (0o600, 1));
+        // And the early rename, once everything it needs is there, takes effect.
+        s.apply(rename.0, rename.1).unwrap();
+        assert_eq!(names(&s, ROOT), ["d", "g"]);
+        assert!(s.list(&d).is_empty());
+    }
+
+    #[test]
+    fn rule2_the_older_entry_keeps_the_name() {
+        let (x, y) = (id(1, 1), id(2, 1));
+        let ops = [
+            (st(5, 2, 1), create(y, ROOT, "x", Kind::Dir)),
+            (st(5, 1, 1), create(x, ROOT, "x", Kind::File)),
+        ];
+        let s = state_of(&ops);
+        assert_eq!(names(&s, ROOT), ["x", "x (conflict 2 5.2)"]);
+        assert_eq!(
+            s.lookup(&ROOT, b"x").map(|e| (e.node, e.kind)),
+            Some((x, Kind::File))
+        );
+        let other = s.lookup(&ROOT, b"x (conflict 2 5.2)").unwrap();
+        assert_eq!((other.node, other.kind), (y, Kind::Dir));
+        // Renaming the older one away gives the name back.
+        let mut s = s;
+        s.apply(st(6, 1, 2), mv(x, ROOT, "z")).unwrap();
+        assert_eq!(names(&s, ROOT), ["x", "z"]);
+        assert_eq!(s.lookup(&ROOT, b"x").map(|e| e.node), Some(y));
+    }
+
+    #[test]
+    fn rule2_a_generated_name_never_hides_a_real_one() {
+        let ops = [
+            (
+                st(1, 0, 1),
+                create(id(0, 1), ROOT, "x (conflict 2 5.2)", Kind::File),
+            ),
+            (st(5, 1, 1), create(id(1, 1), ROOT, "x", Kind::File)),
+            (st(5, 2, 1), create(id(2, 1), ROOT, "x", Kind::File)),
+        ];
+        let s = state_of(&ops);
+        assert_eq!(
+            names(&s, ROOT),
+            ["x", "x (conflict 2 5.2)", "x (conflict 2 5.2) (2)"]
+        );
+        assert_eq!(
+            s.lookup(&ROOT, b"x (conflict 2 5.2)").map(|e| e.node),
+            Some(id(0, 1))
+        );
+        assert_eq!(
+            s.lookup(&ROOT, b"x (conflict 2 5.2) (2)").map(|e| e.node),
+            Some(id(2, 1))
+        );
+    }
+
+    fn two_writers() -> (NodeId, Vec<Signed>, Signed, Signed) {
+        let f = id(0, 1);
+        let common = vec![
+            (st(1, 0, 1), create(f, ROOT, "f", Kind::File)),
+            (st(2, 0, 2), write(f, "base", None)),
+        ];
+        let w1 = (st(3, 1, 1), write(f, "one", Some((2, 0))));
+        let w2 = (st(3, 2, 1), write(f, "two", Some((2, 0))));
+        (f, common, w1, w2)
+    }
+
+    #[test]
+    fn rule3_concurrent_writes_show_a_copy_naming_both_authors() {
+        let (f, common, w1, w2) = two_writers();
+        let s = state_of(&[common, vec![w2, w1]].concat());
+        assert_eq!(names(&s, ROOT), ["f", "f (conflict 1 vs 2)"]);
+        assert_eq!(s.content(&f).unwrap().content, b"two");
+        let copy = s.lookup(&ROOT, b"f (conflict 1 vs 2)").unwrap();
+        assert_eq!(copy.node, NodeId::conflict_copy(f, &(3u64, 1u8)));
+        assert_eq!(copy.copy_of, Some(f));
+        assert_eq!(s.content(&copy.node).unwrap().content, b"one");
+        let attr = s.attr(&copy.node).unwrap();
+        assert!(attr.read_only);
+        assert_eq!((attr.mode, attr.size), (0o444, 3));
+        assert_eq!(s.conflicts(&f).len(), 1);
+    }
+
+    #[test]
+    fn rule3_the_loser_stays_until_dismissed() {
+        let (f, common, w1, w2) = two_writers();
+        let mut s = state_of(&[common, vec![w1, w2]].concat());
+        // A later write based on the winner does not resolve the conflict.
+        s.apply(st(4, 2, 2), write(f, "three", Some((3, 2))))
+            .unwrap();
+        assert_eq!(names(&s, ROOT), ["f", "f (conflict 1 vs 2)"]);
+        assert_eq!(s.content(&f).unwrap().content, b"three");
+        let copy = NodeId::conflict_copy(f, &(3u64, 1u8));
+        let change = s
+            .apply(
+                st(5, 0, 3),
+                VolumeOp::Dismiss {
+                    node: f,
+                    write: (3, 1),
+                },
+            )
+            .unwrap();
+        assert!(change.dirs.contains(&ROOT) && change.nodes.contains(&copy));
+        assert_eq!(names(&s, ROOT), ["f"]);
+        assert_eq!(s.attr(&copy), None);
+        assert_eq!(s.content(&copy), None);
+    }
+
+    #[test]
+    fn rule3_a_write_based_on_the_loser_merges_it() {
+        let (f, common, w1, w2) = two_writers();
+        let mut s = state_of(&[common, vec![w1, w2]].concat());
+        // Author 1 merges by hand on top of its own (losing) version: that one is replaced, and
+        // the new write (the newest head) is now the content, with author 2's as the copy.
+        s.apply(st(4, 1, 2), write(f, "merged", Some((3, 1))))
+            .unwrap();
+        assert_eq!(names(&s, ROOT), ["f", "f (conflict 2 vs 1)"]);
+        assert_eq!(s.content(&f).unwrap().content, b"merged");
+        assert_eq!(s.attr(&NodeId::conflict_copy(f, &(3u64, 1u8))), None);
+        s.apply(
+            st(5, 1, 3),
+            VolumeOp::Dismiss {
+                node: f,
+                write: (3, 2),
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&s, ROOT), ["f"]);
+    }
+
+    #[test]
+    fn rule4_a_delete_concurrent_with_a_write_is_void_in_both_orders() {
+        let (d, f) = (id(0, 1), id(0, 2));
+        let common = vec![
+            (st(1, 0, 1), create(d, ROOT, "d", Kind::Dir)),
+            (st(2, 0, 2), create(f, d, "f", Kind::File)),
+        ];
+        // The delete has the larger clock: by the tree alone it would win.
+        let del = (st(9, 1, 1), delete(d, &[(0, 2)]));
+        let w = (st(3, 2, 1), write(f, "kept", None));
+        let mut s1 = state_of(&common);
+        s1.apply(del.0.clone(), del.1.clone()).unwrap();
+        assert!(!s1.visible(&d));
+        let change = s1.apply(w.0.clone(), w.1.clone()).unwrap();
+        assert!(change.rebuilt && change.dirs.contains(&ROOT) && change.nodes.contains(&f));
+        assert_eq!(s1.rebuilds(), 1);
+        let s2 = state_of(&[common, vec![w, del.clone()]].concat());
+        assert_eq!(s2.rebuilds(), 0);
+        for s in [&s1, &s2] {
+            assert!(!s.delete_is_valid(&del.0.ts));
+            assert_eq!(names(s, ROOT), ["d"]);
+            assert_eq!(s.content(&f).unwrap().content, b"kept");
+        }
+    }
+
+    #[test]
+    fn rule4_a_delete_that_saw_the_edit_wins() {
+        let (d, f) = (id(0, 1), id(0, 2));
+        let ops = [
+            (st(1, 0, 1), create(d, ROOT, "d", Kind::Dir)),
+            (st(2, 0, 2), create(f, d, "f", Kind::File)),
+            (st(3, 2, 1), write(f, "seen", None)),
+            (st(4, 1, 1), delete(d, &[(0, 2), (2, 1)])),
+        ];
+        let s = state_of(&ops);
+        assert!(s.delete_is_valid(&(4, 1)));
+        assert!(s.list(&ROOT).is_empty());
+        assert_eq!(s.attr(&f), None);
+    }
+
+    #[test]
+    fn rule4_a_create_inside_a_concurrently_deleted_dir_keeps_it() {
+        let (d, e, g) = (id(0, 1), id(0, 2), id(2, 1));
+        let common = vec![
+            (st(1, 0, 1), create(d, ROOT, "d", Kind::Dir)),
+            (st(2, 0, 2), create(e, d, "e", Kind::Dir)),
+        ];
+        let del = (st(5, 1, 1), delete(d, &[(0, 2)]));
+        let new = (st(4, 2, 1), create(g, e, "g", Kind::File));
+        for order in [[del.clone(), new.clone()], [new.clone(), del.clone()]] {
+            let s = state_of(&[common.clone(), order.to_vec()].concat());
+            assert_eq!(names(&s, e), ["g"]);
+            assert!(s.visible(&d));
+        }
+        // A delete of an unrelated sibling is not affected.
+        let h = id(0, 3);
+        let mut s = state_of(&[common, vec![new]].concat());
+        s.apply(st(6, 0, 3), create(h, ROOT, "h", Kind::File))
+            .unwrap();
+        s.apply(st(7, 1, 1), delete(h, &[(0, 3)])).unwrap();
+        assert!(s.delete_is_valid(&(7, 1)));
+        assert_eq!(names(&s, ROOT), ["d"]);
+    }
+
+    #[test]
+    fn rule5_last_writer_wins_per_field() {
+        let f = id(0, 1);
+        let set = |mode, uid| VolumeOp::SetAttr {
+            node: f,
+            mode,
+            uid,
+            gid: None,
+            atime: None,
+            mtime: None,
+        };
+        let xattr = |value: Option<&str>| VolumeOp::SetXattr {
+            node: f,
+            name: b"user.k".to_vec(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        };
+        let ops = vec![
+            (st(1, 0, 1), create(f, ROOT, "f", Kind::File)),
+            (st(5, 1, 1), set(Some(0o600), Some(7))),
+            (st(4, 2, 1), set(Some(0o640), Some(8))),
+            (st(6, 2, 2), set(None, Some(9))),
+            (st(7, 1, 2), xattr(Some("v1"))),
+            (st(8, 2, 3), xattr(None)),
+            (st(3, 0, 2), xattr(Some("old"))),
+        ];
+        for seed in 0..4 {
+            let s = state_of(&delivery(&ops, seed));
+            let attr = s.attr(&f).unwrap();
+            assert_eq!((attr.mode, attr.uid, attr.gid), (0o600, 9, 1000));
+            assert!(s.xattrs(&f).is_empty());
+        }
+        let s = state_of(&ops[..5]);
+        assert_eq!(
+            s.xattrs(&f).get(b"user.k".as_slice()),
+            Some(&b"v1".to_vec())
+        );
+    }
+
+    #[test]
+    fn rule6_refused_ops_change_nothing() {
+        let f = id(0, 1);
+        let mut s = state_of(&[
+            (st(1, 0, 1), create(f, ROOT, "f", Kind::File)),
+            (st(2, 0, 2), write(f, "x", None)),
+        ]);
+        let ids = [ROOT, TRASH, f];
+        let before = view(&s, &ids);
+        let len = s.len();
+        let refused = [
+            // Same timestamp, different op.
+            (st(2, 0, 2), write(f, "y", None)),
+            // Same author and sequence number, other timestamp.
+            (st(3, 0, 2), write(f, "y", None)),
+            (st(4, 0, 0), write(f, "y", None)),
+            (st(4, 0, 3), mv(ROOT, f, "r")),
+            (st(4, 0, 3), mv(f, TRASH, "f")),
+            (st(4, 0, 3), create(id(0, 2), TRASH, "t", Kind::File)),
+            (st(4, 0, 3), delete(ROOT, &[])),
+        ];
+        for (stamp, op) in refused {
+            assert!(s.apply(stamp, op).is_err());
+            assert_eq!(view(&s, &ids), before);
+            assert_eq!(s.len(), len);
+        }
+        assert!(matches!(
+            s.apply(st(2, 0, 2), write(f, "y", None)),
+            Err(ApplyError::Equivocation { author: 0, seq: 2 })
+        ));
+    }
+
+    #[test]
+    fn duplicates_are_no_ops() {
+        let f = id(0, 1);
+        let ops = [
+            (st(1, 0, 1), create(f, ROOT, "f", Kind::File)),
+            (st(2, 0, 2), write(f, "x", None)),
+        ];
+        let mut s = state_of(&ops);
+        let before = view(&s, &[ROOT, f]);
+        for (stamp, op) in ops {
+            assert_eq!(s.apply(stamp, op), Ok(Change::default()));
+        }
+        assert_eq!(view(&s, &[ROOT, f]), before);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn node_ids_print_and_parse() {
+        let n = id(3, 7);
+        let text = n.to_string();
+        assert_eq!(text, "01030700000000000000000000000000");
+        assert_eq!(text.parse::<NodeId>(), Ok(n));
+        assert_eq!(format!("{n:?}"), "NodeId(01030700..)");
+        assert!("0103".parse::<NodeId>().is_err());
+        assert!("zz030700000000000000000000000000"
+            .parse::<NodeId>()
+            .is_err());
+        assert_ne!(
+            NodeId::conflict_copy(n, &(1u64, 0u8)),
+            NodeId::conflict_copy(n, &(1u64, 1u8))
+        );
+    }
+
+    #[test]
+    fn ops_round_trip_through_postcard() {
+        let ops: Vec<Op> = vec![
+            create(id(0, 1), ROOT, "f", Kind::Symlink),
+            delete(id(0, 1), &[(0, 3), (2, 1)]),
+            write(id(0, 1), "c", Some((4, 2))),
+            VolumeOp::Dismiss {
+                node: id(0, 1),
+                write: (4, 2),
+            },
+        ];
+        for op in ops {
+            let bytes = postcard::to_stdvec(&op).unwrap();
+            assert_eq!(postcard::from_bytes::<Op>(&bytes).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn rogue_ops_keep_the_view_consistent() {
+        // No honest member makes these: a move under a file, and a second, older `Create` of an
+        // existing id with another kind. The view must still converge, list every visible node
+        // once, and report every change.
+        let (d, f, g) = (id(0, 1), id(0, 2), id(0, 3));
+        let ops = vec![
+            (st(2, 0, 1), create(d, ROOT, "d", Kind::Dir)),
+            (st(3, 0, 2), create(f, ROOT, "f", Kind::File)),
+            (st(4, 0, 3), create(g, d, "g", Kind::File)),
+            (st(5, 1, 1), mv(g, f, "g")),
+            (st(1, 2, 1), create(d, ROOT, "d", Kind::File)),
+            (st(6, 2, 2), create(id(2, 9), d, "h", Kind::File)),
+        ];
+        let ids = universe(&ops);
+        let reference = state_of(&ops);
+        check_invariants(&reference, &ids);
+        assert_eq!(names(&reference, ROOT), ["d", "f"]);
+        assert!(!reference.visible(&g) && !reference.visible(&id(2, 9)));
+        for seed in 0..16 {
+            let s = apply_checking_changes(&delivery(&ops, seed), &ids);
+            check_invariants(&s, &ids);
+            assert_eq!(view(&s, &ids), view(&reference, &ids));
+        }
+    }
+}
