@@ -6,8 +6,9 @@
 #   time : peak-memory figures in benches/put_get.sh
 #   rsync sqlite3 git : real tools run inside the mount by tests/posix/tools.sh
 #   bindfs fio : baselines and workloads of benches/mount.sh
+#   prometheus : a real Prometheus server scrapes the peers in tests/tests/metrics.rs
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio)
+packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

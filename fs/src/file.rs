@@ -116,8 +116,10 @@ impl ChunkCache {
     /// repaired) from the store now.
     pub fn get(&self, repo: &Repo, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.lock().0.get(&chunk.id) {
+            dfs_node::metrics::metrics().memory_cache_hits.inc();
             return Ok(hit.clone());
         }
+        dfs_node::metrics::metrics().memory_cache_misses.inc();
         let pending = self.fetching().remove(&chunk.id);
         let plain = match pending.map(|p| wait(&p)) {
             Some(Ok(plain)) => plain,

@@ -19,6 +19,7 @@ use fuser::{
 use crate::dotdfs::{self, is_virtual, DotDfs};
 use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, ROOT};
 use crate::volume::Volume;
+use dfs_node::metrics::{metrics, FuseTimer};
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
 /// volume, so the kernel's view cannot go stale behind its back.
@@ -47,10 +48,40 @@ impl DfsFs {
 }
 
 fn errno(e: &FsError) -> Errno {
-    if matches!(e.errno(), libc::EIO) {
+    let code = e.errno();
+    if code == libc::EIO {
         tracing::error!(error = %e, "filesystem operation failed");
     }
-    Errno::from_i32(e.errno())
+    metrics()
+        .fuse_errors
+        .with_label_values(&[errno_name(code)])
+        .inc();
+    Errno::from_i32(code)
+}
+
+/// The symbolic name of an errno the filesystem answers with, for the error metric.
+fn errno_name(code: i32) -> &'static str {
+    match code {
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EROFS => "EROFS",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENODATA => "ENODATA",
+        libc::ERANGE => "ERANGE",
+        libc::EXDEV => "EXDEV",
+        libc::EMLINK => "EMLINK",
+        libc::EFBIG => "EFBIG",
+        libc::EBADF => "EBADF",
+        libc::EIO => "EIO",
+        _ => "other",
+    }
 }
 
 /// Whether a change at `parent/name` touches the read-only `.dfs` tree.
@@ -131,6 +162,7 @@ impl Filesystem for DfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = FuseTimer::start("lookup");
         let found = if read_only(parent, name) {
             self.dot.lookup(&self.vol, parent.0, name.as_bytes())
         } else {
@@ -143,6 +175,7 @@ impl Filesystem for DfsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = FuseTimer::start("getattr");
         match self.attr_any(ino.0) {
             Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
@@ -167,6 +200,7 @@ impl Filesystem for DfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = FuseTimer::start("setattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -186,6 +220,7 @@ impl Filesystem for DfsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timer = FuseTimer::start("readlink");
         match self.attr_any(ino.0) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -203,6 +238,7 @@ impl Filesystem for DfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = FuseTimer::start("mknod");
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -237,6 +273,7 @@ impl Filesystem for DfsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = FuseTimer::start("mkdir");
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -257,6 +294,7 @@ impl Filesystem for DfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = FuseTimer::start("unlink");
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -267,6 +305,7 @@ impl Filesystem for DfsFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = FuseTimer::start("rmdir");
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -284,6 +323,7 @@ impl Filesystem for DfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timer = FuseTimer::start("symlink");
         if read_only(parent, link_name) {
             return reply.error(Errno::EROFS);
         }
@@ -316,6 +356,7 @@ impl Filesystem for DfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("rename");
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -343,6 +384,7 @@ impl Filesystem for DfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timer = FuseTimer::start("link");
         if is_virtual(ino.0) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
@@ -358,6 +400,7 @@ impl Filesystem for DfsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = FuseTimer::start("open");
         if is_virtual(ino.0) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 reply.error(Errno::EROFS)
@@ -383,13 +426,17 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = FuseTimer::start("read");
         let data = if is_virtual(ino.0) {
             self.dot.read(&self.vol, ino.0, offset, size as usize)
         } else {
             self.vol.read(ino.0, offset, size as usize)
         };
         match data {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                metrics().fuse_read_bytes.inc_by(data.len() as u64);
+                reply.data(&data)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -406,11 +453,15 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timer = FuseTimer::start("write");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
         match self.vol.write(ino.0, offset, data) {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                metrics().fuse_written_bytes.inc_by(data.len() as u64);
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -423,6 +474,7 @@ impl Filesystem for DfsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("flush");
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -442,6 +494,7 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("release");
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -459,6 +512,7 @@ impl Filesystem for DfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("fsync");
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -469,6 +523,7 @@ impl Filesystem for DfsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = FuseTimer::start("opendir");
         let listing = if is_virtual(ino.0) {
             self.dot.list(&self.vol, ino.0)
         } else {
@@ -495,6 +550,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = FuseTimer::start("readdir");
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -534,6 +590,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _timer = FuseTimer::start("readdirplus");
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -582,6 +639,7 @@ impl Filesystem for DfsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("releasedir");
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -597,6 +655,7 @@ impl Filesystem for DfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("fsyncdir");
         match self.vol.sync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -604,6 +663,7 @@ impl Filesystem for DfsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = FuseTimer::start("statfs");
         match nix::sys::statvfs::statvfs(self.vol.repo.path()) {
             Ok(st) => {
                 let storage = &self.vol.repo.config().storage;
@@ -639,6 +699,7 @@ impl Filesystem for DfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("setxattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -663,6 +724,7 @@ impl Filesystem for DfsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timer = FuseTimer::start("getxattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::ENODATA);
         }
@@ -679,6 +741,7 @@ impl Filesystem for DfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timer = FuseTimer::start("listxattr");
         if is_virtual(ino.0) {
             return reply.size(0);
         }
@@ -702,6 +765,7 @@ impl Filesystem for DfsFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = FuseTimer::start("removexattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -716,6 +780,7 @@ impl Filesystem for DfsFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _timer = FuseTimer::start("access");
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         match self.attr_any(ino.0) {
             Ok(_) => reply.ok(),
@@ -733,6 +798,7 @@ impl Filesystem for DfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = FuseTimer::start("create");
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -776,6 +842,7 @@ impl Filesystem for DfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _timer = FuseTimer::start("fallocate");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -810,6 +877,7 @@ impl Filesystem for DfsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _timer = FuseTimer::start("lseek");
         match self.seek(ino.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),

@@ -193,6 +193,18 @@ async fn volume_log(
     ))
 }
 
+/// `GET /metrics`: Prometheus text format, no token (like every exporter: it is on 127.0.0.1,
+/// and says nothing a local user could not read from `dfs status`).
+async fn prometheus_metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state.network).await,
+    )
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -205,6 +217,7 @@ async fn not_found() -> ApiError {
 pub fn router(network: Network, token: String) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(prometheus_metrics))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/volumes", get(volumes).post(create_volume))

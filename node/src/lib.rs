@@ -18,6 +18,7 @@ pub mod config;
 pub mod crypto;
 pub mod diskcache;
 pub mod meta;
+pub mod metrics;
 pub mod net;
 pub mod oplog;
 pub mod repo;

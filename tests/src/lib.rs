@@ -466,3 +466,65 @@ impl Drop for Peer {
         }
     }
 }
+
+/// Send a raw HTTP request to `addr` (`127.0.0.1:PORT`); returns the status line and body.
+pub fn http(addr: &str, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.lines().next().unwrap_or_default().to_string();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+impl Dfs {
+    /// `127.0.0.1:PORT` of the API of the peer running on this data directory.
+    pub fn api_addr(&self) -> String {
+        let endpoint: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.data().join("api.json")).expect("api.json"))
+                .expect("api.json is JSON");
+        endpoint["url"]
+            .as_str()
+            .expect("url")
+            .trim_start_matches("http://")
+            .to_string()
+    }
+
+    /// The `/metrics` page of the peer running on this data directory (no token needed).
+    pub fn metrics(&self) -> String {
+        let (status, body) = http(
+            &self.api_addr(),
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        );
+        assert!(status.contains("200"), "GET /metrics: {status}: {body}");
+        body
+    }
+}
+
+/// The value of the sample `series` (name with its labels, exactly as printed) in a `/metrics`
+/// page, or the sum over all samples of a bare metric name when `series` has no labels and
+/// the metric has some.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().ok()?;
+        if name == series {
+            return Some(value);
+        }
+        if !series.contains('{') && name.starts_with(&format!("{series}{{")) {
+            *sum.get_or_insert(0.0) += value;
+        }
+    }
+    sum
+}

@@ -1,10 +1,9 @@
 //! Peers as real processes on loopback: discovery, the failure detector, restarts with the same
 //! identity, the control API and its errors.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use dfs_tests::{wait_for, Dfs, Peer};
+use dfs_tests::{http, wait_for, Dfs, Peer};
 
 /// Short grace period for tests (the default is 10 s).
 const GRACE: u64 = 8;
@@ -180,23 +179,6 @@ fn bad_network_flags_get_clear_errors() {
     // A second peer on a data directory in use.
     let _peer = dfs.node(&[]);
     node(&[]).fails_with("in use");
-}
-
-/// Send a raw HTTP request to the peer's API; returns the status line and body.
-fn http(addr: &str, request: &str) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response.lines().next().unwrap_or_default().to_string();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]

@@ -216,6 +216,32 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Shard bytes to and from `peer` and failed requests, for `/metrics`.
+fn count_request(
+    peer: &PeerId,
+    kind: &'static str,
+    sent: u64,
+    answer: &Result<Response, NetError>,
+) {
+    let m = crate::metrics::metrics();
+    match answer {
+        Ok(Response::Refused(_)) | Err(_) => {
+            m.shard_request_failures.with_label_values(&[kind]).inc();
+        }
+        Ok(response) => {
+            let peer = peer.to_string();
+            if sent > 0 {
+                m.shard_sent_bytes.with_label_values(&[&peer]).inc_by(sent);
+            }
+            if let Response::Shard { image } = response {
+                m.shard_received_bytes
+                    .with_label_values(&[&peer])
+                    .inc_by(image.len() as u64);
+            }
+        }
+    }
+}
+
 /// A handle on the running peer; cheap to clone.
 #[derive(Clone)]
 pub struct Network {
@@ -339,12 +365,20 @@ impl Network {
             .acquire()
             .await
             .map_err(|_| NetError::Stopped)?;
-        self.ask(|reply| Command::Request {
-            peer,
-            request,
-            reply,
-        })
-        .await?
+        let kind = request.kind();
+        let sent = match &request {
+            Request::Store { image, .. } => image.len() as u64,
+            _ => 0,
+        };
+        let answer = self
+            .ask(|reply| Command::Request {
+                peer,
+                request,
+                reply,
+            })
+            .await?;
+        count_request(&peer, kind, sent, &answer);
+        answer
     }
 
     /// Ask `peer` to keep a shard image.

@@ -500,7 +500,13 @@ impl Node {
         let hub = Arc::clone(&self.hub);
         let done = self.sync_tx.clone();
         tokio::task::spawn_blocking(move || match hub.ingest(&volume, &data) {
-            Ok((op, _)) => {
+            Ok((op, appended)) => {
+                if appended == crate::oplog::Appended::New {
+                    crate::metrics::metrics()
+                        .ops_received
+                        .with_label_values(&["gossip"])
+                        .inc();
+                }
                 if sync::gap_behind(&hub, &op) {
                     let _ = done.blocking_send(SyncDone::Pull { peer: from, volume });
                 }
@@ -721,6 +727,12 @@ impl Node {
 
     fn respond(&mut self, served: Served) {
         self.inbound = self.inbound.saturating_sub(1);
+        if let Response::Shard { image } = &served.response {
+            crate::metrics::metrics()
+                .shard_sent_bytes
+                .with_label_values(&[&served.peer.to_string()])
+                .inc_by(image.len() as u64);
+        }
         if let Some(chunk) = served.stored {
             self.announcer.push(chunk);
         }
@@ -929,6 +941,12 @@ impl Node {
                     return;
                 }
                 self.inbound += 1;
+                if let Request::Store { image, .. } = &request {
+                    crate::metrics::metrics()
+                        .shard_received_bytes
+                        .with_label_values(&[&peer.to_string()])
+                        .inc_by(image.len() as u64);
+                }
                 let held = Arc::clone(&self.held);
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {

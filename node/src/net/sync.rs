@@ -303,7 +303,13 @@ impl OpsHub {
                 let mut new = 0usize;
                 for bytes in &ops {
                     match self.ingest(volume, bytes) {
-                        Ok((_, Appended::New)) => new += 1,
+                        Ok((_, Appended::New)) => {
+                            new += 1;
+                            crate::metrics::metrics()
+                                .ops_received
+                                .with_label_values(&["pull"])
+                                .inc();
+                        }
                         Ok((_, Appended::Duplicate)) => {}
                         Err(e) => {
                             tracing::warn!(%peer, %volume, error = %e, "op refused");
