@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use dfs_node::events::EventKind;
 use dfs_node::Repo;
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
@@ -153,9 +154,13 @@ pub fn mount(
             }
         }
     });
+    let at = mountpoint.display().to_string();
+    let events = volume.repo.clone();
+    events.record_event(EventKind::UserAction, &at, "mounted");
     ready();
     let ran = session.run();
     let flushed = volume.flush_all();
+    events.record_event(EventKind::UserAction, &at, "unmounted");
     ran.map_err(MountError::Session)?;
     flushed.map_err(MountError::Flush)
 }

@@ -205,6 +205,39 @@ async fn prometheus_metrics(State(state): State<ApiState>) -> impl IntoResponse 
     )
 }
 
+/// `GET /v1/events` query: `since` (ms since the epoch), `kind` (comma-separated names),
+/// `limit`.
+#[derive(Debug, Clone, Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let kinds = query
+        .kind
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<crate::events::EventKind>, String>>()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let repo = std::sync::Arc::clone(state.network.ops().repo());
+    let (since, limit) = (query.since.unwrap_or(0), query.limit.unwrap_or(1000));
+    let found = tokio::task::spawn_blocking(move || repo.events(since, &kinds, limit))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(found))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -220,6 +253,7 @@ pub fn router(network: Network, token: String) -> Router {
         .route("/metrics", get(prometheus_metrics))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/events", get(events))
         .route("/v1/volumes", get(volumes).post(create_volume))
         .route("/v1/volumes/join", post(join_volume))
         .route("/v1/volumes/{name}/invite", post(invite_volume))

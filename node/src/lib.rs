@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod diskcache;
+pub mod events;
 pub mod meta;
 pub mod metrics;
 pub mod net;

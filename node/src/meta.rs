@@ -15,6 +15,7 @@
 //!   and reaches them through the `cf_*` methods.
 //! - `volumes`: the volumes this peer keeps (name, secret, pending join), owned by
 //!   [`crate::volumes`].
+//! - `events`: the bounded event log, owned by [`crate::events`].
 //!
 //! Every value starts with a format version byte so later versions can migrate.
 
@@ -45,6 +46,7 @@ pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
 pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
 pub(crate) const CF_VOLUME_INVITES: &str = "volume_invites";
 pub(crate) const CF_VOLUMES: &str = "volumes";
+pub(crate) const CF_EVENTS: &str = "events";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -203,6 +205,7 @@ impl MetaDb {
             CF_VOLUME_MEMBERS,
             CF_VOLUME_INVITES,
             CF_VOLUMES,
+            CF_EVENTS,
         ]
         .into_iter()
         .chain(FsTable::ALL.iter().map(|t| t.cf_name()))
@@ -724,6 +727,32 @@ impl MetaDb {
         opts.set_sync(durable);
         self.db.write_opt(wb, &opts)?;
         Ok(())
+    }
+
+    /// Up to `limit` rows of `cf` from `from` (inclusive) on, in key order.
+    pub(crate) fn cf_scan_from(
+        &self,
+        cf: &'static str,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, MetaError> {
+        let mode = IteratorMode::From(from, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, mode).take(limit) {
+            let (k, v) = item?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// How many rows `cf` holds (a full scan of its keys).
+    pub(crate) fn cf_count(&self, cf: &'static str) -> Result<u64, MetaError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// [`MetaDb::fs_scan`] of the named column family.

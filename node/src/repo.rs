@@ -81,6 +81,7 @@ pub struct Repo {
     recovered: Option<GcReport>,
     /// The network, while a peer runs: chunks are then spread over it ([`crate::cluster`]).
     remote: RemoteSlot,
+    events: crate::events::EventLog,
 }
 
 #[derive(Default)]
@@ -163,6 +164,7 @@ impl Repo {
             _lock: lock,
             recovered: None,
             remote: RemoteSlot::default(),
+            events: crate::events::EventLog::new(),
         };
         let interrupted = repo
             .meta
@@ -179,6 +181,21 @@ impl Repo {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Record an event in this data directory's event log ([`crate::events`]).
+    pub fn record_event(&self, kind: crate::events::EventKind, subject: &str, detail: &str) {
+        self.events.record(&self.meta, kind, subject, detail);
+    }
+
+    /// Events since `since_ms` of `kinds` (all when empty), oldest first, at most `limit`.
+    pub fn events(
+        &self,
+        since_ms: u64,
+        kinds: &[crate::events::EventKind],
+        limit: usize,
+    ) -> Result<Vec<crate::events::Event>, crate::meta::MetaError> {
+        self.events.query(&self.meta, since_ms, kinds, limit)
     }
 
     pub fn config(&self) -> &Config {

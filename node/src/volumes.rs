@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventKind;
 use crate::meta::{MetaError, CF_VOLUMES};
 use crate::net::sync::{IngestError, OpsHub};
 use crate::net::Network;
@@ -211,6 +212,11 @@ pub fn create(hub: &OpsHub, name: &str) -> Result<VolumeId, VolumeError> {
         pending_join: Vec::new(),
     };
     save(hub, &volume, &record)?;
+    hub.repo().record_event(
+        EventKind::UserAction,
+        name,
+        &format!("created volume {volume}"),
+    );
     Ok(volume)
 }
 
@@ -229,6 +235,11 @@ pub fn invite(hub: &OpsHub, name: &str, addrs: Vec<String>) -> Result<Ticket, Vo
     )?;
     let mut invite_secret = [0; 32];
     invite_secret.copy_from_slice(invite.secret().as_ref());
+    hub.repo().record_event(
+        EventKind::UserAction,
+        name,
+        "made an invitation (join ticket)",
+    );
     Ok(Ticket {
         volume,
         name: record.name,
@@ -263,6 +274,11 @@ pub fn join(hub: &OpsHub, ticket: &Ticket, name: Option<&str>) -> Result<VolumeI
         pending_join: op.to_bytes(),
     };
     save(hub, &volume, &record)?;
+    hub.repo().record_event(
+        EventKind::UserAction,
+        name,
+        &format!("joining volume {volume} with a ticket"),
+    );
     Ok(volume)
 }
 

@@ -79,6 +79,7 @@ pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {
     let interval = Duration::from_millis(cluster.settings.repair_interval_ms.max(100));
     let mut scrub_cursor: Option<ChunkId> = None;
     let mut memo: Option<Memo> = None;
+    let mut events = RepairEvents::default();
     while cluster.nap(interval, true) {
         let started = Instant::now();
         let result = round(cluster, repo, &mut scrub_cursor, &mut memo, interval);
@@ -87,8 +88,56 @@ pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {
             s.last_round_ms = started.elapsed().as_millis() as u64;
             s.last_error = result.as_ref().err().map(|e| e.to_string());
         });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!("repair round failed: {e}");
+        }
+        events.after_round(repo, &cluster.status());
+    }
+}
+
+/// Turns repair rounds into events: started when work appears, finished when none is left,
+/// and a failing round once per distinct error (not every round).
+#[derive(Default)]
+struct RepairEvents {
+    /// Work done (rebuilt + moved + dropped) when the current repair started, and when.
+    active: Option<(u64, Instant)>,
+    last_work: u64,
+    last_error: Option<String>,
+}
+
+impl RepairEvents {
+    fn after_round(&mut self, repo: &Repo, s: &PlacementStatus) {
+        use crate::events::EventKind;
+        let work = s.rebuilt + s.moved + s.dropped;
+        let busy = work > self.last_work || s.pending > 0;
+        match self.active {
+            None if busy => {
+                let detail = format!(
+                    "{} chunks degraded, {} shards left to rebuild or move",
+                    s.degraded, s.pending
+                );
+                repo.record_event(EventKind::RepairStarted, "placement", &detail);
+                self.active = Some((self.last_work, Instant::now()));
+            }
+            Some((from, at)) if !busy => {
+                let detail = format!(
+                    "{} shards rebuilt, moved or dropped in {:.1} s; {} chunks degraded, {} lost",
+                    work - from,
+                    at.elapsed().as_secs_f64(),
+                    s.degraded,
+                    s.lost
+                );
+                repo.record_event(EventKind::RepairFinished, "placement", &detail);
+                self.active = None;
+            }
+            _ => {}
+        }
+        self.last_work = work;
+        if s.last_error != self.last_error {
+            if let Some(e) = &s.last_error {
+                repo.record_event(EventKind::Error, "repair", e);
+            }
+            self.last_error = s.last_error.clone();
         }
     }
 }

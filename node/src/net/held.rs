@@ -31,6 +31,10 @@ pub struct HeldShards {
 }
 
 impl HeldShards {
+    pub(crate) fn repo(&self) -> &Arc<Repo> {
+        &self.repo
+    }
+
     pub fn open(repo: Arc<Repo>, capacity: u64) -> Result<Self, crate::repo::OpenError> {
         let store = ShardStore::open(&repo.path().join("held"))?;
         let (count, used) = repo.meta().held_totals()?;

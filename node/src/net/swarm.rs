@@ -653,14 +653,27 @@ impl Node {
     }
 
     fn log(&self, changes: impl IntoIterator<Item = Transition>) {
+        use crate::events::EventKind;
         for t in changes {
-            match t.to {
+            let peer = t.peer.to_string();
+            let (kind, detail) = match t.to {
                 super::PeerState::Alive => {
-                    tracing::info!(peer = %t.peer, from = ?t.from, "peer is alive")
+                    tracing::info!(peer = %t.peer, from = ?t.from, "peer is alive");
+                    (EventKind::PeerJoined, format!("alive (was {:?})", t.from))
                 }
-                super::PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
-                super::PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
-            }
+                super::PeerState::Suspect => {
+                    tracing::info!(peer = %t.peer, "peer is suspect");
+                    (EventKind::PeerSuspect, "stopped answering".to_string())
+                }
+                super::PeerState::Dead => {
+                    tracing::warn!(peer = %t.peer, "peer is dead");
+                    (
+                        EventKind::PeerLost,
+                        "dead after the grace period".to_string(),
+                    )
+                }
+            };
+            self.held.repo().record_event(kind, &peer, &detail);
         }
     }
 

@@ -100,6 +100,7 @@ pub fn codec() -> SyncCodec {
 /// One per process: the swarm appends what peers send, the fs layer appends its own ops
 /// ([`OpsHub::commit`]) and follows every new op ([`OpsHub::follow`]).
 pub struct OpsHub {
+    repo: Arc<Repo>,
     oplog: OpLog<Arc<Repo>>,
     key: libp2p::identity::ed25519::Keypair,
     author: AuthorId,
@@ -136,7 +137,8 @@ impl OpsHub {
     pub fn new(repo: Arc<Repo>, key: libp2p::identity::ed25519::Keypair) -> Self {
         let author = AuthorId(key.public().to_bytes());
         OpsHub {
-            oplog: OpLog::new(repo),
+            oplog: OpLog::new(repo.clone()),
+            repo,
             key,
             author,
             clock: Mutex::new(HlcClock::new()),
@@ -146,6 +148,10 @@ impl OpsHub {
 
     pub fn oplog(&self) -> &OpLog<Arc<Repo>> {
         &self.oplog
+    }
+
+    pub fn repo(&self) -> &Arc<Repo> {
+        &self.repo
     }
 
     /// The key this peer signs ops with (its identity key).
