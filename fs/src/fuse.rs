@@ -34,6 +34,8 @@ pub struct DfsFs {
     /// Directory listings taken at opendir, so readdir offsets stay stable.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
+    /// Paths of open files, for usage analytics (taken at open, so reads cost no lookup).
+    paths: Mutex<HashMap<Ino, String>>,
 }
 
 impl DfsFs {
@@ -43,6 +45,7 @@ impl DfsFs {
             dot: DotDfs::default(),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            paths: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -184,7 +187,7 @@ impl Filesystem for DfsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -201,6 +204,7 @@ impl Filesystem for DfsFs {
         reply: ReplyAttr,
     ) {
         let _timer = FuseTimer::start("setattr");
+        self.usage(req, None, false, 0, 0);
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -239,6 +243,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("mknod");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -274,6 +279,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("mkdir");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -293,8 +299,9 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("unlink");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -304,8 +311,9 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("rmdir");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -324,6 +332,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("symlink");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, link_name) {
             return reply.error(Errno::EROFS);
         }
@@ -348,7 +357,7 @@ impl Filesystem for DfsFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -357,6 +366,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("rename");
+        self.usage(req, None, false, 0, 0);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -399,7 +409,7 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timer = FuseTimer::start("open");
         if is_virtual(ino.0) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
@@ -410,14 +420,23 @@ impl Filesystem for DfsFs {
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.vol.open_file(ino.0, truncate) {
-            Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => {
+                // The path may have changed since the last open (a rename).
+                self.paths
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino.0);
+                let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+                self.usage(req, Some(ino.0), reading, 0, 0);
+                reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -435,6 +454,9 @@ impl Filesystem for DfsFs {
         match data {
             Ok(data) => {
                 metrics().fuse_read_bytes.inc_by(data.len() as u64);
+                if !is_virtual(ino.0) {
+                    self.usage(req, Some(ino.0), false, data.len() as u64, 0);
+                }
                 reply.data(&data)
             }
             Err(e) => reply.error(errno(&e)),
@@ -443,7 +465,7 @@ impl Filesystem for DfsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -460,6 +482,7 @@ impl Filesystem for DfsFs {
         match self.vol.write(ino.0, offset, data) {
             Ok(()) => {
                 metrics().fuse_written_bytes.inc_by(data.len() as u64);
+                self.usage(req, Some(ino.0), false, 0, data.len() as u64);
                 reply.written(data.len() as u32)
             }
             Err(e) => reply.error(errno(&e)),
@@ -799,6 +822,7 @@ impl Filesystem for DfsFs {
         reply: ReplyCreate,
     ) {
         let _timer = FuseTimer::start("create");
+        self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -887,6 +911,24 @@ impl Filesystem for DfsFs {
 
 impl DfsFs {
     /// Attributes of a real or virtual inode.
+    /// Count an operation of `req`'s user for usage analytics, with bytes of file `ino`.
+    fn usage(&self, req: &Request, ino: Option<Ino>, opened: bool, read: u64, written: u64) {
+        let path = ino.and_then(|ino| {
+            let mut paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = paths.get(&ino) {
+                return Some(p.clone());
+            }
+            let inode = self.vol.ns.inode(&self.vol.repo, ino).ok()?;
+            let path =
+                String::from_utf8_lossy(&self.vol.ns.path_of(&self.vol.repo, &inode)).into_owned();
+            paths.insert(ino, path.clone());
+            Some(path)
+        });
+        self.vol
+            .repo
+            .count_usage(req.uid(), path.as_deref(), opened, read, written);
+    }
+
     fn attr_any(&self, ino: Ino) -> Result<Inode, FsError> {
         if is_virtual(ino) {
             self.dot.attr(&self.vol, ino)

@@ -160,6 +160,7 @@ pub fn mount(
     ready();
     let ran = session.run();
     let flushed = volume.flush_all();
+    events.flush_usage();
     events.record_event(EventKind::UserAction, &at, "unmounted");
     ran.map_err(MountError::Session)?;
     flushed.map_err(MountError::Flush)

@@ -238,6 +238,27 @@ async fn events(
     Ok(Json(found))
 }
 
+/// `GET /v1/stats` query.
+#[derive(Debug, Clone, Deserialize)]
+struct StatsQuery {
+    top: Option<usize>,
+}
+
+async fn stats(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<StatsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let repo = std::sync::Arc::clone(state.network.ops().repo());
+    let top = query.top.unwrap_or(20);
+    let report = tokio::task::spawn_blocking(move || repo.usage(top))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(report))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -254,6 +275,7 @@ pub fn router(network: Network, token: String) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
         .route("/v1/volumes", get(volumes).post(create_volume))
         .route("/v1/volumes/join", post(join_volume))
         .route("/v1/volumes/{name}/invite", post(invite_volume))

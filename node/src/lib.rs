@@ -10,6 +10,7 @@
 //! other peers are kept, as ciphertext, in a size-bounded local cache ([`diskcache`]).
 //! Each volume's metadata changes are signed operations in a replicated log ([`oplog`]).
 
+pub mod analytics;
 pub mod api;
 pub mod blob;
 pub mod chunk;

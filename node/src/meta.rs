@@ -16,6 +16,7 @@
 //! - `volumes`: the volumes this peer keeps (name, secret, pending join), owned by
 //!   [`crate::volumes`].
 //! - `events`: the bounded event log, owned by [`crate::events`].
+//! - `analytics`: usage counts per file and per user, owned by [`crate::analytics`].
 //!
 //! Every value starts with a format version byte so later versions can migrate.
 
@@ -47,6 +48,7 @@ pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
 pub(crate) const CF_VOLUME_INVITES: &str = "volume_invites";
 pub(crate) const CF_VOLUMES: &str = "volumes";
 pub(crate) const CF_EVENTS: &str = "events";
+pub(crate) const CF_ANALYTICS: &str = "analytics";
 const FORMAT_V1: u8 = 1;
 
 /// The tables the filesystem layer keeps in this database.
@@ -206,6 +208,7 @@ impl MetaDb {
             CF_VOLUME_INVITES,
             CF_VOLUMES,
             CF_EVENTS,
+            CF_ANALYTICS,
         ]
         .into_iter()
         .chain(FsTable::ALL.iter().map(|t| t.cf_name()))

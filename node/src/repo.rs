@@ -82,6 +82,7 @@ pub struct Repo {
     /// The network, while a peer runs: chunks are then spread over it ([`crate::cluster`]).
     remote: RemoteSlot,
     events: crate::events::EventLog,
+    analytics: crate::analytics::Analytics,
 }
 
 #[derive(Default)]
@@ -165,6 +166,7 @@ impl Repo {
             recovered: None,
             remote: RemoteSlot::default(),
             events: crate::events::EventLog::new(),
+            analytics: crate::analytics::Analytics::default(),
         };
         let interrupted = repo
             .meta
@@ -186,6 +188,24 @@ impl Repo {
     /// Record an event in this data directory's event log ([`crate::events`]).
     pub fn record_event(&self, kind: crate::events::EventKind, subject: &str, detail: &str) {
         self.events.record(&self.meta, kind, subject, detail);
+    }
+
+    /// Count one filesystem operation for usage analytics ([`crate::analytics`]).
+    pub fn count_usage(&self, uid: u32, path: Option<&str>, opened: bool, read: u64, written: u64) {
+        self.analytics
+            .count(&self.meta, uid, path, opened, read, written);
+    }
+
+    /// Save the usage counts still in memory.
+    pub fn flush_usage(&self) {
+        if let Err(e) = self.analytics.flush(&self.meta) {
+            tracing::warn!(error = %e, "usage counts not saved");
+        }
+    }
+
+    /// Usage analytics: the `top` most read files, every user, totals.
+    pub fn usage(&self, top: usize) -> Result<crate::analytics::Report, crate::meta::MetaError> {
+        self.analytics.report(&self.meta, top)
     }
 
     /// Events since `since_ms` of `kinds` (all when empty), oldest first, at most `limit`.
