@@ -12,6 +12,7 @@ use dfs_fs::ShareLink;
 use dfs_node::{Config, Repo};
 
 use crate::peer::{NetArgs, RunningPeer};
+use crate::progress::IoCounter;
 
 /// Exit code of `dfs verify` when shards are damaged but every chunk can still be rebuilt.
 const EXIT_DAMAGED: u8 = 1;
@@ -41,8 +42,19 @@ pub struct Args {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Log lines as text or as one JSON object per line (for log collectors)
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +164,25 @@ runs the same peer in-process and takes the same flags."
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the running peer: throughput, FUSE ops/s and latency, peers, caches,
+    /// storage, chunk health and repair, refreshed every second
+    #[command(
+        long_about = "Draw a live view of the peer running on the data directory, refreshed \
+every --interval seconds until Ctrl-C: throughput through the mount and in shards to and from \
+peers, FUSE operations per second with the busiest operations and their p50/p99 latency, \
+errors, peers by state with the slowest round trips, cache hit ratios, storage, chunk health \
+and repair rates, and each volume's op log. It reads the peer's Prometheus page (/metrics) and \
+status; rates and latencies are over the last interval. --once prints one frame (two \
+scrapes one interval apart) and exits."
+    )]
+    Top {
+        /// Seconds between refreshes (fractions allowed, at least 0.1)
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        interval: f64,
+        /// Print one frame and exit, without clearing the screen
+        #[arg(long)]
+        once: bool,
+    },
     /// Show the running peer's table of other peers (state, RTT, zone, capacity, score)
     Peers {
         /// Print JSON instead of text
@@ -214,6 +245,37 @@ itself when dfs opens a data directory after an interrupted put."
         #[command(subcommand)]
         command: crate::volume::VolumeCommand,
     },
+    /// Show usage analytics: the most read files and the users of the mount
+    Stats {
+        /// How many of the most read files to show
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running peer's event log: peers joined and lost, repairs, errors, user actions
+    #[command(
+        long_about = "Show the running peer's event log, oldest first: peers that joined, turned \
+suspect or were lost, repairs started and finished, errors, and user actions (mounts, volumes \
+created, invitations, joins). The log lives in the data directory's RocksDB and keeps the newest \
+100,000 events."
+    )]
+    Events {
+        /// Only events since then: a duration back from now (90s, 15m, 2h, 7d) or epoch ms
+        #[arg(long, value_parser = crate::events::parse_since)]
+        since: Option<u64>,
+        /// Only these kinds (repeatable): peer_joined, peer_suspect, peer_lost,
+        /// repair_started, repair_finished, error, user_action
+        #[arg(long, value_parser = crate::events::parse_kind)]
+        kind: Vec<dfs_node::events::EventKind>,
+        /// Keep printing new events as they happen
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -254,8 +316,8 @@ fn data_dir(data: Option<PathBuf>) -> Result<PathBuf> {
 fn open_repo(data: Option<PathBuf>) -> Result<Repo> {
     let repo = Repo::open(&data_dir(data)?)?;
     if let Some(report) = repo.recovered() {
-        eprintln!(
-            "dfs: cleaned up after an interrupted put: {} shard files, {} freed",
+        crate::notice!(
+            "cleaned up after an interrupted put: {} shard files, {} freed",
             report.shard_files_removed,
             human_bytes(report.bytes_freed)
         );
@@ -310,7 +372,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let link = parse_link(&link)?;
             let repo = Arc::new(open_repo(args.data)?);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
+            let progress = crate::progress::IoProgress::start(
+                "verifying, shards read:",
+                IoCounter::Read,
+                || None,
+            );
             let report = snapshot::verify_link(&repo, &link, repair);
+            progress.finish();
             if let Some(peer) = peer {
                 peer.stop();
             }
@@ -365,15 +433,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 options.threads = n;
             }
             let mounted = dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
-                eprintln!(
-                    "dfs: mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
+                crate::notice!(
+                    "mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
                     mountpoint.display(),
                     mountpoint.display()
                 );
             });
             peer.stop();
             mounted?;
-            eprintln!("dfs: unmounted {}", mountpoint.display());
+            crate::notice!("unmounted {}", mountpoint.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Node { net } => {
@@ -385,6 +453,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::peer::status(&data_dir(args.data)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Top { interval, once } => crate::top::run(&data_dir(args.data)?, interval, once),
         Command::Peers { json } => {
             crate::peer::peers(&data_dir(args.data)?, json)?;
             Ok(ExitCode::SUCCESS)
@@ -533,12 +602,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Cache { command } => crate::cache::run(&data_dir(args.data)?, command),
         Command::Volume { command } => crate::volume::run(&data_dir(args.data)?, command),
+        Command::Stats { top, json } => crate::stats::run(&data_dir(args.data)?, top, json),
+        Command::Events {
+            since,
+            kind,
+            follow,
+            json,
+        } => crate::events::run(&data_dir(args.data)?, since, &kind, follow, json),
     }
 }
 
 fn put(repo: &Repo, path: &Path) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let outcome = snapshot::put_path(repo, path).map_err(|e| {
+    let input = path.to_path_buf();
+    let progress = crate::progress::IoProgress::start("storing", IoCounter::Read, move || {
+        Some(crate::progress::tree_bytes(&input))
+    });
+    let outcome = snapshot::put_path(repo, path);
+    progress.finish();
+    let outcome = outcome.map_err(|e| {
         let hint = if e.is_disk_full() {
             " (disk full; nothing was stored)"
         } else {
@@ -549,8 +631,8 @@ fn put(repo: &Repo, path: &Path) -> Result<ExitCode> {
     let stats = &outcome.stats;
     let secs = started.elapsed().as_secs_f64();
     for skipped in &stats.skipped {
-        eprintln!(
-            "dfs: skipped {} (not a file, directory or symlink)",
+        crate::notice!(
+            "skipped {} (not a file, directory or symlink)",
             skipped.display()
         );
     }
@@ -574,13 +656,23 @@ fn put(repo: &Repo, path: &Path) -> Result<ExitCode> {
 
 fn get(repo: &Repo, link: &ShareLink, output: Option<&Path>, force: bool) -> Result<ExitCode> {
     let started = std::time::Instant::now();
+    let total = if crate::progress::visible() {
+        link_bytes(repo, link)
+    } else {
+        None
+    };
     let (report, dest) = if output == Some(Path::new("-")) {
-        let mut stdout = io::stdout().lock();
-        let report = snapshot::cat_link(repo, link, &mut stdout)?;
-        (report, "stdout".to_string())
+        let bar = crate::progress::Bar::bytes("restoring", total);
+        let report = snapshot::cat_link(repo, link, &mut bar.wrap_write(io::stdout().lock()));
+        bar.finish();
+        (report?, "stdout".to_string())
     } else {
         let out = output.unwrap_or(Path::new("."));
-        let outcome = snapshot::get_link(repo, link, out, force).map_err(|e| {
+        let progress =
+            crate::progress::IoProgress::start("restoring", IoCounter::Written, move || total);
+        let outcome = snapshot::get_link(repo, link, out, force);
+        progress.finish();
+        let outcome = outcome.map_err(|e| {
             let hint = if e.is_disk_full() {
                 " (disk full; nothing was written)"
             } else {
@@ -598,12 +690,29 @@ fn get(repo: &Repo, link: &ShareLink, output: Option<&Path>, force: bool) -> Res
         report.chunks
     );
     if report.degraded_chunks > 0 {
-        eprintln!(
-            "dfs: {} chunks had missing or corrupt shards; {} shards were rebuilt and rewritten",
-            report.degraded_chunks, report.repaired_shards
+        crate::notice!(
+            "{} chunks had missing or corrupt shards; {} shards were rebuilt and rewritten",
+            report.degraded_chunks,
+            report.repaired_shards
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes of file content behind `link`, for a progress bar: from this data directory's record
+/// of the put, or the root entry when it is a file; `None` for another peer's directory.
+fn link_bytes(repo: &Repo, link: &ShareLink) -> Option<u64> {
+    let recorded = repo.list_puts().ok()?.into_iter().find_map(|(_, put)| {
+        put.root
+            .filter(|(root, _)| *root == link.root)
+            .map(|_| put.bytes)
+    });
+    recorded.or_else(
+        || match snapshot::read_root(repo, link, false).ok()?.0.kind {
+            snapshot::EntryKind::File(blob) => Some(blob.size),
+            _ => None,
+        },
+    )
 }
 
 fn print_verify(report: &VerifyReport, repair: bool) -> ExitCode {

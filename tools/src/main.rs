@@ -1,14 +1,34 @@
 //! `dfs`: the command-line tool. Parses arguments, opens the data directory, calls into the fs
 //! and node crates and prints results; every failure reaches the user as one `dfs: error:` line.
 
-mod cache;
-mod cli;
-mod peer;
-mod volume;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// Whether log lines (and the peer's notices) are JSON objects (`--log-format json`).
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Tell the user what a long-running command is doing: `dfs: ...` on stderr, or an info log
+/// line when logs are JSON (so a log collector sees only JSON).
+macro_rules! notice {
+    ($($arg:tt)*) => {
+        if crate::JSON_LOGS.get().copied().unwrap_or(false) {
+            tracing::info!(target: "dfs_notice", "{}", format_args!($($arg)*));
+        } else {
+            eprintln!("dfs: {}", format_args!($($arg)*));
+        }
+    };
+}
+pub(crate) use notice;
+
+mod cache;
+mod cli;
+mod events;
+mod peer;
+mod progress;
+mod stats;
+mod top;
+mod volume;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`dfs put x | head -1`) like other Unix tools, instead of
@@ -18,19 +38,22 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if args.verbose {
-                    "info,fuser=warn"
-                } else {
-                    // fuser warns when the mount it would undo is already gone (`dfs umount`).
-                    "warn,fuser=error,libp2p_kad=error"
-                })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if args.verbose {
+            "info,fuser=warn,dfs_notice=info"
+        } else {
+            // fuser warns when the mount it would undo is already gone (`dfs umount`).
+            "warn,fuser=error,libp2p_kad=error,dfs_notice=info"
+        })
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = JSON_LOGS.set(args.log_format == cli::LogFormat::Json);
+    match args.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().init(),
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -221,8 +221,8 @@ impl RunningPeer {
             cluster.cluster.refresh_members();
         }
         if found == 0 {
-            eprintln!(
-                "dfs: no other peer answered within {} s; going on alone for now",
+            crate::notice!(
+                "no other peer answered within {} s; going on alone for now",
                 timeout.as_secs()
             );
         }
@@ -265,12 +265,12 @@ impl RunningPeer {
 pub fn run_node(repo: Repo, args: &NetArgs) -> Result<()> {
     let peer = RunningPeer::start(Arc::new(repo), args)?;
     let status = peer.wait_listening()?;
-    eprintln!("dfs: peer {} is running; Ctrl-C stops it", status.id);
+    crate::notice!("peer {} is running; Ctrl-C stops it", status.id);
     for addr in &status.addresses {
-        eprintln!("dfs: listening on {addr}");
+        crate::notice!("listening on {addr}");
     }
     peer.wait_for_signal()?;
-    eprintln!("dfs: stopping peer {}", status.id);
+    crate::notice!("stopping peer {}", status.id);
     peer.stop();
     Ok(())
 }

@@ -126,7 +126,7 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
 }
 
 /// The op time as the sortable UTC name versions have (`.dfs/versions`).
-fn utc(millis: u64) -> String {
+pub(crate) fn utc(millis: u64) -> String {
     dfs_fs::versions::time_name(dfs_fs::model::Time {
         secs: (millis / 1000) as i64,
         nsec: (millis % 1000) as u32 * 1_000_000,
