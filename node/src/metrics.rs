@@ -35,6 +35,7 @@ pub struct Metrics {
     pub memory_cache_hits: IntCounter,
     pub memory_cache_misses: IntCounter,
     pub ops_received: IntCounterVec,
+    pub replication_delay: prometheus::Histogram,
 }
 
 /// The process-wide metrics, created on first use.
@@ -65,6 +66,16 @@ impl Metrics {
             )
             .buckets(buckets),
             &["op"],
+        )
+        .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        let delay_buckets = prometheus::exponential_buckets(0.001, 4.0, 10)
+            .unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec());
+        let replication_delay = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "dfs_oplog_replication_delay_seconds",
+                "Time from an op's signing by its author to its arrival here (replication lag)",
+            )
+            .buckets(delay_buckets),
         )
         .unwrap_or_else(|e| unreachable!("metric: {e}"));
         let m = Metrics {
@@ -116,6 +127,7 @@ impl Metrics {
                 "Ops of volume logs taken from peers, by how they came (gossip or pull)",
                 &["via"],
             ),
+            replication_delay,
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.fuse_operations.clone()),
@@ -129,6 +141,7 @@ impl Metrics {
             Box::new(m.memory_cache_hits.clone()),
             Box::new(m.memory_cache_misses.clone()),
             Box::new(m.ops_received.clone()),
+            Box::new(m.replication_delay.clone()),
         ];
         for c in collectors {
             if let Err(e) = m.registry.register(c) {

@@ -104,6 +104,18 @@ fn peers_lost_and_user_actions_are_logged_and_filtered() {
     let _ = follow.wait();
     assert!(saw_later, "--follow did not show the new event");
 
+    // `dfs top --once` draws one frame of the live view from the same peer.
+    let a_id = a.status().expect("status").id;
+    let frame = a.run(&["top", "--once", "--interval", "0.2"]).ok().stdout;
+    assert!(frame.contains(&format!("dfs top: peer {a_id}")), "{frame}");
+    for section in ["mount", "shards", "fuse", "peers", "storage", "volumes"] {
+        assert!(
+            frame.lines().any(|l| l.starts_with(section)),
+            "no {section} line: {frame}"
+        );
+    }
+    assert!(frame.contains("team"), "the volume is listed: {frame}");
+
     // The peer ran with --log-format json: its log lines are JSON objects.
     let log = std::fs::read_to_string(a.path("node.log")).expect("node log");
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -242,6 +242,10 @@ impl OpsHub {
         self.observe(op.id.hlc)?;
         let appended = self.oplog.append(&op)?;
         if appended == Appended::New {
+            let delay_ms = physical_now_ms().saturating_sub(op.id.hlc.millis);
+            crate::metrics::metrics()
+                .replication_delay
+                .observe(delay_ms as f64 / 1000.0);
             self.deliver(&op);
         }
         Ok((op, appended))
