@@ -139,6 +139,9 @@ impl ChunkCache {
                 None => break,
             }
         }
+        dfs_node::metrics::metrics()
+            .memory_cache_bytes
+            .set(*bytes as i64);
         Ok(plain)
     }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub shard_request_failures: IntCounterVec,
     pub memory_cache_hits: IntCounter,
     pub memory_cache_misses: IntCounter,
+    pub memory_cache_bytes: prometheus::IntGauge,
     pub ops_received: IntCounterVec,
     pub replication_delay: prometheus::Histogram,
 }
@@ -122,6 +123,11 @@ impl Metrics {
                 "dfs_memory_cache_misses_total",
                 "Chunk reads the memory cache could not answer",
             ),
+            memory_cache_bytes: prometheus::IntGauge::new(
+                "dfs_memory_cache_bytes",
+                "Bytes of decrypted chunks in the mount's memory cache",
+            )
+            .unwrap_or_else(|e| unreachable!("metric: {e}")),
             ops_received: counter_vec(
                 "dfs_oplog_received_ops_total",
                 "Ops of volume logs taken from peers, by how they came (gossip or pull)",
@@ -140,6 +146,7 @@ impl Metrics {
             Box::new(m.shard_request_failures.clone()),
             Box::new(m.memory_cache_hits.clone()),
             Box::new(m.memory_cache_misses.clone()),
+            Box::new(m.memory_cache_bytes.clone()),
             Box::new(m.ops_received.clone()),
             Box::new(m.replication_delay.clone()),
         ];

@@ -214,6 +214,8 @@ fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
     });
     assert!(chunks >= 3.0, "{chunks}");
     assert!(prom.sum("dfs_peer_rtt_seconds").is_some());
+    assert!(prom.sum("dfs_memory_cache_bytes").is_some());
+    assert!(prom.sum("dfs_memory_cache_misses_total").is_some());
     drop(mount);
     drop(peers);
 }
