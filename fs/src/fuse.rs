@@ -521,6 +521,12 @@ impl Filesystem for DfsFs {
         if is_virtual(ino.0) {
             return reply.ok();
         }
+        // Forget the path kept for analytics: a mount that opens millions of files must not
+        // keep them all (a read through another handle looks it up again).
+        self.paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino.0);
         match self.vol.release(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

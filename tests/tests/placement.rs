@@ -435,9 +435,14 @@ fn a_writer_killed_mid_write_leaves_no_stray_shards() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Which path cleans up depends on where the kill landed: mid-placement of a chunk (the
+    // `placing` intents: "writes cut short by a crash"), or between chunks (the interrupted
+    // put's own cleanup when the data directory opens). Either way one of them must have run,
+    // and the layout check above holds.
     let log = writer.log_text();
     assert!(
-        log.contains("writes cut short by a crash"),
+        log.contains("writes cut short by a crash")
+            || log.contains("cleaned up after an interrupted put"),
         "no interrupted write was found: {log}"
     );
     eprintln!(
