@@ -528,3 +528,44 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
     }
     sum
 }
+
+/// Storage peers as processes (the first is everyone's bootstrap) and a `--no-store` mount that
+/// sees them all alive: the network the monitoring tests observe.
+pub struct MountedNetwork {
+    pub nodes: Vec<Dfs>,
+    pub peers: Vec<Peer>,
+    pub client: Dfs,
+    pub mnt: PathBuf,
+    pub mount: Mount,
+}
+
+impl MountedNetwork {
+    pub fn start(n: usize) -> MountedNetwork {
+        let nodes: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
+        let mut peers = vec![nodes[0].node(&["--grace", "5"])];
+        let boot = nodes[0].address();
+        for node in &nodes[1..] {
+            peers.push(node.node(&["--grace", "5", "--peer", &boot]));
+        }
+        let client = Dfs::new();
+        let mnt = client.path("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        let mount = client.mount_at(&mnt, &["--no-store", "--grace", "5", "--peer", &boot]);
+        let alive = n as f64;
+        wait_for(
+            std::time::Duration::from_secs(30),
+            "the mount to see every peer alive",
+            || {
+                (metric(&client.metrics(), "dfs_peers{state=\"alive\"}") == Some(alive))
+                    .then_some(())
+            },
+        );
+        MountedNetwork {
+            nodes,
+            peers,
+            client,
+            mnt,
+            mount,
+        }
+    }
+}

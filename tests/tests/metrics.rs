@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dfs_tests::{fuse_available, http, metric, random_bytes, wait_for, Dfs};
+use dfs_tests::{fuse_available, http, random_bytes, wait_for, MountedNetwork};
 
 const FILE_SIZE: usize = 12 << 20;
 
@@ -123,21 +123,13 @@ fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
         eprintln!("skipping: no prometheus binary (apt-get install prometheus)");
         return;
     };
-    let nodes: Vec<Dfs> = (0..3).map(|_| Dfs::new()).collect();
-    let mut peers = vec![nodes[0].node(&["--grace", "5"])];
-    let boot = nodes[0].address();
-    for n in &nodes[1..] {
-        peers.push(n.node(&["--grace", "5", "--peer", &boot]));
-    }
-    let client = Dfs::new();
-    let mnt = client.path("mnt");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let mount = client.mount_at(&mnt, &["--no-store", "--grace", "5", "--peer", &boot]);
-    wait_for(
-        Duration::from_secs(30),
-        "the mount to see 3 peers alive",
-        || (metric(&client.metrics(), "dfs_peers{state=\"alive\"}") == Some(3.0)).then_some(()),
-    );
+    let MountedNetwork {
+        nodes,
+        peers,
+        client,
+        mnt,
+        mount,
+    } = MountedNetwork::start(3);
 
     // /metrics needs no token; the rest of the API still does.
     let (status, _) = http(

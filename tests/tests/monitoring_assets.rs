@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dfs_tests::{fuse_available, metric, random_bytes, wait_for, Dfs};
+use dfs_tests::{fuse_available, random_bytes, MountedNetwork};
 
 /// The workspace root (deploy/ lives there).
 fn root() -> PathBuf {
@@ -461,21 +461,13 @@ fn every_series_the_assets_name_is_served_by_real_peers() {
         return;
     }
     let queries = all_queries();
-    let nodes: Vec<Dfs> = (0..3).map(|_| Dfs::new()).collect();
-    let mut peers = vec![nodes[0].node(&["--grace", "5"])];
-    let boot = nodes[0].address();
-    for n in &nodes[1..] {
-        peers.push(n.node(&["--grace", "5", "--peer", &boot]));
-    }
-    let client = Dfs::new();
-    let mnt = client.path("mnt");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let mount = client.mount_at(&mnt, &["--no-store", "--grace", "5", "--peer", &boot]);
-    wait_for(
-        Duration::from_secs(30),
-        "the mount to see 3 peers alive",
-        || (metric(&client.metrics(), "dfs_peers{state=\"alive\"}") == Some(3.0)).then_some(()),
-    );
+    let MountedNetwork {
+        nodes,
+        peers,
+        client,
+        mnt,
+        mount,
+    } = MountedNetwork::start(3);
 
     // FUSE series: a file written, fsynced and read twice (the memory cache), a missing name
     // looked up (an error).
