@@ -77,6 +77,7 @@ fn synth(kind: Kind, owner: &Inode) -> Inode {
         content: None,
         chunk_size: owner.chunk_size,
         target: Vec::new(),
+        base: None,
     }
 }
 

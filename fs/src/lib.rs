@@ -8,6 +8,7 @@
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
+pub mod backend;
 pub mod collect;
 pub mod crdt;
 pub mod dotdfs;
@@ -17,6 +18,7 @@ pub mod fuse;
 pub mod link;
 pub mod model;
 pub mod mount;
+pub mod shared;
 pub mod snapshot;
 pub mod versions;
 pub mod volume;

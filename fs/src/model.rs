@@ -136,6 +136,10 @@ pub struct Inode {
     pub chunk_size: u32,
     /// Symlinks: the target.
     pub target: Vec<u8>,
+    /// Files of a shared volume: the version `content` is (see [`crate::backend::Base`]).
+    /// Never stored.
+    #[serde(skip)]
+    pub base: crate::backend::Base,
 }
 
 /// Why a filesystem operation failed; each maps to one errno in the FUSE adapter.
@@ -248,7 +252,25 @@ fn decode_dirent(value: &[u8]) -> Result<(Ino, Kind)> {
         .ok_or_else(|| FsError::Corrupt(format!("directory entry of {} bytes", value.len())))
 }
 
-fn check_name(name: &[u8]) -> Result<()> {
+/// The checks every rename starts with: flags, `.`/`..`, the new name.
+pub(crate) fn check_rename(
+    name: &[u8],
+    newname: &[u8],
+    noreplace: bool,
+    exchange: bool,
+) -> Result<()> {
+    if noreplace && exchange {
+        return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
+    }
+    for n in [name, newname] {
+        if n == b"." || n == b".." {
+            return Err(FsError::Invalid("cannot rename . or .."));
+        }
+    }
+    check_name(newname)
+}
+
+pub(crate) fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(FsError::Invalid("bad file name"));
     }
@@ -294,6 +316,35 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// The path of `inode` from the volume root (`/a/b/c`), through its last-named parents as
+/// `inode_of` gives them; a parent that is gone shows as `.unlinked`.
+pub fn path_through(inode: &Inode, mut inode_of: impl FnMut(Ino) -> Result<Inode>) -> Vec<u8> {
+    let mut parts = vec![inode.name.clone()];
+    let mut dir = inode.parent;
+    for _ in 0..4096 {
+        if dir == ROOT {
+            break;
+        }
+        match inode_of(dir) {
+            Ok(d) => {
+                parts.push(d.name);
+                dir = d.parent;
+            }
+            Err(_) => {
+                parts.push(b".unlinked".to_vec());
+                break;
+            }
+        }
+    }
+    parts.reverse();
+    let mut path = Vec::new();
+    for p in parts {
+        path.push(b'/');
+        path.extend_from_slice(&p);
+    }
+    path
+}
+
 /// The namespace of one volume, on the data directory's RocksDB.
 pub struct Namespace {
     lock: Mutex<()>,
@@ -333,6 +384,7 @@ impl Namespace {
                 content: None,
                 chunk_size: 0,
                 target: Vec::new(),
+                base: None,
             };
             let mut batch = FsBatch::default();
             batch.put(FsTable::Inodes, ino_key(ROOT), encode_inode(&root));
@@ -487,6 +539,7 @@ impl Namespace {
             content: None,
             chunk_size: self.chunk_size,
             target: target.to_vec(),
+            base: None,
         };
         batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
         batch.put(
@@ -708,15 +761,7 @@ impl Namespace {
         exchange: bool,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>> {
-        if noreplace && exchange {
-            return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
-        }
-        for n in [name, newname] {
-            if n == b"." || n == b".." {
-                return Err(FsError::Invalid("cannot rename . or .."));
-            }
-        }
-        check_name(newname)?;
+        check_rename(name, newname, noreplace, exchange)?;
         let _g = self.guard();
         let (ino, inode) = self.lookup(repo, parent, name)?;
         let target = match self.lookup(repo, newparent, newname) {
@@ -899,30 +944,7 @@ impl Namespace {
 
     /// The path of an inode from the volume root (`/a/b/c`), through its last-named parents.
     pub fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
-        let mut parts = vec![inode.name.clone()];
-        let mut dir = inode.parent;
-        for _ in 0..4096 {
-            if dir == ROOT {
-                break;
-            }
-            match self.inode(repo, dir) {
-                Ok(d) => {
-                    parts.push(d.name);
-                    dir = d.parent;
-                }
-                Err(_) => {
-                    parts.push(b".unlinked".to_vec());
-                    break;
-                }
-            }
-        }
-        parts.reverse();
-        let mut path = Vec::new();
-        for p in parts {
-            path.push(b'/');
-            path.extend_from_slice(&p);
-        }
-        path
+        path_through(inode, |dir| self.inode(repo, dir))
     }
 
     /// Install a file's new content (and the time of the writes that made it), and with

@@ -3,6 +3,7 @@
 //! synced).
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::fuse::DfsFs;
 use crate::model::{Caller, FsError};
+use crate::shared::{Inval, SharedNamespace};
 use crate::volume::Volume;
 
 /// How to mount.
@@ -26,6 +28,8 @@ pub struct MountOptions {
     pub nonempty: bool,
     /// Threads serving FUSE requests.
     pub threads: usize,
+    /// Mount this shared volume instead of the peer's own.
+    pub shared: Option<SharedNamespace>,
 }
 
 impl Default for MountOptions {
@@ -36,6 +40,7 @@ impl Default for MountOptions {
             threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .max(2),
+            shared: None,
         }
     }
 }
@@ -127,7 +132,10 @@ pub fn mount(
             gid: libc::getgid(),
         }
     };
-    let volume = Arc::new(Volume::open(repo, owner)?);
+    let volume = Arc::new(match &options.shared {
+        Some(shared) => Volume::with_backend(repo, Box::new(shared.clone())),
+        None => Volume::open(repo, owner)?,
+    });
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -145,6 +153,25 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         })?;
+    if let Some(shared) = &options.shared {
+        // Remote changes: the kernel forgets the entries and attributes they touched, so
+        // `ls` and `cat` here see them without waiting for the cache to expire.
+        let notifier = session.notifier();
+        shared.follow(move |inval| {
+            let done = match &inval {
+                Inval::Entry { parent, name } => {
+                    notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+                }
+                Inval::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+            };
+            // ENOENT: the kernel did not have it cached, which is fine.
+            if let Err(e) = done {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(?inval, error = %e, "kernel cache invalidation failed");
+                }
+            }
+        });
+    }
     let mut unmounter = session.unmount_callable();
     std::thread::spawn(move || {
         if let Ok(signal) = signals.0.wait() {

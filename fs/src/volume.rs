@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::Repo;
 
+use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Result, SetAttr, Time};
 use dfs_node::workers::ChunkWorkers;
@@ -22,12 +23,15 @@ pub struct OpenFile {
     /// The last handle was released and everything committed. A request that took this state
     /// just before then must treat the file as not open (its inode is up to date).
     pub closed: bool,
+    /// The version the buffered content started from (shared volumes: a concurrent write by
+    /// another member becomes a conflict, not a silent overwrite).
+    pub base: Base,
 }
 
 /// One volume, ready to serve filesystem operations.
 pub struct Volume {
     pub repo: Arc<Repo>,
-    pub ns: Namespace,
+    pub ns: Box<dyn NamespaceBackend>,
     pub cache: ChunkCache,
     workers: ChunkWorkers,
     files: Mutex<HashMap<Ino, Arc<Mutex<OpenFile>>>>,
@@ -54,18 +58,23 @@ impl Volume {
                 "removed files unlinked while open when the volume last stopped"
             );
         }
+        Ok(Self::with_backend(repo, Box::new(ns)))
+    }
+
+    /// A volume over any namespace backend (a shared volume's, say).
+    pub fn with_backend(repo: Arc<Repo>, ns: Box<dyn NamespaceBackend>) -> Self {
         // Twice the cores: fetch jobs wait on the disk as much as they compute, and more
         // threads keep both the disk and the cores busy (measured: +20% cold sequential reads).
         let threads = 2 * repo.config().storage.worker_count();
         let memory_cache = usize::try_from(repo.config().cache.memory_bytes).unwrap_or(usize::MAX);
-        Ok(Self {
+        Self {
             workers: ChunkWorkers::start(repo.clone(), threads),
             repo,
             ns,
             cache: ChunkCache::new(memory_cache),
             files: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     fn io(&self) -> Io<'_> {
@@ -132,6 +141,7 @@ impl Volume {
                         mtime: None,
                         unversioned: false,
                         closed: false,
+                        base: inode.base,
                     }));
                     files.insert(ino, state.clone());
                     state
@@ -226,10 +236,10 @@ impl Volume {
                 .map_err(|e| FsError::Chunk(e.into()))?;
         }
         self.ns
-            .commit_content(&self.repo, ino, blob, size, mtime, record)?;
+            .commit_content(&self.repo, ino, blob, size, mtime, record, &mut st.base)?;
         st.unversioned = !record && (blob.is_some() || st.unversioned);
         if durable {
-            self.repo.meta().sync_wal()?;
+            self.ns.sync(&self.repo)?;
         }
         Ok(())
     }
@@ -249,7 +259,7 @@ impl Volume {
             .store()
             .sync()
             .map_err(|e| FsError::Chunk(e.into()))?;
-        self.repo.meta().sync_wal()?;
+        self.ns.sync(&self.repo)?;
         Ok(())
     }
 
@@ -318,6 +328,7 @@ impl Volume {
                     content.truncate(self.io(), size)?;
                     let blob = content.commit(self.io())?;
                     let record = blob.is_some();
+                    let mut base = inode.base;
                     self.ns.commit_content(
                         &self.repo,
                         ino,
@@ -325,6 +336,7 @@ impl Volume {
                         size,
                         Some(Time::now()),
                         record,
+                        &mut base,
                     )?;
                 }
             }
@@ -341,7 +353,7 @@ impl Volume {
                 // An explicit mtime wins over the time of buffered writes.
                 self.with_open(ino, |st| st.mtime = None);
             }
-            self.ns.update(&self.repo, ino, |inode| {
+            self.ns.update(&self.repo, ino, &mut |inode| {
                 if let Some(perm) = set.perm {
                     inode.perm = perm & 0o7777;
                 }

@@ -61,6 +61,7 @@ fn inode(content: Option<dfs_node::BlobRef>, size: u64) -> Inode {
         content,
         chunk_size: CHUNK,
         target: Vec::new(),
+        base: None,
     }
 }
 

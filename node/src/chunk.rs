@@ -302,12 +302,17 @@ impl Repo {
         // A chunk on peers is read from any k shards (or the disk cache), like `read_chunk`:
         // its repairs are the repair thread's, and `dfs verify` checks every shard.
         if let Some(remote) = self.remote() {
-            if let (Some(placed), Some(record)) = (
+            let known = match (
                 self.meta().placed(&chunk.id)?,
                 self.meta().chunk(&chunk.id)?,
             ) {
+                (Some(placed), Some(record)) => Some((record, placed)),
+                (None, None) => remote.locate(self, &chunk.id),
+                _ => None,
+            };
+            if let Some((record, placed)) = known {
                 let ciphertext =
-                    self.read_placed(remote.as_ref(), &chunk.id, &placed, coder, true)?;
+                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder, true)?;
                 let plaintext = chunk
                     .key
                     .decrypt(ciphertext)
@@ -356,19 +361,29 @@ impl Repo {
             return Ok(vec![0; chunk.len as usize]);
         }
         if let Some(remote) = self.remote() {
-            if let Some(placed) = self.meta().placed(&chunk.id)? {
+            let known = match self.meta().placed(&chunk.id)? {
+                Some(placed) => match self.meta().chunk(&chunk.id)? {
+                    Some(record) => Some((record, placed)),
+                    None => return Err(ChunkError::Absent { id: chunk.id }),
+                },
+                // Written by another member of a shared volume: found on the network.
+                None if self.meta().chunk(&chunk.id)?.is_none() => remote.locate(self, &chunk.id),
+                None => None,
+            };
+            if let Some((record, placed)) = known {
                 // The AEAD tag under the reference's key authenticates every byte, so the
                 // shards' checksums and the chunk id need not be hashed first. When the tag
                 // fails, the shards are gathered again, each verified, which finds (and
                 // reports) a bad one and decodes around it.
                 let remote = remote.as_ref();
-                let trusting = self.read_placed(remote, &chunk.id, &placed, coder, false);
+                let trusting = self.read_placed(remote, &chunk.id, &record, &placed, coder, false);
                 if let Ok(ciphertext) = trusting {
                     if let Ok(plain) = chunk.key.decrypt(ciphertext) {
                         return Ok(plain);
                     }
                 }
-                let ciphertext = self.read_placed(remote, &chunk.id, &placed, coder, true)?;
+                let ciphertext =
+                    self.read_placed(remote, &chunk.id, &record, &placed, coder, true)?;
                 return chunk
                     .key
                     .decrypt(ciphertext)
@@ -394,6 +409,7 @@ impl Repo {
         &self,
         remote: &dyn crate::cluster::Remote,
         id: &ChunkId,
+        record: &crate::meta::ChunkRecord,
         placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
         verify: bool,
@@ -401,9 +417,6 @@ impl Repo {
         if let Some(ciphertext) = remote.cached(id) {
             return Ok(ciphertext);
         }
-        let Some(record) = self.meta().chunk(id)? else {
-            return Err(ChunkError::Absent { id: *id });
-        };
         let layout = record.layout;
         let images = remote.gather(self, id, layout, placed, layout.needed(), verify);
         let got = images.iter().filter(|i| i.is_some()).count();

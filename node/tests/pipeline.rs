@@ -231,6 +231,14 @@ impl dfs_node::cluster::Remote for TamperingPeers {
 
     fn remember(&self, _: &dfs_placement::ChunkId, _: &[u8]) {}
 
+    fn locate(
+        &self,
+        _: &Repo,
+        _: &dfs_placement::ChunkId,
+    ) -> Option<(dfs_node::meta::ChunkRecord, dfs_node::meta::Placed)> {
+        None
+    }
+
     fn gather(
         &self,
         _: &Repo,

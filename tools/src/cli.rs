@@ -126,6 +126,11 @@ every chunk recoverable, 3 some data lost."
 it in the foreground. Every file written there is cut into chunks, encrypted, erasure-coded and \
 stored like `dfs put` does; reads are verified. Ctrl-C, SIGTERM or `dfs umount MOUNTPOINT` \
 commits every open file and unmounts cleanly.\n\n\
+With --volume NAME it mounts a shared volume instead: every mount of it, on any member, shows \
+one tree; a change made here is signed, logged and sent to the other members, and theirs show \
+up here within moments. Concurrent writes to one file keep both versions (the loser as a \
+read-only `NAME (conflict A vs B)` file next to it). Hard links and device files are refused \
+there (EPERM).\n\n\
 Mount options: the mount is `default_permissions` (the kernel checks modes and owners), \
 `noatime`, shown as `dfs` in /proc/mounts; --allow-other adds `allow_other`."
     )]
@@ -142,6 +147,9 @@ Mount options: the mount is `default_permissions` (the kernel checks modes and o
         /// Threads serving filesystem requests [default: cores, at least 2]
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Mount this shared volume (see `dfs volume list`) instead of the peer's own
+        #[arg(long, value_name = "NAME")]
+        volume: Option<String>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -415,6 +423,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             nonempty,
             allow_other,
             threads,
+            volume,
             net,
         } => {
             // Check the mount point before touching the data directory, so a typo creates nothing.
@@ -431,6 +440,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             if let Some(n) = threads {
                 options.threads = n;
+            }
+            if let Some(name) = &volume {
+                match peer.shared_volume(name) {
+                    Ok(shared) => options.shared = Some(shared),
+                    Err(e) => {
+                        peer.stop();
+                        return Err(e);
+                    }
+                }
             }
             let mounted = dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
                 crate::notice!(

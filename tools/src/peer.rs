@@ -228,6 +228,41 @@ impl RunningPeer {
         }
     }
 
+    /// The namespace of shared volume `name` for a mount, once this peer is a member (a join
+    /// waits up to 15 s for a member to take it).
+    pub fn shared_volume(&self, name: &str) -> Result<dfs_fs::shared::SharedNamespace> {
+        let hub = Arc::clone(self.network.ops());
+        let (volume, record) = dfs_node::volumes::by_name(&hub, name)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !hub.oplog().is_member(&volume, &hub.author())? {
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "volume {name}: no member has taken this peer's join yet; start a member \
+                     that can reach this peer and mount again"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // SAFETY: getuid/getgid have no preconditions.
+        let owner = unsafe {
+            dfs_fs::model::Caller {
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+            }
+        };
+        let network = self.network.clone();
+        let shared = dfs_fs::shared::SharedNamespace::open(
+            hub,
+            volume,
+            &record.secret,
+            self.repo.config().storage.chunk_size,
+            owner,
+            Box::new(move |op| network.publish_op_blocking(op)),
+        )
+        .with_context(|| format!("cannot open volume {name}"))?;
+        Ok(shared)
+    }
+
     /// Run until SIGINT or SIGTERM.
     pub fn wait_for_signal(&self) -> Result<()> {
         self.runtime.block_on(async {

@@ -1031,6 +1031,20 @@ where
         entries
     }
 
+    /// The directory a visible node (or conflict copy, through its file) is in; the root is
+    /// its own parent.
+    pub fn parent(&self, id: &NodeId) -> Option<NodeId> {
+        if *id == NodeId::ROOT {
+            return Some(NodeId::ROOT);
+        }
+        let node = match self.copy(id) {
+            Some((n, _)) => n,
+            None if self.visible(id) => *id,
+            None => return None,
+        };
+        self.tree.parent(&node).map(|(p, _, _)| *p)
+    }
+
     /// The entry called `name` in `dir`. O(size of `dir`).
     pub fn lookup(&self, dir: &NodeId, name: &[u8]) -> Option<Entry> {
         self.list(dir).into_iter().find(|e| e.name == name)

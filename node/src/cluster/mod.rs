@@ -66,6 +66,10 @@ pub trait Remote: Send + Sync {
         want: usize,
         checksum: bool,
     ) -> Vec<Option<Vec<u8>>>;
+
+    /// The layout, length and likely holders of a chunk this peer has no record of (written
+    /// by another member of a shared volume); `None` when no peer has a shard of it.
+    fn locate(&self, repo: &Repo, id: &ChunkId) -> Option<(crate::meta::ChunkRecord, Placed)>;
 }
 
 /// Counters of shard traffic caused by reads and writes.
@@ -110,6 +114,9 @@ pub struct Cluster {
     /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
     /// thread); `None` when disabled.
     disk_cache: Option<Filler>,
+    /// Chunks other members wrote, found by [`Remote::locate`]: (record, holders), never
+    /// stored (this peer does not own them).
+    foreign: Mutex<lru::LruCache<ChunkId, (crate::meta::ChunkRecord, Placed)>>,
 }
 
 /// A running cluster with its background threads; stops them when dropped.
@@ -144,6 +151,7 @@ impl Cluster {
             wake: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             disk_cache: open_disk_cache(&repo),
+            foreign: Mutex::new(lru::LruCache::new(FOREIGN_CHUNKS)),
         });
         match repo.meta().recover_placing() {
             Ok(r) if r.writes > 0 => tracing::warn!(
@@ -389,6 +397,11 @@ impl ClusterHandle {
 
 /// Cache puts waiting for the fill thread (4 MiB chunks: at most 32 MiB of copies).
 const CACHE_FILL_DEPTH: usize = 8;
+/// Located chunks of other members remembered (about 200 bytes each).
+const FOREIGN_CHUNKS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(16_384) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 
 fn open_disk_cache(repo: &Repo) -> Option<Filler> {
     let limit = repo.config().cache.disk_bytes;
@@ -434,6 +447,15 @@ impl Remote for Cluster {
         shards: &ShardSet,
     ) -> Result<Option<Placed>, ChunkError> {
         transfer::place(self, repo, id, shards)
+    }
+
+    fn locate(&self, repo: &Repo, id: &ChunkId) -> Option<(crate::meta::ChunkRecord, Placed)> {
+        if let Some(found) = lock(&self.foreign).get(id) {
+            return Some(found.clone());
+        }
+        let found = self.wait_for(transfer::locate(self, repo, id))?;
+        lock(&self.foreign).put(*id, found.clone());
+        Some(found)
     }
 
     fn gather(

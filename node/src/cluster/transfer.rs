@@ -282,6 +282,72 @@ fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members
     out.into_iter().map(|(_, s)| s).collect()
 }
 
+/// Where the shards of a chunk this peer has no record of are (one another member of a shared
+/// volume wrote), and its layout: the rendezvous targets of the current peers are asked for
+/// their shard in rank order, then the DHT's providers, until one shard verifies; its header
+/// says the layout and length, and the targets for that layout become the holders to read.
+pub async fn locate(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+) -> Option<(crate::meta::ChunkRecord, Placed)> {
+    let members = cluster.members();
+    let candidates = members.candidates(false);
+    let guess = repo.config().storage.erasure_layout().shard_count();
+    let targets = |count: usize| -> Vec<(u8, PeerId)> {
+        hrw::place(id, count, &candidates)
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &t)| Some((u8::try_from(i).ok()?, members.list.get(t)?.id)))
+            .collect()
+    };
+    let mut tries = targets(guess);
+    let mut providers_asked = false;
+    let mut at = 0;
+    let found = loop {
+        if at == tries.len() {
+            if providers_asked {
+                return None;
+            }
+            providers_asked = true;
+            let found = cluster
+                .network
+                .find_providers(*id)
+                .await
+                .unwrap_or_default();
+            for peer in found {
+                for index in 0..guess as u8 {
+                    if !tries.contains(&(index, peer)) {
+                        tries.push((index, peer));
+                    }
+                }
+            }
+            continue;
+        }
+        let (index, peer) = tries[at];
+        at += 1;
+        if let Ok(image) = fetch_checked(cluster, repo, peer, id, index, true).await {
+            if let Ok((header, _)) = ShardHeader::decode_as(&image, *id, index, true) {
+                break (header, index, peer);
+            }
+        }
+    };
+    let (header, index, peer) = found;
+    let record = crate::meta::ChunkRecord {
+        layout: header.layout,
+        len: header.chunk_len,
+    };
+    let mut holders: Vec<(u8, Vec<u8>)> = targets(header.layout.shard_count())
+        .into_iter()
+        .map(|(i, p)| (i, p.to_bytes()))
+        .collect();
+    holders.retain(|h| *h != (index, peer.to_bytes()));
+    // The holder that answered first, so the read asks it again before any guess.
+    holders.insert(0, (index, peer.to_bytes()));
+    Some((record, Placed { holders }))
+}
+
 /// Gather at least `want` shard images (see the module doc), verified by their checksums
 /// unless `checksum` is false.
 pub async fn gather(

@@ -321,6 +321,18 @@ impl Network {
         Ok(op)
     }
 
+    /// Gossip an op already committed to the log ([`sync::OpsHub::commit`]), from a thread
+    /// outside the runtime (a FUSE thread). A stopped peer cannot gossip; the op is in the
+    /// log and anti-entropy carries it.
+    pub fn publish_op_blocking(&self, op: crate::oplog::SignedOp) {
+        let command = Command::PublishOp(op);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = self.commands.try_send(command);
+        } else {
+            let _ = self.commands.blocking_send(command);
+        }
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

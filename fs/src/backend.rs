@@ -1,0 +1,245 @@
+//! Where a mounted volume's namespace lives: the calls [`crate::volume::Volume`] and the FUSE
+//! adapter make on inodes, directory entries and xattrs, as one trait with two implementations.
+//!
+//! - [`crate::model::Namespace`]: the peer's own volume, in its RocksDB tables, with local inode
+//!   numbers, hard links and recorded versions.
+//! - [`crate::shared::SharedNamespace`]: a shared volume, the merged state of its replicated op
+//!   log; every change is a signed op the other members apply too.
+//!
+//! Open files, buffered content, chunk workers and caches stay in `Volume`, the same for both.
+
+use dfs_node::BlobRef;
+use dfs_node::Repo;
+
+use crate::model::{Caller, DirEntry, Ino, Inode, Kind, Namespace, Result, Time};
+
+/// The version of a file's content a writer started from, opaque to everything but the
+/// backend that issued it (a shared volume names the write it replaces; the local one has
+/// none).
+pub type Base = Option<Vec<u8>>;
+
+/// The namespace of a mounted volume. Every method takes the data directory's `repo` for the
+/// local backend's sake; the shared one holds what it needs.
+pub trait NamespaceBackend: Send + Sync {
+    fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode>;
+
+    /// Find `name` (also `.` and `..`) in directory `parent`.
+    fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)>;
+
+    /// Entries of a directory (without `.` and `..`), sorted by name.
+    fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>>;
+
+    /// Create a file, directory, symlink or special file `name` in `parent`.
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        perm: u16,
+        caller: Caller,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(Ino, Inode)>;
+
+    /// Add a hard link `newparent/newname` to `ino`.
+    fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode>;
+
+    /// Remove `parent/name` (`dir`: rmdir, else unlink). Returns the inode and whether its last
+    /// link is gone.
+    fn remove(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<(Ino, bool)>;
+
+    /// rename(2) with its `RENAME_NOREPLACE` and `RENAME_EXCHANGE` flags.
+    #[allow(clippy::too_many_arguments)]
+    fn rename(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>>;
+
+    /// Forget an inode whose last link went while it was open, now that it is closed.
+    fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()>;
+
+    /// Install a file's new content (`content` `None`: unchanged) and the time of the writes
+    /// that made it; `version`: record it as a version. `base` is the version the writer
+    /// started from, and on return the version now installed.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_content(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        content: Option<BlobRef>,
+        size: u64,
+        mtime: Option<Time>,
+        version: bool,
+        base: &mut Base,
+    ) -> Result<()>;
+
+    /// Changes whenever a version is recorded (for the `.dfs/versions` view).
+    fn versions_generation(&self) -> u64;
+
+    /// Read-modify-write an inode's attributes (setattr).
+    fn update(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        f: &mut dyn FnMut(&mut Inode) -> Result<()>,
+    ) -> Result<Inode>;
+
+    fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>>;
+
+    /// Set an xattr; `create`: fail if it exists, `replace`: fail if it does not.
+    fn set_xattr(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()>;
+
+    fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>>;
+
+    fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()>;
+
+    /// The path of an inode from the volume root (`/a/b/c`).
+    fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8>;
+
+    /// Commit every change durably (fsync of the namespace).
+    fn sync(&self, repo: &Repo) -> Result<()> {
+        repo.meta().sync_wal()?;
+        Ok(())
+    }
+}
+
+impl NamespaceBackend for Namespace {
+    fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
+        Namespace::inode(self, repo, ino)
+    }
+
+    fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        Namespace::lookup(self, repo, parent, name)
+    }
+
+    fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
+        Namespace::list(self, repo, dir)
+    }
+
+    fn create(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        perm: u16,
+        caller: Caller,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(Ino, Inode)> {
+        Namespace::create(self, repo, parent, name, kind, perm, caller, rdev, target)
+    }
+
+    fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        Namespace::link(self, repo, ino, newparent, newname)
+    }
+
+    fn remove(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<(Ino, bool)> {
+        Namespace::remove(self, repo, parent, name, dir, is_open)
+    }
+
+    fn rename(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
+        Namespace::rename(
+            self, repo, parent, name, newparent, newname, noreplace, exchange, is_open,
+        )
+    }
+
+    fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
+        Namespace::reap_if_unlinked(self, repo, ino)
+    }
+
+    fn commit_content(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        content: Option<BlobRef>,
+        size: u64,
+        mtime: Option<Time>,
+        version: bool,
+        _base: &mut Base,
+    ) -> Result<()> {
+        Namespace::commit_content(self, repo, ino, content, size, mtime, version)
+    }
+
+    fn versions_generation(&self) -> u64 {
+        Namespace::versions_generation(self)
+    }
+
+    fn update(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        f: &mut dyn FnMut(&mut Inode) -> Result<()>,
+    ) -> Result<Inode> {
+        Ok(Namespace::update(self, repo, ino, |inode| f(inode))?.0)
+    }
+
+    fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        Namespace::get_xattr(self, repo, ino, name)
+    }
+
+    fn set_xattr(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        Namespace::set_xattr(self, repo, ino, name, value, create, replace)
+    }
+
+    fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        Namespace::list_xattrs(self, repo, ino)
+    }
+
+    fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
+        Namespace::remove_xattr(self, repo, ino, name)
+    }
+
+    fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
+        Namespace::path_of(self, repo, inode)
+    }
+}

@@ -1,0 +1,984 @@
+//! The namespace of a shared volume: the merged state ([`VolumeState`]) of the volume's signed
+//! op log, served to a mount.
+//!
+//! - **Reads** answer from the state, held in memory and rebuilt from the log when the mount
+//!   starts (the log in RocksDB is the durable copy).
+//! - **Local changes** become [`VolumeOp`]s: encoded, sealed with the volume's [`OpKey`],
+//!   signed and appended durably by the peer's [`OpsHub`], gossiped, then applied to the state,
+//!   all under the state lock so that the check (name free, directory empty) and the op agree.
+//! - **Remote changes** arrive on the hub's stream of the volume; [`SharedNamespace::follow`]
+//!   applies each and reports what the kernel must forget ([`Inval`]): names whose entry
+//!   changed, found by comparing the cached listing of each changed directory before and
+//!   after, and the inodes whose attributes or content changed.
+//!
+//! Inode numbers are assigned per mount as nodes are first seen (`ROOT` is the root); the
+//! kernel only needs them stable while mounted. Chunk content is referenced by the `Write` op
+//! (a [`BlobRef`], keys included, inside the sealed payload), so any member can read it.
+//!
+//! Not supported in a shared volume: hard links (a node has one parent) and special files
+//! (the merged state knows files, directories and symlinks): both are refused with EPERM.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dfs_node::crypto::OpKey;
+use dfs_node::net::sync::OpsHub;
+use dfs_node::oplog::{data_payload, AuthorId, OpId, Payload, SignedOp, VolumeId};
+use dfs_node::{BlobRef, Repo};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Base, NamespaceBackend};
+use crate::crdt::volume::{
+    self as crdt, Entry, Stamp, Timestamp, VersionVector, VolumeOp, VolumeState,
+};
+use crate::crdt::NodeId;
+use crate::model::{
+    check_name, check_rename, Caller, DirEntry, FsError, Ino, Inode, Kind, Result, Time, NAME_MAX,
+    ROOT,
+};
+
+/// An op of a shared volume, as the state applies it.
+pub type Op = VolumeOp<OpId, AuthorId>;
+
+impl Timestamp for OpId {
+    /// `MMDD-HHMM` of the op's clock, UTC.
+    fn short_time(&self) -> String {
+        let name = crate::versions::time_name(Time {
+            secs: (self.hlc.millis / 1000) as i64,
+            nsec: 0,
+        });
+        // "YYYY-MM-DDTHH-MM-SS..." -> "MMDD-HHMM"
+        let b = name.as_bytes();
+        if b.len() < 16 {
+            return name;
+        }
+        format!(
+            "{}{}-{}{}",
+            &name[5..7],
+            &name[8..10],
+            &name[11..13],
+            &name[14..16]
+        )
+    }
+}
+
+/// What a `Write` op's opaque content holds: the file's chunk tree and the size it was cut at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentRef {
+    pub blob: BlobRef,
+    pub chunk_size: u32,
+}
+
+/// What the kernel must forget after a remote change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    /// The entry `name` of directory `parent` now names something else, or nothing.
+    Entry { parent: Ino, name: Vec<u8> },
+    /// The attributes or content of `ino` (a directory: its listing) changed.
+    Inode(Ino),
+}
+
+/// Decode the fs op a signed op carries: `None` for control ops (membership).
+pub fn decode_op(key: &OpKey, op: &SignedOp) -> std::result::Result<Option<Op>, String> {
+    match Payload::parse(&op.payload) {
+        Ok(Payload::Control(_)) => Ok(None),
+        Ok(Payload::Data(sealed)) => {
+            let plain = key
+                .open(&op.volume.0, sealed)
+                .map_err(|_| "payload does not decrypt with the volume key".to_string())?;
+            postcard::from_bytes(&plain)
+                .map(Some)
+                .map_err(|e| format!("undecodable fs op: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// For each author, the longest run of sequence numbers 1..=n this mount has taken in: what a
+/// delete says its author had seen.
+#[derive(Debug, Default)]
+struct Seen(BTreeMap<AuthorId, (u64, BTreeSet<u64>)>);
+
+impl Seen {
+    fn mark(&mut self, author: AuthorId, seq: u64) {
+        let (prefix, above) = self.0.entry(author).or_default();
+        if seq <= *prefix {
+            return;
+        }
+        above.insert(seq);
+        while above.remove(&(*prefix + 1)) {
+            *prefix += 1;
+        }
+    }
+
+    fn vector(&self) -> VersionVector<AuthorId> {
+        self.0
+            .iter()
+            .filter(|(_, (prefix, _))| *prefix > 0)
+            .map(|(a, (prefix, _))| (*a, *prefix))
+            .collect()
+    }
+}
+
+struct State {
+    vol: VolumeState<OpId, AuthorId>,
+    seen: Seen,
+    inos: HashMap<NodeId, Ino>,
+    nodes: HashMap<Ino, NodeId>,
+    next_ino: Ino,
+    /// Listings handed out (and so possibly cached by the kernel as entries), kept current.
+    listings: HashMap<NodeId, Arc<Vec<Entry>>>,
+    /// Files removed while open: what `fstat` on their handles still shows.
+    ghosts: HashMap<Ino, Inode>,
+}
+
+impl State {
+    fn ino_of(&mut self, node: NodeId) -> Ino {
+        if node == NodeId::ROOT {
+            return ROOT;
+        }
+        if let Some(ino) = self.inos.get(&node) {
+            return *ino;
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inos.insert(node, ino);
+        self.nodes.insert(ino, node);
+        ino
+    }
+
+    fn node_of(&self, ino: Ino) -> Result<NodeId> {
+        if ino == ROOT {
+            return Ok(NodeId::ROOT);
+        }
+        self.nodes.get(&ino).copied().ok_or(FsError::NotFound)
+    }
+
+    fn listing(&mut self, dir: NodeId) -> Arc<Vec<Entry>> {
+        if let Some(l) = self.listings.get(&dir) {
+            return l.clone();
+        }
+        let l = Arc::new(self.vol.list(&dir));
+        self.listings.insert(dir, l.clone());
+        l
+    }
+
+    /// The entry `name` of `dir`, a visible directory.
+    fn entry(&mut self, dir: NodeId, name: &[u8]) -> Result<Option<Entry>> {
+        self.dir_attr(dir)?;
+        let listing = self.listing(dir);
+        Ok(listing
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| listing[i].clone()))
+    }
+
+    fn dir_attr(&self, dir: NodeId) -> Result<crdt::Attr> {
+        let attr = self.vol.attr(&dir).ok_or(FsError::NotFound)?;
+        if attr.kind != crdt::Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(attr)
+    }
+
+    /// Refresh the cached listings of `change`'s directories, and say which of the names the
+    /// kernel may hold changed.
+    fn refresh(&mut self, change: &crdt::Change) -> Vec<Inval> {
+        let mut out = Vec::new();
+        for dir in &change.dirs {
+            let Some(old) = self.listings.remove(dir) else {
+                continue;
+            };
+            let new = self.listing(*dir);
+            let parent = self.ino_of(*dir);
+            let now: HashMap<&[u8], NodeId> =
+                new.iter().map(|e| (e.name.as_slice(), e.node)).collect();
+            for e in old.iter() {
+                if now.get(e.name.as_slice()) != Some(&e.node) {
+                    out.push(Inval::Entry {
+                        parent,
+                        name: e.name.clone(),
+                    });
+                }
+            }
+        }
+        for dir in &change.dirs {
+            if let Some(ino) = self
+                .inos
+                .get(dir)
+                .copied()
+                .or((*dir == NodeId::ROOT).then_some(ROOT))
+            {
+                out.push(Inval::Inode(ino));
+            }
+        }
+        for node in &change.nodes {
+            if let Some(ino) = self.inos.get(node) {
+                out.push(Inval::Inode(*ino));
+            }
+        }
+        out
+    }
+}
+
+fn to_time(t: crdt::Time) -> Time {
+    Time {
+        secs: t.secs,
+        nsec: t.nanos,
+    }
+}
+
+fn from_time(t: Time) -> crdt::Time {
+    crdt::Time {
+        secs: t.secs,
+        nanos: t.nsec,
+    }
+}
+
+fn to_kind(k: crdt::Kind) -> Kind {
+    match k {
+        crdt::Kind::File => Kind::File,
+        crdt::Kind::Dir => Kind::Dir,
+        crdt::Kind::Symlink => Kind::Symlink,
+    }
+}
+
+fn encode_base(ts: &OpId) -> Vec<u8> {
+    postcard::to_stdvec(ts).unwrap_or_default()
+}
+
+fn decode_base(base: &Base) -> Option<OpId> {
+    base.as_deref().and_then(|b| postcard::from_bytes(b).ok())
+}
+
+struct Inner {
+    hub: Arc<OpsHub>,
+    volume: VolumeId,
+    key: OpKey,
+    publish: Box<dyn Fn(SignedOp) + Send + Sync>,
+    chunk_size: u32,
+    /// Who mounted: shown as the owner of the volume's root.
+    owner: Caller,
+    state: Mutex<State>,
+}
+
+/// The namespace of one shared volume, for one mount. Cheap to clone (one shared state).
+#[derive(Clone)]
+pub struct SharedNamespace {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SharedNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedNamespace")
+            .field("volume", &self.inner.volume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedNamespace {
+    /// The namespace of `volume` (whose secret is `secret`) from the ops `hub` holds; local
+    /// ops are handed to `publish` (gossip) once appended.
+    pub fn open(
+        hub: Arc<OpsHub>,
+        volume: VolumeId,
+        secret: &[u8; 32],
+        chunk_size: u32,
+        owner: Caller,
+        publish: Box<dyn Fn(SignedOp) + Send + Sync>,
+    ) -> Result<Self> {
+        let ns = SharedNamespace {
+            inner: Arc::new(Inner {
+                hub,
+                volume,
+                key: OpKey::of_volume(secret),
+                publish,
+                chunk_size,
+                owner,
+                state: Mutex::new(State {
+                    vol: VolumeState::new(),
+                    seen: Seen::default(),
+                    inos: HashMap::new(),
+                    nodes: HashMap::new(),
+                    next_ino: ROOT + 1,
+                    listings: HashMap::new(),
+                    ghosts: HashMap::new(),
+                }),
+            }),
+        };
+        let taken = ns.rescan()?;
+        tracing::info!(%volume, ops = taken, "shared volume state rebuilt from its log");
+        Ok(ns)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply every op of the log (again: applying is idempotent). Returns how many were read.
+    fn rescan(&self) -> Result<usize> {
+        let mut after = None;
+        let mut count = 0;
+        loop {
+            let page = self
+                .inner
+                .hub
+                .oplog()
+                .scan(&self.inner.volume, after.as_ref(), 1024)
+                .map_err(|e| FsError::Corrupt(format!("reading the volume's op log: {e}")))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            count += page.len();
+            let mut st = self.state();
+            for op in &page {
+                self.take_locked(&mut st, op);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Apply one op from the log under the state lock; returns what the kernel must forget.
+    fn take_locked(&self, st: &mut State, op: &SignedOp) -> Vec<Inval> {
+        st.seen.mark(op.id.author, op.seq);
+        let fs_op = match decode_op(&self.inner.key, op) {
+            Ok(Some(fs_op)) => fs_op,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(op = %op.id, error = %e, "op of the shared volume ignored");
+                return Vec::new();
+            }
+        };
+        let stamp = Stamp {
+            ts: op.id,
+            author: op.id.author,
+            seq: op.seq,
+        };
+        match st.vol.apply(stamp, fs_op) {
+            Ok(change) if change.is_empty() => Vec::new(),
+            Ok(change) => st.refresh(&change),
+            Err(e) => {
+                tracing::warn!(op = %op.id, error = %e, "op of the shared volume refused");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Apply ops as the peer takes them in, until the peer stops, calling `invalidate` for
+    /// what the kernel must forget (outside the state lock: the kernel may call back into the
+    /// mount while it invalidates). Runs on a thread of its own.
+    pub fn follow(
+        &self,
+        invalidate: impl Fn(Inval) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let mut rx = self.inner.hub.follow(&self.inner.volume);
+        let ns = self.clone();
+        // Ops appended between the rebuild and the subscription above.
+        if let Err(e) = ns.rescan() {
+            tracing::warn!(error = %e, "cannot read the volume's op log");
+        }
+        std::thread::Builder::new()
+            .name("dfs-volume".into())
+            .spawn(move || loop {
+                let invals = match rx.blocking_recv() {
+                    Ok(op) => {
+                        let mut st = ns.state();
+                        ns.take_locked(&mut st, &op)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::info!(missed, "volume stream lagged: reading the log again");
+                        ns.rescan_invalidating()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for inval in invals {
+                    invalidate(inval);
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the volume follower thread: {e}"))
+    }
+
+    fn rescan_invalidating(&self) -> Vec<Inval> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = match self
+                .inner
+                .hub
+                .oplog()
+                .scan(&self.inner.volume, after.as_ref(), 1024)
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the volume's op log");
+                    return out;
+                }
+            };
+            let Some(last) = page.last() else {
+                return out;
+            };
+            after = Some(last.id);
+            let mut st = self.state();
+            for op in &page {
+                out.extend(self.take_locked(&mut st, op));
+            }
+        }
+    }
+
+    /// Sign, append, gossip and apply a local op. Called with the state lock held, after the
+    /// checks the op depends on.
+    fn commit(&self, st: &mut State, op: Op) -> Result<OpId> {
+        let plain = postcard::to_stdvec(&op)
+            .map_err(|e| FsError::Corrupt(format!("encoding an op: {e}")))?;
+        let sealed = self.inner.key.seal(&self.inner.volume.0, &plain);
+        let signed = self
+            .inner
+            .hub
+            .commit(&self.inner.volume, data_payload(&sealed))
+            .map_err(|e| FsError::Corrupt(format!("appending to the volume's op log: {e}")))?;
+        st.seen.mark(signed.id.author, signed.seq);
+        let stamp = Stamp {
+            ts: signed.id,
+            author: signed.id.author,
+            seq: signed.seq,
+        };
+        let id = signed.id;
+        (self.inner.publish)(signed);
+        match st.vol.apply(stamp, op) {
+            Ok(change) => {
+                // The kernel learns of its own changes from the replies.
+                st.refresh(&change);
+                Ok(id)
+            }
+            Err(e) => Err(FsError::Corrupt(format!("own op refused: {e}"))),
+        }
+    }
+
+    fn inode_locked(&self, st: &mut State, ino: Ino) -> Result<Inode> {
+        if let Some(ghost) = st.ghosts.get(&ino) {
+            return Ok(ghost.clone());
+        }
+        let node = st.node_of(ino)?;
+        self.inode_of(st, node)
+    }
+
+    fn inode_of(&self, st: &mut State, node: NodeId) -> Result<Inode> {
+        let attr = st.vol.attr(&node).ok_or(FsError::NotFound)?;
+        let kind = to_kind(attr.kind);
+        let parent_node = st.vol.parent(&node).unwrap_or(NodeId::ROOT);
+        let parent = st.ino_of(parent_node);
+        let name = if node == NodeId::ROOT {
+            Vec::new()
+        } else {
+            st.listing(parent_node)
+                .iter()
+                .find(|e| e.node == node)
+                .map(|e| e.name.clone())
+                .unwrap_or_default()
+        };
+        let (nlink, size) = match kind {
+            Kind::Dir => {
+                let listing = st.listing(node);
+                let subdirs = listing.iter().filter(|e| e.kind == crdt::Kind::Dir).count();
+                (2 + subdirs as u32, listing.len() as u64)
+            }
+            _ => (1, attr.size),
+        };
+        let (content, chunk_size, base) = match st.vol.content(&node) {
+            Some(v) => {
+                let c: ContentRef = postcard::from_bytes(&v.content).map_err(|e| {
+                    FsError::Corrupt(format!("content reference of write {}: {e}", v.ts))
+                })?;
+                (Some(c.blob), c.chunk_size, Some(encode_base(&v.ts)))
+            }
+            None => (None, self.inner.chunk_size, None),
+        };
+        let (uid, gid) = if node == NodeId::ROOT {
+            (self.inner.owner.uid, self.inner.owner.gid)
+        } else {
+            (attr.uid, attr.gid)
+        };
+        let mtime = to_time(attr.mtime);
+        Ok(Inode {
+            kind,
+            perm: (attr.mode & 0o7777) as u16,
+            uid,
+            gid,
+            nlink,
+            size,
+            atime: to_time(attr.atime),
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            rdev: 0,
+            parent,
+            name,
+            content,
+            chunk_size,
+            target: attr.target.unwrap_or_default(),
+            base,
+        })
+    }
+
+    /// The entry `name` of directory `parent`, which must exist.
+    fn existing(&self, st: &mut State, parent: Ino, name: &[u8]) -> Result<Entry> {
+        let dir = st.node_of(parent)?;
+        st.entry(dir, name)?.ok_or(FsError::NotFound)
+    }
+
+    /// Whether `ancestor` is `node` or one of its ancestors.
+    fn is_ancestor(st: &State, ancestor: NodeId, mut node: NodeId) -> bool {
+        for _ in 0..100_000 {
+            if node == ancestor {
+                return true;
+            }
+            if node == NodeId::ROOT {
+                return false;
+            }
+            match st.vol.parent(&node) {
+                Some(p) => node = p,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Stop showing a conflict copy (the user removed it).
+    fn dismiss(&self, st: &mut State, copy: &Entry) -> Result<()> {
+        let Some(file) = copy.copy_of else {
+            return Err(FsError::Invalid("not a conflict copy"));
+        };
+        let ts = st
+            .vol
+            .content(&copy.node)
+            .map(|v| v.ts)
+            .ok_or(FsError::NotFound)?;
+        self.commit(
+            st,
+            VolumeOp::Dismiss {
+                node: file,
+                write: ts,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn delete(&self, st: &mut State, node: NodeId) -> Result<()> {
+        let seen = st.seen.vector();
+        self.commit(st, VolumeOp::Delete { node, seen })?;
+        Ok(())
+    }
+}
+
+impl NamespaceBackend for SharedNamespace {
+    fn inode(&self, _repo: &Repo, ino: Ino) -> Result<Inode> {
+        let mut st = self.state();
+        self.inode_locked(&mut st, ino)
+    }
+
+    fn lookup(&self, _repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let mut st = self.state();
+        let dir = st.node_of(parent)?;
+        let node = match name {
+            b"." => {
+                st.dir_attr(dir)?;
+                dir
+            }
+            b".." => {
+                st.dir_attr(dir)?;
+                st.vol.parent(&dir).ok_or(FsError::NotFound)?
+            }
+            _ => st.entry(dir, name)?.ok_or(FsError::NotFound)?.node,
+        };
+        let ino = st.ino_of(node);
+        Ok((ino, self.inode_of(&mut st, node)?))
+    }
+
+    fn list(&self, _repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
+        let mut st = self.state();
+        let node = st.node_of(dir)?;
+        st.dir_attr(node)?;
+        let listing = st.listing(node);
+        Ok(listing
+            .iter()
+            .map(|e| DirEntry {
+                name: e.name.clone(),
+                ino: st.ino_of(e.node),
+                kind: to_kind(e.kind),
+            })
+            .collect())
+    }
+
+    fn create(
+        &self,
+        _repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        perm: u16,
+        caller: Caller,
+        _rdev: u32,
+        target: &[u8],
+    ) -> Result<(Ino, Inode)> {
+        check_name(name)?;
+        let crdt_kind = match kind {
+            Kind::File => crdt::Kind::File,
+            Kind::Dir => crdt::Kind::Dir,
+            Kind::Symlink => crdt::Kind::Symlink,
+            // The merged state has no device nodes, FIFOs or sockets.
+            _ => return Err(FsError::NotPermitted),
+        };
+        let mut st = self.state();
+        let dir = st.node_of(parent)?;
+        let dir_attr = st.dir_attr(dir)?;
+        if st.entry(dir, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        // A new entry in a setgid directory inherits its group (and subdirectories the bit).
+        let setgid_dir = dir_attr.mode & 0o2000 != 0;
+        let gid = if setgid_dir { dir_attr.gid } else { caller.gid };
+        let mode = if kind == Kind::Dir && setgid_dir {
+            perm | 0o2000
+        } else {
+            perm
+        };
+        let node = NodeId(rand::random());
+        self.commit(
+            &mut st,
+            VolumeOp::Create {
+                node,
+                parent: dir,
+                name: name.to_vec(),
+                kind: crdt_kind,
+                mode: u32::from(mode),
+                uid: caller.uid,
+                gid,
+                mtime: from_time(Time::now()),
+                target: (kind == Kind::Symlink).then(|| target.to_vec()),
+            },
+        )?;
+        let ino = st.ino_of(node);
+        Ok((ino, self.inode_of(&mut st, node)?))
+    }
+
+    fn link(&self, _repo: &Repo, _ino: Ino, _newparent: Ino, _newname: &[u8]) -> Result<Inode> {
+        // A node of the shared tree has exactly one parent.
+        Err(FsError::NotPermitted)
+    }
+
+    fn remove(
+        &self,
+        _repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<(Ino, bool)> {
+        if name == b"." {
+            return Err(FsError::Invalid("cannot remove ."));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        let mut st = self.state();
+        let entry = self.existing(&mut st, parent, name)?;
+        let ino = st.ino_of(entry.node);
+        match (dir, entry.kind == crdt::Kind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if !st.listing(entry.node).is_empty() => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        let mut inode = self.inode_of(&mut st, entry.node)?;
+        if entry.copy_of.is_some() {
+            self.dismiss(&mut st, &entry)?;
+        } else {
+            self.delete(&mut st, entry.node)?;
+        }
+        if is_open(ino) {
+            inode.nlink = 0;
+            st.ghosts.insert(ino, inode);
+        }
+        Ok((ino, true))
+    }
+
+    fn rename(
+        &self,
+        _repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+        _is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
+        check_rename(name, newname, noreplace, exchange)?;
+        let mut st = self.state();
+        let src = self.existing(&mut st, parent, name)?;
+        if src.copy_of.is_some() {
+            return Err(FsError::Invalid(
+                "a conflict copy cannot be renamed: copy it, then remove it",
+            ));
+        }
+        let to_dir = st.node_of(newparent)?;
+        let target = st.entry(to_dir, newname)?;
+        if src.kind == crdt::Kind::Dir && Self::is_ancestor(&st, src.node, to_dir) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        let from_dir = st.node_of(parent)?;
+        if exchange {
+            let Some(target) = target else {
+                return Err(FsError::NotFound);
+            };
+            if target.copy_of.is_some() {
+                return Err(FsError::Invalid("a conflict copy cannot be renamed"));
+            }
+            if target.kind == crdt::Kind::Dir && Self::is_ancestor(&st, target.node, from_dir) {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            self.commit(
+                &mut st,
+                VolumeOp::Move {
+                    node: src.node,
+                    parent: to_dir,
+                    name: newname.to_vec(),
+                },
+            )?;
+            self.commit(
+                &mut st,
+                VolumeOp::Move {
+                    node: target.node,
+                    parent: from_dir,
+                    name: name.to_vec(),
+                },
+            )?;
+            return Ok(None);
+        }
+        let mut replaced = None;
+        if let Some(target) = target {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            if target.node == src.node {
+                return Ok(None);
+            }
+            match (src.kind == crdt::Kind::Dir, target.kind == crdt::Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !st.listing(target.node).is_empty() => {
+                    return Err(FsError::NotEmpty)
+                }
+                _ => {}
+            }
+            if target.copy_of.is_some() {
+                self.dismiss(&mut st, &target)?;
+            } else {
+                self.delete(&mut st, target.node)?;
+            }
+            replaced = Some(st.ino_of(target.node));
+        }
+        self.commit(
+            &mut st,
+            VolumeOp::Move {
+                node: src.node,
+                parent: to_dir,
+                name: newname.to_vec(),
+            },
+        )?;
+        Ok(replaced)
+    }
+
+    fn reap_if_unlinked(&self, _repo: &Repo, ino: Ino) -> Result<()> {
+        self.state().ghosts.remove(&ino);
+        Ok(())
+    }
+
+    fn commit_content(
+        &self,
+        _repo: &Repo,
+        ino: Ino,
+        content: Option<BlobRef>,
+        size: u64,
+        mtime: Option<Time>,
+        _version: bool,
+        base: &mut Base,
+    ) -> Result<()> {
+        let mut st = self.state();
+        if let Some(ghost) = st.ghosts.get_mut(&ino) {
+            // Removed while open: the delete stands, nothing more goes to the log.
+            if let Some(c) = content {
+                ghost.content = Some(c);
+            }
+            ghost.size = size;
+            if let Some(t) = mtime {
+                ghost.mtime = t;
+            }
+            return Ok(());
+        }
+        let node = st.node_of(ino)?;
+        let attr = st.vol.attr(&node).ok_or(FsError::NotFound)?;
+        if attr.read_only {
+            return Err(FsError::NotPermitted);
+        }
+        match content {
+            Some(blob) => {
+                let chunk_size = self.inode_of(&mut st, node)?.chunk_size;
+                let content = postcard::to_stdvec(&ContentRef { blob, chunk_size })
+                    .map_err(|e| FsError::Corrupt(format!("encoding a content reference: {e}")))?;
+                let id = self.commit(
+                    &mut st,
+                    VolumeOp::Write {
+                        node,
+                        content,
+                        size,
+                        mtime: from_time(mtime.unwrap_or_else(Time::now)),
+                        base: decode_base(base),
+                    },
+                )?;
+                *base = Some(encode_base(&id));
+            }
+            None => {
+                if let Some(t) = mtime {
+                    self.commit(
+                        &mut st,
+                        VolumeOp::SetAttr {
+                            node,
+                            mode: None,
+                            uid: None,
+                            gid: None,
+                            atime: None,
+                            mtime: Some(from_time(t)),
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn versions_generation(&self) -> u64 {
+        0
+    }
+
+    fn update(
+        &self,
+        _repo: &Repo,
+        ino: Ino,
+        f: &mut dyn FnMut(&mut Inode) -> Result<()>,
+    ) -> Result<Inode> {
+        let mut st = self.state();
+        if let Some(ghost) = st.ghosts.get_mut(&ino) {
+            f(ghost)?;
+            return Ok(ghost.clone());
+        }
+        let node = st.node_of(ino)?;
+        let old = self.inode_of(&mut st, node)?;
+        if st.vol.attr(&node).is_some_and(|a| a.read_only) {
+            return Err(FsError::NotPermitted);
+        }
+        let mut new = old.clone();
+        f(&mut new)?;
+        let changed = |a: bool| a.then_some(());
+        let op = VolumeOp::SetAttr {
+            node,
+            mode: changed(new.perm != old.perm).map(|_| u32::from(new.perm)),
+            uid: changed(new.uid != old.uid).map(|_| new.uid),
+            gid: changed(new.gid != old.gid).map(|_| new.gid),
+            atime: changed(new.atime != old.atime).map(|_| from_time(new.atime)),
+            mtime: changed(new.mtime != old.mtime).map(|_| from_time(new.mtime)),
+        };
+        if matches!(
+            op,
+            VolumeOp::SetAttr {
+                mode: None,
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: None,
+                ..
+            }
+        ) {
+            return Ok(old);
+        }
+        self.commit(&mut st, op)?;
+        self.inode_of(&mut st, node)
+    }
+
+    fn get_xattr(&self, _repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let mut st = self.state();
+        self.inode_locked(&mut st, ino)?;
+        let node = st.node_of(ino)?;
+        st.vol.xattrs(&node).remove(name).ok_or(FsError::NoAttr)
+    }
+
+    fn set_xattr(
+        &self,
+        _repo: &Repo,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        if name.is_empty() || name.len() > NAME_MAX || value.len() > 64 * 1024 {
+            return Err(FsError::Range);
+        }
+        let mut st = self.state();
+        let node = st.node_of(ino)?;
+        self.inode_of(&mut st, node)?;
+        let exists = st.vol.xattrs(&node).contains_key(name);
+        if create && exists {
+            return Err(FsError::Exists);
+        }
+        if replace && !exists {
+            return Err(FsError::NoAttr);
+        }
+        self.commit(
+            &mut st,
+            VolumeOp::SetXattr {
+                node,
+                name: name.to_vec(),
+                value: Some(value.to_vec()),
+            },
+        )?;
+        Ok(())
+    }
+
+    fn list_xattrs(&self, _repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let mut st = self.state();
+        self.inode_locked(&mut st, ino)?;
+        let node = st.node_of(ino)?;
+        Ok(st.vol.xattrs(&node).into_keys().collect())
+    }
+
+    fn remove_xattr(&self, _repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
+        let mut st = self.state();
+        let node = st.node_of(ino)?;
+        self.inode_of(&mut st, node)?;
+        if !st.vol.xattrs(&node).contains_key(name) {
+            return Err(FsError::NoAttr);
+        }
+        self.commit(
+            &mut st,
+            VolumeOp::SetXattr {
+                node,
+                name: name.to_vec(),
+                value: None,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn path_of(&self, _repo: &Repo, inode: &Inode) -> Vec<u8> {
+        let mut st = self.state();
+        crate::model::path_through(inode, |dir| self.inode_locked(&mut st, dir))
+    }
+
+    fn sync(&self, _repo: &Repo) -> Result<()> {
+        // Every op is appended durably as it is made.
+        Ok(())
+    }
+}
