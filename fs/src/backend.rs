@@ -120,6 +120,13 @@ pub trait NamespaceBackend: Send + Sync {
     /// The path of an inode from the volume root (`/a/b/c`).
     fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8>;
 
+    /// How long the kernel may cache attributes and entries. The peer's own volume has one
+    /// writer, this mount, so the kernel's view cannot go stale behind its back; a shared
+    /// volume invalidates what remote changes touch, so it may allow longer.
+    fn cache_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
     /// Commit every change durably (fsync of the namespace).
     fn sync(&self, repo: &Repo) -> Result<()> {
         repo.meta().sync_wal()?;

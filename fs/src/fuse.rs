@@ -21,9 +21,6 @@ use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, R
 use crate::volume::Volume;
 use dfs_node::metrics::{metrics, FuseTimer};
 
-/// How long the kernel may cache attributes and entries. This mount is the only writer of its
-/// volume, so the kernel's view cannot go stale behind its back.
-const TTL: Duration = Duration::from_secs(1);
 const BLOCK: u32 = 4096;
 
 /// A mounted [`Volume`] as a fuser filesystem.
@@ -36,11 +33,14 @@ pub struct DfsFs {
     next_handle: AtomicU64,
     /// Paths of open files, for usage analytics (taken at open, so reads cost no lookup).
     paths: Mutex<HashMap<Ino, String>>,
+    /// How long the kernel may cache attributes and entries ([`crate::backend::NamespaceBackend::cache_ttl`]).
+    ttl: Duration,
 }
 
 impl DfsFs {
     pub fn new(vol: Arc<Volume>) -> Self {
         Self {
+            ttl: vol.ns.cache_ttl(),
             vol,
             dot: DotDfs::default(),
             dirs: Mutex::new(HashMap::new()),
@@ -172,7 +172,7 @@ impl Filesystem for DfsFs {
             self.vol.lookup(parent.0, name.as_bytes())
         };
         match found {
-            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -180,7 +180,7 @@ impl Filesystem for DfsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _timer = FuseTimer::start("getattr");
         match self.attr_any(ino.0) {
-            Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
+            Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -218,7 +218,7 @@ impl Filesystem for DfsFs {
             ctime: ctime.map(Time::from_system),
         };
         match self.vol.setattr(ino.0, &set) {
-            Ok(inode) => reply.attr(&TTL, &attr(ino.0, &inode)),
+            Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -264,7 +264,7 @@ impl Filesystem for DfsFs {
             rdev,
             &[],
         ) {
-            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -294,7 +294,7 @@ impl Filesystem for DfsFs {
             0,
             &[],
         ) {
-            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -350,7 +350,7 @@ impl Filesystem for DfsFs {
             0,
             target,
         ) {
-            Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -404,7 +404,7 @@ impl Filesystem for DfsFs {
             .link(&self.vol.repo, ino.0, newparent.0, newname.as_bytes())
             .and_then(|_| self.vol.attr(ino.0))
         {
-            Ok(inode) => reply.entry(&TTL, &attr(ino.0, &inode), Generation(0)),
+            Ok(inode) => reply.entry(&self.ttl, &attr(ino.0, &inode), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -649,7 +649,7 @@ impl Filesystem for DfsFs {
                 INodeNo(child),
                 next + 1,
                 OsStr::from_bytes(name),
-                &TTL,
+                &self.ttl,
                 &attr(child, &inode),
                 Generation(0),
             ) {
@@ -852,7 +852,7 @@ impl Filesystem for DfsFs {
             });
         match created {
             Ok((ino, inode)) => reply.created(
-                &TTL,
+                &self.ttl,
                 &attr(ino, &inode),
                 Generation(0),
                 FileHandle(ino),

@@ -37,6 +37,10 @@ use crate::model::{
     ROOT,
 };
 
+/// A read-only extended attribute every node of a shared mount answers (and never lists):
+/// `"<volume id> <node id>"` in hex, which `dfs log PATH` reads to find a path's history.
+pub const ID_XATTR: &[u8] = b"user.dfs.id";
+
 /// An op of a shared volume, as the state applies it.
 pub type Op = VolumeOp<OpId, AuthorId>;
 
@@ -911,6 +915,9 @@ impl NamespaceBackend for SharedNamespace {
         let mut st = self.state();
         self.inode_locked(&mut st, ino)?;
         let node = st.node_of(ino)?;
+        if name == ID_XATTR {
+            return Ok(format!("{} {node}", self.inner.volume).into_bytes());
+        }
         st.vol.xattrs(&node).remove(name).ok_or(FsError::NoAttr)
     }
 
@@ -925,6 +932,9 @@ impl NamespaceBackend for SharedNamespace {
     ) -> Result<()> {
         if name.is_empty() || name.len() > NAME_MAX || value.len() > 64 * 1024 {
             return Err(FsError::Range);
+        }
+        if name == ID_XATTR {
+            return Err(FsError::NotPermitted);
         }
         let mut st = self.state();
         let node = st.node_of(ino)?;
@@ -955,6 +965,9 @@ impl NamespaceBackend for SharedNamespace {
     }
 
     fn remove_xattr(&self, _repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
+        if name == ID_XATTR {
+            return Err(FsError::NotPermitted);
+        }
         let mut st = self.state();
         let node = st.node_of(ino)?;
         self.inode_of(&mut st, node)?;
@@ -980,5 +993,10 @@ impl NamespaceBackend for SharedNamespace {
     fn sync(&self, _repo: &Repo) -> Result<()> {
         // Every op is appended durably as it is made.
         Ok(())
+    }
+
+    fn cache_ttl(&self) -> std::time::Duration {
+        // Remote changes invalidate exactly what they touch (see `follow`).
+        std::time::Duration::from_secs(10)
     }
 }

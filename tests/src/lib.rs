@@ -569,3 +569,112 @@ impl MountedNetwork {
         }
     }
 }
+
+/// A shared volume `team` with `n` members, each a separate process mounting it, and one
+/// storage peer that is not a member (everyone's bootstrap; it holds shards and sees neither
+/// names nor plaintext).
+pub struct SharedNetwork {
+    pub storage: Dfs,
+    pub storage_peer: Peer,
+    /// The storage peer's address, which every mount is given with `--peer`.
+    pub boot: String,
+    pub members: Vec<Dfs>,
+    pub mounts: Vec<Option<Mount>>,
+}
+
+/// One volume of `dfs volume list --json`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub name: String,
+    pub members: usize,
+    pub ops: u64,
+    pub joined: bool,
+}
+
+impl Dfs {
+    /// `dfs volume list --json` of the peer running on this data directory.
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        let run = self.run(&["volume", "list", "--json"]).ok();
+        serde_json::from_str(&run.stdout).expect("volume list JSON")
+    }
+}
+
+impl SharedNetwork {
+    /// Create the volume on member 0, let every other member join with its own ticket (all
+    /// as `dfs node`s), then mount it on every member.
+    pub fn start(n: usize) -> SharedNetwork {
+        let storage = Dfs::new();
+        let storage_peer = storage.node(&[]);
+        let boot = storage.address();
+        let members: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
+        let nodes: Vec<Peer> = members.iter().map(|m| m.node(&["--peer", &boot])).collect();
+        members[0].run(&["volume", "create", "team"]).ok();
+        for member in &members[1..] {
+            let ticket = members[0]
+                .run(&["volume", "invite", "team"])
+                .ok()
+                .last_line()
+                .to_string();
+            member.run(&["volume", "join", &ticket]).ok();
+        }
+        for member in &members {
+            wait_for(
+                std::time::Duration::from_secs(30),
+                &format!("volume team joined with {n} members"),
+                || {
+                    member
+                        .volumes()
+                        .into_iter()
+                        .find(|v| v.name == "team" && v.joined && v.members == n)
+                },
+            );
+        }
+        for node in nodes {
+            node.terminate();
+        }
+        let mut net = SharedNetwork {
+            storage,
+            storage_peer,
+            boot,
+            members,
+            mounts: Vec::new(),
+        };
+        for i in 0..n {
+            let mount = net.mount_member(i, true);
+            net.mounts.push(Some(mount));
+        }
+        net
+    }
+
+    /// Where member `i` mounts the volume.
+    pub fn path(&self, i: usize) -> PathBuf {
+        self.members[i].path("mnt")
+    }
+
+    /// Mount the volume on member `i`; `connected` false leaves out the bootstrap peer, so the
+    /// member works alone (nobody knows its new address): a partition.
+    fn mount_member(&self, i: usize, connected: bool) -> Mount {
+        let path = self.path(i);
+        std::fs::create_dir_all(&path).expect("create mount point");
+        let mut args = vec!["--volume", "team"];
+        if connected {
+            args.extend(["--peer", self.boot.as_str()]);
+        }
+        self.members[i].mount_at(&path, &args)
+    }
+
+    /// Unmount member `i` (cleanly: every open file committed).
+    pub fn unmount(&mut self, i: usize) {
+        if let Some(mount) = self.mounts[i].take() {
+            mount.unmount();
+        }
+    }
+
+    /// Mount member `i` again, connected to the others or alone.
+    pub fn remount(&mut self, i: usize, connected: bool) {
+        self.unmount(i);
+        let mount = self.mount_member(i, connected);
+        self.mounts[i] = Some(mount);
+    }
+}
