@@ -608,6 +608,11 @@ impl SharedNetwork {
         let storage_peer = storage.node(&[]);
         let boot = storage.address();
         let members: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
+        for member in &members {
+            // A write is durable on 2 peers: the tests partition a member on purpose, and a
+            // network of 4 that just lost one cannot reach the default (data shards + 1).
+            member.configure("[placement]\ndurable_peers = 2\n");
+        }
         let nodes: Vec<Peer> = members.iter().map(|m| m.node(&["--peer", &boot])).collect();
         members[0].run(&["volume", "create", "team"]).ok();
         for member in &members[1..] {

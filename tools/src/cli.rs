@@ -208,6 +208,25 @@ Retention: [versions] keep_last (32) and keep_daily_days (30) in DATA/config.tom
         /// A file (or a deleted file's former path) inside a dfs mount
         path: PathBuf,
     },
+    /// Show the signed history of a file or directory in a mounted shared volume
+    #[command(
+        long_about = "Show the signed history of PATH, a file, directory or symlink in a \
+mounted shared volume (`dfs mount --volume NAME`), oldest first: when each op was made (UTC), \
+by whom (the first 8 hex digits of the member's key), what it did, and its version \
+(`<millis>.<counter>@<author>#<seq>`, unique in the volume). For a directory this includes the \
+ops that created, moved in or out, or deleted its entries. It reads the log through the API of \
+the peer on the data directory: give the --data of the `dfs mount` serving PATH."
+    )]
+    Log {
+        /// A file, directory or symlink inside a mounted shared volume
+        path: PathBuf,
+        /// Show only the newest N ops [default: all]
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore an old version of a file in a dfs mount (as a new version)
     Revert {
         /// The file inside a dfs mount
@@ -499,6 +518,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 println!("{name}\t{}", human_bytes(size));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Log { path, limit, json } => {
+            crate::history::run(&data_dir(args.data)?, &path, json, limit)
         }
         Command::Revert { path, version } => {
             let dir = versions_dir(&path)?;

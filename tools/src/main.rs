@@ -24,6 +24,7 @@ pub(crate) use notice;
 mod cache;
 mod cli;
 mod events;
+mod history;
 mod peer;
 mod progress;
 mod stats;

@@ -1,5 +1,6 @@
-//! `dfs volume create|list|invite|join`: shared volumes, through the API of the peer running on
-//! the data directory (it owns the op logs and dials the members).
+//! `dfs volume create|list|invite|join|log`: shared volumes, through the API of the peer
+//! running on the data directory (it owns the op logs and dials the members). `log` describes
+//! each op with [`crate::history`], as `dfs log PATH` does.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use dfs_node::api::{CreateVolume, Invitation, JoinVolume};
 use dfs_node::volumes::{LogEntry, VolumeInfo};
+use serde::Serialize;
 
 use crate::peer::{api_get, api_post};
 
@@ -90,28 +92,22 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
         VolumeCommand::Log { name, limit, json } => {
             let route = format!("/v1/volumes/{name}/log?limit={limit}");
             let entries: Vec<LogEntry> = api_get(data, &route)?;
+            let lines = crate::history::describe_all(&entries);
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                let rows: Vec<LogRow> = entries
+                    .iter()
+                    .zip(&lines)
+                    .map(|(entry, line)| LogRow {
+                        entry,
+                        time: &line.time,
+                        op: &line.op,
+                        detail: &line.detail,
+                        version: &line.version,
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
-                    "{:<24} {:<18} {:>5}  {:<8} DATA",
-                    "TIME (UTC)", "AUTHOR", "SEQ", "OP"
-                );
-                for e in entries {
-                    let author = e.author.get(..16).unwrap_or(&e.author);
-                    let data = if e.data.len() > 40 {
-                        format!("{}... ({} bytes)", &e.data[..40], e.data.len() / 2)
-                    } else {
-                        e.data.clone()
-                    };
-                    println!(
-                        "{:<31} {:<17} {:>5}  {:<8} {data}",
-                        utc(e.millis),
-                        author,
-                        e.seq,
-                        e.kind
-                    );
-                }
+                crate::history::print_lines(&lines);
             }
         }
         VolumeCommand::Join { ticket, name } => {
@@ -123,6 +119,17 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One op of `dfs volume log --json`: the API's entry and the op in words.
+#[derive(Serialize)]
+struct LogRow<'a> {
+    #[serde(flatten)]
+    entry: &'a LogEntry,
+    time: &'a str,
+    op: &'a str,
+    detail: &'a str,
+    version: &'a str,
 }
 
 /// The op time as the sortable UTC name versions have (`.dfs/versions`).

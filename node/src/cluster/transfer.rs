@@ -103,7 +103,11 @@ async fn fetch_checked(
                 Ok(image)
             }
             Ok(Some(_)) => Err("the local copy is corrupt".into()),
-            Ok(None) => Err("not in the local store".into()),
+            // Kept here for another peer (a chunk another member of a shared volume wrote).
+            Ok(None) => cluster
+                .network
+                .held_shard(id, index)
+                .ok_or_else(|| "not in the local store".into()),
             Err(e) => Err(e.to_string()),
         };
     }
@@ -338,13 +342,24 @@ pub async fn locate(
         layout: header.layout,
         len: header.chunk_len,
     };
-    let mut holders: Vec<(u8, Vec<u8>)> = targets(header.layout.shard_count())
+    // The holder that answered first, then the targets, then every other member for every
+    // shard (a chunk written while its writer was alone is all on the writer until the
+    // rebalancing moves it).
+    let count = header.layout.shard_count();
+    let mut holders: Vec<(u8, Vec<u8>)> = vec![(index, peer.to_bytes())];
+    let ranked: Vec<PeerId> = hrw::rank(id, &candidates)
         .into_iter()
-        .map(|(i, p)| (i, p.to_bytes()))
+        .filter_map(|i| Some(members.list.get(i)?.id))
         .collect();
-    holders.retain(|h| *h != (index, peer.to_bytes()));
-    // The holder that answered first, so the read asks it again before any guess.
-    holders.insert(0, (index, peer.to_bytes()));
+    let more = targets(count)
+        .into_iter()
+        .chain((0..count as u8).flat_map(|i| ranked.iter().map(move |p| (i, *p))));
+    for (i, p) in more {
+        let h = (i, p.to_bytes());
+        if !holders.contains(&h) {
+            holders.push(h);
+        }
+    }
     Some((record, Placed { holders }))
 }
 

@@ -132,6 +132,14 @@ impl HeldShards {
         Ok(Response::Stored)
     }
 
+    /// The image of a held shard, if it is here and verifies.
+    pub fn read_verified(&self, chunk: &ChunkId, index: u8) -> Option<Vec<u8>> {
+        let image = self.store.read(chunk, index).ok()??;
+        ShardHeader::decode_expected(&image, *chunk, index)
+            .is_ok()
+            .then_some(image)
+    }
+
     fn fetch(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {
         match self.store.read(&chunk, index)? {
             Some(image) if ShardHeader::decode_expected(&image, chunk, index).is_ok() => {

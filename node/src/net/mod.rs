@@ -251,6 +251,7 @@ pub struct Network {
     started: Instant,
     cluster: Arc<std::sync::Mutex<Option<std::sync::Weak<crate::cluster::Cluster>>>>,
     hub: Arc<sync::OpsHub>,
+    held: Arc<held::HeldShards>,
 }
 
 impl Network {
@@ -267,7 +268,7 @@ impl Network {
         let held = Arc::new(held::HeldShards::open(repo, options.capacity)?);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let started = Instant::now();
-        let node = swarm::Node::new(key, held, options, rx, started, hub.clone())?;
+        let node = swarm::Node::new(key, held.clone(), options, rx, started, hub.clone())?;
         tokio::spawn(node.run());
         let network = Network {
             commands,
@@ -276,6 +277,7 @@ impl Network {
             started,
             cluster: Arc::default(),
             hub,
+            held,
         };
         // Every volume this peer keeps is followed from the start.
         let volumes = crate::volumes::records(&network.hub)
@@ -288,6 +290,12 @@ impl Network {
 
     pub fn local_id(&self) -> PeerId {
         self.local
+    }
+
+    /// A verified shard this peer holds for another peer (a member of a shared volume reading
+    /// a chunk another member wrote may find some of its shards here).
+    pub fn held_shard(&self, chunk: &ChunkId, index: u8) -> Option<Vec<u8>> {
+        self.held.read_verified(chunk, index)
     }
 
     /// The op log of this peer, its clock and the streams of new ops ([`sync::OpsHub`]).
