@@ -18,6 +18,7 @@ use fuser::{
 
 use crate::dotdfs::{self, is_virtual, DotDfs};
 use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, ROOT};
+use crate::quiesce::Requests;
 use crate::volume::Volume;
 use dfs_node::metrics::{metrics, FuseTimer};
 
@@ -33,13 +34,16 @@ pub struct DfsFs {
     next_handle: AtomicU64,
     /// Paths of open files, for usage analytics (taken at open, so reads cost no lookup).
     paths: Mutex<HashMap<Ino, String>>,
+    /// Requests in progress, for the grace period before a remote change is invalidated.
+    requests: Arc<Requests>,
     /// How long the kernel may cache attributes and entries ([`crate::backend::NamespaceBackend::cache_ttl`]).
     ttl: Duration,
 }
 
 impl DfsFs {
-    pub fn new(vol: Arc<Volume>) -> Self {
+    pub fn new(vol: Arc<Volume>, requests: Arc<Requests>) -> Self {
         Self {
+            requests,
             ttl: vol.ns.cache_ttl(),
             vol,
             dot: DotDfs::default(),
@@ -166,6 +170,7 @@ impl Filesystem for DfsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _timer = FuseTimer::start("lookup");
+        let _active = self.requests.enter();
         let found = if read_only(parent, name) {
             self.dot.lookup(&self.vol, parent.0, name.as_bytes())
         } else {
@@ -179,6 +184,7 @@ impl Filesystem for DfsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _timer = FuseTimer::start("getattr");
+        let _active = self.requests.enter();
         match self.attr_any(ino.0) {
             Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
@@ -204,6 +210,7 @@ impl Filesystem for DfsFs {
         reply: ReplyAttr,
     ) {
         let _timer = FuseTimer::start("setattr");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
@@ -225,6 +232,7 @@ impl Filesystem for DfsFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _timer = FuseTimer::start("readlink");
+        let _active = self.requests.enter();
         match self.attr_any(ino.0) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -243,6 +251,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("mknod");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
@@ -279,6 +288,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("mkdir");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
@@ -301,6 +311,7 @@ impl Filesystem for DfsFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("unlink");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
@@ -313,6 +324,7 @@ impl Filesystem for DfsFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("rmdir");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
@@ -332,6 +344,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("symlink");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, link_name) {
             return reply.error(Errno::EROFS);
@@ -366,6 +379,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("rename");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
@@ -395,6 +409,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _timer = FuseTimer::start("link");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
@@ -411,6 +426,7 @@ impl Filesystem for DfsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timer = FuseTimer::start("open");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 reply.error(Errno::EROFS)
@@ -446,6 +462,7 @@ impl Filesystem for DfsFs {
         reply: ReplyData,
     ) {
         let _timer = FuseTimer::start("read");
+        let _active = self.requests.enter();
         let data = if is_virtual(ino.0) {
             self.dot.read(&self.vol, ino.0, offset, size as usize)
         } else {
@@ -476,6 +493,7 @@ impl Filesystem for DfsFs {
         reply: ReplyWrite,
     ) {
         let _timer = FuseTimer::start("write");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -498,6 +516,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("flush");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -518,6 +537,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("release");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -542,6 +562,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("fsync");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -553,6 +574,7 @@ impl Filesystem for DfsFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _timer = FuseTimer::start("opendir");
+        let _active = self.requests.enter();
         let listing = if is_virtual(ino.0) {
             self.dot.list(&self.vol, ino.0)
         } else {
@@ -580,6 +602,7 @@ impl Filesystem for DfsFs {
         mut reply: ReplyDirectory,
     ) {
         let _timer = FuseTimer::start("readdir");
+        let _active = self.requests.enter();
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -620,6 +643,7 @@ impl Filesystem for DfsFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _timer = FuseTimer::start("readdirplus");
+        let _active = self.requests.enter();
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -669,6 +693,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("releasedir");
+        let _active = self.requests.enter();
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -685,6 +710,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("fsyncdir");
+        let _active = self.requests.enter();
         match self.vol.sync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -693,6 +719,7 @@ impl Filesystem for DfsFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _timer = FuseTimer::start("statfs");
+        let _active = self.requests.enter();
         match nix::sys::statvfs::statvfs(self.vol.repo.path()) {
             Ok(st) => {
                 let storage = &self.vol.repo.config().storage;
@@ -729,6 +756,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("setxattr");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -754,6 +782,7 @@ impl Filesystem for DfsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _timer = FuseTimer::start("getxattr");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.error(Errno::ENODATA);
         }
@@ -771,6 +800,7 @@ impl Filesystem for DfsFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _timer = FuseTimer::start("listxattr");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.size(0);
         }
@@ -795,6 +825,7 @@ impl Filesystem for DfsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("removexattr");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -810,6 +841,7 @@ impl Filesystem for DfsFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         let _timer = FuseTimer::start("access");
+        let _active = self.requests.enter();
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         match self.attr_any(ino.0) {
             Ok(_) => reply.ok(),
@@ -828,6 +860,7 @@ impl Filesystem for DfsFs {
         reply: ReplyCreate,
     ) {
         let _timer = FuseTimer::start("create");
+        let _active = self.requests.enter();
         self.usage(req, None, false, 0, 0);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
@@ -873,6 +906,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _timer = FuseTimer::start("fallocate");
+        let _active = self.requests.enter();
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -908,6 +942,7 @@ impl Filesystem for DfsFs {
         reply: ReplyLseek,
     ) {
         let _timer = FuseTimer::start("lseek");
+        let _active = self.requests.enter();
         match self.seek(ino.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),

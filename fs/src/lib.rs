@@ -18,6 +18,7 @@ pub mod fuse;
 pub mod link;
 pub mod model;
 pub mod mount;
+pub mod quiesce;
 pub mod shared;
 pub mod snapshot;
 pub mod versions;

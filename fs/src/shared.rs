@@ -41,6 +41,9 @@ use crate::model::{
 /// `"<volume id> <node id>"` in hex, which `dfs log PATH` reads to find a path's history.
 pub const ID_XATTR: &[u8] = b"user.dfs.id";
 
+/// Remote ops applied before the kernel is told what they changed.
+const BATCH: usize = 256;
+
 /// An op of a shared volume, as the state applies it.
 pub type Op = VolumeOp<OpId, AuthorId>;
 
@@ -357,9 +360,14 @@ impl SharedNamespace {
             author: op.id.author,
             seq: op.seq,
         };
+        let node = fs_op.node();
         match st.vol.apply(stamp, fs_op) {
             Ok(change) if change.is_empty() => Vec::new(),
-            Ok(change) => st.refresh(&change),
+            Ok(change) => {
+                let invals = st.refresh(&change);
+                tracing::debug!(op = %op.id, %node, ino = ?st.inos.get(&node), ?invals, "op applied");
+                invals
+            }
             Err(e) => {
                 tracing::warn!(op = %op.id, error = %e, "op of the shared volume refused");
                 Vec::new()
@@ -367,13 +375,15 @@ impl SharedNamespace {
         }
     }
 
-    /// Apply ops as the peer takes them in, until the peer stops, calling `invalidate` for
-    /// what the kernel must forget (outside the state lock: the kernel may call back into the
-    /// mount while it invalidates). Runs on a thread of its own.
+    /// Apply ops as the peer takes them in, until the peer stops, handing `invalidate` what
+    /// the kernel must forget, a batch at a time (every op already waiting is applied first;
+    /// called outside the state lock: the kernel may call back into the mount while it
+    /// invalidates). Runs on a thread of its own.
     pub fn follow(
         &self,
-        invalidate: impl Fn(Inval) + Send + 'static,
+        invalidate: impl Fn(Vec<Inval>) + Send + 'static,
     ) -> std::thread::JoinHandle<()> {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut rx = self.inner.hub.follow(&self.inner.volume);
         let ns = self.clone();
         // Ops appended between the rebuild and the subscription above.
@@ -383,22 +393,33 @@ impl SharedNamespace {
         std::thread::Builder::new()
             .name("dfs-volume".into())
             .spawn(move || loop {
-                let invals = match rx.blocking_recv() {
-                    Ok(op) => {
-                        let mut st = ns.state();
-                        ns.take_locked(&mut st, &op)
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                let mut invals = match rx.blocking_recv() {
+                    Ok(op) => ns.take(&op),
+                    Err(RecvError::Lagged(missed)) => {
                         tracing::info!(missed, "volume stream lagged: reading the log again");
                         ns.rescan_invalidating()
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return,
                 };
-                for inval in invals {
-                    invalidate(inval);
+                for _ in 0..BATCH {
+                    match rx.try_recv() {
+                        Ok(op) => invals.extend(ns.take(&op)),
+                        Err(TryRecvError::Lagged(_)) => invals.extend(ns.rescan_invalidating()),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return,
+                    }
+                }
+                if !invals.is_empty() {
+                    invals.dedup();
+                    invalidate(invals);
                 }
             })
             .unwrap_or_else(|e| panic!("cannot start the volume follower thread: {e}"))
+    }
+
+    fn take(&self, op: &SignedOp) -> Vec<Inval> {
+        let mut st = self.state();
+        self.take_locked(&mut st, op)
     }
 
     fn rescan_invalidating(&self) -> Vec<Inval> {

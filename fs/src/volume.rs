@@ -160,6 +160,26 @@ impl Volume {
         Ok(())
     }
 
+    /// Another member changed `ino` (a shared volume): an open file with no change of its own
+    /// pending takes the new content, so its readers see it; one with local writes keeps them
+    /// (their commit then names the version they started from, and the two conflict).
+    pub fn reload_if_clean(&self, ino: Ino) {
+        let Some(state) = self.open_state(ino) else {
+            return;
+        };
+        let mut st = lock(&state);
+        if st.closed || st.content.changed || st.mtime.is_some() {
+            return;
+        }
+        match self.ns.inode(&self.repo, ino) {
+            Ok(inode) if inode.kind == Kind::File && inode.base != st.base => {
+                st.content = FileContent::new(&inode);
+                st.base = inode.base;
+            }
+            _ => {}
+        }
+    }
+
     /// Close one handle: commit (recording a version), and when it was the last, close the
     /// state so a request that raced the close cannot leave a change in it uncommitted.
     pub fn release(&self, ino: Ino) -> Result<()> {

@@ -1,0 +1,199 @@
+//! The shared namespace over a real op log (RocksDB, signed ops) without a network: every
+//! change is an op in the log, the namespace rebuilt from the log shows the same tree, POSIX
+//! errors come out as the local volume's do, and what a shared tree cannot hold is refused.
+
+use std::sync::Arc;
+
+use dfs_fs::backend::NamespaceBackend;
+use dfs_fs::model::{Caller, FsError, Kind, Time, ROOT};
+use dfs_fs::shared::{SharedNamespace, ID_XATTR};
+use dfs_node::net::sync::OpsHub;
+use dfs_node::Repo;
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 100,
+};
+
+struct Fixture {
+    repo: Arc<Repo>,
+    hub: Arc<OpsHub>,
+    volume: dfs_node::oplog::VolumeId,
+    secret: [u8; 32],
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(&dir.path().join("data")).expect("open repo"));
+    let key = dfs_node::net::identity::load_or_create(&dir.path().join("identity.key"))
+        .expect("identity")
+        .try_into_ed25519()
+        .expect("an ed25519 key");
+    let hub = Arc::new(OpsHub::new(repo.clone(), key));
+    let volume = dfs_node::volumes::create(&hub, "team").expect("create volume");
+    let (_, record) = dfs_node::volumes::by_name(&hub, "team").expect("record");
+    Fixture {
+        repo,
+        hub,
+        volume,
+        secret: record.secret,
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    fn open(&self) -> SharedNamespace {
+        SharedNamespace::open(
+            self.hub.clone(),
+            self.volume,
+            &self.secret,
+            1 << 16,
+            ME,
+            Box::new(|_| {}),
+        )
+        .expect("open the shared namespace")
+    }
+}
+
+/// The tree as (path, kind, perm, size) rows, depth first.
+fn tree(ns: &SharedNamespace, repo: &Repo) -> Vec<(String, Kind, u16, u64)> {
+    fn walk(
+        ns: &SharedNamespace,
+        repo: &Repo,
+        dir: u64,
+        prefix: &str,
+        out: &mut Vec<(String, Kind, u16, u64)>,
+    ) {
+        for e in ns.list(repo, dir).expect("list") {
+            let inode = ns.inode(repo, e.ino).expect("inode");
+            let path = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+            out.push((path.clone(), inode.kind, inode.perm, inode.size));
+            if inode.kind == Kind::Dir {
+                walk(ns, repo, e.ino, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(ns, repo, ROOT, "", &mut out);
+    out
+}
+
+#[test]
+fn every_change_is_an_op_and_the_log_rebuilds_the_same_tree() {
+    let f = fixture();
+    let ns = f.open();
+    let repo = &f.repo;
+    let ops_before = f.hub.oplog().len(&f.volume).expect("len");
+
+    let (docs, _) = ns
+        .create(repo, ROOT, b"docs", Kind::Dir, 0o755, ME, 0, &[])
+        .expect("mkdir");
+    let (file, inode) = ns
+        .create(repo, docs, b"a.txt", Kind::File, 0o644, ME, 0, &[])
+        .expect("create");
+    assert_eq!((inode.uid, inode.gid, inode.nlink), (1000, 100, 1));
+    ns.create(repo, docs, b"link", Kind::Symlink, 0o777, ME, 0, b"a.txt")
+        .expect("symlink");
+    ns.rename(repo, docs, b"a.txt", ROOT, b"b.txt", false, false, &|_| {
+        false
+    })
+    .expect("rename");
+    let updated = ns
+        .update(repo, file, &mut |i| {
+            i.perm = 0o600;
+            i.mtime = Time { secs: 7, nsec: 0 };
+            Ok(())
+        })
+        .expect("chmod");
+    assert_eq!((updated.perm, updated.mtime.secs), (0o600, 7));
+    ns.set_xattr(repo, file, b"user.note", b"hi", true, false)
+        .expect("setxattr");
+    assert_eq!(
+        ns.get_xattr(repo, file, b"user.note").expect("getxattr"),
+        b"hi"
+    );
+    let id = ns.get_xattr(repo, file, ID_XATTR).expect("id xattr");
+    assert!(String::from_utf8_lossy(&id).starts_with(&f.volume.to_string()));
+    assert!(ns
+        .list_xattrs(repo, file)
+        .expect("listxattr")
+        .iter()
+        .all(|n| n != ID_XATTR));
+
+    // mkdir, create, symlink, rename, chmod (mode and mtime in one op), setxattr.
+    assert_eq!(f.hub.oplog().len(&f.volume).expect("len"), ops_before + 6);
+    let before = tree(&ns, repo);
+    assert_eq!(
+        before,
+        vec![
+            ("/b.txt".to_string(), Kind::File, 0o600, 0),
+            ("/docs".to_string(), Kind::Dir, 0o755, 1),
+            ("/docs/link".to_string(), Kind::Symlink, 0o777, 5),
+        ]
+    );
+    // A second mount of the same log (a restart) shows the same tree.
+    assert_eq!(tree(&f.open(), repo), before);
+
+    ns.remove(repo, ROOT, b"b.txt", false, &|_| false)
+        .expect("unlink");
+    assert!(matches!(
+        ns.lookup(repo, ROOT, b"b.txt"),
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(tree(&f.open(), repo), tree(&ns, repo));
+}
+
+#[test]
+fn posix_errors_and_what_a_shared_tree_cannot_hold() {
+    let f = fixture();
+    let ns = f.open();
+    let repo = &f.repo;
+    let (dir, _) = ns
+        .create(repo, ROOT, b"d", Kind::Dir, 0o755, ME, 0, &[])
+        .expect("mkdir");
+    let (file, _) = ns
+        .create(repo, dir, b"f", Kind::File, 0o644, ME, 0, &[])
+        .expect("create");
+    let len = f.hub.oplog().len(&f.volume).expect("len");
+    let refused = |r: Result<(), FsError>, errno: i32| {
+        let e = r.expect_err("refused");
+        assert_eq!(e.errno(), errno, "{e}");
+    };
+    refused(
+        ns.create(repo, dir, b"f", Kind::File, 0o644, ME, 0, &[])
+            .map(drop),
+        libc::EEXIST,
+    );
+    refused(
+        ns.remove(repo, ROOT, b"d", true, &|_| false).map(drop),
+        libc::ENOTEMPTY,
+    );
+    refused(
+        ns.remove(repo, dir, b"f", true, &|_| false).map(drop),
+        libc::ENOTDIR,
+    );
+    refused(
+        ns.rename(repo, ROOT, b"d", dir, b"inside", false, false, &|_| false)
+            .map(drop),
+        libc::EINVAL,
+    );
+    refused(
+        ns.create(repo, dir, b"x/y", Kind::File, 0o644, ME, 0, &[])
+            .map(drop),
+        libc::EINVAL,
+    );
+    refused(ns.link(repo, file, ROOT, b"hard").map(drop), libc::EPERM);
+    refused(
+        ns.create(repo, ROOT, b"fifo", Kind::Fifo, 0o644, ME, 0, &[])
+            .map(drop),
+        libc::EPERM,
+    );
+    refused(
+        ns.set_xattr(repo, file, ID_XATTR, b"forged", false, false),
+        libc::EPERM,
+    );
+    refused(ns.lookup(repo, ROOT, b"missing").map(drop), libc::ENOENT);
+    // Nothing refused reached the log.
+    assert_eq!(f.hub.oplog().len(&f.volume).expect("len"), len);
+}
