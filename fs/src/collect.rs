@@ -2,7 +2,8 @@
 //!
 //! Retention is applied to every version (files that stopped changing and deleted files too),
 //! then every chunk still needed is marked: the chunk trees of every file and of every retained
-//! version, interior nodes included. The volume's references to all other chunks are dropped
+//! version, and of every write any shared volume's log holds (this peer's mounts of shared
+//! volumes write their chunks under the same owner), interior nodes included. The volume's references to all other chunks are dropped
 //! and the store's mark-and-sweep ([`Repo::gc`]) removes what no one refers to. A tree that
 //! cannot be read stops the collection before anything is dropped: losing track of a chunk
 //! must never delete it.
@@ -64,7 +65,12 @@ fn mark(repo: &Repo, blob: &BlobRef, live: &mut HashSet<ChunkId>) -> Result<(), 
 
 /// Expire versions, then drop the volume's references to chunks no file or version uses, and
 /// sweep. Runs with the data directory locked (not while mounted).
-pub fn collect(repo: &Repo, ns: &Namespace, now: Time) -> Result<CollectReport, CollectError> {
+pub fn collect(
+    repo: &Repo,
+    ns: &Namespace,
+    shared: &[BlobRef],
+    now: Time,
+) -> Result<CollectReport, CollectError> {
     let mut report = CollectReport::default();
     let inodes = ns.all_inodes(repo)?;
     let exists: HashSet<u64> = inodes.iter().map(|(ino, _)| *ino).collect();
@@ -88,6 +94,12 @@ pub fn collect(repo: &Repo, ns: &Namespace, now: Time) -> Result<CollectReport, 
                 source,
             })?;
         }
+    }
+    for (i, blob) in shared.iter().enumerate() {
+        mark(repo, blob, &mut live).map_err(|source| CollectError::Tree {
+            what: format!("shared-volume write {i}"),
+            source,
+        })?;
     }
     for v in versions::all(repo)? {
         mark(repo, &v.record.content, &mut live).map_err(|source| CollectError::Tree {

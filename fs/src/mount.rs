@@ -135,7 +135,11 @@ pub fn mount(
         }
     };
     let volume = Arc::new(match &options.shared {
-        Some(shared) => Volume::with_backend(repo, Box::new(shared.clone())),
+        Some(shared) => {
+            // Its chunks are written under the volume owner, like the own volume's.
+            repo.ensure_volume_owner().map_err(FsError::from)?;
+            Volume::with_backend(repo, Box::new(shared.clone()))
+        }
         None => Volume::open(repo, owner)?,
     });
 

@@ -4,8 +4,11 @@
 //! - **Reads** answer from the state, held in memory and rebuilt from the log when the mount
 //!   starts (the log in RocksDB is the durable copy).
 //! - **Local changes** become [`VolumeOp`]s: encoded, sealed with the volume's [`OpKey`],
-//!   signed and appended durably by the peer's [`OpsHub`], gossiped, then applied to the state,
-//!   all under the state lock so that the check (name free, directory empty) and the op agree.
+//!   signed and appended by the peer's [`OpsHub`] and applied to the state, all under the
+//!   state lock so that the check (name free, directory empty) and the op agree. The append
+//!   does not wait for the disk; a publisher thread syncs what accumulated (one fsync for many
+//!   ops) and only then gossips it, so no op leaves the peer before it is durable here, and
+//!   fsync(2) syncs at once.
 //! - **Remote changes** arrive on the hub's stream of the volume; [`SharedNamespace::follow`]
 //!   applies each and reports what the kernel must forget ([`Inval`]): names whose entry
 //!   changed, found by comparing the cached listing of each changed directory before and
@@ -19,7 +22,7 @@
 //! (the merged state knows files, directories and symlinks): both are refused with EPERM.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use dfs_node::crypto::OpKey;
 use dfs_node::net::sync::OpsHub;
@@ -99,6 +102,38 @@ pub fn decode_op(key: &OpKey, op: &SignedOp) -> std::result::Result<Option<Op>, 
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The content every `Write` of every shared volume kept in `repo` refers to, superseded
+/// versions included: what `dfs gc` must not reclaim (the own volume's namespace does not
+/// know these chunks). Keeping every version is the safe side until shared volumes have a
+/// retention policy.
+pub fn referenced_content(repo: &Arc<Repo>) -> Result<Vec<BlobRef>> {
+    let log = dfs_node::oplog::OpLog::new(repo.clone());
+    let volumes = dfs_node::volumes::records_in(repo.meta())
+        .map_err(|e| FsError::Corrupt(format!("reading the volume table: {e}")))?;
+    let mut out = Vec::new();
+    for (volume, record) in volumes {
+        let key = OpKey::of_volume(&record.secret);
+        let mut after = None;
+        loop {
+            let page = log
+                .scan(&volume, after.as_ref(), 1024)
+                .map_err(|e| FsError::Corrupt(format!("reading the log of {volume}: {e}")))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for op in &page {
+                let Ok(Some(VolumeOp::Write { content, .. })) = decode_op(&key, op) else {
+                    continue;
+                };
+                let c: ContentRef = postcard::from_bytes(&content).map_err(|e| {
+                    FsError::Corrupt(format!("content reference of write {}: {e}", op.id))
+                })?;
+                out.push(c.blob);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// For each author, the longest run of sequence numbers 1..=n this mount has taken in: what a
@@ -267,6 +302,53 @@ struct Inner {
     /// Who mounted: shown as the owner of the volume's root.
     owner: Caller,
     state: Mutex<State>,
+    /// Local ops appended but not yet synced, so not yet published ([`Inner::publish_ready`]).
+    outbox: Mutex<Vec<SignedOp>>,
+    outbox_ready: Condvar,
+}
+
+impl Inner {
+    /// Make the ops in the outbox durable (one fsync for all of them) and publish them.
+    fn publish_ready(&self) -> Result<()> {
+        let ops = std::mem::take(&mut *lock(&self.outbox));
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.hub.sync() {
+            // Kept for the next try: nothing leaves this peer before it is durable here.
+            let mut outbox = lock(&self.outbox);
+            let newer = std::mem::replace(&mut *outbox, ops);
+            outbox.extend(newer);
+            return Err(FsError::Meta(e));
+        }
+        for op in ops {
+            (self.publish)(op);
+        }
+        Ok(())
+    }
+
+    /// The publisher thread: group commit of local ops, then gossip.
+    fn publish_forever(&self) {
+        loop {
+            {
+                let mut outbox = lock(&self.outbox);
+                while outbox.is_empty() {
+                    outbox = self
+                        .outbox_ready
+                        .wait(outbox)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if let Err(e) = self.publish_ready() {
+                tracing::warn!(error = %e, "cannot sync the volume's op log; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The namespace of one shared volume, for one mount. Cheap to clone (one shared state).
@@ -311,15 +393,22 @@ impl SharedNamespace {
                     listings: HashMap::new(),
                     ghosts: HashMap::new(),
                 }),
+                outbox: Mutex::new(Vec::new()),
+                outbox_ready: Condvar::new(),
             }),
         };
+        let inner = ns.inner.clone();
+        std::thread::Builder::new()
+            .name("dfs-volume-publish".into())
+            .spawn(move || inner.publish_forever())
+            .map_err(|e| FsError::Corrupt(format!("cannot start the publisher thread: {e}")))?;
         let taken = ns.rescan()?;
         tracing::info!(%volume, ops = taken, "shared volume state rebuilt from its log");
         Ok(ns)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.state)
     }
 
     /// Apply every op of the log (again: applying is idempotent). Returns how many were read.
@@ -455,10 +544,12 @@ impl SharedNamespace {
         let plain = postcard::to_stdvec(&op)
             .map_err(|e| FsError::Corrupt(format!("encoding an op: {e}")))?;
         let sealed = self.inner.key.seal(&self.inner.volume.0, &plain);
+        // Appended without waiting for the disk, like the own volume's metadata: the
+        // publisher thread syncs and gossips it within moments, and fsync(2) syncs at once.
         let signed = self
             .inner
             .hub
-            .commit(&self.inner.volume, data_payload(&sealed))
+            .commit_deferred(&self.inner.volume, data_payload(&sealed))
             .map_err(|e| FsError::Corrupt(format!("appending to the volume's op log: {e}")))?;
         st.seen.mark(signed.id.author, signed.seq);
         let stamp = Stamp {
@@ -467,7 +558,8 @@ impl SharedNamespace {
             seq: signed.seq,
         };
         let id = signed.id;
-        (self.inner.publish)(signed);
+        lock(&self.inner.outbox).push(signed);
+        self.inner.outbox_ready.notify_one();
         match st.vol.apply(stamp, op) {
             Ok(change) => {
                 // The kernel learns of its own changes from the replies.
@@ -1012,8 +1104,7 @@ impl NamespaceBackend for SharedNamespace {
     }
 
     fn sync(&self, _repo: &Repo) -> Result<()> {
-        // Every op is appended durably as it is made.
-        Ok(())
+        self.inner.publish_ready()
     }
 
     fn cache_ttl(&self) -> std::time::Duration {

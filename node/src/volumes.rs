@@ -160,10 +160,13 @@ fn decode_record(bytes: &[u8]) -> Result<VolumeRecord, VolumeError> {
 
 /// Every volume this peer keeps, in id order.
 pub fn records(hub: &OpsHub) -> Result<Vec<(VolumeId, VolumeRecord)>, VolumeError> {
-    let rows = hub
-        .oplog()
-        .db()
-        .cf_scan(CF_VOLUMES, &[], None, usize::MAX)?;
+    records_in(hub.oplog().db())
+}
+
+/// Every volume kept in a data directory's database, in id order (for offline commands such
+/// as `dfs gc`, which run without a peer).
+pub fn records_in(db: &crate::meta::MetaDb) -> Result<Vec<(VolumeId, VolumeRecord)>, VolumeError> {
+    let rows = db.cf_scan(CF_VOLUMES, &[], None, usize::MAX)?;
     rows.iter()
         .map(|(k, v)| {
             let id = k

@@ -69,7 +69,7 @@ fn changes_in_one_mount_show_in_the_others_without_remounting() {
     if skip() {
         return;
     }
-    let net = SharedNetwork::start(3);
+    let mut net = SharedNetwork::start(3);
     let (a, b, c) = (net.path(0), net.path(1), net.path(2));
 
     // The kernels of b and c look first, so they hold entries that must be invalidated.
@@ -153,6 +153,23 @@ fn changes_in_one_mount_show_in_the_others_without_remounting() {
     wait_for(Duration::from_secs(5), "docs/one in c", || {
         (names(&c.join("docs")) == BTreeSet::from(["one".to_string()])).then_some(())
     });
+
+    // `dfs gc` on a member keeps what its shared volume refers to (its chunks are written
+    // under the same owner as its own volume's, which the own namespace does not know).
+    let from_b = random_bytes(200_000, 3);
+    std::fs::write(b.join("docs/from-b"), &from_b).expect("write in b");
+    wait_for(Duration::from_secs(10), "b's file in a", || {
+        (std::fs::read(a.join("docs/from-b")).ok()? == from_b).then_some(())
+    });
+    net.unmount(1);
+    let gc = net.members[1].run(&["gc"]).ok();
+    assert!(gc.stdout.contains("removed 0 chunks"), "{gc:?}");
+    net.members[1].run(&["cache", "prune"]).ok();
+    net.remount(1, true);
+    assert_eq!(
+        std::fs::read(b.join("docs/from-b")).expect("read after gc"),
+        from_b
+    );
 
     // The storage peer holds shards of the volume but is no member: no volume, and neither
     // the names nor the plaintext anywhere in its data directory.

@@ -599,7 +599,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc => {
-            let repo = open_repo(args.data)?;
+            let repo = Arc::new(open_repo(args.data)?);
             let has_volume = repo
                 .meta()
                 .put_record(&dfs_node::repo::VOLUME_OWNER)?
@@ -613,7 +613,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     }
                 };
                 let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
-                let collected = dfs_fs::collect::collect(&repo, &ns, dfs_fs::model::Time::now())?;
+                // Chunks that shared volumes' logs refer to are written under this owner too.
+                let shared = dfs_fs::shared::referenced_content(&repo)?;
+                let collected =
+                    dfs_fs::collect::collect(&repo, &ns, &shared, dfs_fs::model::Time::now())?;
                 println!(
                     "volume: {} versions expired, {} chunks in use, {} no longer needed",
                     collected.versions_expired,

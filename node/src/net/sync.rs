@@ -108,6 +108,8 @@ pub struct OpsHub {
     /// the same seq.
     clock: Mutex<HlcClock>,
     followers: Mutex<HashMap<VolumeId, broadcast::Sender<SignedOp>>>,
+    /// Own ops were appended without an fsync since the last [`OpsHub::sync`].
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OpsHub {
@@ -143,6 +145,7 @@ impl OpsHub {
             author,
             clock: Mutex::new(HlcClock::new()),
             followers: Mutex::new(HashMap::new()),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -196,6 +199,41 @@ impl OpsHub {
         Ok(op)
     }
 
+    /// [`OpsHub::commit`] without waiting for the disk: the op is in RocksDB's WAL, not yet
+    /// synced. The caller must not let it leave this peer before [`OpsHub::sync`] returns: an
+    /// op lost in a crash after others saw it would have its sequence number signed again for
+    /// a different op (equivocation, which every member refuses). Pulls from other peers are
+    /// answered only after a sync for that reason.
+    pub fn commit_deferred(
+        &self,
+        volume: &VolumeId,
+        payload: Vec<u8>,
+    ) -> Result<SignedOp, IngestError> {
+        let op = {
+            let mut clock = self.clock();
+            let op = self.sign_next(&mut clock, volume, payload)?;
+            self.oplog.append_with(&op, false)?;
+            self.unsynced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            op
+        };
+        self.deliver(&op);
+        Ok(op)
+    }
+
+    /// Make every op appended so far durable (one fsync of RocksDB's WAL, skipped when none
+    /// of this peer's own ops waits for it).
+    pub fn sync(&self) -> Result<(), crate::meta::MetaError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.unsynced.swap(false, SeqCst) {
+            if let Err(e) = self.repo.meta().sync_wal() {
+                self.unsynced.store(true, SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Sign `payload` as this peer's next op on `volume` without appending it (a join op,
     /// which only a member can take).
     pub(crate) fn sign_unlogged(
@@ -240,7 +278,8 @@ impl OpsHub {
             });
         }
         self.observe(op.id.hlc)?;
-        let appended = self.oplog.append(&op)?;
+        // Not synced: another peer's op lost in a crash is pulled again.
+        let appended = self.oplog.append_with(&op, false)?;
         if appended == Appended::New {
             let delay_ms = physical_now_ms().saturating_sub(op.id.hlc.millis);
             crate::metrics::metrics()
@@ -284,6 +323,11 @@ impl OpsHub {
                 tracing::warn!(%volume, error = %e, "cannot read volume members");
                 return SyncResponse::Refused(SyncRefusal::Internal);
             }
+        }
+        // Own ops appended without an fsync leave this peer only once durable.
+        if let Err(e) = self.sync() {
+            tracing::warn!(%volume, error = %e, "cannot sync the op log");
+            return SyncResponse::Refused(SyncRefusal::Internal);
         }
         let held = match self.oplog.missing(volume, heads, PULL_PAGE) {
             Ok(ops) => ops,

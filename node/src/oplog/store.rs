@@ -384,8 +384,14 @@ impl<M: MetaSource> OpLog<M> {
     /// held is [`Appended::Duplicate`]; otherwise it must verify, its author must be a member
     /// of its volume, and its seq and id must not be taken by a different op. Ops may arrive
     /// in any order: one beyond a gap is stored, and the author's head moves once the gap is
-    /// filled.
+    /// filled. The write is synced before this returns.
     pub fn append(&self, op: &SignedOp) -> Result<Appended, OpLogError> {
+        self.append_with(op, true)
+    }
+
+    /// [`OpLog::append`]; with `durable` false the write goes to RocksDB's WAL without an
+    /// fsync (a later `sync_wal` makes it durable).
+    pub fn append_with(&self, op: &SignedOp, durable: bool) -> Result<Appended, OpLogError> {
         let volume = op.volume;
         let bytes = op.to_bytes();
         let skey = seq_key(&volume, &op.id.author, op.seq);
@@ -432,7 +438,7 @@ impl<M: MetaSource> OpLog<M> {
         .into_iter()
         .chain(membership);
         self.db()
-            .cf_write(writes, true)
+            .cf_write(writes, durable)
             .map_err(|e| db_err(&volume, e))?;
 
         state.len += 1;
