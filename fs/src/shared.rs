@@ -10,9 +10,9 @@
 //!   ops) and only then gossips it, so no op leaves the peer before it is durable here, and
 //!   fsync(2) syncs at once.
 //! - **Remote changes** arrive on the hub's stream of the volume; [`SharedNamespace::follow`]
-//!   applies each and reports what the kernel must forget ([`Inval`]): names whose entry
-//!   changed, found by comparing the cached listing of each changed directory before and
-//!   after, and the inodes whose attributes or content changed.
+//!   applies each and reports what the kernel must forget ([`Inval`]): the names this mount
+//!   handed to the kernel in each changed directory (by lookup, create, rename, readdir) that
+//!   now name another node or nothing, and the inodes whose attributes or content changed.
 //!
 //! Inode numbers are assigned per mount as nodes are first seen (`ROOT` is the root); the
 //! kernel only needs them stable while mounted. Chunk content is referenced by the `Write` op
@@ -69,6 +69,13 @@ impl Timestamp for OpId {
             &name[11..13],
             &name[14..16]
         )
+    }
+
+    fn least() -> Self {
+        OpId {
+            hlc: dfs_node::oplog::Hlc::default(),
+            author: AuthorId([0; 32]),
+        }
     }
 }
 
@@ -168,8 +175,11 @@ struct State {
     inos: HashMap<NodeId, Ino>,
     nodes: HashMap<Ino, NodeId>,
     next_ino: Ino,
-    /// Listings handed out (and so possibly cached by the kernel as entries), kept current.
+    /// Directory listings, computed when asked and dropped when their directory changes.
     listings: HashMap<NodeId, Arc<Vec<Entry>>>,
+    /// Per directory, the names handed to the kernel (by lookup, create, rename, readdir) and
+    /// the node each named then: the entries it may cache, checked on every remote change.
+    exposed: HashMap<NodeId, HashMap<Vec<u8>, NodeId>>,
     /// Files removed while open: what `fstat` on their handles still shows.
     ghosts: HashMap<Ino, Inode>,
 }
@@ -208,11 +218,30 @@ impl State {
     /// The entry `name` of `dir`, a visible directory.
     fn entry(&mut self, dir: NodeId, name: &[u8]) -> Result<Option<Entry>> {
         self.dir_attr(dir)?;
-        let listing = self.listing(dir);
-        Ok(listing
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| listing[i].clone()))
+        Ok(self.vol.lookup(&dir, name))
+    }
+
+    /// The kernel now knows `name` in `dir` as `node`.
+    fn expose(&mut self, dir: NodeId, name: &[u8], node: NodeId) {
+        self.exposed
+            .entry(dir)
+            .or_default()
+            .insert(name.to_vec(), node);
+    }
+
+    /// The kernel dropped `name` in `dir` (this mount removed or renamed it).
+    fn unexpose(&mut self, dir: NodeId, name: &[u8]) {
+        if let Some(names) = self.exposed.get_mut(&dir) {
+            names.remove(name);
+        }
+    }
+
+    /// Forget the listings of the directories a local op changed (the kernel learns of its own
+    /// changes from the replies).
+    fn forget(&mut self, change: &crdt::Change) {
+        for dir in &change.dirs {
+            self.listings.remove(dir);
+        }
     }
 
     fn dir_attr(&self, dir: NodeId) -> Result<crdt::Attr> {
@@ -223,25 +252,30 @@ impl State {
         Ok(attr)
     }
 
-    /// Refresh the cached listings of `change`'s directories, and say which of the names the
-    /// kernel may hold changed.
+    /// After a remote change: drop the listings of its directories and say what the kernel
+    /// must forget: every name it was given there that now names another node or nothing,
+    /// and the changed directories and nodes it may hold.
     fn refresh(&mut self, change: &crdt::Change) -> Vec<Inval> {
         let mut out = Vec::new();
         for dir in &change.dirs {
-            let Some(old) = self.listings.remove(dir) else {
+            self.listings.remove(dir);
+            let Some(mut names) = self.exposed.remove(dir) else {
                 continue;
             };
-            let new = self.listing(*dir);
             let parent = self.ino_of(*dir);
-            let now: HashMap<&[u8], NodeId> =
-                new.iter().map(|e| (e.name.as_slice(), e.node)).collect();
-            for e in old.iter() {
-                if now.get(e.name.as_slice()) != Some(&e.node) {
-                    out.push(Inval::Entry {
-                        parent,
-                        name: e.name.clone(),
-                    });
+            names.retain(|name, node| {
+                let now = self.vol.lookup(dir, name).map(|e| e.node);
+                if now == Some(*node) {
+                    return true;
                 }
+                out.push(Inval::Entry {
+                    parent,
+                    name: name.clone(),
+                });
+                false
+            });
+            if !names.is_empty() {
+                self.exposed.insert(*dir, names);
             }
         }
         for dir in &change.dirs {
@@ -391,6 +425,7 @@ impl SharedNamespace {
                     nodes: HashMap::new(),
                     next_ino: ROOT + 1,
                     listings: HashMap::new(),
+                    exposed: HashMap::new(),
                     ghosts: HashMap::new(),
                 }),
                 outbox: Mutex::new(Vec::new()),
@@ -482,21 +517,36 @@ impl SharedNamespace {
         std::thread::Builder::new()
             .name("dfs-volume".into())
             .spawn(move || loop {
-                let mut invals = match rx.blocking_recv() {
-                    Ok(op) => ns.take(&op),
+                // Every op waiting is applied under one lock, so no request sees the moment
+                // between ops that arrived together (a rename over a file is a delete and a
+                // move, committed and published together).
+                let mut ops = Vec::new();
+                let mut lagged = false;
+                match rx.blocking_recv() {
+                    Ok(op) => ops.push(op),
                     Err(RecvError::Lagged(missed)) => {
                         tracing::info!(missed, "volume stream lagged: reading the log again");
-                        ns.rescan_invalidating()
+                        lagged = true;
                     }
                     Err(RecvError::Closed) => return,
-                };
-                for _ in 0..BATCH {
+                }
+                while ops.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(op) => invals.extend(ns.take(&op)),
-                        Err(TryRecvError::Lagged(_)) => invals.extend(ns.rescan_invalidating()),
+                        Ok(op) => ops.push(op),
+                        Err(TryRecvError::Lagged(_)) => lagged = true,
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Closed) => return,
                     }
+                }
+                let mut invals = Vec::new();
+                {
+                    let mut st = ns.state();
+                    for op in &ops {
+                        invals.extend(ns.take_locked(&mut st, op));
+                    }
+                }
+                if lagged {
+                    invals.extend(ns.rescan_invalidating());
                 }
                 if !invals.is_empty() {
                     invals.dedup();
@@ -504,11 +554,6 @@ impl SharedNamespace {
                 }
             })
             .unwrap_or_else(|e| panic!("cannot start the volume follower thread: {e}"))
-    }
-
-    fn take(&self, op: &SignedOp) -> Vec<Inval> {
-        let mut st = self.state();
-        self.take_locked(&mut st, op)
     }
 
     fn rescan_invalidating(&self) -> Vec<Inval> {
@@ -562,8 +607,7 @@ impl SharedNamespace {
         self.inner.outbox_ready.notify_one();
         match st.vol.apply(stamp, op) {
             Ok(change) => {
-                // The kernel learns of its own changes from the replies.
-                st.refresh(&change);
+                st.forget(&change);
                 Ok(id)
             }
             Err(e) => Err(FsError::Corrupt(format!("own op refused: {e}"))),
@@ -583,15 +627,7 @@ impl SharedNamespace {
         let kind = to_kind(attr.kind);
         let parent_node = st.vol.parent(&node).unwrap_or(NodeId::ROOT);
         let parent = st.ino_of(parent_node);
-        let name = if node == NodeId::ROOT {
-            Vec::new()
-        } else {
-            st.listing(parent_node)
-                .iter()
-                .find(|e| e.node == node)
-                .map(|e| e.name.clone())
-                .unwrap_or_default()
-        };
+        let name = st.vol.name_of(&node).unwrap_or_default();
         let (nlink, size) = match kind {
             Kind::Dir => {
                 let listing = st.listing(node);
@@ -707,7 +743,11 @@ impl NamespaceBackend for SharedNamespace {
                 st.dir_attr(dir)?;
                 st.vol.parent(&dir).ok_or(FsError::NotFound)?
             }
-            _ => st.entry(dir, name)?.ok_or(FsError::NotFound)?.node,
+            _ => {
+                let node = st.entry(dir, name)?.ok_or(FsError::NotFound)?.node;
+                st.expose(dir, name, node);
+                node
+            }
         };
         let ino = st.ino_of(node);
         Ok((ino, self.inode_of(&mut st, node)?))
@@ -718,6 +758,10 @@ impl NamespaceBackend for SharedNamespace {
         let node = st.node_of(dir)?;
         st.dir_attr(node)?;
         let listing = st.listing(node);
+        // readdirplus hands the kernel an entry for each.
+        for e in listing.iter() {
+            st.expose(node, &e.name, e.node);
+        }
         Ok(listing
             .iter()
             .map(|e| DirEntry {
@@ -776,6 +820,7 @@ impl NamespaceBackend for SharedNamespace {
                 target: (kind == Kind::Symlink).then(|| target.to_vec()),
             },
         )?;
+        st.expose(dir, name, node);
         let ino = st.ino_of(node);
         Ok((ino, self.inode_of(&mut st, node)?))
     }
@@ -814,6 +859,8 @@ impl NamespaceBackend for SharedNamespace {
         } else {
             self.delete(&mut st, entry.node)?;
         }
+        let dir = st.node_of(parent)?;
+        st.unexpose(dir, name);
         if is_open(ino) {
             inode.nlink = 0;
             st.ghosts.insert(ino, inode);
@@ -872,6 +919,8 @@ impl NamespaceBackend for SharedNamespace {
                     name: name.to_vec(),
                 },
             )?;
+            st.expose(to_dir, newname, src.node);
+            st.expose(from_dir, name, target.node);
             return Ok(None);
         }
         let mut replaced = None;
@@ -905,6 +954,8 @@ impl NamespaceBackend for SharedNamespace {
                 name: newname.to_vec(),
             },
         )?;
+        st.unexpose(from_dir, name);
+        st.expose(to_dir, newname, src.node);
         Ok(replaced)
     }
 

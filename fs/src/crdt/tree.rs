@@ -209,6 +209,20 @@ where
             .map(|(meta, ts, child)| (child, meta, ts))
     }
 
+    /// The children of `parent` from `from` on, in the order of [`Tree::children`]: with
+    /// `from` the least key of a name, the children of that name first, in O(log n).
+    pub fn children_from<'a>(
+        &'a self,
+        parent: &N,
+        from: (M, T, N),
+    ) -> impl Iterator<Item = (&'a N, &'a M, &'a T)> + 'a {
+        self.children
+            .get(parent)
+            .into_iter()
+            .flat_map(move |set| set.range(from.clone()..))
+            .map(|(meta, ts, child)| (child, meta, ts))
+    }
+
     /// The strict ancestors of `node`, its parent first, ending at `root` or `trash`. Empty for
     /// the roots and for nodes not in the tree.
     pub fn ancestors<'a>(&'a self, node: &N) -> impl Iterator<Item = &'a N> + 'a {

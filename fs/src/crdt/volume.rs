@@ -169,6 +169,9 @@ impl FromStr for NodeId {
 pub trait Timestamp: Ord + Clone + Serialize {
     /// A short human-readable rendering for conflict names, such as `"1126-2227"`.
     fn short_time(&self) -> String;
+
+    /// A timestamp no op has, below every other (for range lookups).
+    fn least() -> Self;
 }
 
 /// Who made an op, when, and where it falls in the author's sequence.
@@ -963,8 +966,6 @@ where
             .filter(|(c, ..)| self.known(c))
             .map(|(c, m, t)| (*c, m, t))
             .collect();
-        // Every real name is reserved before any generated one is given out.
-        let mut taken: BTreeSet<Vec<u8>> = kids.iter().map(|(_, m, _)| (*m).clone()).collect();
         let mut entries = Vec::with_capacity(kids.len());
         let mut renamed = Vec::new();
         let mut prev: Option<&Vec<u8>> = None;
@@ -993,6 +994,19 @@ where
             prev = Some(*name);
         }
         renamed.sort();
+        // Every real name is reserved before any generated one is given out; the set is only
+        // built when some name has to be generated (the common directory needs none).
+        let mut taken: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut reserved = false;
+        let mut reserve = |taken: &mut BTreeSet<Vec<u8>>| {
+            if !reserved {
+                taken.extend(kids.iter().map(|(_, m, _)| (*m).clone()));
+                reserved = true;
+            }
+        };
+        if !renamed.is_empty() {
+            reserve(&mut taken);
+        }
         for (candidate, _, node, kind) in renamed {
             entries.push(Entry {
                 name: unique(candidate, &mut taken),
@@ -1003,6 +1017,11 @@ where
         }
         let mut copies = Vec::new();
         for e in &entries {
+            // Only a file with two writes or more can have a losing head.
+            let several = self.nodes.get(&e.node).is_some_and(|r| r.writes.len() > 1);
+            if !several {
+                continue;
+            }
             if let Some((winner, losers)) = self.heads(&e.node) {
                 for w in losers {
                     let mut candidate = e.name.clone();
@@ -1019,6 +1038,9 @@ where
             }
         }
         copies.sort();
+        if !copies.is_empty() {
+            reserve(&mut taken);
+        }
         for (candidate, node, ts) in copies {
             entries.push(Entry {
                 name: unique(candidate, &mut taken),
@@ -1045,9 +1067,53 @@ where
         self.tree.parent(&node).map(|(p, _, _)| *p)
     }
 
-    /// The entry called `name` in `dir`. O(size of `dir`).
+    /// The created children of `dir` whose edge is named `name`, oldest first.
+    fn named<'a>(&'a self, dir: &NodeId, name: &[u8]) -> impl Iterator<Item = NodeId> + 'a {
+        let wanted = name.to_vec();
+        self.tree
+            .children_from(dir, (name.to_vec(), T::least(), NodeId::ROOT))
+            .take_while(move |(_, meta, _)| **meta == wanted)
+            .filter(|(c, ..)| self.known(c))
+            .map(|(c, ..)| *c)
+    }
+
+    /// The entry called `name` in `dir`: O(log n) for a name an entry really has (the oldest of
+    /// them keeps it) or that no generated name can take (those all contain `" ("`); O(size
+    /// of `dir`) otherwise.
     pub fn lookup(&self, dir: &NodeId, name: &[u8]) -> Option<Entry> {
+        if self.kind(dir) != Some(Kind::Dir) || !self.visible(dir) {
+            return None;
+        }
+        if let Some(node) = self.named(dir, name).next() {
+            return Some(Entry {
+                name: name.to_vec(),
+                node,
+                kind: self.kind(&node).unwrap_or(Kind::File),
+                copy_of: None,
+            });
+        }
+        if !name.windows(2).any(|w| w == b" (") {
+            return None;
+        }
         self.list(dir).into_iter().find(|e| e.name == name)
+    }
+
+    /// The name a visible node or conflict copy is shown under in its directory: O(log n)
+    /// unless it shows under a generated name.
+    pub fn name_of(&self, id: &NodeId) -> Option<Vec<u8>> {
+        if *id == NodeId::ROOT {
+            return Some(Vec::new());
+        }
+        if let Some((parent, meta, _)) = self.tree.parent(id) {
+            if self.visible(id) && self.named(parent, meta).next() == Some(*id) {
+                return Some(meta.clone());
+            }
+        }
+        let parent = self.parent(id)?;
+        self.list(&parent)
+            .into_iter()
+            .find(|e| e.node == *id)
+            .map(|e| e.name)
     }
 
     /// For a conflict copy id: the file and its losing version, if shown now.
@@ -1190,6 +1256,10 @@ mod tests {
     impl Timestamp for (u64, u8) {
         fn short_time(&self) -> String {
             format!("{}.{}", self.0, self.1)
+        }
+
+        fn least() -> Self {
+            (0, 0)
         }
     }
 
@@ -1334,7 +1404,14 @@ mod tests {
                 *listed.entry(e.node).or_default() += 1;
                 assert!(s.attr(&e.node).is_some(), "{e:?} listed without attributes");
                 assert_eq!(s.attr(&e.node).map(|a| a.kind), Some(e.kind));
+                // The fast paths agree with the listing.
+                assert_eq!(s.lookup(d, &e.name).as_ref(), Some(e), "lookup in {d:?}");
+                assert_eq!(s.name_of(&e.node).as_ref(), Some(&e.name), "name of {e:?}");
+                assert_eq!(s.parent(&e.node), Some(*d), "parent of {e:?}");
             }
+            let mut absent = b"absent".to_vec();
+            absent.extend_from_slice(&d.0[..2]);
+            assert_eq!(s.lookup(d, &absent), None);
         }
         for n in ids {
             if *n != ROOT && s.attr(n).is_some() {
