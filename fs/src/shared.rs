@@ -628,12 +628,12 @@ impl SharedNamespace {
         let parent_node = st.vol.parent(&node).unwrap_or(NodeId::ROOT);
         let parent = st.ino_of(parent_node);
         let name = st.vol.name_of(&node).unwrap_or_default();
+        // A directory reports one link and size 0, as btrfs does: counting its entries would
+        // cost a listing per getattr, and the kernel asks for the attributes of the directory
+        // after every change in it (measured: a fifth of the time of a create in a directory
+        // of 1,000 files). `find` reads nlink 1 as "unknown" and does not rely on it.
         let (nlink, size) = match kind {
-            Kind::Dir => {
-                let listing = st.listing(node);
-                let subdirs = listing.iter().filter(|e| e.kind == crdt::Kind::Dir).count();
-                (2 + subdirs as u32, listing.len() as u64)
-            }
+            Kind::Dir => (1, 0),
             _ => (1, attr.size),
         };
         let (content, chunk_size, base) = match st.vol.content(&node) {

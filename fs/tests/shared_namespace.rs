@@ -128,7 +128,7 @@ fn every_change_is_an_op_and_the_log_rebuilds_the_same_tree() {
         before,
         vec![
             ("/b.txt".to_string(), Kind::File, 0o600, 0),
-            ("/docs".to_string(), Kind::Dir, 0o755, 1),
+            ("/docs".to_string(), Kind::Dir, 0o755, 0),
             ("/docs/link".to_string(), Kind::Symlink, 0o777, 5),
         ]
     );
