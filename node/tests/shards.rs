@@ -632,3 +632,66 @@ async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
         .await
         .expect("stop cluster");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards() {
+    // A placement that failed (not durable, say) queues every target it had for deletion,
+    // this peer included. The same chunk written again while the peer is alone goes to the
+    // local store: the repair thread must not delete it from under the new record.
+    let a = start(0).await;
+    let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
+    let (repo, written) = (a.repo.clone(), plaintext.clone());
+    let chunk = tokio::task::spawn_blocking(move || {
+        let mut coder = dfs_placement::erasure::ShardCoder::default();
+        let chunk = repo.put_chunk(&[1; 16], written, &mut coder).expect("put");
+        // No put refers to it: gc removes it, leaving only its id known.
+        repo.gc().expect("gc");
+        chunk
+    })
+    .await
+    .expect("join");
+    assert!(a.repo.meta().chunk(&chunk.id).expect("meta").is_none());
+    let me = a.net.local_id().to_bytes();
+    let failed: Vec<(u8, Vec<u8>)> = (0..6u8).map(|i| (i, me.clone())).collect();
+    a.repo
+        .meta()
+        .queue_deletes(&chunk.id, &failed)
+        .expect("queue the failed placement's deletes");
+
+    let placement = dfs_node::config::PlacementConfig {
+        repair_interval_ms: 100,
+        ..Default::default()
+    };
+    let cluster = start_cluster(&a, placement).await;
+    let (repo, written) = (a.repo.clone(), plaintext.clone());
+    let again = tokio::task::spawn_blocking(move || {
+        let mut coder = dfs_placement::erasure::ShardCoder::default();
+        repo.put_chunk(&[1; 16], written, &mut coder)
+    })
+    .await
+    .expect("join")
+    .expect("put again, alone");
+    assert_eq!(again.id, chunk.id);
+    // Several repair rounds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(a
+        .repo
+        .meta()
+        .doomed_of(&chunk.id)
+        .expect("meta")
+        .holders
+        .is_empty());
+    let repo = a.repo.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut coder = dfs_placement::erasure::ShardCoder::default();
+        repo.read_chunk(&again, &mut coder)
+    })
+    .await
+    .expect("join")
+    .expect("the chunk reads back");
+    assert!(read == plaintext, "the read returned other bytes");
+    let repo = a.repo.clone();
+    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+        .await
+        .expect("stop cluster");
+}

@@ -326,6 +326,37 @@ impl Cluster {
         repo.meta().begin_placing(id, intent)
     }
 
+    /// About to write chunk `id`'s shards here: wait for deletes of it in flight, then take
+    /// this peer's copies off its delete queue. A placement of the same chunk that failed
+    /// earlier (not durable, say) queued every target it had, this peer included; without
+    /// this, the repair thread would delete the shards written now (seen as "lost: none of
+    /// its shards is in the store" after a partitioned member wrote again).
+    pub(crate) fn keep_local(
+        &self,
+        repo: &Repo,
+        id: &ChunkId,
+    ) -> Result<(), crate::meta::MetaError> {
+        let mut deleting = lock(&self.deleting);
+        while deleting.contains(id) {
+            deleting = self
+                .deletes_done
+                .wait(deleting)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let me = self.local.to_bytes();
+        let mine: Vec<(u8, Vec<u8>)> = repo
+            .meta()
+            .doomed_of(id)?
+            .holders
+            .into_iter()
+            .filter(|(_, peer)| *peer == me)
+            .collect();
+        if !mine.is_empty() {
+            repo.meta().unqueue_deletes(id, &mine)?;
+        }
+        Ok(())
+    }
+
     /// The queued deletes of chunk `id`, claimed for sending, unless the chunk is being placed
     /// again now (its writer drops what must stay). Release with [`Cluster::release_deletes`].
     fn claim_deletes(

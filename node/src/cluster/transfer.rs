@@ -148,6 +148,9 @@ pub fn place(
 ) -> Result<Option<Placed>, ChunkError> {
     let members = cluster.members();
     if members.live_others() == 0 {
+        // The caller writes every shard here: none of them may still be queued for deletion
+        // from an earlier, failed placement of the same chunk.
+        cluster.keep_local(repo, id)?;
         return Ok(None);
     }
     let count = shards.encoded.shard_count();
