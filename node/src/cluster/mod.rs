@@ -316,6 +316,13 @@ impl Cluster {
         id: &ChunkId,
         intent: &Placed,
     ) -> Result<(), crate::meta::MetaError> {
+        let _deleting = self.wait_for_deletes(id);
+        repo.meta().begin_placing(id, intent)
+    }
+
+    /// Wait until no delete of chunk `id` is in flight; the guard keeps new ones from being
+    /// claimed while it is held.
+    fn wait_for_deletes(&self, id: &ChunkId) -> std::sync::MutexGuard<'_, HashSet<ChunkId>> {
         let mut deleting = lock(&self.deleting);
         while deleting.contains(id) {
             deleting = self
@@ -323,7 +330,7 @@ impl Cluster {
                 .wait(deleting)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        repo.meta().begin_placing(id, intent)
+        deleting
     }
 
     /// About to write chunk `id`'s shards here: wait for deletes of it in flight, then take
@@ -336,13 +343,7 @@ impl Cluster {
         repo: &Repo,
         id: &ChunkId,
     ) -> Result<(), crate::meta::MetaError> {
-        let mut deleting = lock(&self.deleting);
-        while deleting.contains(id) {
-            deleting = self
-                .deletes_done
-                .wait(deleting)
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        let _deleting = self.wait_for_deletes(id);
         let me = self.local.to_bytes();
         let mine: Vec<(u8, Vec<u8>)> = repo
             .meta()
