@@ -68,8 +68,11 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
-        wait_for(Duration::from_secs(30), "prometheus to answer", || {
-            std::net::TcpStream::connect(&p.addr).ok()
+        // It listens before it is ready (queries answer 503 until its storage is open).
+        wait_for(Duration::from_secs(60), "prometheus to be ready", || {
+            std::net::TcpStream::connect(&p.addr).ok()?;
+            let (status, _) = http(&p.addr, "GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            status.contains("200").then_some(())
         });
         p
     }
