@@ -252,6 +252,30 @@ fn decode_dirent(value: &[u8]) -> Result<(Ino, Kind)> {
         .ok_or_else(|| FsError::Corrupt(format!("directory entry of {} bytes", value.len())))
 }
 
+/// `.` and `..` cannot be removed (rmdir(2) answers EINVAL and ENOTEMPTY).
+pub(crate) fn check_remove_name(name: &[u8]) -> Result<()> {
+    match name {
+        b"." => Err(FsError::Invalid("cannot remove .")),
+        b".." => Err(FsError::NotEmpty),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an entry of kind `is_dir` may go by rmdir (`dir`) or unlink; `is_empty` is asked
+/// only for a directory removed by rmdir.
+pub(crate) fn check_remove_kind(
+    dir: bool,
+    is_dir: bool,
+    is_empty: impl FnOnce() -> Result<bool>,
+) -> Result<()> {
+    match (dir, is_dir) {
+        (true, false) => Err(FsError::NotDir),
+        (false, true) => Err(FsError::IsDir),
+        (true, true) if !is_empty()? => Err(FsError::NotEmpty),
+        _ => Ok(()),
+    }
+}
+
 /// The checks every rename starts with: flags, `.`/`..`, the new name.
 pub(crate) fn check_rename(
     name: &[u8],
@@ -598,20 +622,12 @@ impl Namespace {
         dir: bool,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<(Ino, bool)> {
-        if name == b"." {
-            return Err(FsError::Invalid("cannot remove ."));
-        }
-        if name == b".." {
-            return Err(FsError::NotEmpty);
-        }
+        check_remove_name(name)?;
         let _g = self.guard();
         let (ino, inode) = self.lookup(repo, parent, name)?;
-        match (dir, inode.kind == Kind::Dir) {
-            (true, false) => return Err(FsError::NotDir),
-            (false, true) => return Err(FsError::IsDir),
-            (true, true) if !self.is_empty_dir(repo, ino)? => return Err(FsError::NotEmpty),
-            _ => {}
-        }
+        check_remove_kind(dir, inode.kind == Kind::Dir, || {
+            self.is_empty_dir(repo, ino)
+        })?;
         let mut batch = FsBatch::default();
         let mut pdir = self.dir(repo, parent)?;
         let now = Time::now();
@@ -818,12 +834,10 @@ impl Namespace {
             if tino == ino {
                 return Ok(None); // two links to one inode: POSIX says do nothing
             }
-            match (inode.kind == Kind::Dir, tinode.kind == Kind::Dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if !self.is_empty_dir(repo, tino)? => return Err(FsError::NotEmpty),
-                _ => {}
-            }
+            // The target goes as if removed by the kind of the moved entry.
+            check_remove_kind(inode.kind == Kind::Dir, tinode.kind == Kind::Dir, || {
+                self.is_empty_dir(repo, tino)
+            })?;
             // The moved entry replaces the target: newparent gains no entry.
             size_delta_new = 0;
             if tinode.kind == Kind::Dir {

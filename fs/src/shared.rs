@@ -36,8 +36,8 @@ use crate::crdt::volume::{
 };
 use crate::crdt::NodeId;
 use crate::model::{
-    check_name, check_rename, Caller, DirEntry, FsError, Ino, Inode, Kind, Result, Time, NAME_MAX,
-    ROOT,
+    check_name, check_remove_kind, check_remove_name, check_rename, Caller, DirEntry, FsError, Ino,
+    Inode, Kind, Result, Time, NAME_MAX, ROOT,
 };
 
 /// A read-only extended attribute every node of a shared mount answers (and never lists):
@@ -838,21 +838,13 @@ impl NamespaceBackend for SharedNamespace {
         dir: bool,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<(Ino, bool)> {
-        if name == b"." {
-            return Err(FsError::Invalid("cannot remove ."));
-        }
-        if name == b".." {
-            return Err(FsError::NotEmpty);
-        }
+        check_remove_name(name)?;
         let mut st = self.state();
         let entry = self.existing(&mut st, parent, name)?;
         let ino = st.ino_of(entry.node);
-        match (dir, entry.kind == crdt::Kind::Dir) {
-            (true, false) => return Err(FsError::NotDir),
-            (false, true) => return Err(FsError::IsDir),
-            (true, true) if !st.listing(entry.node).is_empty() => return Err(FsError::NotEmpty),
-            _ => {}
-        }
+        check_remove_kind(dir, entry.kind == crdt::Kind::Dir, || {
+            Ok(st.listing(entry.node).is_empty())
+        })?;
         let mut inode = self.inode_of(&mut st, entry.node)?;
         if entry.copy_of.is_some() {
             self.dismiss(&mut st, &entry)?;
@@ -931,14 +923,12 @@ impl NamespaceBackend for SharedNamespace {
             if target.node == src.node {
                 return Ok(None);
             }
-            match (src.kind == crdt::Kind::Dir, target.kind == crdt::Kind::Dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if !st.listing(target.node).is_empty() => {
-                    return Err(FsError::NotEmpty)
-                }
-                _ => {}
-            }
+            // The target goes as if removed by the kind of the moved entry.
+            check_remove_kind(
+                src.kind == crdt::Kind::Dir,
+                target.kind == crdt::Kind::Dir,
+                || Ok(st.listing(target.node).is_empty()),
+            )?;
             if target.copy_of.is_some() {
                 self.dismiss(&mut st, &target)?;
             } else {
