@@ -1,21 +1,23 @@
 //! Shard throughput between two peers on loopback against a plain TCP copy of the same bytes in
 //! the same run (issue 4).
 //!
-//! Two peers (`dfs_node::net::Network`, default options: TCP and QUIC on 127.0.0.1 ephemeral
-//! ports) run in this process, on one tokio runtime, on data directories under `/dev/shm` when
+//! Two pairs of peers (`dfs_node::net::Network`, default options: TCP and QUIC on 127.0.0.1
+//! ephemeral ports; one pair with `bulk_links` off, so shards go through libp2p streams with
+//! Noise and Yamux, the other over bulk links) run in this process, on one tokio runtime, on data directories under `/dev/shm` when
 //! there is one: the disk stays out of the numbers, and the `syncfs` the held-shard store makes
 //! after every shard is nearly free. `BENCH_DIR=/var/tmp` puts them on a disk instead. Peer A
 //! dials B's TCP address and waits until B is alive and connected. Each round then moves MIB
 //! shard images (80-byte header + 1 MiB random body: shards of 4 MiB chunks in 4+2, each under
-//! its own random chunk id) four ways:
+//! its own random chunk id) six ways:
 //!
 //! - `tcp x1`: one plain tokio TCP connection on 127.0.0.1 writes every image to a reader that
 //!   discards them (nodelay, as the peers' TCP transport sets it);
 //! - `tcp x8`: the same images over 8 parallel connections;
-//! - `shard store`: `store_shard` from A to B, 8 requests in flight (B verifies each image and
-//!   writes it under DATA/held/);
-//! - `shard fetch`: `fetch_shard` of the same shards back from B, 8 in flight (A verifies each
-//!   image; after the clock stops every image is compared with the one stored).
+//! - `store libp2p` / `store bulk`: `store_shard` from A to B, 8 requests in flight (B
+//!   verifies each image and writes it under DATA/held/);
+//! - `fetch libp2p` / `fetch bulk`: `fetch_shard` of the same shards back from B, 8 in flight
+//!   (A verifies each image; after the clock stops every image is compared with the one
+//!   stored).
 //!
 //! Times run from the first byte sent to the last byte received (TCP) or the last answer. Each
 //! round uses fresh chunk ids and copies over plain TCP 5 times of each kind (one copy takes
@@ -231,7 +233,7 @@ struct Peer {
 }
 
 impl Peer {
-    async fn start(name: &str) -> Result<Self> {
+    async fn start(name: &str, bulk_links: bool) -> Result<Self> {
         let prefix = format!("dfs-shard-bench-{name}-");
         let dir = match std::env::var_os("BENCH_DIR") {
             Some(base) => tempfile::Builder::new().prefix(&prefix).tempdir_in(base),
@@ -240,7 +242,10 @@ impl Peer {
         .context("cannot create a temporary data directory")?;
         let repo = Repo::open(dir.path())
             .with_context(|| format!("cannot open a data directory at {}", dir.path().display()))?;
-        let options = NetOptions::from_config(&NetworkConfig::default())?;
+        let options = NetOptions::from_config(&NetworkConfig {
+            bulk_links,
+            ..NetworkConfig::default()
+        })?;
         let network = Network::start(Arc::new(repo), options)
             .await
             .with_context(|| format!("cannot start peer {name}"))?;
@@ -261,6 +266,30 @@ impl Peer {
         tokio::time::timeout(READY_TIMEOUT, wait)
             .await
             .context("the peer did not listen on TCP within 30 s")?
+    }
+}
+
+/// Two peers, the first connected to the second.
+struct Pair;
+
+impl Pair {
+    async fn start(name: &str, bulk_links: bool) -> Result<(Peer, Peer)> {
+        let a = Peer::start(&format!("{name}-a"), bulk_links).await?;
+        let b = Peer::start(&format!("{name}-b"), bulk_links).await?;
+        let b_id = b.network.local_id();
+        let b_addr = b.tcp_address().await?;
+        a.tcp_address().await?;
+        let setup = Instant::now();
+        a.network
+            .dial(parse_addr("peer address", &b_addr)?)
+            .await
+            .context("cannot dial a peer")?;
+        wait_connected(&a.network, &b_id.to_string()).await?;
+        eprintln!(
+            "{name}: peer a dialled b at {b_addr}: alive and connected after {:.0} ms",
+            setup.elapsed().as_secs_f64() * 1e3
+        );
+        Ok((a, b))
     }
 }
 
@@ -326,30 +355,30 @@ async fn main() -> Result<()> {
         "4+2 shards of a 4 MiB chunk should be 1 MiB, got {shard_len}"
     );
 
-    let a = Peer::start("a").await?;
-    let b = Peer::start("b").await?;
-    let b_id = b.network.local_id();
-    let b_addr = b.tcp_address().await?;
-    a.tcp_address().await?;
-    let setup = Instant::now();
-    a.network
-        .dial(parse_addr("peer address", &b_addr)?)
-        .await
-        .context("cannot dial peer b")?;
-    wait_connected(&a.network, &b_id.to_string()).await?;
-    eprintln!(
-        "peer a dialled b at {b_addr}: alive and connected after {:.0} ms",
-        setup.elapsed().as_secs_f64() * 1e3
-    );
+    // Two pairs of peers: one moves shards through libp2p streams (Noise, Yamux), the other
+    // over bulk links.
+    let (a, b) = Pair::start("libp2p", false).await?;
+    let (c, d) = Pair::start("bulk", true).await?;
+    let pairs = [(&a, &b), (&c, &d)];
 
     let bodies = random_bytes(mib * MIB, 4);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let warm_up = seal_all(&bodies[..WARM_UP.min(mib) * MIB], &mut rng);
-    store_all(&a.network, b_id, &warm_up).await?;
-    fetch_all(&a.network, b_id, &warm_up).await?;
+    for (from, to) in pairs {
+        let to = to.network.local_id();
+        store_all(&from.network, to, &warm_up).await?;
+        fetch_all(&from.network, to, &warm_up).await?;
+    }
     drop(warm_up);
 
-    let names = ["tcp x1", "tcp x8", "shard store", "shard fetch"];
+    let names = [
+        "tcp x1",
+        "tcp x8",
+        "store libp2p",
+        "fetch libp2p",
+        "store bulk",
+        "fetch bulk",
+    ];
     let mut secs = vec![Vec::new(); names.len()];
     let mut bytes = 0;
     for round in 1..=rounds {
@@ -360,8 +389,11 @@ async fn main() -> Result<()> {
             times[0].push(tcp_copy(&shards, 1).await?);
             times[1].push(tcp_copy(&shards, TCP_STREAMS).await?);
         }
-        times[2].push(store_all(&a.network, b_id, &shards).await?);
-        times[3].push(fetch_all(&a.network, b_id, &shards).await?);
+        for (i, (from, to)) in pairs.iter().enumerate() {
+            let to = to.network.local_id();
+            times[2 + 2 * i].push(store_all(&from.network, to, &shards).await?);
+            times[3 + 2 * i].push(fetch_all(&from.network, to, &shards).await?);
+        }
         let speeds: Vec<String> = names
             .iter()
             .zip(&times)
@@ -372,14 +404,15 @@ async fn main() -> Result<()> {
             s.extend(t);
         }
     }
-    a.network.shutdown().await;
-    b.network.shutdown().await;
+    for peer in [&a, &b, &c, &d] {
+        peer.network.shutdown().await;
+    }
 
     let medians: Vec<f64> = secs.iter().map(|s| median(s)).collect();
     let mbps: Vec<f64> = medians.iter().map(|t| bytes as f64 / 1e6 / t).collect();
     println!(
-        "{} shards of 1 MiB + 80 B header (4+2 shards of 4 MiB chunks), two peers on 127.0.0.1 \
-         TCP in one process, {IN_FLIGHT} shard requests in flight; {} cores; median of {rounds} \
+        "{} shards of 1 MiB + 80 B header (4+2 shards of 4 MiB chunks), two pairs of peers on \
+         127.0.0.1 TCP in one process (shards through libp2p streams, and over bulk links), {IN_FLIGHT} shard requests in flight; {} cores; median of {rounds} \
          rounds ({TCP_REPEATS} TCP copies of each kind per round); data directories on {}",
         mib,
         std::thread::available_parallelism().map_or(0, |n| n.get()),

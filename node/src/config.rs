@@ -101,6 +101,10 @@ pub struct NetworkConfig {
     /// background, never in the way of a write.
     pub providers_per_sec_busy: u32,
     pub providers_per_sec_idle: u32,
+    /// Move shards over bulk links: plain TCP connections on an ephemeral port of each TCP
+    /// listen IP, keyed through the libp2p connection (shards are ciphertext already; see
+    /// docs/network.md). Off: every shard goes through libp2p (Noise, Yamux).
+    pub bulk_links: bool,
 }
 
 impl NetworkConfig {
@@ -148,6 +152,7 @@ impl Default for NetworkConfig {
             api: String::new(),
             providers_per_sec_busy: crate::net::AnnounceRate::default().busy,
             providers_per_sec_idle: crate::net::AnnounceRate::default().idle,
+            bulk_links: true,
         }
     }
 }

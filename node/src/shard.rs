@@ -68,6 +68,14 @@ impl ShardHeader {
         out
     }
 
+    /// The blake3 a shard image carries in its header (not checked here); `None` for bytes too
+    /// short to be an image.
+    pub fn carried_hash(image: &[u8]) -> Option<[u8; 32]> {
+        image
+            .get(HASHED_HEADER_LEN..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+    }
+
     /// Serialise header and body into one shard file image.
     pub fn encode(&self, body: &[u8]) -> Vec<u8> {
         let mut out = self.seal(body).to_vec();

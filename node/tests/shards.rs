@@ -695,3 +695,103 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
         .await
         .expect("stop cluster");
 }
+
+/// Shards move both ways between a peer with bulk links and one without (over libp2p), and
+/// over the links between two peers that have them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_move_over_bulk_links_and_without_them() {
+    let a = start(0).await;
+    let b = start_with(NetworkConfig {
+        bulk_links: false,
+        ..NetworkConfig::default()
+    })
+    .await;
+    let c = start(0).await;
+    connect(&a.net, &b.net).await;
+    connect(&a.net, &c.net).await;
+    for (from, to, seed) in [(&a, &b, 10), (&b, &a, 11), (&a, &c, 12), (&c, &a, 13)] {
+        let (chunk, image) = shard(seed, 1);
+        let id = to.net.local_id();
+        let len = image.len() as u64;
+        from.net
+            .store_shard(id, chunk, 1, image.clone())
+            .await
+            .expect("store");
+        assert_eq!(
+            from.net.fetch_shard(id, chunk, 1).await.expect("fetch"),
+            image
+        );
+        assert_eq!(
+            from.net.check_shard(id, chunk, 1).await.expect("check"),
+            (true, len)
+        );
+        assert_eq!(
+            from.net.delete_shard(id, chunk, 1).await.expect("delete"),
+            len
+        );
+    }
+    let bulk = |p: &TestPeer| {
+        let net = p.net.clone();
+        async move { net.status().await.expect("status").bulk }
+    };
+    assert_eq!(bulk(&b).await, None);
+    let sa = bulk(&a).await.expect("a has bulk links");
+    let sc = bulk(&c).await.expect("c has bulk links");
+    assert!(
+        sa.addresses.iter().all(|a| a.starts_with("127.0.0.1:")),
+        "{sa:?}"
+    );
+    // a to c and c to a: four requests each way over the links; a to b: over libp2p.
+    assert_eq!((sa.sent, sa.served, sa.fallbacks), (4, 4, 4), "{sa:?}");
+    assert_eq!((sc.sent, sc.served, sc.fallbacks), (4, 4, 0), "{sc:?}");
+}
+
+/// Whatever arrives on a bulk listener without a session is refused, and the peer goes on
+/// serving its links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_bulk_listener_is_refused_and_the_peer_goes_on_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let a = start(0).await;
+    let b = start(0).await;
+    connect(&a.net, &b.net).await;
+    let status = b.net.status().await.expect("status");
+    let addr: std::net::SocketAddr = status.bulk.expect("bulk links").addresses[0]
+        .parse()
+        .expect("a socket address");
+    let closed = |mut s: TcpStream| async move {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the peer kept the connection open");
+        rest
+    };
+
+    // Not a bulk link at all.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    assert!(closed(s).await.is_empty());
+    // The right greeting with a ticket nobody granted: refused, then closed.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut hello = dfs_node::net::bulk::MAGIC.to_vec();
+    hello.extend_from_slice(&[9; 32]);
+    s.write_all(&hello).await.expect("write");
+    assert_eq!(closed(s).await, [0]);
+    // One that connects and says nothing does not hold up anybody.
+    let _silent = TcpStream::connect(addr).await.expect("connect");
+
+    let bid = b.net.local_id();
+    let (chunk, image) = shard(20, 3);
+    a.net
+        .store_shard(bid, chunk, 3, image.clone())
+        .await
+        .expect("store");
+    assert_eq!(
+        a.net.fetch_shard(bid, chunk, 3).await.expect("fetch"),
+        image
+    );
+    let served = b.net.status().await.expect("status").bulk.expect("bulk");
+    assert_eq!(served.served, 2, "{served:?}");
+}

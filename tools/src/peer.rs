@@ -399,6 +399,19 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     for (i, addr) in s.addresses.iter().enumerate() {
         println!("{}{addr}", if i == 0 { "addresses " } else { "          " });
     }
+    if let Some(b) = &s.bulk {
+        println!(
+            "bulk      {} ({} shard requests sent, {} served, {} to peers without bulk links)",
+            if b.addresses.is_empty() {
+                "no listener (no TCP listen address)".to_string()
+            } else {
+                b.addresses.join(", ")
+            },
+            b.sent,
+            b.served,
+            b.fallbacks
+        );
+    }
     println!(
         "storage   {} used by {} shards of other peers, {} free of {} offered (disk: {} free of {})",
         human_bytes(s.storage.used),

@@ -5,9 +5,11 @@
 //! Discovery: bootstrap addresses, Kademlia (peer routing and provider records for chunk ids,
 //! under `/dfs/kad/1`), rendezvous points (trackers), mDNS when enabled. Membership:
 //! announcements on a gossipsub topic feed the peer table ([`peers`]) with its failure detector.
-//! Shards move over the request-response protocol in [`wire`], served from [`held`].
+//! Shards move over bulk links ([`bulk`]: plain TCP, keyed through libp2p) or, where a peer
+//! has none, the request-response protocol in [`wire`]; both are served from [`held`].
 
 mod announce;
+pub mod bulk;
 pub mod held;
 pub mod identity;
 pub mod peers;
@@ -88,6 +90,8 @@ pub struct NetOptions {
     pub max_connections_per_peer: u32,
     /// How fast provider records of held chunks are announced in the DHT.
     pub announce_rate: AnnounceRate,
+    /// Move shards over bulk links ([`bulk`]) where the peer has them.
+    pub bulk_links: bool,
 }
 
 /// Parse a multiaddr given by the user, naming the setting it came from.
@@ -146,6 +150,7 @@ impl NetOptions {
                 busy: c.providers_per_sec_busy,
                 idle: c.providers_per_sec_idle,
             },
+            bulk_links: c.bulk_links,
         })
     }
 }
@@ -169,6 +174,9 @@ pub struct NodeStatus {
     pub uptime_secs: f64,
     pub storage: StorageStatus,
     pub peers: PeerCounts,
+    /// Bulk links ([`bulk`]); `None` when they are off.
+    #[serde(default)]
+    pub bulk: Option<bulk::BulkStatus>,
     /// Health of the chunks this peer wrote, when it spreads chunks over the network.
     #[serde(default)]
     pub placement: Option<crate::cluster::PlacementStatus>,
@@ -203,6 +211,25 @@ enum Command {
         reply: oneshot::Sender<Result<Response, NetError>>,
     },
     BadData(PeerId),
+    /// Open a bulk session with `peer` (over libp2p).
+    OpenBulk {
+        peer: PeerId,
+        open: bulk::Open,
+        reply: oneshot::Sender<Result<bulk::Opened, NetError>>,
+    },
+    /// A request from `peer` was served over a bulk link.
+    BulkServed {
+        peer: PeerId,
+        /// The chunk a successful store was for.
+        stored: Option<ChunkId>,
+        /// The peer sent a shard that did not verify.
+        invalid: bool,
+    },
+    /// A request to `peer` over a bulk link succeeded or failed.
+    BulkOutcome {
+        peer: PeerId,
+        ok: bool,
+    },
     Provide(ChunkId),
     FindProviders {
         chunk: ChunkId,
@@ -252,6 +279,7 @@ pub struct Network {
     cluster: Arc<std::sync::Mutex<Option<std::sync::Weak<crate::cluster::Cluster>>>>,
     hub: Arc<sync::OpsHub>,
     held: Arc<held::HeldShards>,
+    bulk: Option<Arc<bulk::Bulk>>,
 }
 
 impl Network {
@@ -268,7 +296,22 @@ impl Network {
         let held = Arc::new(held::HeldShards::open(repo, options.capacity)?);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let started = Instant::now();
-        let node = swarm::Node::new(key, held.clone(), options, rx, started, hub.clone())?;
+        let bulk = bulk::Bulk::start(
+            &options.listen,
+            options.bulk_links,
+            held.clone(),
+            commands.clone(),
+        )
+        .await?;
+        let node = swarm::Node::new(
+            key,
+            held.clone(),
+            bulk.clone(),
+            options,
+            rx,
+            started,
+            hub.clone(),
+        )?;
         tokio::spawn(node.run());
         let network = Network {
             commands,
@@ -278,6 +321,7 @@ impl Network {
             cluster: Arc::default(),
             hub,
             held,
+            bulk,
         };
         // Every volume this peer keeps is followed from the start.
         let volumes = crate::volumes::records(&network.hub)
@@ -390,6 +434,10 @@ impl Network {
             Request::Store { image, .. } => image.len() as u64,
             _ => 0,
         };
+        if let Some(answer) = self.request_bulk(peer, &request).await {
+            count_request(&peer, kind, sent, &answer);
+            return answer;
+        }
         let answer = self
             .ask(|reply| Command::Request {
                 peer,
@@ -399,6 +447,38 @@ impl Network {
             .await?;
         count_request(&peer, kind, sent, &answer);
         answer
+    }
+
+    /// [`Network::request`] over a bulk link; `None` when `peer` has none (nothing was sent).
+    async fn request_bulk(
+        &self,
+        peer: PeerId,
+        request: &Request,
+    ) -> Option<Result<Response, NetError>> {
+        let bulk = self.bulk.as_ref()?;
+        let answer =
+            match tokio::time::timeout(REQUEST_TIMEOUT, bulk.request(self, peer, request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(bulk::Failure::Failed(e))) => Err(e),
+                Ok(Err(bulk::Failure::Unavailable)) => return None,
+                Err(_) => Err(NetError::Request {
+                    peer,
+                    detail: "timed out on a bulk link".into(),
+                }),
+            };
+        let ok = answer.is_ok();
+        let _ = self.commands.try_send(Command::BulkOutcome { peer, ok });
+        Some(answer)
+    }
+
+    /// Open a bulk session with `peer`: over libp2p, which authenticates both ends.
+    pub(crate) async fn open_bulk(
+        &self,
+        peer: PeerId,
+        open: bulk::Open,
+    ) -> Result<bulk::Opened, NetError> {
+        self.ask(|reply| Command::OpenBulk { peer, open, reply })
+            .await?
     }
 
     /// Ask `peer` to keep a shard image.

@@ -21,6 +21,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::announce::{self, Announcer};
+use super::bulk::{self, Bulk, BulkCodec};
 use super::held::{disk_free, disk_total, HeldShards};
 use super::peers::{Announcement, PeerTable, PeerView, Transition};
 use super::sync::{self, OpsHub, SyncCodec, SyncRequest, SyncResponse, Syncing};
@@ -68,6 +69,7 @@ pub(super) struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossip: gossipsub::Behaviour,
     shards: request_response::Behaviour<ShardCodec>,
+    bulk: request_response::Behaviour<BulkCodec>,
     ops: request_response::Behaviour<SyncCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     rendezvous: rendezvous::client::Behaviour,
@@ -81,12 +83,14 @@ pub(super) struct Node {
     swarm: Swarm<Behaviour>,
     table: PeerTable,
     held: Arc<HeldShards>,
+    bulk: Option<Arc<Bulk>>,
     options: NetOptions,
     commands: mpsc::Receiver<Command>,
     started: Instant,
     topic: gossipsub::IdentTopic,
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, NetError>>)>,
+    pending: Waiting<Response>,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    opening: Waiting<bulk::Opened>,
     done_tx: mpsc::Sender<Served>,
     done_rx: mpsc::Receiver<Served>,
     inbound: usize,
@@ -179,6 +183,11 @@ fn behaviour(
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_INBOUND * 2),
     );
+    let bulk = request_response::Behaviour::with_codec(
+        bulk::codec(),
+        [(StreamProtocol::new(bulk::PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    );
     let mdns = if options.mdns {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local).map_err(start_error)?)
     } else {
@@ -203,6 +212,7 @@ fn behaviour(
         kad,
         gossip,
         shards,
+        bulk,
         ops,
         mdns: mdns.into(),
         rendezvous: rendezvous::client::Behaviour::new(key.clone()),
@@ -223,6 +233,7 @@ impl Node {
     pub(super) fn new(
         key: Keypair,
         held: Arc<HeldShards>,
+        bulk: Option<Arc<Bulk>>,
         options: NetOptions,
         commands: mpsc::Receiver<Command>,
         started: Instant,
@@ -290,12 +301,14 @@ impl Node {
             swarm,
             table,
             held,
+            bulk,
             options,
             commands,
             started,
             topic,
             pending: HashMap::new(),
             providers: HashMap::new(),
+            opening: HashMap::new(),
             done_tx,
             done_rx,
             inbound: 0,
@@ -366,17 +379,8 @@ impl Node {
                 request,
                 reply,
             } => {
-                // A peer that is not connected and not answering (suspect or dead) fails at
-                // once: dialling it (QUIC times out slowly) would stall the caller for seconds,
-                // and callers have other holders to ask.
-                let down = self.table.get(&peer).is_some_and(|p| {
-                    p.connections == 0 && p.state != super::peers::PeerState::Alive
-                });
-                if down {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        detail: "the peer is not answering".into(),
-                    }));
+                if let Err(e) = self.answering(peer) {
+                    let _ = reply.send(Err(e));
                     return;
                 }
                 let id = self
@@ -385,6 +389,38 @@ impl Node {
                     .shards
                     .send_request(&peer, request);
                 self.pending.insert(id, (peer, reply));
+            }
+            Command::OpenBulk { peer, open, reply } => {
+                if let Err(e) = self.answering(peer) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().bulk.send_request(&peer, open);
+                self.opening.insert(id, (peer, reply));
+            }
+            Command::BulkServed {
+                peer,
+                stored,
+                invalid,
+            } => {
+                let now = Instant::now();
+                self.table.seen(peer, now);
+                self.last_inbound = Some(now);
+                if let Some(chunk) = stored {
+                    self.announcer.push(chunk);
+                }
+                if invalid {
+                    self.table.bad_data(peer, now);
+                }
+            }
+            Command::BulkOutcome { peer, ok } => {
+                let now = Instant::now();
+                let change = if ok {
+                    self.table.succeeded(peer, now)
+                } else {
+                    self.table.failed(peer, now)
+                };
+                self.log(change);
             }
             Command::BadData(peer) => self.table.bad_data(peer, Instant::now()),
             Command::Provide(chunk) => {
@@ -429,6 +465,23 @@ impl Node {
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// A peer that is not connected and not answering (suspect or dead) fails at once: dialling
+    /// it (QUIC times out slowly) would stall the caller for seconds, and callers have other
+    /// holders to ask.
+    fn answering(&self, peer: PeerId) -> Result<(), NetError> {
+        let down = self
+            .table
+            .get(&peer)
+            .is_some_and(|p| p.connections == 0 && p.state != super::peers::PeerState::Alive);
+        if down {
+            return Err(NetError::Request {
+                peer,
+                detail: "the peer is not answering".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Pull `volume` from `peer` unless a pull is in flight or the peer is not a member. While
@@ -644,6 +697,7 @@ impl Node {
                 suspect,
                 dead,
             },
+            bulk: self.bulk.as_ref().map(|b| b.status(&self.listen)),
             placement: None,
         }
     }
@@ -807,6 +861,11 @@ impl Node {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    if let Some(bulk) = &self.bulk {
+                        bulk.forget(&peer_id);
+                    }
+                }
                 let change =
                     self.table
                         .disconnected(peer_id, num_established, cause.is_some(), now);
@@ -888,6 +947,7 @@ impl Node {
                 }
             }
             BehaviourEvent::Shards(event) => self.shard_event(event, now),
+            BehaviourEvent::Bulk(event) => self.bulk_event(event),
             BehaviourEvent::Ops(event) => self.ops_event(event),
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
@@ -928,6 +988,45 @@ impl Node {
                 }
             }
             other => tracing::trace!(event = ?other, "network event"),
+        }
+    }
+
+    fn bulk_event(&mut self, event: request_response::Event<bulk::Open, bulk::Opened>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let opened = match &self.bulk {
+                    Some(bulk) => bulk.grant(peer, request, &self.listen),
+                    None => bulk::Opened { addrs: Vec::new() },
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .bulk
+                    .send_response(channel, opened);
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => reply_to(&mut self.opening, request_id, Ok(response)),
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => reply_to(&mut self.opening, request_id, Err(error)),
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, error = %error, "bad bulk session request");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -996,9 +1095,7 @@ impl Node {
             } => {
                 let change = self.table.succeeded(peer, now);
                 self.log(change);
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
+                reply_to(&mut self.pending, request_id, Ok(response));
             }
             Event::OutboundFailure {
                 peer,
@@ -1008,12 +1105,7 @@ impl Node {
             } => {
                 let change = self.table.failed(peer, now);
                 self.log(change);
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        detail: error.to_string(),
-                    }));
-                }
+                reply_to(&mut self.pending, request_id, Err(error));
             }
             Event::InboundFailure { peer, error, .. } => {
                 // Includes messages that fail to decode: a malformed, oversized or
@@ -1026,6 +1118,23 @@ impl Node {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+/// Callers waiting for the answers to outbound requests, with the peer asked.
+type Waiting<T> = HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<T, NetError>>)>;
+
+/// Hand the outcome of an outbound request to the caller waiting for it.
+fn reply_to<T>(
+    waiting: &mut Waiting<T>,
+    id: OutboundRequestId,
+    outcome: Result<T, request_response::OutboundFailure>,
+) {
+    if let Some((peer, reply)) = waiting.remove(&id) {
+        let _ = reply.send(outcome.map_err(|e| NetError::Request {
+            peer,
+            detail: e.to_string(),
+        }));
     }
 }
 
