@@ -4,7 +4,8 @@
 //! score is `-weight / ln(h)`, so a peer with twice the weight is picked about twice as often
 //! (exactly so while a chunk takes few of the peers). A chunk's targets are the best-ranked
 //! peers, one shard each, spread over as many zones as there are (a target is the best-ranked
-//! peer among those in the least-used zones). The targets are a set: shard `i` of a fresh
+//! peer among those in the least-used zones). A *reserve* candidate (a writer that keeps no
+//! shards of its own) is left out while the others can give every shard a peer of its own. The targets are a set: shard `i` of a fresh
 //! write goes to `targets[i]`, but the planner may keep any shard on any target, so when a peer
 //! joins only the shards of peers it displaces move (about 1/(n+1) of them for one peer joining
 //! n), and when one leaves only its shards move. With fewer peers than shards, everything is
@@ -27,6 +28,9 @@ pub struct Candidate {
     pub zone: String,
     /// Relative share of shards it should get (> 0; e.g. free bytes x health score).
     pub weight: f64,
+    /// Taken only when the other candidates cannot give every shard a peer of its own (a
+    /// writer told not to keep shards of its own chunks). Zone spreading never picks it.
+    pub reserve: bool,
 }
 
 /// Where each shard of one chunk goes: `targets[i]` is an index into the candidates.
@@ -80,7 +84,11 @@ pub fn rank(chunk: &ChunkId, candidates: &[Candidate]) -> Vec<usize> {
 
 /// Place `shards` shards of `chunk` on `candidates` (see the module doc).
 pub fn place(chunk: &ChunkId, shards: usize, candidates: &[Candidate]) -> Placement {
-    let ranked = rank(chunk, candidates);
+    let mut ranked = rank(chunk, candidates);
+    let regular = ranked.iter().filter(|&&i| !candidates[i].reserve).count();
+    if regular >= shards {
+        ranked.retain(|&i| !candidates[i].reserve);
+    }
     if ranked.is_empty() {
         return Placement {
             targets: Vec::new(),
@@ -127,6 +135,7 @@ mod tests {
                 key: format!("peer-{i}").into_bytes(),
                 zone: format!("zone-{}", i % zones.max(1)),
                 weight: 1.0,
+                reserve: false,
             })
             .collect()
     }
@@ -158,6 +167,30 @@ mod tests {
             }
             // Every zone holds at most its even share, rounded up.
             prop_assert!(per_zone.values().all(|&k| k <= 6usize.div_ceil(zones)), "{:?}", per_zone);
+        }
+
+        #[test]
+        fn a_reserve_is_taken_only_when_the_others_do_not_suffice(
+            n in 1usize..12, zones in 1usize..4, seed in any::<u64>()
+        ) {
+            // The reserve sits alone in a zone of its own, which zone spreading would favour.
+            let mut c = peers(n, zones);
+            c.push(Candidate {
+                key: b"writer".to_vec(),
+                zone: "the writer's own".into(),
+                weight: 1e-9,
+                reserve: true,
+            });
+            let p = place(&chunk(seed), 6, &c);
+            let reserve_shards = p.targets.iter().filter(|&&t| t == n).count();
+            if n >= 6 {
+                prop_assert_eq!(reserve_shards, 0);
+            } else {
+                // Fewer regular peers than shards: the reserve takes its turn like the others
+                // (a shard on it rather than a second on a peer).
+                prop_assert!((1..=6usize.div_ceil(n + 1)).contains(&reserve_shards));
+            }
+            prop_assert_eq!(p.targets.len(), 6);
         }
 
         #[test]
@@ -230,6 +263,7 @@ mod tests {
                 key: b"newcomer".to_vec(),
                 zone: "zone-0".into(),
                 weight: 1.0,
+                reserve: false,
             });
             let chunks = 5_000;
             let mut moved = 0;

@@ -186,6 +186,7 @@ mod tests {
                 key: format!("peer-{i}").into_bytes(),
                 zone: format!("zone-{}", i % 3),
                 weight: 1.0,
+                reserve: false,
             })
             .collect()
     }
@@ -333,6 +334,7 @@ mod tests {
             key: b"newcomer".to_vec(),
             zone: "zone-1".into(),
             weight: 1.0,
+            reserve: false,
         });
         let plan = plan(&inv, &after, usize::MAX);
         assert!(plan

@@ -32,6 +32,9 @@ pub struct Member {
     /// Shard requests it was serving at its last announcement.
     pub load: u32,
     pub is_self: bool,
+    /// Takes shards only when the other peers cannot give each shard a peer of its own (this
+    /// peer, when it keeps no shards of its own chunks: `--no-store`).
+    pub reserve: bool,
 }
 
 /// All members, self included.
@@ -68,7 +71,8 @@ impl Members {
     }
 
     /// Build the snapshot. `store_here`: this peer takes shards of its own chunks (otherwise it
-    /// is a member of weight almost zero, chosen only when no other peer is left).
+    /// is a reserve member of weight almost zero, chosen only when too few other peers are
+    /// left, whatever its zone).
     pub fn from_views(
         local: PeerId,
         status: &NodeStatus,
@@ -88,6 +92,7 @@ impl Members {
             score: 1.0,
             load: 0,
             is_self: true,
+            reserve: !store_here,
         }];
         let mut dead = Vec::new();
         let mut longest_grace = Duration::ZERO;
@@ -122,6 +127,7 @@ impl Members {
                 score: view.score,
                 load: view.load.unwrap_or(0),
                 is_self: false,
+                reserve: false,
             });
         }
         let index = list.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
@@ -159,6 +165,7 @@ impl Members {
                 } else {
                     m.weight
                 },
+                reserve: m.reserve,
             })
             .collect()
     }
