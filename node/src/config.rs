@@ -105,6 +105,9 @@ pub struct NetworkConfig {
     /// listen IP, keyed through the libp2p connection (shards are ciphertext already; see
     /// docs/network.md). Off: every shard goes through libp2p (Noise, Yamux).
     pub bulk_links: bool,
+    /// Port of the bulk listeners (the same on every TCP listen IP); 0 = an ephemeral one.
+    /// Set it where a firewall must let bulk links through.
+    pub bulk_port: u16,
 }
 
 impl NetworkConfig {
@@ -153,6 +156,7 @@ impl Default for NetworkConfig {
             providers_per_sec_busy: crate::net::AnnounceRate::default().busy,
             providers_per_sec_idle: crate::net::AnnounceRate::default().idle,
             bulk_links: true,
+            bulk_port: 0,
         }
     }
 }

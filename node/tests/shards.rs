@@ -795,3 +795,33 @@ async fn garbage_on_a_bulk_listener_is_refused_and_the_peer_goes_on_serving() {
     let served = b.net.status().await.expect("status").bulk.expect("bulk");
     assert_eq!(served.served, 2, "{served:?}");
 }
+
+/// `bulk_port` fixes the listeners' port (for a firewall); a port taken is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_bulk_port_is_used_and_a_taken_one_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = NetworkConfig {
+        bulk_port: port,
+        ..NetworkConfig::default()
+    };
+    let a = start_with(config.clone()).await;
+    let status = a.net.status().await.expect("status");
+    assert_eq!(
+        status.bulk.expect("bulk links").addresses,
+        [format!("127.0.0.1:{port}")]
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(dir.path()).expect("open repo"));
+    let options = NetOptions::from_config(&config).expect("options");
+    let err = match Network::start(repo, options).await {
+        Ok(_) => panic!("a second peer took the same bulk port"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("network.bulk_port"),
+        "{err}"
+    );
+}

@@ -316,17 +316,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Bulk {
-    /// Listen on an ephemeral port of every IP this peer listens on with TCP, and serve the
-    /// links on the current runtime. `enabled` false: no listener, and no links to others.
+    /// Listen on `port` (0: an ephemeral one) of every IP this peer listens on with TCP, and
+    /// serve the links on the current runtime. `None`: no listener, and no links to others.
     pub(super) async fn start(
         listen: &[Multiaddr],
-        enabled: bool,
+        port: Option<u16>,
         held: Arc<HeldShards>,
         events: mpsc::Sender<Command>,
     ) -> Result<Option<Arc<Bulk>>, NetError> {
-        if !enabled {
+        let Some(port) = port else {
             return Ok(None);
-        }
+        };
         let mut ips = Vec::new();
         for addr in listen {
             let mut parts = addr.iter();
@@ -342,11 +342,12 @@ impl Bulk {
         let mut sockets = Vec::new();
         let mut listeners = Vec::new();
         for ip in ips {
-            let socket = TcpListener::bind(SocketAddr::new(ip, 0))
-                .await
-                .map_err(|e| {
-                    NetError::Start(format!("cannot listen for bulk links on {ip}: {e}"))
-                })?;
+            let at = SocketAddr::new(ip, port);
+            let socket = TcpListener::bind(at).await.map_err(|e| {
+                NetError::Start(format!(
+                    "cannot listen for bulk links on {at}: {e} (network.bulk_port)"
+                ))
+            })?;
             listeners.push(
                 socket
                     .local_addr()

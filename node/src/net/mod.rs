@@ -92,6 +92,8 @@ pub struct NetOptions {
     pub announce_rate: AnnounceRate,
     /// Move shards over bulk links ([`bulk`]) where the peer has them.
     pub bulk_links: bool,
+    /// Port of the bulk listeners; 0 = ephemeral.
+    pub bulk_port: u16,
 }
 
 /// Parse a multiaddr given by the user, naming the setting it came from.
@@ -151,6 +153,7 @@ impl NetOptions {
                 idle: c.providers_per_sec_idle,
             },
             bulk_links: c.bulk_links,
+            bulk_port: c.bulk_port,
         })
     }
 }
@@ -298,7 +301,7 @@ impl Network {
         let started = Instant::now();
         let bulk = bulk::Bulk::start(
             &options.listen,
-            options.bulk_links,
+            options.bulk_links.then_some(options.bulk_port),
             held.clone(),
             commands.clone(),
         )
