@@ -221,6 +221,15 @@ async fn store_fetch_check_delete_between_two_peers() {
     );
     let err = a.net.fetch_shard(bid, chunk, 1).await.unwrap_err();
     assert_eq!(refused(err), Refusal::NotFound);
+    // Unless the requester checks the bytes itself (a reader whose AEAD tag finds the rot,
+    // and who then asks again with checksums, as above).
+    assert_eq!(
+        a.net
+            .fetch_shard_checked(bid, chunk, 1, false)
+            .await
+            .expect("trusting fetch"),
+        rotten
+    );
 
     // Asking a peer that is not there fails with an error, not a hang.
     let err = a

@@ -43,6 +43,10 @@ pub enum Request {
     Check { chunk: ChunkId, index: u8 },
     /// Forget the shard (only the peer that stored it may).
     Delete { chunk: ChunkId, index: u8 },
+    /// Send back the shard image with only its header checked, not its checksum: for a
+    /// requester that authenticates the bytes itself (a reader whose AEAD tag covers the
+    /// chunk, and who asks again with [`Request::Fetch`] when the tag does not verify).
+    FetchTrusting { chunk: ChunkId, index: u8 },
 }
 
 impl Request {
@@ -52,14 +56,15 @@ impl Request {
             Request::Store { chunk, index, .. }
             | Request::Fetch { chunk, index }
             | Request::Check { chunk, index }
-            | Request::Delete { chunk, index } => (*chunk, *index),
+            | Request::Delete { chunk, index }
+            | Request::FetchTrusting { chunk, index } => (*chunk, *index),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Store { .. } => "store",
-            Request::Fetch { .. } => "fetch",
+            Request::Fetch { .. } | Request::FetchTrusting { .. } => "fetch",
             Request::Check { .. } => "check",
             Request::Delete { .. } => "delete",
         }
@@ -306,6 +311,10 @@ mod tests {
             Request::Delete {
                 chunk: chunk(4),
                 index: 1,
+            },
+            Request::FetchTrusting {
+                chunk: chunk(5),
+                index: 2,
             },
         ];
         for r in requests {
