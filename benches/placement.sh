@@ -97,5 +97,8 @@ for w in write read; do
   l=$(median "${result[local,$w]}"); d=$(median "${result[dfs,$w]}")
   printf '| seq %s MB/s | %.0f | %.0f | %.2f |\n' "$w" "$l" "$d" "$(echo "$d / $l" | bc -l)"
 done
+printf '\nevery round, MB/s:'
+for t in local dfs; do for w in write read; do printf ' %s %s [%s]' "$t" "$w" "$(tr ' ' '\n' <<<"${result[$t,$w]}" | grep . | xargs printf '%.0f ' | sed 's/ $//')"; done; done
+printf '\n'
 printf '\nrepair after kill -9 of one peer: %s shards, %.0f MiB rebuilt in %.1f s = %.0f MiB/s (detected dead after %.1f s)\n' \
   "$shards" "$repair_mib" "$(echo "$t_end - $t_first" | bc -l)" "$repair_rate" "$(echo "$t_first - $t_kill" | bc -l)"
