@@ -208,6 +208,13 @@ impl Link {
     /// Receive one message and its body; anything that does not open, decode or match its
     /// head is `InvalidData`.
     async fn receive<M: DeserializeOwned>(&mut self) -> io::Result<(M, Vec<u8>)> {
+        let head = self.receive_head::<M>().await?;
+        let body = self.receive_body(&head).await?;
+        Ok((head.message, body))
+    }
+
+    /// The next frame's head (its body is still to be read, or skipped).
+    async fn receive_head<M: DeserializeOwned>(&mut self) -> io::Result<Head<M>> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
@@ -227,10 +234,15 @@ impl Link {
         if !rest.is_empty() {
             return Err(invalid("trailing bytes in the frame head"));
         }
-        let body_len = head.body as usize;
-        if body_len > MAX_SHARD {
-            return Err(invalid(format!("body of {body_len} bytes")));
+        if head.body as usize > MAX_SHARD {
+            return Err(invalid(format!("body of {} bytes", head.body)));
         }
+        Ok(head)
+    }
+
+    /// The body that follows `head`.
+    async fn receive_body<M>(&mut self, head: &Head<M>) -> io::Result<Vec<u8>> {
+        let body_len = head.body as usize;
         // Read into spare capacity: no zero-fill of a buffer about to be overwritten.
         let mut body = Vec::with_capacity(body_len);
         while body.len() < body_len {
@@ -243,7 +255,18 @@ impl Link {
             return Err(invalid("the body is not the shard the head names"));
         }
         self.last_used = Instant::now();
-        Ok((head.message, body))
+        Ok(body)
+    }
+
+    /// Read past the body that follows `head` without keeping it.
+    async fn skip_body<M>(&mut self, head: &Head<M>) -> io::Result<()> {
+        let want = u64::from(head.body);
+        let skipped =
+            tokio::io::copy(&mut (&mut self.stream).take(want), &mut tokio::io::sink()).await?;
+        if skipped != want {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 
     /// Client side: one request and its answer.
@@ -486,20 +509,21 @@ impl Bulk {
         stream.write_all(&answer).await?;
         let mut link = Link::new(stream, link_key(&key, &client, &server), FROM_SERVER);
         loop {
-            let received = match tokio::time::timeout(SERVER_IDLE, link.receive::<Request>()).await
+            let head = match tokio::time::timeout(SERVER_IDLE, link.receive_head::<Request>()).await
             {
                 Err(_) => return Ok(()),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => {
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        tracing::warn!(%peer, error = %e, "bad frame on a bulk link");
-                        let _ = self.events.send(Command::BadData(peer)).await;
-                    }
-                    return Err(e);
-                }
-                Ok(Ok(r)) => r,
+                Ok(r) => self.bad_data(peer, r).await?,
             };
-            let request = match received {
+            // Bodies (and the images sent back) are held only with a permit, so at most
+            // MAX_INBOUND of them are in memory at once, however many links peers open.
+            let Ok(_permit) = self.inbound.try_acquire() else {
+                link.skip_body(&head).await?;
+                link.send(&Response::Refused(Refusal::Busy), &[]).await?;
+                continue;
+            };
+            let body = self.bad_data(peer, link.receive_body(&head).await).await?;
+            let request = match (head.message, body) {
                 (
                     Request::Store {
                         chunk,
@@ -530,11 +554,20 @@ impl Bulk {
         }
     }
 
-    /// Server: serve one request on the blocking pool, and tell the event loop about it.
+    /// A frame that does not authenticate or decode counts against the peer that sent it.
+    async fn bad_data<T>(&self, peer: PeerId, received: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &received {
+            if e.kind() == io::ErrorKind::InvalidData {
+                tracing::warn!(%peer, error = %e, "bad frame on a bulk link");
+                let _ = self.events.send(Command::BadData(peer)).await;
+            }
+        }
+        received
+    }
+
+    /// Server: serve one request on the blocking pool (the caller holds an inbound permit),
+    /// and tell the event loop about it.
     async fn handle(&self, peer: PeerId, request: Request) -> Response {
-        let Ok(_permit) = self.inbound.try_acquire() else {
-            return Response::Refused(Refusal::Busy);
-        };
         if let Request::Store { image, .. } = &request {
             crate::metrics::metrics()
                 .shard_received_bytes
@@ -814,6 +847,24 @@ mod tests {
         assert_eq!(
             server.receive::<Request>().await.unwrap().0,
             Request::Fetch { chunk, index: 1 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_body_leaves_the_link_in_step() {
+        let (mut client, mut server) = link_pair().await;
+        let (chunk, image) = image(5);
+        client.send(&store_head(chunk), &image).await.unwrap();
+        client
+            .send(&Request::Check { chunk, index: 1 }, &[])
+            .await
+            .unwrap();
+        let head = server.receive_head::<Request>().await.unwrap();
+        assert_eq!(head.body as usize, image.len());
+        server.skip_body(&head).await.unwrap();
+        assert_eq!(
+            server.receive::<Request>().await.unwrap(),
+            (Request::Check { chunk, index: 1 }, Vec::new())
         );
     }
 
