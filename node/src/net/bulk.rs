@@ -574,19 +574,10 @@ impl Bulk {
                 .with_label_values(&[&peer.to_string()])
                 .inc_by(image.len() as u64);
         }
-        let (chunk, _) = request.shard();
-        let is_store = matches!(request, Request::Store { .. });
-        let held = Arc::clone(&self.held);
-        let response = match tokio::task::spawn_blocking(move || held.handle(peer, request)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "shard request handler failed");
-                Response::Refused(Refusal::Internal)
-            }
-        };
+        let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
         let served = Command::BulkServed {
             peer,
-            stored: (is_store && response == Response::Stored).then_some(chunk),
+            stored,
             invalid: response == Response::Refused(Refusal::Invalid),
         };
         let _ = self.events.send(served).await;

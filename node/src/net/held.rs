@@ -81,6 +81,27 @@ impl HeldShards {
         self.meta().held_chunks(after, limit)
     }
 
+    /// Serve one request from `from` on the blocking pool (inbound requests of either
+    /// transport): the answer, and the chunk a successful store was for (this peer becomes a
+    /// provider of it).
+    pub async fn serve(
+        self: Arc<Self>,
+        from: PeerId,
+        request: Request,
+    ) -> (Response, Option<ChunkId>) {
+        let (chunk, _) = request.shard();
+        let is_store = matches!(request, Request::Store { .. });
+        let response = match tokio::task::spawn_blocking(move || self.handle(from, request)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "shard request handler failed");
+                Response::Refused(Refusal::Internal)
+            }
+        };
+        let stored = (is_store && response == Response::Stored).then_some(chunk);
+        (response, stored)
+    }
+
     /// Serve one request from `from`.
     pub fn handle(&self, from: PeerId, request: Request) -> Response {
         let (chunk, index) = request.shard();

@@ -1062,22 +1062,11 @@ impl Node {
                 let held = Arc::clone(&self.held);
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
-                    let kind = request.kind();
-                    let (chunk, _) = request.shard();
-                    let is_store = matches!(request, Request::Store { .. });
-                    let response =
-                        match tokio::task::spawn_blocking(move || held.handle(peer, request)).await
-                        {
-                            Ok(r) => r,
-                            Err(e) => {
-                                tracing::error!(error = %e, kind, "shard request handler failed");
-                                Response::Refused(Refusal::Internal)
-                            }
-                        };
+                    let (response, stored) = held.serve(peer, request).await;
                     let _ = done
                         .send(Served {
                             peer,
-                            stored: (is_store && response == Response::Stored).then_some(chunk),
+                            stored,
                             channel,
                             response,
                         })
