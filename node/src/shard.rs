@@ -19,7 +19,7 @@ use dfs_placement::{ChunkId, Layout};
 
 pub const MAGIC: &[u8; 8] = b"DFSSHRD1";
 pub const HEADER_LEN: usize = 80;
-const HASHED_HEADER_LEN: usize = 48;
+pub const HASHED_HEADER_LEN: usize = 48;
 
 /// What a shard header says about the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,20 +89,28 @@ impl ShardHeader {
     }
 
     fn parse(bytes: &[u8], checksum: bool) -> Result<(ShardHeader, &[u8]), ShardDefect> {
-        if bytes.len() < HEADER_LEN {
+        let Some((head, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
             return Err(ShardDefect::Truncated { len: bytes.len() });
-        }
-        if &bytes[..8] != MAGIC {
+        };
+        if &head[..8] != MAGIC {
             return Err(ShardDefect::BadMagic);
         }
-        let body = &bytes[HEADER_LEN..];
         if checksum {
             let mut hasher = blake3::Hasher::new();
-            hasher.update(&bytes[..HASHED_HEADER_LEN]);
+            hasher.update(&head[..HASHED_HEADER_LEN]);
             hasher.update(body);
-            if hasher.finalize().as_bytes() != &bytes[HASHED_HEADER_LEN..HEADER_LEN] {
+            if hasher.finalize().as_bytes() != &head[HASHED_HEADER_LEN..HEADER_LEN] {
                 return Err(ShardDefect::Checksum);
             }
+        }
+        Ok((Self::parse_head(head, body.len())?, body))
+    }
+
+    /// The header of a shard whose body is `body_len` bytes, checked for structure (not the
+    /// checksum, which covers the body).
+    fn parse_head(bytes: &[u8; HEADER_LEN], body_len: usize) -> Result<ShardHeader, ShardDefect> {
+        if &bytes[..8] != MAGIC {
+            return Err(ShardDefect::BadMagic);
         }
         let mut chunk = [0u8; 32];
         chunk.copy_from_slice(&bytes[8..40]);
@@ -121,19 +129,18 @@ impl ShardHeader {
         }
         let chunk_len = u32::from_le_bytes([bytes[44], bytes[45], bytes[46], bytes[47]]);
         let expected = layout.shard_len(chunk_len as usize);
-        if body.len() != expected {
+        if body_len != expected {
             return Err(ShardDefect::BodyLength {
-                got: body.len(),
+                got: body_len,
                 expected,
             });
         }
-        let header = ShardHeader {
+        Ok(ShardHeader {
             chunk: ChunkId(chunk),
             layout,
             index,
             chunk_len,
-        };
-        Ok((header, body))
+        })
     }
 
     /// Decode and check that the shard is the one we asked for.
@@ -155,19 +162,46 @@ impl ShardHeader {
         checksum: bool,
     ) -> Result<(ShardHeader, &[u8]), ShardDefect> {
         let (header, body) = Self::parse(bytes, checksum)?;
-        if header.chunk != chunk {
+        header.named(chunk, index)?;
+        Ok((header, body))
+    }
+
+    /// Check only the header of a shard file of `file_len` bytes (its first [`HEADER_LEN`]
+    /// bytes in `head`) against the chunk and index it was asked for: what
+    /// [`ShardHeader::decode_as`] without the checksum checks, for an image that is sent from
+    /// the file as it lies and never read into memory.
+    pub fn check_head(
+        head: &[u8; HEADER_LEN],
+        file_len: u64,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<ShardHeader, ShardDefect> {
+        let body_len = file_len
+            .checked_sub(HEADER_LEN as u64)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(ShardDefect::Truncated {
+                len: file_len as usize,
+            })?;
+        let header = Self::parse_head(head, body_len)?;
+        header.named(chunk, index)?;
+        Ok(header)
+    }
+
+    /// Whether this is the header of shard `index` of `chunk`.
+    fn named(&self, chunk: ChunkId, index: u8) -> Result<(), ShardDefect> {
+        if self.chunk != chunk {
             return Err(ShardDefect::WrongChunk {
-                found: header.chunk,
+                found: self.chunk,
                 expected: chunk,
             });
         }
-        if header.index != index {
+        if self.index != index {
             return Err(ShardDefect::WrongIndex {
-                found: header.index,
+                found: self.index,
                 expected: index,
             });
         }
-        Ok((header, body))
+        Ok(())
     }
 }
 
@@ -186,6 +220,40 @@ mod tests {
         };
         let body = vec![0xAB; layout.shard_len(body_len_chunk as usize)];
         (header, body)
+    }
+
+    #[test]
+    fn a_header_alone_is_checked_against_the_file_length_and_names() {
+        let (header, body) = sample(1000);
+        let bytes = header.encode(&body);
+        let head: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
+        let len = bytes.len() as u64;
+        assert_eq!(
+            ShardHeader::check_head(&head, len, header.chunk, 5),
+            Ok(header)
+        );
+        assert!(matches!(
+            ShardHeader::check_head(&head, len - 1, header.chunk, 5),
+            Err(ShardDefect::BodyLength { .. })
+        ));
+        assert!(matches!(
+            ShardHeader::check_head(&head, 10, header.chunk, 5),
+            Err(ShardDefect::Truncated { .. })
+        ));
+        assert!(matches!(
+            ShardHeader::check_head(&head, len, ChunkId([1; 32]), 5),
+            Err(ShardDefect::WrongChunk { .. })
+        ));
+        assert!(matches!(
+            ShardHeader::check_head(&head, len, header.chunk, 4),
+            Err(ShardDefect::WrongIndex { .. })
+        ));
+        let mut bad = head;
+        bad[0] ^= 1;
+        assert_eq!(
+            ShardHeader::check_head(&bad, len, header.chunk, 5),
+            Err(ShardDefect::BadMagic)
+        );
     }
 
     #[test]

@@ -208,6 +208,23 @@ impl ShardStore {
         }
     }
 
+    /// Open a shard file for reading, with its length; `Ok(None)` when it does not exist. The
+    /// caller sends or reads it as it lies (the bytes are counted as read).
+    pub fn open_file(&self, chunk: &ChunkId, index: u8) -> Result<Option<(File, u64)>, StoreError> {
+        let path = self.path(chunk, index);
+        let fail = |e| StoreError::new("cannot read", &path, e);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fail(e)),
+        };
+        let len = file.metadata().map_err(fail)?.len();
+        self.counters
+            .shard_bytes_read
+            .fetch_add(len, Ordering::Relaxed);
+        Ok(Some((file, len)))
+    }
+
     /// Read a shard whose file should be `header.len() + body_len` bytes: the header into
     /// `header`, the body appended to `out` (no intermediate buffer). `Ok(false)` when the file
     /// is absent or has another length, and then `out` is as it was.

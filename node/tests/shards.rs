@@ -230,6 +230,19 @@ async fn store_fetch_check_delete_between_two_peers() {
             .expect("trusting fetch"),
         rotten
     );
+    // A header that names another shard, or a file of the wrong length, is refused even so:
+    // the holder checks what it sends from the file as it lies.
+    let mut renamed = image.clone();
+    renamed[43] ^= 1;
+    for bad in [renamed, image[..image.len() - 1].to_vec()] {
+        std::fs::write(&path, &bad).expect("corrupt");
+        let err = a
+            .net
+            .fetch_shard_checked(bid, chunk, 1, false)
+            .await
+            .unwrap_err();
+        assert_eq!(refused(err), Refusal::NotFound);
+    }
 
     // Asking a peer that is not there fails with an error, not a hang.
     let err = a

@@ -43,7 +43,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::held::HeldShards;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::sendfile::sendfile;
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::held::{HeldFile, HeldShards};
 use super::wire::{FramedCodec, Refusal, Request, Response, MAX_SHARD};
 use super::{Command, NetError};
 use crate::shard::ShardHeader;
@@ -57,6 +62,8 @@ const MAX_HEAD: usize = 1024;
 const TAG_LEN: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that takes no bytes of a shard being sent for this long is given up on.
+const SEND_STALL: Duration = Duration::from_secs(30);
 /// A link idle this long is closed by the server; clients drop theirs sooner, so a request is
 /// never sent on a link the server is closing.
 const SERVER_IDLE: Duration = Duration::from_secs(120);
@@ -121,6 +128,13 @@ struct Head<M> {
     hash: Option<[u8; 32]>,
 }
 
+/// What the server sends back for one request.
+enum Answer {
+    Message(Response),
+    /// A shard image, sent from its file.
+    File(HeldFile),
+}
+
 /// Why a request could not go over a bulk link.
 pub(super) enum Failure {
     /// No link could be set up (nothing was sent): ask over libp2p instead.
@@ -156,6 +170,30 @@ fn link_key(session: &[u8; 32], client: &[u8; 16], server: &[u8; 16]) -> ChaCha2
     ChaCha20Poly1305::new(&Key::from(*key.as_bytes()))
 }
 
+/// Write all `len` bytes of `file` to `socket` (non-blocking: waits for room between calls).
+fn send_whole_file(socket: &OwnedFd, file: &std::fs::File, len: u64) -> io::Result<()> {
+    let mut offset: libc::off_t = 0;
+    while (offset as u64) < len {
+        let want = usize::try_from(len - offset as u64).unwrap_or(usize::MAX);
+        match sendfile(socket, file, Some(&mut offset), want) {
+            Ok(0) => return Err(invalid("the shard file is shorter than it was")),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+                if poll(
+                    &mut fds,
+                    PollTimeout::try_from(SEND_STALL).unwrap_or(PollTimeout::MAX),
+                )? == 0
+                {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn invalid(detail: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail.into())
 }
@@ -174,7 +212,7 @@ impl Link {
 
     /// Send `message` with `body` (a shard image or nothing).
     async fn send<M: Serialize>(&mut self, message: &M, body: &[u8]) -> io::Result<()> {
-        let frame = self.seal(message, body)?;
+        let frame = self.seal(message, body.len() as u64, ShardHeader::carried_hash(body))?;
         self.stream.write_all(&frame).await?;
         if !body.is_empty() {
             self.stream.write_all(body).await?;
@@ -182,12 +220,31 @@ impl Link {
         Ok(())
     }
 
+    /// Send `message` with a held shard's file as its body, straight from the page cache to
+    /// the socket (`sendfile`): the holder never copies the image into memory. On the
+    /// blocking pool, since a cold file is read from the disk inside the call.
+    async fn send_file<M: Serialize>(&mut self, message: &M, shard: HeldFile) -> io::Result<()> {
+        let frame = self.seal(message, shard.len, Some(shard.hash))?;
+        self.stream.write_all(&frame).await?;
+        // The blocking thread owns a duplicate of the socket, so it stays valid even if this
+        // task is dropped meanwhile.
+        let socket = self.stream.as_fd().try_clone_to_owned()?;
+        tokio::task::spawn_blocking(move || send_whole_file(&socket, &shard.file, shard.len))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     /// The length and sealed head of the next frame this end sends.
-    fn seal<M: Serialize>(&mut self, message: &M, body: &[u8]) -> io::Result<Vec<u8>> {
+    fn seal<M: Serialize>(
+        &mut self,
+        message: &M,
+        body_len: u64,
+        hash: Option<[u8; 32]>,
+    ) -> io::Result<Vec<u8>> {
         let head = Head {
             message,
-            body: u32::try_from(body.len()).map_err(|_| invalid("body too large"))?,
-            hash: ShardHeader::carried_hash(body),
+            body: u32::try_from(body_len).map_err(|_| invalid("body too large"))?,
+            hash,
         };
         let mut frame =
             postcard::to_extend(&head, vec![0u8; 4]).map_err(|e| invalid(e.to_string()))?;
@@ -539,17 +596,23 @@ impl Bulk {
                 (other, body) if body.is_empty() => other,
                 _ => return Err(invalid("a body came with a request that has none")),
             };
-            let response = self.handle(peer, request).await;
-            match &response {
-                Response::Shard { image } => {
-                    crate::metrics::metrics()
-                        .shard_sent_bytes
-                        .with_label_values(&[&peer.to_string()])
-                        .inc_by(image.len() as u64);
-                    link.send(&Response::Shard { image: Vec::new() }, image)
-                        .await?
+            let sent = |bytes: u64| {
+                crate::metrics::metrics()
+                    .shard_sent_bytes
+                    .with_label_values(&[&peer.to_string()])
+                    .inc_by(bytes)
+            };
+            let image_only = Response::Shard { image: Vec::new() };
+            match self.handle(peer, request).await {
+                Answer::File(shard) => {
+                    sent(shard.len);
+                    link.send_file(&image_only, shard).await?
                 }
-                other => link.send(other, &[]).await?,
+                Answer::Message(Response::Shard { image }) => {
+                    sent(image.len() as u64);
+                    link.send(&image_only, &image).await?
+                }
+                Answer::Message(other) => link.send(&other, &[]).await?,
             }
         }
     }
@@ -566,23 +629,36 @@ impl Bulk {
     }
 
     /// Server: serve one request on the blocking pool (the caller holds an inbound permit),
-    /// and tell the event loop about it.
-    async fn handle(&self, peer: PeerId, request: Request) -> Response {
-        if let Request::Store { image, .. } = &request {
-            crate::metrics::metrics()
-                .shard_received_bytes
-                .with_label_values(&[&peer.to_string()])
-                .inc_by(image.len() as u64);
-        }
-        let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
+    /// and tell the event loop about it. A trusting fetch is answered from the shard's file as
+    /// it lies; everything else by [`HeldShards::serve`].
+    async fn handle(&self, peer: PeerId, request: Request) -> Answer {
+        let (answer, stored, invalid) = match request {
+            Request::FetchTrusting { chunk, index } => {
+                match Arc::clone(&self.held).open_trusting(chunk, index).await {
+                    Ok(shard) => (Answer::File(shard), None, false),
+                    Err(refusal) => (Answer::Message(refusal), None, false),
+                }
+            }
+            request => {
+                if let Request::Store { image, .. } = &request {
+                    crate::metrics::metrics()
+                        .shard_received_bytes
+                        .with_label_values(&[&peer.to_string()])
+                        .inc_by(image.len() as u64);
+                }
+                let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
+                let invalid = response == Response::Refused(Refusal::Invalid);
+                (Answer::Message(response), stored, invalid)
+            }
+        };
         let served = Command::BulkServed {
             peer,
             stored,
-            invalid: response == Response::Refused(Refusal::Invalid),
+            invalid,
         };
         let _ = self.events.send(served).await;
         self.served.fetch_add(1, Ordering::Relaxed);
-        response
+        answer
     }
 
     /// Client: send `request` to `peer` over a bulk link.
@@ -811,6 +887,13 @@ mod tests {
         }
     }
 
+    /// The sealed head of a store of `image` (its body still to be written).
+    fn store_frame(link: &mut Link, chunk: ChunkId, image: &[u8]) -> Vec<u8> {
+        let hash = ShardHeader::carried_hash(image);
+        link.seal(&store_head(chunk), image.len() as u64, hash)
+            .unwrap()
+    }
+
     async fn write_raw(link: &mut Link, bytes: &[u8]) {
         link.stream.write_all(bytes).await.unwrap();
     }
@@ -841,6 +924,60 @@ mod tests {
         );
     }
 
+    /// A held shard sent from its file: larger than the socket buffers, so the sender must
+    /// wait for room between calls, and a file cut short on the way fails the send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_file_is_sent_as_it_lies() {
+        let (mut client, mut server) = link_pair().await;
+        let layout = Layout::Erasure { data: 4, parity: 2 };
+        let len = 16 << 20;
+        let header = ShardHeader {
+            chunk: ChunkId([7; 32]),
+            layout,
+            index: 2,
+            chunk_len: len,
+        };
+        let body: Vec<u8> = (0..layout.shard_len(len as usize))
+            .map(|i| i as u8)
+            .collect();
+        let image = header.encode(&body);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard");
+        std::fs::write(&path, &image).unwrap();
+        let open = || HeldFile {
+            file: std::fs::File::open(&path).unwrap(),
+            len: image.len() as u64,
+            hash: ShardHeader::carried_hash(&image).unwrap(),
+        };
+        let shard = open();
+        let sender = tokio::spawn(async move {
+            server
+                .send_file(&Response::Shard { image: Vec::new() }, shard)
+                .await
+                .unwrap();
+            server
+        });
+        let (response, received) = client.receive::<Response>().await.unwrap();
+        assert_eq!(response, Response::Shard { image: Vec::new() });
+        assert!(received == image, "the body is the file's bytes");
+        let mut server = sender.await.unwrap();
+        // The file shrank after it was opened (the frame promised more): the send fails.
+        let shard = open();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let failed = server
+            .send_file(&Response::Shard { image: Vec::new() }, shard)
+            .await;
+        assert!(
+            matches!(&failed, Err(e) if e.kind() == io::ErrorKind::InvalidData),
+            "{failed:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_skipped_body_leaves_the_link_in_step() {
         let (mut client, mut server) = link_pair().await;
@@ -868,7 +1005,8 @@ mod tests {
                     chunk: ChunkId([1; 32]),
                     index: 0,
                 },
-                &[],
+                0,
+                None,
             )
             .unwrap();
         let last = frame.len() - 1;
@@ -884,7 +1022,7 @@ mod tests {
         let (_, image_b) = image(4);
         assert_eq!(image_a.len(), image_b.len());
         // Another shard's bytes behind the head: its carried hash differs.
-        let frame = client.seal(&store_head(chunk), &image_a).unwrap();
+        let frame = store_frame(&mut client, chunk, &image_a);
         write_raw(&mut client, &frame).await;
         write_raw(&mut client, &image_b).await;
         assert!(is_invalid(server.receive::<Request>().await));
@@ -895,7 +1033,7 @@ mod tests {
         let mut changed = image_a.clone();
         let last = changed.len() - 1;
         changed[last] ^= 1;
-        let frame = client.seal(&store_head(chunk), &image_a).unwrap();
+        let frame = store_frame(&mut client, chunk, &image_a);
         write_raw(&mut client, &frame).await;
         write_raw(&mut client, &changed).await;
         let (_, body) = server.receive::<Request>().await.unwrap();
@@ -909,7 +1047,7 @@ mod tests {
             chunk: ChunkId([2; 32]),
             index: 0,
         };
-        let frame = client.seal(&request, &[]).unwrap();
+        let frame = client.seal(&request, 0, None).unwrap();
         write_raw(&mut client, &frame).await;
         assert_eq!(server.receive::<Request>().await.unwrap().0, request);
         write_raw(&mut client, &frame).await;
@@ -917,7 +1055,7 @@ mod tests {
 
         // A frame the server sealed, sent back to it: wrong direction.
         let (mut client, mut server) = link_pair().await;
-        let frame = server.seal(&request, &[]).unwrap();
+        let frame = server.seal(&request, 0, None).unwrap();
         write_raw(&mut client, &frame).await;
         assert!(is_invalid(server.receive::<Request>().await));
     }

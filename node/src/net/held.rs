@@ -6,6 +6,7 @@
 //! written, and again when checked; capacity is enforced; only the peer that stored a shard may
 //! delete it. These calls block on the disk: the swarm loop runs them on the blocking pool.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,9 +16,18 @@ use libp2p::PeerId;
 
 use super::wire::{Refusal, Request, Response};
 use crate::meta::{HeldRecord, MetaDb};
-use crate::shard::ShardHeader;
+use crate::shard::{ShardHeader, HASHED_HEADER_LEN, HEADER_LEN};
 use crate::store::{ShardStore, StoreError};
 use crate::Repo;
+
+/// A held shard file opened to be sent as it lies ([`HeldShards::open_trusting`]).
+pub struct HeldFile {
+    pub file: std::fs::File,
+    /// The whole image: header and body.
+    pub len: u64,
+    /// The blake3 the image carries (its header's bytes 48..80).
+    pub hash: [u8; 32],
+}
 
 /// The held-shard store of one peer.
 pub struct HeldShards {
@@ -112,13 +122,16 @@ impl HeldShards {
             Request::Check { .. } => self.check(chunk, index),
             Request::Delete { .. } => self.delete(from, chunk, index),
         };
-        result.unwrap_or_else(|e| {
-            tracing::error!(error = %e, chunk = %chunk.short(), index, "held shard store failed");
-            Response::Refused(if e.is_disk_full() {
-                Refusal::Full
-            } else {
-                Refusal::Internal
-            })
+        result.unwrap_or_else(|e| self.refusal(chunk, index, e))
+    }
+
+    /// The answer to a request that failed on this peer's disk.
+    fn refusal(&self, chunk: ChunkId, index: u8, e: HeldError) -> Response {
+        tracing::error!(error = %e, chunk = %chunk.short(), index, "held shard store failed");
+        Response::Refused(if e.is_disk_full() {
+            Refusal::Full
+        } else {
+            Refusal::Internal
         })
     }
 
@@ -175,6 +188,57 @@ impl HeldShards {
             }
             None => Ok(Response::Refused(Refusal::NotFound)),
         }
+    }
+
+    /// A held shard opened to be sent from its file as it lies (a trusting fetch over a bulk
+    /// link), with only its header checked, as [`Request::FetchTrusting`] asks. On the blocking
+    /// pool; `Err` is the answer to send instead (not here, corrupt, or the disk failing).
+    pub async fn open_trusting(
+        self: Arc<Self>,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<HeldFile, Response> {
+        let opened = tokio::task::spawn_blocking(move || {
+            let result = self.open_checked(chunk, index);
+            result.map_err(|e| self.refusal(chunk, index, e))?
+        })
+        .await;
+        opened.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "shard request handler failed");
+            Err(Response::Refused(Refusal::Internal))
+        })
+    }
+
+    fn open_checked(
+        &self,
+        chunk: ChunkId,
+        index: u8,
+    ) -> Result<Result<HeldFile, Response>, HeldError> {
+        let Some((file, len)) = self.store.open_file(&chunk, index)? else {
+            return Ok(Err(Response::Refused(Refusal::NotFound)));
+        };
+        let mut head = [0u8; HEADER_LEN];
+        let read = file.read_exact_at(&mut head, 0);
+        let path = || self.store.path(&chunk, index);
+        match read {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => {
+                return Err(StoreError {
+                    action: "cannot read",
+                    path: path(),
+                    source: e,
+                }
+                .into())
+            }
+        }
+        if ShardHeader::check_head(&head, len, chunk, index).is_err() {
+            tracing::warn!(chunk = %chunk.short(), index, "held shard is corrupt on disk");
+            return Ok(Err(Response::Refused(Refusal::NotFound)));
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&head[HASHED_HEADER_LEN..HEADER_LEN]);
+        Ok(Ok(HeldFile { file, len, hash }))
     }
 
     fn check(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {
