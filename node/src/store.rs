@@ -3,15 +3,18 @@
 //! Writes go to `DATA/tmp/` and are renamed into place, so a shard file is either absent or
 //! complete; a crash can leave only temporary files, which [`ShardStore::clean_tmp`] removes.
 //! Durability is batched: [`ShardStore::sync`] flushes the whole filesystem once per put
-//! (syncfs), far cheaper than an fsync per shard.
+//! (syncfs), far cheaper than an fsync per shard. Whole blocks are written past the page
+//! cache where the filesystem allows it ([`direct`]).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dfs_placement::ChunkId;
+
+mod direct;
 
 /// An I/O failure in the store, with the path it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,7 @@ pub struct ShardStore {
     tmp: PathBuf,
     counters: StoreCounters,
     group: GroupSync,
+    direct: direct::DirectWriter,
 }
 
 /// Group commit: writers that need durability share one `syncfs` instead of two fsyncs each.
@@ -102,6 +106,7 @@ impl ShardStore {
             tmp,
             counters: StoreCounters::default(),
             group: GroupSync::default(),
+            direct: direct::DirectWriter::default(),
         })
     }
 
@@ -172,12 +177,10 @@ impl ShardStore {
             rand::random::<u64>()
         ));
         let result = (|| {
-            let mut file =
-                File::create(&tmp).map_err(|e| StoreError::new("cannot create", &tmp, e))?;
-            for part in parts {
-                file.write_all(part)
-                    .map_err(|e| StoreError::new("cannot write", &tmp, e))?;
-            }
+            let file = File::create(&tmp).map_err(|e| StoreError::new("cannot create", &tmp, e))?;
+            self.direct
+                .write(&file, parts)
+                .map_err(|e| StoreError::new("cannot write", &tmp, e))?;
             fs::rename(&tmp, &dest).map_err(|e| StoreError::new("cannot rename into", &dest, e))?;
             Ok(())
         })();
