@@ -242,6 +242,36 @@ fn content_survives_unmount_and_remount_and_real_tools_work() {
     );
 }
 
+/// The kernel's read-ahead for a mount, from its device's sysfs entry.
+fn read_ahead_kb(mount: &Path) -> u32 {
+    let dev = fs::metadata(mount).unwrap().dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    fs::read_to_string(&knob).unwrap().trim().parse().unwrap()
+}
+
+/// A mount asks the kernel for 1 MiB of read-ahead (1 MiB FUSE reads), or what
+/// `--read-ahead-kb` says; 0 leaves the kernel's own.
+#[test]
+fn the_mount_read_ahead_is_what_was_asked() {
+    if !fuse_available() {
+        return;
+    }
+    let dfs = Dfs::new();
+    let m = dfs.mount("mnt");
+    assert_eq!(read_ahead_kb(&m.path), 1024);
+    let data = random_bytes(3 << 20, 7);
+    fs::write(m.path.join("f"), &data).unwrap();
+    assert_eq!(m.unmount(), Some(0));
+    for (asked, expected) in [("512", 512), ("0", 128)] {
+        let m = dfs.mount_at(&dfs.path("mnt"), &["--read-ahead-kb", asked]);
+        assert_eq!(read_ahead_kb(&m.path), expected, "--read-ahead-kb {asked}");
+        assert!(fs::read(m.path.join("f")).unwrap() == data);
+        assert_eq!(m.unmount(), Some(0));
+    }
+}
+
 #[test]
 fn editing_one_byte_of_a_large_file_stores_little() {
     if !fuse_available() {

@@ -147,6 +147,9 @@ Mount options: the mount is `default_permissions` (the kernel checks modes and o
         /// Threads serving filesystem requests [default: cores, at least 2]
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// The kernel's read-ahead for the mount in KiB (needs root; 0 leaves the kernel's)
+        #[arg(long, value_name = "KIB", default_value_t = dfs_fs::mount::READ_AHEAD_KB)]
+        read_ahead_kb: u32,
         /// Mount this shared volume (see `dfs volume list`) instead of the peer's own
         #[arg(long, value_name = "NAME")]
         volume: Option<String>,
@@ -442,6 +445,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             nonempty,
             allow_other,
             threads,
+            read_ahead_kb,
             volume,
             net,
         } => {
@@ -455,6 +459,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let mut options = dfs_fs::mount::MountOptions {
                 allow_other,
                 nonempty,
+                read_ahead_kb,
                 ..Default::default()
             };
             if let Some(n) = threads {
