@@ -336,8 +336,12 @@ pub struct PlacementConfig {
     pub max_actions_per_round: u32,
     /// Bytes a second that repair and rebalancing may write (repairs go first).
     pub max_bytes_per_sec: u64,
-    /// Shards re-verified per round by scrubbing (0 turns scrubbing off).
+    /// Shards re-verified per round by scrubbing at most (0 turns scrubbing off).
     pub scrub_shards_per_round: u32,
+    /// Shard bytes a second that scrubbing has holders re-read and hash, on average (0 turns
+    /// scrubbing off). The default re-verifies 100 GiB of shards in about 7 hours; each check
+    /// costs the holder a disk read and a blake3 of the shard.
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for PlacementConfig {
@@ -349,6 +353,7 @@ impl Default for PlacementConfig {
             max_actions_per_round: 512,
             max_bytes_per_sec: 128 << 20,
             scrub_shards_per_round: 64,
+            scrub_bytes_per_sec: 4 << 20,
         }
     }
 }

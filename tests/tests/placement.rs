@@ -117,6 +117,7 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     let mount_dir = Dfs::new();
     mount_dir.configure(
         "[placement]\nrepair_interval_ms = 500\nscrub_shards_per_round = 400\n\
+         scrub_bytes_per_sec = 1073741824\n\
          max_bytes_per_sec = 1073741824\n",
     );
     let mnt = mount_dir.path("mnt");
@@ -290,6 +291,7 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     drop(mount);
     mount_dir.configure(
         "[placement]\nrepair_interval_ms = 500\nscrub_shards_per_round = 400\n\
+         scrub_bytes_per_sec = 1073741824\n\
          max_bytes_per_sec = 1073741824\n[versions]\nkeep_last = 1\nkeep_daily_days = 0\n",
     );
     let before: usize = layout(&with_new, (7, &mount_dir))
