@@ -32,6 +32,7 @@ pub struct Metrics {
     pub shard_sent_bytes: IntCounterVec,
     pub shard_received_bytes: IntCounterVec,
     pub shard_request_failures: IntCounterVec,
+    pub bulk_requests: IntCounterVec,
     pub memory_cache_hits: IntCounter,
     pub memory_cache_misses: IntCounter,
     pub memory_cache_bytes: prometheus::IntGauge,
@@ -115,6 +116,12 @@ impl Metrics {
                 "Shard requests to other peers that failed or were refused, by request kind",
                 &["kind"],
             ),
+            bulk_requests: counter_vec(
+                "dfs_bulk_link_requests_total",
+                "Shard requests on bulk links: sent by this peer, served by it, or sent over \
+                 libp2p instead because the peer had no reachable bulk link (fallback)",
+                &["event"],
+            ),
             memory_cache_hits: counter(
                 "dfs_memory_cache_hits_total",
                 "Chunk reads answered by the memory cache of decrypted chunks",
@@ -144,6 +151,7 @@ impl Metrics {
             Box::new(m.shard_sent_bytes.clone()),
             Box::new(m.shard_received_bytes.clone()),
             Box::new(m.shard_request_failures.clone()),
+            Box::new(m.bulk_requests.clone()),
             Box::new(m.memory_cache_hits.clone()),
             Box::new(m.memory_cache_misses.clone()),
             Box::new(m.memory_cache_bytes.clone()),

@@ -189,6 +189,19 @@ fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
         received, sent,
         "what the mount sent is what the peers received"
     );
+    // The shards went over bulk links, counted on both ends; none fell back to libp2p.
+    let bulk = |event: &str, instance: &str| {
+        prom.sum(&format!(
+            "dfs_bulk_link_requests_total{{event=\"{event}\",instance=~\"{instance}\"}}"
+        ))
+    };
+    let client_api = client.api_addr();
+    wait_for(Duration::from_secs(30), "bulk link counts", || {
+        let sent = bulk("sent", &client_api)?;
+        let served = bulk("served", &holders)?;
+        (sent >= 1.0 && served >= 1.0).then_some(())
+    });
+    assert_eq!(bulk("fallback", &client_api), None);
     for n in &nodes {
         let alive = prom.sum(&format!(
             "dfs_peers{{state=\"alive\",instance=\"{}\"}}",

@@ -194,6 +194,15 @@ fn send_whole_file(socket: &OwnedFd, file: &std::fs::File, len: u64) -> io::Resu
     Ok(())
 }
 
+/// Count one request for `dfs status` (`counter`) and `/metrics` (`event`).
+fn count(counter: &AtomicU64, event: &str) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::metrics()
+        .bulk_requests
+        .with_label_values(&[event])
+        .inc();
+}
+
 fn invalid(detail: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail.into())
 }
@@ -657,7 +666,7 @@ impl Bulk {
             invalid,
         };
         let _ = self.events.send(served).await;
-        self.served.fetch_add(1, Ordering::Relaxed);
+        count(&self.served, "served");
         answer
     }
 
@@ -670,7 +679,7 @@ impl Bulk {
     ) -> Result<Response, Failure> {
         let result = self.try_request(net, peer, request).await;
         if matches!(result, Err(Failure::Unavailable)) {
-            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            count(&self.fallbacks, "fallback");
         }
         result
     }
@@ -686,7 +695,7 @@ impl Bulk {
             match link.exchange(request).await {
                 Ok(response) => {
                     self.put_idle(peer, link);
-                    self.sent.fetch_add(1, Ordering::Relaxed);
+                    count(&self.sent, "sent");
                     return Ok(response);
                 }
                 Err(e) => {
@@ -708,7 +717,7 @@ impl Bulk {
         match link.exchange(request).await {
             Ok(response) => {
                 self.put_idle(peer, link);
-                self.sent.fetch_add(1, Ordering::Relaxed);
+                count(&self.sent, "sent");
                 Ok(response)
             }
             Err(e) => Err(Failure::Failed(NetError::Request {
