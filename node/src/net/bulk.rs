@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, Semaphore};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::sendfile::sendfile;
+use nix::sys::signal::{SigSet, Signal};
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::held::{HeldFile, HeldShards};
@@ -172,6 +173,12 @@ fn link_key(session: &[u8; 32], client: &[u8; 16], server: &[u8; 16]) -> ChaCha2
 
 /// Write all `len` bytes of `file` to `socket` (non-blocking: waits for room between calls).
 fn send_whole_file(socket: &OwnedFd, file: &std::fs::File, len: u64) -> io::Result<()> {
+    // sendfile has no MSG_NOSIGNAL: a peer that hung up raises SIGPIPE on this thread, and the
+    // dfs binary restores SIGPIPE's default action (die) for `dfs ... | head`. Blocked on this
+    // thread it stays pending and harmless, and the call fails with EPIPE like any send.
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    pipe.thread_block()?;
     let mut offset: libc::off_t = 0;
     while (offset as u64) < len {
         let want = usize::try_from(len - offset as u64).unwrap_or(usize::MAX);
@@ -985,6 +992,38 @@ mod tests {
             matches!(&failed, Err(e) if e.kind() == io::ErrorKind::InvalidData),
             "{failed:?}"
         );
+    }
+
+    /// A reader that hung up makes the send fail, and does not kill the process: sendfile
+    /// raises SIGPIPE, whose default action the dfs binary restores (here too, for the test).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_hung_up_fails_the_send_and_kills_nothing() {
+        use nix::sys::signal::{signal, SigHandler};
+        // SAFETY: SIG_DFL installs no handler code; the Rust default (ignore) is put back.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.unwrap();
+        let (client, mut server) = link_pair().await;
+        drop(client);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard");
+        let (_, image) = image(9);
+        let image = image.repeat(1024);
+        std::fs::write(&path, &image).unwrap();
+        let mut failed = None;
+        // The first sends may still land in the socket buffer before the reset arrives.
+        for _ in 0..20 {
+            let shard = HeldFile {
+                file: std::fs::File::open(&path).unwrap(),
+                len: image.len() as u64,
+                hash: [0; 32],
+            };
+            if let Err(e) = server.send_file(&Response::Stored, shard).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.unwrap();
+        assert!(failed.is_some(), "sending to a closed link never failed");
     }
 
     #[tokio::test]
