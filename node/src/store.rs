@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -211,9 +212,15 @@ impl ShardStore {
         }
     }
 
-    /// Open a shard file for reading, with its length; `Ok(None)` when it does not exist. The
-    /// caller sends or reads it as it lies (the bytes are counted as read).
-    pub fn open_file(&self, chunk: &ChunkId, index: u8) -> Result<Option<(File, u64)>, StoreError> {
+    /// Open a shard file for reading, with its length, and read its first `head.len()` bytes
+    /// into `head` (zeros past the end of a shorter file); `Ok(None)` when it does not exist.
+    /// The caller sends or reads it as it lies (the bytes are counted as read).
+    pub fn open_file(
+        &self,
+        chunk: &ChunkId,
+        index: u8,
+        head: &mut [u8],
+    ) -> Result<Option<(File, u64)>, StoreError> {
         let path = self.path(chunk, index);
         let fail = |e| StoreError::new("cannot read", &path, e);
         let file = match File::open(&path) {
@@ -222,6 +229,15 @@ impl ShardStore {
             Err(e) => return Err(fail(e)),
         };
         let len = file.metadata().map_err(fail)?.len();
+        let mut filled = 0;
+        while filled < head.len() {
+            match file.read_at(&mut head[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
         self.counters
             .shard_bytes_read
             .fetch_add(len, Ordering::Relaxed);

@@ -6,7 +6,6 @@
 //! written, and again when checked; capacity is enforced; only the peer that stored a shard may
 //! delete it. These calls block on the disk: the swarm loop runs them on the blocking pool.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,13 +100,7 @@ impl HeldShards {
     ) -> (Response, Option<ChunkId>) {
         let (chunk, _) = request.shard();
         let is_store = matches!(request, Request::Store { .. });
-        let response = match tokio::task::spawn_blocking(move || self.handle(from, request)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "shard request handler failed");
-                Response::Refused(Refusal::Internal)
-            }
-        };
+        let response = on_blocking_pool(move || self.handle(from, request), |r| r).await;
         let stored = (is_store && response == Response::Stored).then_some(chunk);
         (response, stored)
     }
@@ -198,15 +191,11 @@ impl HeldShards {
         chunk: ChunkId,
         index: u8,
     ) -> Result<HeldFile, Response> {
-        let opened = tokio::task::spawn_blocking(move || {
+        let open = move || {
             let result = self.open_checked(chunk, index);
             result.map_err(|e| self.refusal(chunk, index, e))?
-        })
-        .await;
-        opened.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "shard request handler failed");
-            Err(Response::Refused(Refusal::Internal))
-        })
+        };
+        on_blocking_pool(open, Err).await
     }
 
     fn open_checked(
@@ -214,24 +203,10 @@ impl HeldShards {
         chunk: ChunkId,
         index: u8,
     ) -> Result<Result<HeldFile, Response>, HeldError> {
-        let Some((file, len)) = self.store.open_file(&chunk, index)? else {
+        let mut head = [0u8; HEADER_LEN];
+        let Some((file, len)) = self.store.open_file(&chunk, index, &mut head)? else {
             return Ok(Err(Response::Refused(Refusal::NotFound)));
         };
-        let mut head = [0u8; HEADER_LEN];
-        let read = file.read_exact_at(&mut head, 0);
-        let path = || self.store.path(&chunk, index);
-        match read {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-            Err(e) => {
-                return Err(StoreError {
-                    action: "cannot read",
-                    path: path(),
-                    source: e,
-                }
-                .into())
-            }
-        }
         if ShardHeader::check_head(&head, len, chunk, index).is_err() {
             tracing::warn!(chunk = %chunk.short(), index, "held shard is corrupt on disk");
             return Ok(Err(Response::Refused(Refusal::NotFound)));
@@ -267,6 +242,21 @@ impl HeldShards {
         );
         self.count.fetch_sub(1, Ordering::Relaxed);
         Ok(Response::Deleted { freed })
+    }
+}
+
+/// Run `work` on the blocking pool; a task that panicked is answered `Internal` (as `failed`
+/// makes that answer a `T`).
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    failed: impl FnOnce(Response) -> T,
+) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, "shard request handler failed");
+            failed(Response::Refused(Refusal::Internal))
+        }
     }
 }
 
