@@ -96,9 +96,10 @@ pub struct NetworkConfig {
     /// Address of the HTTP control API (a 127.0.0.1 port is chosen when empty).
     pub api: String,
     /// Provider records (DHT entries saying "this peer holds shards of chunk X") announced per
-    /// second while the peer is serving shard requests, and while it is idle. They are the
-    /// fallback for finding a shard whose recorded holder lost it, so they go out in the
-    /// background, never in the way of a write.
+    /// second while the peer has been serving shard requests for over 30 s (shorter bursts
+    /// pause them), and while it is idle. They are the fallback for finding a shard whose
+    /// recorded holder lost it, so they go out in the background, never in the way of a read
+    /// or a write.
     pub providers_per_sec_busy: u32,
     pub providers_per_sec_idle: u32,
     /// Move shards over bulk links: plain TCP connections on an ephemeral port of each TCP

@@ -10,6 +10,12 @@
 //! every [`SWEEP_EVERY`], which republishes records before they expire and recovers anything the
 //! bounded queue had to drop.
 //!
+//! Serving shards comes first: while the peer serves requests, announcements pause for up to
+//! [`BURST_PAUSE`] (a file read or written through a mount is such a burst, and an
+//! announcement's dozen substreams cost about as much CPU as moving a megabyte), and only a
+//! peer busy for longer announces at the busy rate, so that a peer under constant load still
+//! keeps its records fresh.
+//!
 //! This module is the policy only (no swarm, no clock of its own): the swarm loop asks it what is
 //! due at each tick and tells it when an announcement's query finished.
 
@@ -25,10 +31,14 @@ pub(super) const MAX_QUEUED: usize = 1 << 20;
 /// Announcement queries running at once.
 pub(super) const MAX_IN_FLIGHT: usize = 8;
 
+/// A peer that has been serving shard requests for less than this announces nothing; after it,
+/// announcements go at the busy rate.
+pub(super) const BURST_PAUSE: Duration = Duration::from_secs(30);
+
 /// How fast announcements go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnnounceRate {
-    /// Per second while the peer is serving shard requests.
+    /// Per second while the peer has been serving shard requests for over [`BURST_PAUSE`].
     pub busy: u32,
     /// Per second while it is not.
     pub idle: u32,
@@ -48,6 +58,8 @@ pub(super) struct Announcer {
     in_flight: usize,
     tokens: f64,
     last: Option<Instant>,
+    /// When the current stretch of serving began (`None` while idle).
+    busy_since: Option<Instant>,
     /// Chunks not queued because the queue was full (the next sweep brings them back).
     pub dropped: u64,
     /// Announcements started.
@@ -63,6 +75,7 @@ impl Announcer {
             in_flight: 0,
             tokens: 0.0,
             last: None,
+            busy_since: None,
             dropped: 0,
             started: 0,
         }
@@ -91,14 +104,19 @@ impl Announcer {
         self.queue.len()
     }
 
-    /// The chunks to announce now. Tokens accrue at the busy or idle rate since the last call,
-    /// up to one second's worth, and each announcement also needs a free query slot.
+    /// The chunks to announce now. Tokens accrue since the last call at the idle rate, nothing
+    /// in the first [`BURST_PAUSE`] of serving and the busy rate after it, up to one second's
+    /// worth; each announcement also needs a free query slot.
     pub(super) fn due(&mut self, now: Instant, busy: bool) -> Vec<ChunkId> {
-        let rate = f64::from(if busy { self.rate.busy } else { self.rate.idle });
-        let elapsed = self
-            .last
-            .map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
+        let (rate, from) = self.accrual(now, busy);
         self.last = Some(now);
+        if from > now {
+            // Paused for a burst of serving: nothing goes out, nothing is banked.
+            self.tokens = 0.0;
+            return Vec::new();
+        }
+        let elapsed = now.saturating_duration_since(from);
+        let rate = f64::from(rate);
         self.tokens = (self.tokens + rate * elapsed.as_secs_f64()).min(rate.max(1.0));
         let mut due = Vec::new();
         while self.tokens >= 1.0 && self.in_flight < MAX_IN_FLIGHT {
@@ -116,6 +134,18 @@ impl Announcer {
             self.tokens = self.tokens.min(1.0);
         }
         due
+    }
+
+    /// The rate tokens accrue at now, and since when: the last call, or the end of the pause
+    /// if the peer is serving a burst.
+    fn accrual(&mut self, now: Instant, busy: bool) -> (u32, Instant) {
+        let last = self.last.unwrap_or(now);
+        if !busy {
+            self.busy_since = None;
+            return (self.rate.idle, last);
+        }
+        let since = *self.busy_since.get_or_insert(now);
+        (self.rate.busy, last.max(since + BURST_PAUSE))
     }
 
     /// An announcement started by [`Announcer::due`] finished (or could not start).
@@ -151,9 +181,15 @@ mod tests {
         }
         let t0 = Instant::now();
         assert!(a.due(t0, false).is_empty(), "no tokens before time passes");
-        // Busy for a second: two announcements.
-        assert_eq!(a.due(t0 + Duration::from_secs(1), true).len(), 2);
+        // Serving: nothing during the pause, then two a second.
+        let burst = t0 + Duration::from_millis(10);
+        assert!(a.due(burst, true).is_empty());
+        assert!(a.due(burst + BURST_PAUSE / 2, true).is_empty());
+        let sustained = burst + BURST_PAUSE;
+        assert!(a.due(sustained, true).is_empty(), "the pause banks nothing");
+        assert_eq!(a.due(sustained + Duration::from_secs(1), true).len(), 2);
         // Idle for a second: 100 tokens, but only the free query slots are used.
+        let t0 = sustained;
         let due = a.due(t0 + Duration::from_secs(2), false);
         assert_eq!(due.len(), MAX_IN_FLIGHT - 2);
         for _ in 0..MAX_IN_FLIGHT {
@@ -163,6 +199,30 @@ mod tests {
         assert_eq!(due.len(), MAX_IN_FLIGHT);
         assert_eq!(a.started as usize, 2 * MAX_IN_FLIGHT);
         assert_eq!(a.len(), 50 - 2 * MAX_IN_FLIGHT);
+    }
+
+    #[test]
+    fn a_pause_in_serving_ends_the_burst_and_the_next_one_pauses_again() {
+        let mut a = Announcer::new(AnnounceRate { busy: 10, idle: 10 });
+        for n in 0..100 {
+            a.push(id(n));
+        }
+        let t0 = Instant::now();
+        a.due(t0, true);
+        let late = t0 + BURST_PAUSE + Duration::from_secs(1);
+        assert!(a.due(t0 + BURST_PAUSE, true).is_empty());
+        assert_eq!(a.due(late, true).len(), MAX_IN_FLIGHT);
+        for _ in 0..MAX_IN_FLIGHT {
+            a.finished();
+        }
+        // Idle for a moment, then serving again: a new burst, a new pause.
+        assert!(!a.due(late + Duration::from_millis(500), false).is_empty());
+        for _ in 0..MAX_IN_FLIGHT {
+            a.finished();
+        }
+        let again = late + Duration::from_secs(1);
+        assert!(a.due(again, true).is_empty());
+        assert!(a.due(again + Duration::from_secs(5), true).is_empty());
     }
 
     #[test]

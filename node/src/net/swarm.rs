@@ -40,7 +40,8 @@ const MAX_INBOUND: usize = 32;
 const HEALTH_TICK: Duration = Duration::from_millis(250);
 /// How often queued provider announcements are started.
 const ANNOUNCE_TICK: Duration = Duration::from_millis(50);
-/// A peer that received a shard request this recently is busy: announcements slow down.
+/// A peer that received a shard request this recently is busy: announcements pause (see
+/// `announce`).
 const BUSY_FOR: Duration = Duration::from_millis(250);
 /// Held chunks read from RocksDB per step of a sweep, and the queue length below which the
 /// sweep reads the next page (so a sweep never holds the whole table in memory).
