@@ -175,17 +175,13 @@ async fn tcp_copy(shards: &Arc<Vec<Shard>>, streams: usize) -> Result<f64> {
 
 /// Store every shard on `to`, IN_FLIGHT at a time; seconds until the last is acknowledged.
 async fn store_all(from: &Network, to: PeerId, shards: &[Shard]) -> Result<f64> {
-    // Owned copies made before the clock starts: `store_shard` takes the image by value.
-    let requests: Vec<_> = shards
-        .iter()
-        .map(|s| (s.chunk, s.index, s.image.clone()))
-        .collect();
     let start = Instant::now();
-    stream::iter(requests)
-        .map(|(chunk, index, image)| async move {
-            from.store_shard(to, chunk, index, image)
+    stream::iter(shards)
+        .map(|s| async move {
+            let index = s.index;
+            from.store_shard(to, s.chunk, index, &[&s.image])
                 .await
-                .with_context(|| format!("storing shard {} #{index}", chunk.short()))
+                .with_context(|| format!("storing shard {} #{index}", s.chunk.short()))
         })
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<()>()

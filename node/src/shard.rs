@@ -71,9 +71,23 @@ impl ShardHeader {
     /// The blake3 a shard image carries in its header (not checked here); `None` for bytes too
     /// short to be an image.
     pub fn carried_hash(image: &[u8]) -> Option<[u8; 32]> {
-        image
-            .get(HASHED_HEADER_LEN..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
+        Self::carried_hash_of_parts(&[image])
+    }
+
+    /// [`ShardHeader::carried_hash`] of an image given in parts that follow each other (split
+    /// anywhere, the header too).
+    pub fn carried_hash_of_parts(parts: &[&[u8]]) -> Option<[u8; 32]> {
+        let mut head = [0u8; HEADER_LEN];
+        let mut filled = 0;
+        for part in parts {
+            let n = part.len().min(HEADER_LEN - filled);
+            head[filled..filled + n].copy_from_slice(&part[..n]);
+            filled += n;
+            if filled == HEADER_LEN {
+                return head[HASHED_HEADER_LEN..].try_into().ok();
+            }
+        }
+        None
     }
 
     /// Serialise header and body into one shard file image.
@@ -291,6 +305,22 @@ mod tests {
             let mut with_magic = MAGIC.to_vec();
             with_magic.extend_from_slice(&bytes);
             let _ = ShardHeader::decode(&with_magic);
+        }
+
+        /// The carried hash reads the same from an image split anywhere into three parts, and
+        /// from nothing shorter than a header.
+        #[test]
+        fn the_carried_hash_is_found_across_parts(len in 1u32..3000, a in any::<usize>(), b in any::<usize>()) {
+            let (header, body) = sample(len);
+            let bytes = header.encode(&body);
+            let whole = ShardHeader::carried_hash(&bytes);
+            prop_assert!(whole.is_some());
+            let (x, y) = (a % bytes.len(), b % bytes.len());
+            let (x, y) = (x.min(y), x.max(y));
+            let parts = [&bytes[..x], &bytes[x..y], &bytes[y..]];
+            prop_assert_eq!(ShardHeader::carried_hash_of_parts(&parts), whole);
+            let short = &bytes[..(a % HEADER_LEN)];
+            prop_assert_eq!(ShardHeader::carried_hash_of_parts(&[short, &[]]), None);
         }
 
         /// Truncation at any point is rejected.

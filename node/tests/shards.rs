@@ -11,7 +11,7 @@ use common::tcp_address;
 use dfs_node::config::NetworkConfig;
 use dfs_node::net::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
 use dfs_node::net::{NetError, NetOptions, Network, Refusal};
-use dfs_node::shard::ShardHeader;
+use dfs_node::shard::{ShardHeader, HEADER_LEN};
 use dfs_node::Repo;
 use dfs_placement::{ChunkId, Layout};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -151,7 +151,7 @@ async fn store_fetch_check_delete_between_two_peers() {
     let (chunk, image) = shard(1, 2);
 
     a.net
-        .store_shard(bid, chunk, 2, image.clone())
+        .store_shard(bid, chunk, 2, &[&image])
         .await
         .expect("store");
     // Kept as ciphertext shard image under DATA/held, verified.
@@ -194,11 +194,15 @@ async fn store_fetch_check_delete_between_two_peers() {
     let (chunk, mut bad) = shard(3, 0);
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    let err = a.net.store_shard(bid, chunk, 0, bad).await.unwrap_err();
+    let err = a.net.store_shard(bid, chunk, 0, &[&bad]).await.unwrap_err();
     assert_eq!(refused(err), Refusal::Invalid);
     // Right bytes, wrong name: also refused.
     let (_, image) = shard(4, 0);
-    let err = a.net.store_shard(bid, chunk, 1, image).await.unwrap_err();
+    let err = a
+        .net
+        .store_shard(bid, chunk, 1, &[&image])
+        .await
+        .unwrap_err();
     assert_eq!(refused(err), Refusal::Invalid);
     let aid = a.net.local_id().to_string();
     let view = b.net.peers().await.expect("peers");
@@ -208,7 +212,7 @@ async fn store_fetch_check_delete_between_two_peers() {
     // A shard that rots on the holder's disk is reported, never served.
     let (chunk, image) = shard(5, 1);
     a.net
-        .store_shard(bid, chunk, 1, image.clone())
+        .store_shard(bid, chunk, 1, &[&image])
         .await
         .expect("store");
     let path = held_path(&b, &chunk, 1);
@@ -262,12 +266,16 @@ async fn capacity_is_enforced() {
     for index in 0..2 {
         let (chunk, image) = shard(9, index);
         a.net
-            .store_shard(bid, chunk, index, image)
+            .store_shard(bid, chunk, index, &[&image])
             .await
             .expect("fits");
     }
     let (chunk, image) = shard(9, 2);
-    let err = a.net.store_shard(bid, chunk, 2, image).await.unwrap_err();
+    let err = a
+        .net
+        .store_shard(bid, chunk, 2, &[&image])
+        .await
+        .unwrap_err();
     assert_eq!(refused(err), Refusal::Full);
     let status = b.net.status().await.expect("status");
     assert_eq!(status.storage.shards_held, 2);
@@ -484,12 +492,12 @@ async fn a_rogue_peer_is_refused_and_scored_down_and_never_stalls_the_peer() {
     // And honest traffic was never stalled.
     honest
         .net
-        .store_shard(other.net.local_id(), chunk, 3, image.clone())
+        .store_shard(other.net.local_id(), chunk, 3, &[&image])
         .await
         .expect("honest store");
     other
         .net
-        .store_shard(hid, chunk, 3, image)
+        .store_shard(hid, chunk, 3, &[&image])
         .await
         .expect("the attacked peer still serves");
 }
@@ -505,7 +513,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
     connect(&a.net, &c.net).await;
     let (chunk, image) = shard(9, 3);
     a.net
-        .store_shard(b.net.local_id(), chunk, 3, image.clone())
+        .store_shard(b.net.local_id(), chunk, 3, &[&image])
         .await
         .expect("store on b");
     // Wait until b's provider record can be found.
@@ -561,7 +569,7 @@ async fn every_held_chunk_gets_a_provider_record_also_after_a_restart() {
             chunk_len: 64,
         };
         a.net
-            .store_shard(b.net.local_id(), chunk, 0, header.encode(&[7u8; 16]))
+            .store_shard(b.net.local_id(), chunk, 0, &[&header.encode(&[7u8; 16])])
             .await
             .expect("store on b");
         chunks.push(chunk);
@@ -735,10 +743,18 @@ async fn shards_move_over_bulk_links_and_without_them() {
         let (chunk, image) = shard(seed, 1);
         let id = to.net.local_id();
         let len = image.len() as u64;
+        // Given in parts, as a writer does (header, then body), split inside the header too:
+        // stored as one image either way.
+        let split = [HEADER_LEN, 7, HEADER_LEN, 1000][usize::from(seed - 10)];
+        let (head, body) = image.split_at(split);
         from.net
-            .store_shard(id, chunk, 1, image.clone())
+            .store_shard(id, chunk, 1, &[head, body])
             .await
             .expect("store");
+        assert_eq!(
+            std::fs::read(held_path(to, &chunk, 1)).expect("held shard file"),
+            image
+        );
         assert_eq!(
             from.net.fetch_shard(id, chunk, 1).await.expect("fetch"),
             image
@@ -807,7 +823,7 @@ async fn garbage_on_a_bulk_listener_is_refused_and_the_peer_goes_on_serving() {
     let bid = b.net.local_id();
     let (chunk, image) = shard(20, 3);
     a.net
-        .store_shard(bid, chunk, 3, image.clone())
+        .store_shard(bid, chunk, 3, &[&image])
         .await
         .expect("store");
     assert_eq!(

@@ -417,8 +417,8 @@ fn carry_out(
             Action::Rebuild { index, to, .. } => {
                 let Some(shards) = &rebuilt else { continue };
                 let img = image(shards, usize::from(index));
-                let len = img.len() as u64;
-                block(cluster, store_on(cluster, repo, peer(to), id, index, img))?;
+                let len = img.iter().map(|part| part.len() as u64).sum::<u64>();
+                block(cluster, store_on(cluster, repo, peer(to), id, index, &img))?;
                 add_holder(cluster, repo, id, index, peer(to))?;
                 bytes += len;
                 cluster.set_status(|s| {
@@ -437,13 +437,16 @@ fn carry_out(
                             Some(s) => s,
                             None => rebuild_shards(cluster, repo, coder, id, record)?,
                         };
-                        let img = image(&shards, usize::from(index));
+                        let img = image(&shards, usize::from(index)).concat();
                         rebuilt = Some(shards);
                         img
                     }
                 };
                 let len = img.len() as u64;
-                block(cluster, store_on(cluster, repo, peer(to), id, index, img))?;
+                block(
+                    cluster,
+                    store_on(cluster, repo, peer(to), id, index, &[&img]),
+                )?;
                 add_holder(cluster, repo, id, index, peer(to))?;
                 drop_holder(cluster, repo, id, index, peer(from))?;
                 bytes += len;

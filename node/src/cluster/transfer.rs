@@ -28,28 +28,26 @@ use crate::meta::Placed;
 use crate::repo::Repo;
 use crate::shard::ShardHeader;
 
-/// The image of shard `index` of a set: header then body.
-pub fn image(shards: &ShardSet, index: usize) -> Vec<u8> {
-    let body = shards.encoded.shard(index);
-    let mut out = Vec::with_capacity(shards.headers[index].len() + body.len());
-    out.extend_from_slice(&shards.headers[index]);
-    out.extend_from_slice(body);
-    out
+/// The image of shard `index` of a set, in its two parts: header, then body (never copied
+/// into one buffer on the way to a peer's disk over a bulk link).
+pub fn image(shards: &ShardSet, index: usize) -> [&[u8]; 2] {
+    [&shards.headers[index], shards.encoded.shard(index)]
 }
 
-/// Store `image` as shard `index` of `id` on `peer` (the local store when it is this peer).
+/// Store `image` (in parts that follow each other) as shard `index` of `id` on `peer` (the
+/// local store when it is this peer).
 pub async fn store_on(
     cluster: &Cluster,
     repo: &Repo,
     peer: PeerId,
     id: &ChunkId,
     index: u8,
-    image: Vec<u8>,
+    image: &[&[u8]],
 ) -> Result<(), String> {
-    let len = image.len() as u64;
+    let len: u64 = image.iter().map(|part| part.len() as u64).sum();
     let result = if peer == cluster.local {
         repo.store()
-            .write(id, index, &[&image])
+            .write(id, index, image)
             .map_err(|e| e.to_string())
     } else {
         cluster
@@ -204,9 +202,8 @@ async fn place_all(
     let mut inflight = FuturesUnordered::new();
     let send = |index: usize, to: usize| {
         let peer = members.list[to].id;
-        let image = image(shards, index);
         async move {
-            let r = store_on(cluster, repo, peer, id, index as u8, image).await;
+            let r = store_on(cluster, repo, peer, id, index as u8, &image(shards, index)).await;
             (index, to, r)
         }
     };

@@ -226,12 +226,15 @@ impl Link {
         }
     }
 
-    /// Send `message` with `body` (a shard image or nothing).
-    async fn send<M: Serialize>(&mut self, message: &M, body: &[u8]) -> io::Result<()> {
-        let frame = self.seal(message, body.len() as u64, ShardHeader::carried_hash(body))?;
+    /// Send `message` with `body`: a shard image, in parts that follow each other on the wire
+    /// (usually its header, then its body, sent from where they lie), or nothing.
+    async fn send<M: Serialize>(&mut self, message: &M, body: &[&[u8]]) -> io::Result<()> {
+        let len: usize = body.iter().map(|part| part.len()).sum();
+        let hash = ShardHeader::carried_hash_of_parts(body);
+        let frame = self.seal(message, len as u64, hash)?;
         self.stream.write_all(&frame).await?;
-        if !body.is_empty() {
-            self.stream.write_all(body).await?;
+        for part in body {
+            self.stream.write_all(part).await?;
         }
         Ok(())
     }
@@ -342,8 +345,9 @@ impl Link {
         Ok(())
     }
 
-    /// Client side: one request and its answer.
-    async fn exchange(&mut self, request: &Request) -> io::Result<Response> {
+    /// Client side: one request and its answer. A store's image is `body` when the request's
+    /// own is empty (see [`Bulk::request`]).
+    async fn exchange(&mut self, request: &Request, body: &[&[u8]]) -> io::Result<Response> {
         match request {
             Request::Store {
                 chunk,
@@ -355,7 +359,11 @@ impl Link {
                     index: *index,
                     image: Vec::new(),
                 };
-                self.send(&head, image).await?
+                if image.is_empty() {
+                    self.send(&head, body).await?
+                } else {
+                    self.send(&head, &[image]).await?
+                }
             }
             other => self.send(other, &[]).await?,
         }
@@ -626,7 +634,7 @@ impl Bulk {
                 }
                 Answer::Message(Response::Shard { image }) => {
                     sent(image.len() as u64);
-                    link.send(&image_only, &image).await?
+                    link.send(&image_only, &[&image]).await?
                 }
                 Answer::Message(other) => link.send(&other, &[]).await?,
             }
@@ -678,13 +686,17 @@ impl Bulk {
     }
 
     /// Client: send `request` to `peer` over a bulk link.
+    ///
+    /// A [`Request::Store`] whose image is empty sends `body` as the image: the parts of a
+    /// shard image, written to the socket from where they lie (no copy to join them).
     pub(super) async fn request(
         &self,
         net: &super::Network,
         peer: PeerId,
         request: &Request,
+        body: &[&[u8]],
     ) -> Result<Response, Failure> {
-        let result = self.try_request(net, peer, request).await;
+        let result = self.try_request(net, peer, request, body).await;
         if matches!(result, Err(Failure::Unavailable)) {
             count(&self.fallbacks, "fallback");
         }
@@ -696,10 +708,11 @@ impl Bulk {
         net: &super::Network,
         peer: PeerId,
         request: &Request,
+        body: &[&[u8]],
     ) -> Result<Response, Failure> {
         // An idle link may have been closed by a peer that restarted: each is tried once.
         while let Some(mut link) = self.take_idle(&peer)? {
-            match link.exchange(request).await {
+            match link.exchange(request, body).await {
                 Ok(response) => {
                     self.put_idle(peer, link);
                     count(&self.sent, "sent");
@@ -721,7 +734,7 @@ impl Bulk {
                 return Err(Failure::Unavailable);
             }
         };
-        match link.exchange(request).await {
+        match link.exchange(request, body).await {
             Ok(response) => {
                 self.put_idle(peer, link);
                 count(&self.sent, "sent");
@@ -922,7 +935,7 @@ mod tests {
     async fn frames_round_trip_with_and_without_a_body() {
         let (mut client, mut server) = link_pair().await;
         let (chunk, image) = image(3);
-        client.send(&store_head(chunk), &image).await.unwrap();
+        client.send(&store_head(chunk), &[&image]).await.unwrap();
         let (request, body) = server.receive::<Request>().await.unwrap();
         assert_eq!(request, store_head(chunk));
         assert_eq!(body, image);
@@ -1030,7 +1043,7 @@ mod tests {
     async fn a_skipped_body_leaves_the_link_in_step() {
         let (mut client, mut server) = link_pair().await;
         let (chunk, image) = image(5);
-        client.send(&store_head(chunk), &image).await.unwrap();
+        client.send(&store_head(chunk), &[&image]).await.unwrap();
         client
             .send(&Request::Check { chunk, index: 1 }, &[])
             .await

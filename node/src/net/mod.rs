@@ -427,19 +427,37 @@ impl Network {
 
     /// Send one shard request and wait for the answer (bounded concurrency, timed out).
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        self.request_with_body(peer, request, &[]).await
+    }
+
+    /// [`Network::request`] for a [`Request::Store`] whose image is left empty and given as
+    /// `body`, in parts (header, then body): a bulk link sends them from where they lie; only
+    /// the libp2p path, which serialises the request, joins them into one buffer.
+    async fn request_with_body(
+        &self,
+        peer: PeerId,
+        mut request: Request,
+        body: &[&[u8]],
+    ) -> Result<Response, NetError> {
         let _permit = self
             .outbound
             .acquire()
             .await
             .map_err(|_| NetError::Stopped)?;
         let kind = request.kind();
+        let body_len: usize = body.iter().map(|part| part.len()).sum();
         let sent = match &request {
-            Request::Store { image, .. } => image.len() as u64,
+            Request::Store { image, .. } => (image.len() + body_len) as u64,
             _ => 0,
         };
-        if let Some(answer) = self.request_bulk(peer, &request).await {
+        if let Some(answer) = self.request_bulk(peer, &request, body).await {
             count_request(&peer, kind, sent, &answer);
             return answer;
+        }
+        if let Request::Store { image, .. } = &mut request {
+            if image.is_empty() {
+                *image = body.concat();
+            }
         }
         let answer = self
             .ask(|reply| Command::Request {
@@ -457,18 +475,19 @@ impl Network {
         &self,
         peer: PeerId,
         request: &Request,
+        body: &[&[u8]],
     ) -> Option<Result<Response, NetError>> {
         let bulk = self.bulk.as_ref()?;
-        let answer =
-            match tokio::time::timeout(REQUEST_TIMEOUT, bulk.request(self, peer, request)).await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(bulk::Failure::Failed(e))) => Err(e),
-                Ok(Err(bulk::Failure::Unavailable)) => return None,
-                Err(_) => Err(NetError::Request {
-                    peer,
-                    detail: "timed out on a bulk link".into(),
-                }),
-            };
+        let sent = bulk.request(self, peer, request, body);
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(bulk::Failure::Failed(e))) => Err(e),
+            Ok(Err(bulk::Failure::Unavailable)) => return None,
+            Err(_) => Err(NetError::Request {
+                peer,
+                detail: "timed out on a bulk link".into(),
+            }),
+        };
         let ok = answer.is_ok();
         let _ = self.commands.try_send(Command::BulkOutcome { peer, ok });
         Some(answer)
@@ -484,20 +503,21 @@ impl Network {
             .await?
     }
 
-    /// Ask `peer` to keep a shard image.
+    /// Ask `peer` to keep a shard image, given in parts that follow each other (its header,
+    /// then its body), which are not copied to join them when a bulk link carries them.
     pub async fn store_shard(
         &self,
         peer: PeerId,
         chunk: ChunkId,
         index: u8,
-        image: Vec<u8>,
+        image: &[&[u8]],
     ) -> Result<(), NetError> {
         let request = Request::Store {
             chunk,
             index,
-            image,
+            image: Vec::new(),
         };
-        match self.request(peer, request).await? {
+        match self.request_with_body(peer, request, image).await? {
             Response::Stored => Ok(()),
             other => Err(unexpected(peer, "store", other)),
         }
