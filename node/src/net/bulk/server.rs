@@ -1,0 +1,163 @@
+//! The answering end of bulk links: accepting them, checking their tickets, and serving
+//! requests from the held shards (a trusting fetch straight from the shard's file).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::link::{link_key, Link};
+use super::{count, invalid, lock, Bulk, FROM_SERVER, HANDSHAKE_TIMEOUT, MAGIC, SERVER_IDLE};
+use crate::net::held::HeldFile;
+use crate::net::wire::{Refusal, Request, Response};
+use crate::net::Command;
+
+/// What the server sends back for one request.
+enum Answer {
+    Message(Response),
+    /// A shard image, sent from its file.
+    File(HeldFile),
+}
+
+impl Bulk {
+    pub(super) async fn accept(self: Arc<Self>, socket: TcpListener) {
+        loop {
+            match socket.accept().await {
+                Ok((stream, from)) => {
+                    let bulk = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        if let Err(e) = bulk.serve(stream).await {
+                            tracing::debug!(%from, error = %e, "bulk link closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a bulk link");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Server: one link, from the handshake to its end.
+    async fn serve(&self, mut stream: TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let mut hello = [0u8; 8 + 16 + 16];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut hello))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if &hello[..8] != MAGIC {
+            return Err(invalid("not a dfs bulk link"));
+        }
+        let ticket: [u8; 16] = hello[8..24].try_into().map_err(|_| invalid("ticket"))?;
+        let client: [u8; 16] = hello[24..].try_into().map_err(|_| invalid("nonce"))?;
+        let session = lock(&self.granted).get(&ticket).map(|g| (g.peer, g.key));
+        let Some((peer, key)) = session else {
+            stream.write_all(&[0]).await?;
+            return Err(invalid("unknown ticket"));
+        };
+        let server: [u8; 16] = rand::random();
+        let mut answer = [1u8; 17];
+        answer[1..].copy_from_slice(&server);
+        stream.write_all(&answer).await?;
+        let mut link = Link::new(stream, link_key(&key, &client, &server), FROM_SERVER);
+        loop {
+            let head = match tokio::time::timeout(SERVER_IDLE, link.receive_head::<Request>()).await
+            {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(r) => self.bad_data(peer, r).await?,
+            };
+            // Bodies (and the images sent back) are held only with a permit, so at most
+            // MAX_INBOUND of them are in memory at once, however many links peers open.
+            let Ok(_permit) = self.inbound.try_acquire() else {
+                link.skip_body(&head).await?;
+                link.send(&Response::Refused(Refusal::Busy), &[]).await?;
+                continue;
+            };
+            let body = self.bad_data(peer, link.receive_body(&head).await).await?;
+            let request = match (head.message, body) {
+                (
+                    Request::Store {
+                        chunk,
+                        index,
+                        image,
+                    },
+                    body,
+                ) if image.is_empty() => Request::Store {
+                    chunk,
+                    index,
+                    image: body,
+                },
+                (other, body) if body.is_empty() => other,
+                _ => return Err(invalid("a body came with a request that has none")),
+            };
+            let sent = |bytes: u64| {
+                crate::metrics::metrics()
+                    .shard_sent_bytes
+                    .with_label_values(&[&peer.to_string()])
+                    .inc_by(bytes)
+            };
+            let image_only = Response::Shard { image: Vec::new() };
+            match self.handle(peer, request).await {
+                Answer::File(shard) => {
+                    sent(shard.len);
+                    link.send_file(&image_only, shard).await?
+                }
+                Answer::Message(Response::Shard { image }) => {
+                    sent(image.len() as u64);
+                    link.send(&image_only, &[&image]).await?
+                }
+                Answer::Message(other) => link.send(&other, &[]).await?,
+            }
+        }
+    }
+
+    /// A frame that does not authenticate or decode counts against the peer that sent it.
+    async fn bad_data<T>(&self, peer: PeerId, received: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &received {
+            if e.kind() == io::ErrorKind::InvalidData {
+                tracing::warn!(%peer, error = %e, "bad frame on a bulk link");
+                let _ = self.events.send(Command::BadData(peer)).await;
+            }
+        }
+        received
+    }
+
+    /// Server: serve one request on the blocking pool (the caller holds an inbound permit),
+    /// and tell the event loop about it. A trusting fetch is answered from the shard's file as
+    /// it lies; everything else by [`HeldShards::serve`].
+    async fn handle(&self, peer: PeerId, request: Request) -> Answer {
+        let (answer, stored, invalid) = match request {
+            Request::FetchTrusting { chunk, index } => {
+                match Arc::clone(&self.held).open_trusting(chunk, index).await {
+                    Ok(shard) => (Answer::File(shard), None, false),
+                    Err(refusal) => (Answer::Message(refusal), None, false),
+                }
+            }
+            request => {
+                if let Request::Store { image, .. } = &request {
+                    crate::metrics::metrics()
+                        .shard_received_bytes
+                        .with_label_values(&[&peer.to_string()])
+                        .inc_by(image.len() as u64);
+                }
+                let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
+                let invalid = response == Response::Refused(Refusal::Invalid);
+                (Answer::Message(response), stored, invalid)
+            }
+        };
+        let served = Command::BulkServed {
+            peer,
+            stored,
+            invalid,
+        };
+        let _ = self.events.send(served).await;
+        count(&self.served, "served");
+        answer
+    }
+}
