@@ -228,10 +228,12 @@ enum Command {
         /// The peer sent a shard that did not verify.
         invalid: bool,
     },
-    /// A request to `peer` over a bulk link succeeded or failed.
+    /// Requests to `peer` over bulk links: `succeeded` of them since the last report (reported
+    /// at most every 100 ms), or one that failed.
     BulkOutcome {
         peer: PeerId,
-        ok: bool,
+        succeeded: u32,
+        failed: bool,
     },
     Provide(ChunkId),
     FindProviders {
@@ -488,8 +490,21 @@ impl Network {
                 detail: "timed out on a bulk link".into(),
             }),
         };
-        let ok = answer.is_ok();
-        let _ = self.commands.try_send(Command::BulkOutcome { peer, ok });
+        let outcome = match answer {
+            Ok(_) => bulk.answered(peer).map(|succeeded| Command::BulkOutcome {
+                peer,
+                succeeded,
+                failed: false,
+            }),
+            Err(_) => Some(Command::BulkOutcome {
+                peer,
+                succeeded: 0,
+                failed: true,
+            }),
+        };
+        if let Some(outcome) = outcome {
+            let _ = self.commands.try_send(outcome);
+        }
         Some(answer)
     }
 

@@ -280,11 +280,11 @@ impl PeerTable {
         None
     }
 
-    /// A request succeeded: forgive one earlier failure.
-    pub fn succeeded(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+    /// `times` requests succeeded: forgive as many earlier failures.
+    pub fn succeeded(&mut self, id: PeerId, times: u32, now: Instant) -> Option<Transition> {
         let change = self.seen(id, now);
         let (peer, _) = self.entry(id, now);
-        peer.failures = peer.failures.saturating_sub(1);
+        peer.failures = peer.failures.saturating_sub(times);
         change
     }
 

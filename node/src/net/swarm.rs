@@ -414,12 +414,16 @@ impl Node {
                     self.table.bad_data(peer, now);
                 }
             }
-            Command::BulkOutcome { peer, ok } => {
+            Command::BulkOutcome {
+                peer,
+                succeeded,
+                failed,
+            } => {
                 let now = Instant::now();
-                let change = if ok {
-                    self.table.succeeded(peer, now)
-                } else {
+                let change = if failed {
                     self.table.failed(peer, now)
+                } else {
+                    self.table.succeeded(peer, succeeded, now)
                 };
                 self.log(change);
             }
@@ -1083,7 +1087,7 @@ impl Node {
                     },
                 ..
             } => {
-                let change = self.table.succeeded(peer, now);
+                let change = self.table.succeeded(peer, 1, now);
                 self.log(change);
                 reply_to(&mut self.pending, request_id, Ok(response));
             }

@@ -48,6 +48,7 @@ use super::{Command, NetError};
 
 mod client;
 mod link;
+mod reports;
 mod server;
 
 /// The libp2p protocol that opens a session.
@@ -143,6 +144,9 @@ pub struct Bulk {
     sent: AtomicU64,
     served: AtomicU64,
     fallbacks: AtomicU64,
+    /// Server: requests served well, and client: answers had, not yet told the event loop.
+    served_reports: reports::Reports,
+    answered_reports: reports::Reports,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -212,6 +216,8 @@ impl Bulk {
             sent: AtomicU64::new(0),
             served: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            served_reports: reports::Reports::default(),
+            answered_reports: reports::Reports::default(),
         });
         for socket in sockets {
             tokio::spawn(Arc::clone(&bulk).accept(socket));
@@ -288,5 +294,13 @@ impl Bulk {
     pub(super) fn forget(&self, peer: &PeerId) {
         lock(&self.granted).retain(|_, g| g.peer != *peer);
         lock(&self.peers).remove(peer);
+        self.served_reports.forget(peer);
+        self.answered_reports.forget(peer);
+    }
+
+    /// Client: how many requests to `peer` succeeded since the event loop last heard, when it
+    /// is time to tell it (see `reports`).
+    pub(super) fn answered(&self, peer: PeerId) -> Option<u32> {
+        self.answered_reports.success(peer, Instant::now())
     }
 }

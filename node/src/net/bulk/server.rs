@@ -151,12 +151,21 @@ impl Bulk {
                 (Answer::Message(response), stored, invalid)
             }
         };
-        let served = Command::BulkServed {
-            peer,
-            stored,
-            invalid,
-        };
-        let _ = self.events.send(served).await;
+        // A plain success is reported at most every `reports::REPORT_EVERY` per peer.
+        let report = stored.is_some()
+            || invalid
+            || self
+                .served_reports
+                .success(peer, std::time::Instant::now())
+                .is_some();
+        if report {
+            let served = Command::BulkServed {
+                peer,
+                stored,
+                invalid,
+            };
+            let _ = self.events.send(served).await;
+        }
         count(&self.served, "served");
         answer
     }
