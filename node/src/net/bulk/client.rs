@@ -16,7 +16,7 @@ use super::{
     MAGIC, RETRY_AFTER,
 };
 use crate::net::wire::{Request, Response};
-use crate::net::{NetError, Network};
+use crate::net::{Command, NetError, Network};
 
 /// A session this client opened with a peer.
 struct Session {
@@ -70,6 +70,7 @@ impl Bulk {
                     return Ok(response);
                 }
                 Err(e) => {
+                    self.score(peer, &e);
                     tracing::debug!(%peer, error = %e, "idle bulk link failed; trying a fresh one")
                 }
             }
@@ -91,10 +92,23 @@ impl Bulk {
                 count(&self.sent, "sent");
                 Ok(response)
             }
-            Err(e) => Err(Failure::Failed(NetError::Request {
-                peer,
-                detail: format!("bulk link: {e}"),
-            })),
+            Err(e) => {
+                self.score(peer, &e);
+                Err(Failure::Failed(NetError::Request {
+                    peer,
+                    detail: format!("bulk link: {e}"),
+                }))
+            }
+        }
+    }
+
+    /// An answer that did not authenticate, decode or match its head (a body where none
+    /// belongs, one that is not the shard named) counts against the peer that sent it, as on
+    /// the serving end.
+    fn score(&self, peer: PeerId, e: &io::Error) {
+        if e.kind() == io::ErrorKind::InvalidData {
+            tracing::warn!(%peer, error = %e, "bad answer on a bulk link");
+            let _ = self.events.try_send(Command::BadData(peer));
         }
     }
 

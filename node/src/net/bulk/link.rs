@@ -238,7 +238,7 @@ impl Link {
         request: &Request,
         body: &[&[u8]],
     ) -> io::Result<Response> {
-        match request {
+        let sent = match request {
             Request::Store {
                 chunk,
                 index,
@@ -250,13 +250,19 @@ impl Link {
                     image: Vec::new(),
                 };
                 if image.is_empty() {
-                    self.send(&head, body).await?
+                    self.send(&head, body).await
                 } else {
-                    self.send(&head, &[image]).await?
+                    self.send(&head, &[image]).await
                 }
             }
-            other => self.send(other, &[]).await?,
-        }
+            other => self.send(other, &[]).await,
+        };
+        // InvalidData means the peer sent bad bytes (it is scored for it); a request this end
+        // cannot frame is its own fault.
+        sent.map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => io::Error::new(io::ErrorKind::InvalidInput, e),
+            _ => e,
+        })?;
         let (response, body) = self.receive::<Response>().await?;
         match response {
             Response::Shard { image } if image.is_empty() => Ok(Response::Shard { image: body }),
@@ -444,6 +450,27 @@ mod tests {
             server.receive::<Request>().await.unwrap(),
             (Request::Check { chunk, index: 1 }, Vec::new())
         );
+    }
+
+    /// An answer with a body where none belongs is the peer's bad data (InvalidData, which the
+    /// client scores), and the answer the client asked for is not taken from it.
+    #[tokio::test]
+    async fn a_body_with_an_answer_that_has_none_is_bad_data() {
+        let (mut client, mut server) = link_pair().await;
+        let (chunk, image) = image(6);
+        let check = Request::Check { chunk, index: 1 };
+        let ask = client.exchange(&check, &[]);
+        let answer = async {
+            let (request, body) = server.receive::<Request>().await.unwrap();
+            assert_eq!(
+                (request, body),
+                (Request::Check { chunk, index: 1 }, Vec::new())
+            );
+            server.send(&Response::Stored, &[&image]).await.unwrap();
+        };
+        let (asked, ()) = tokio::join!(ask, answer);
+        let err = asked.expect_err("a body with Stored");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[tokio::test]

@@ -94,7 +94,10 @@ impl Bulk {
                     image: body,
                 },
                 (other, body) if body.is_empty() => other,
-                _ => return Err(invalid("a body came with a request that has none")),
+                _ => {
+                    let wrong = invalid("a body came with a request that has none");
+                    return self.bad_data(peer, Err(wrong)).await;
+                }
             };
             let sent = |bytes: u64| {
                 crate::metrics::metrics()
