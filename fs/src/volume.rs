@@ -20,6 +20,10 @@ pub struct OpenFile {
     /// Content was committed by a flush without recording a version: the next close or fsync
     /// records one.
     pub unversioned: bool,
+    /// Writes arrived since the last version: the next flush records one. close(2) waits for
+    /// its flush, while the release that FUSE sends afterwards may come only once the file was
+    /// opened (and truncated) again, which used to lose the version of a quick rewrite.
+    pub written: bool,
     /// The last handle was released and everything committed. A request that took this state
     /// just before then must treat the file as not open (its inode is up to date).
     pub closed: bool,
@@ -140,6 +144,7 @@ impl Volume {
                         content: FileContent::new(&inode),
                         mtime: None,
                         unversioned: false,
+                        written: false,
                         closed: false,
                         base: inode.base,
                     }));
@@ -235,9 +240,9 @@ impl Volume {
 
     /// Commit an open file's buffered writes as its new content (`durable`: fsync).
     ///
-    /// Versions are recorded at close and fsync (`version`), not at every flush: a shell's
-    /// `echo x > f` flushes once with the file just truncated, and that is not a version anyone
-    /// wants.
+    /// Versions are recorded (`version`) at close (the flush of a handle that was written
+    /// through), at the last release and at fsync, not at every flush: a shell's `echo x > f`
+    /// flushes once with the file just truncated, and that is not a version anyone wants.
     fn commit(&self, ino: Ino, st: &mut OpenFile, durable: bool, version: bool) -> Result<()> {
         let blob = st.content.commit(self.io())?;
         let mtime = st.mtime.take();
@@ -258,6 +263,9 @@ impl Volume {
         self.ns
             .commit_content(&self.repo, ino, blob, size, mtime, record, &mut st.base)?;
         st.unversioned = !record && (blob.is_some() || st.unversioned);
+        if version {
+            st.written = false;
+        }
         if durable {
             self.ns.sync(&self.repo)?;
         }
@@ -266,7 +274,12 @@ impl Volume {
 
     /// flush(2)/fsync(2) of an open file.
     pub fn flush(&self, ino: Ino, durable: bool) -> Result<()> {
-        match self.with_open(ino, |st| self.commit(ino, st, durable, durable)) {
+        // A version at close(2) (written since the last one) and at fsync; not at a flush of
+        // a file only truncated (a shell's `open(O_TRUNC)`, `dup2`, `close`).
+        match self.with_open(ino, |st| {
+            let version = durable || st.written;
+            self.commit(ino, st, durable, version)
+        }) {
             Some(result) => result,
             None if durable => self.sync(),
             None => Ok(()),
@@ -317,6 +330,7 @@ impl Volume {
         self.with_open(ino, |st| {
             st.content.write(self.io(), offset, data)?;
             st.mtime = Some(Time::now());
+            st.written = true;
             Ok(())
         })
         .unwrap_or(Err(FsError::Invalid("file is not open")))
@@ -445,5 +459,54 @@ impl Volume {
 
     pub fn chunk_size_of(&self, ino: Ino) -> Result<u64> {
         Ok(u64::from(self.ns.inode(&self.repo, ino)?.chunk_size.max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Caller, ROOT};
+
+    /// FUSE answers close(2) with a flush and sends the release afterwards, sometimes only after
+    /// the program opened the file again: `for t in a b c; do echo $t > f; done` must still make
+    /// a version of every content written and closed, and a flush of a file only truncated (a
+    /// shell's `dup2` then `close`) none.
+    #[test]
+    fn every_close_after_writes_is_a_version_even_when_its_release_comes_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::open(dir.path()).unwrap());
+        let root = Caller { uid: 0, gid: 0 };
+        let vol = Volume::open(repo, root).unwrap();
+        let (ino, _) = vol
+            .ns
+            .create(
+                &vol.repo,
+                ROOT,
+                b"todo.txt",
+                Kind::File,
+                0o644,
+                root,
+                0,
+                b"",
+            )
+            .unwrap();
+        let sizes = |vol: &Volume| -> Vec<u64> {
+            crate::versions::of_inode(&vol.repo, ino)
+                .unwrap()
+                .iter()
+                .map(|v| v.record.size)
+                .collect()
+        };
+        for text in ["one", "three", "fourth"] {
+            vol.open_file(ino, true).unwrap();
+            vol.flush(ino, false).unwrap(); // the shell's close of its first descriptor
+            vol.write(ino, 0, text.as_bytes()).unwrap();
+            vol.flush(ino, false).unwrap(); // close(2); the release comes later
+        }
+        for _ in 0..3 {
+            vol.release(ino).unwrap();
+        }
+        assert_eq!(sizes(&vol), [3, 5, 6]);
+        assert_eq!(vol.read(ino, 0, 16).unwrap().as_slice(), b"fourth");
     }
 }
