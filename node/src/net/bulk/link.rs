@@ -2,7 +2,7 @@
 //! is) and a held shard's file sent straight from the page cache.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
@@ -60,6 +60,32 @@ pub(super) fn link_key(
         .update(server)
         .finalize();
     ChaCha20Poly1305::new(&Key::from(*key.as_bytes()))
+}
+
+/// While a body is read, the link's reader is woken only once this many of its bytes (or all
+/// that are left) have arrived: a shard then takes a few reads rather than one per loopback
+/// segment, each a wakeup of the reading thread.
+const LOW_WATER: usize = 256 << 10;
+
+/// Set the socket's receive low-water mark (`SO_RCVLOWAT`): readiness is reported once `bytes`
+/// are queued, while a read still returns whatever has arrived. Only a hint: a failure is
+/// ignored (the reader is then woken more often).
+fn set_low_water(stream: &TcpStream, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `stream`),
+    // and the option's value is a c_int whose size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot set SO_RCVLOWAT");
+    }
 }
 
 /// Write all `len` bytes of `file` to `socket` (non-blocking: waits for room between calls).
@@ -207,12 +233,33 @@ impl Link {
         let body_len = head.body as usize;
         // Read into spare capacity: no zero-fill of a buffer about to be overwritten.
         let mut body = Vec::with_capacity(body_len);
-        while body.len() < body_len {
-            let want = (body_len - body.len()) as u64;
-            if (&mut self.stream).take(want).read_buf(&mut body).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+        let mut water = 1;
+        let read = async {
+            while body.len() < body_len {
+                let left = body_len - body.len();
+                // Wake for a large piece of a large body at a time, never for more than is
+                // left (a small body is read as it comes, without the two extra calls).
+                let want = if body_len > LOW_WATER {
+                    left.min(LOW_WATER)
+                } else {
+                    1
+                };
+                if want != water {
+                    water = want;
+                    set_low_water(&self.stream, water);
+                }
+                let left = left as u64;
+                if (&mut self.stream).take(left).read_buf(&mut body).await? == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
             }
+            Ok(())
+        };
+        let read = read.await;
+        if water != 1 {
+            set_low_water(&self.stream, 1);
         }
+        read?;
         if ShardHeader::carried_hash(&body) != head.hash {
             return Err(invalid("the body is not the shard the head names"));
         }
