@@ -496,11 +496,14 @@ impl Network {
                 succeeded,
                 failed: false,
             }),
-            Err(_) => Some(Command::BulkOutcome {
-                peer,
-                succeeded: 0,
-                failed: true,
-            }),
+            Err(_) => {
+                bulk.answer_failed(peer);
+                Some(Command::BulkOutcome {
+                    peer,
+                    succeeded: 0,
+                    failed: true,
+                })
+            }
         };
         if let Some(outcome) = outcome {
             let _ = self.commands.try_send(outcome);

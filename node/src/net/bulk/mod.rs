@@ -303,4 +303,10 @@ impl Bulk {
     pub(super) fn answered(&self, peer: PeerId) -> Option<u32> {
         self.answered_reports.success(peer, Instant::now())
     }
+
+    /// Client: a request to `peer` failed (the event loop hears of it at once, and of the next
+    /// success too).
+    pub(super) fn answer_failed(&self, peer: PeerId) {
+        self.answered_reports.failure(peer);
+    }
 }

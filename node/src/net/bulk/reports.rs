@@ -25,7 +25,9 @@ pub(super) struct Reports {
 }
 
 struct Pending {
-    last: Instant,
+    /// When successes were last reported; `None` after a failure, so that the next success
+    /// is reported at once (it makes a suspect peer alive again).
+    last: Option<Instant>,
     unreported: u32,
 }
 
@@ -34,29 +36,29 @@ impl Reports {
     /// successes since the last report (this one included).
     pub(super) fn success(&self, peer: PeerId, now: Instant) -> Option<u32> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        match peers.get_mut(&peer) {
-            Some(p) if now.saturating_duration_since(p.last) < REPORT_EVERY => {
-                p.unreported = p.unreported.saturating_add(1);
-                None
-            }
-            Some(p) => {
-                let n = p.unreported.saturating_add(1);
-                *p = Pending {
-                    last: now,
-                    unreported: 0,
-                };
-                Some(n)
-            }
-            None => {
-                peers.insert(
-                    peer,
-                    Pending {
-                        last: now,
-                        unreported: 0,
-                    },
-                );
-                Some(1)
-            }
+        let p = peers.entry(peer).or_insert(Pending {
+            last: None,
+            unreported: 0,
+        });
+        p.unreported = p.unreported.saturating_add(1);
+        if p.last
+            .is_some_and(|last| now.saturating_duration_since(last) < REPORT_EVERY)
+        {
+            return None;
+        }
+        p.last = Some(now);
+        Some(std::mem::take(&mut p.unreported))
+    }
+
+    /// A request with `peer` failed (and was reported): its next success is reported at once.
+    pub(super) fn failure(&self, peer: PeerId) {
+        if let Some(p) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&peer)
+        {
+            p.last = None;
         }
     }
 
@@ -90,5 +92,10 @@ mod tests {
         assert_eq!(r.success(a, t0 + REPORT_EVERY * 3), Some(3));
         r.forget(&a);
         assert_eq!(r.success(a, t0 + REPORT_EVERY * 3), Some(1));
+        // After a failure the next success goes out at once, with those still pending.
+        assert_eq!(r.success(a, t0 + REPORT_EVERY * 3), None);
+        r.failure(a);
+        assert_eq!(r.success(a, t0 + REPORT_EVERY * 3), Some(2));
+        assert_eq!(r.success(a, t0 + REPORT_EVERY * 3), None);
     }
 }
