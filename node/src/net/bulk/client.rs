@@ -47,26 +47,11 @@ impl Bulk {
         request: &Request,
         body: &[&[u8]],
     ) -> Result<Response, Failure> {
-        let result = self.try_request(net, peer, request, body).await;
-        if matches!(result, Err(Failure::Unavailable)) {
-            count(&self.fallbacks, "fallback");
-        }
-        result
-    }
-
-    async fn try_request(
-        &self,
-        net: &Network,
-        peer: PeerId,
-        request: &Request,
-        body: &[&[u8]],
-    ) -> Result<Response, Failure> {
         // An idle link may have been closed by a peer that restarted: each is tried once.
         while let Some(mut link) = self.take_idle(&peer)? {
             match link.exchange(request, body).await {
                 Ok(response) => {
-                    self.put_idle(peer, link);
-                    count(&self.sent, "sent");
+                    self.answered_on(peer, link);
                     return Ok(response);
                 }
                 Err(e) => {
@@ -83,13 +68,12 @@ impl Bulk {
                 let links = peers.entry(peer).or_default();
                 links.unavailable_until = Some(Instant::now() + RETRY_AFTER);
                 links.session = None;
-                return Err(Failure::Unavailable);
+                return Err(self.unavailable());
             }
         };
         match link.exchange(request, body).await {
             Ok(response) => {
-                self.put_idle(peer, link);
-                count(&self.sent, "sent");
+                self.answered_on(peer, link);
                 Ok(response)
             }
             Err(e) => {
@@ -120,7 +104,7 @@ impl Bulk {
         };
         if let Some(until) = links.unavailable_until {
             if Instant::now() < until {
-                return Err(Failure::Unavailable);
+                return Err(self.unavailable());
             }
             links.unavailable_until = None;
         }
@@ -132,7 +116,15 @@ impl Bulk {
         Ok(None)
     }
 
-    fn put_idle(&self, peer: PeerId, link: Link) {
+    /// No link to `peer` now: the request goes over libp2p (counted as a fallback).
+    fn unavailable(&self) -> Failure {
+        count(&self.fallbacks, "fallback");
+        Failure::Unavailable
+    }
+
+    /// A request to `peer` was answered on `link`: count it and keep the link for the next.
+    fn answered_on(&self, peer: PeerId, link: Link) {
+        count(&self.sent, "sent");
         let mut peers = lock(&self.peers);
         let links = peers.entry(peer).or_default();
         if links.idle.len() < IDLE_PER_PEER {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
+use super::lock;
+
 /// At most one report of successes per peer this often (well inside the 250 ms that make a
 /// peer busy, and the seconds of a failure detector's grace).
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -35,7 +37,7 @@ impl Reports {
     /// Count one success with `peer` at `now`; `Some(n)` when it is time to report the `n`
     /// successes since the last report (this one included).
     pub(super) fn success(&self, peer: PeerId, now: Instant) -> Option<u32> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = lock(&self.peers);
         let p = peers.entry(peer).or_insert(Pending {
             last: None,
             unreported: 0,
@@ -52,22 +54,14 @@ impl Reports {
 
     /// A request with `peer` failed (and was reported): its next success is reported at once.
     pub(super) fn failure(&self, peer: PeerId) {
-        if let Some(p) = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&peer)
-        {
+        if let Some(p) = lock(&self.peers).get_mut(&peer) {
             p.last = None;
         }
     }
 
     /// Forget `peer` (it left).
     pub(super) fn forget(&self, peer: &PeerId) {
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(peer);
+        lock(&self.peers).remove(peer);
     }
 }
 
