@@ -1,4 +1,5 @@
-//! Convergent chunk encryption with XChaCha20-Poly1305.
+//! Convergent chunk encryption with XChaCha20-Poly1305 ([`aead`], with Poly1305 on IFMA where
+//! the CPU has it: [`poly1305`]).
 //!
 //! A chunk's key is a keyed blake3 of its plaintext under the volume secret, so equal content in
 //! one volume encrypts to equal ciphertext (and dedups), while nothing can be learned across
@@ -10,6 +11,9 @@ use std::fmt;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
+
+mod aead;
+mod poly1305;
 
 /// Bytes the AEAD adds to each chunk.
 pub const TAG_LEN: usize = 16;
@@ -60,25 +64,17 @@ impl fmt::Debug for ChunkKey {
 }
 
 impl ChunkKey {
-    fn nonce(&self) -> XNonce {
+    fn nonce(&self) -> [u8; 24] {
         let derived = blake3::derive_key("dfs 2026 chunk nonce v1", &self.0);
-        let mut nonce = XNonce::default();
+        let mut nonce = [0u8; 24];
         nonce.copy_from_slice(&derived[..24]);
         nonce
-    }
-
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(&Key::from(self.0))
     }
 
     /// Encrypt `plaintext` in place and append the tag.
     pub fn encrypt(&self, mut plaintext: Vec<u8>) -> Vec<u8> {
         plaintext.reserve_exact(TAG_LEN);
-        let tag = self
-            .cipher()
-            .encrypt_inout_detached(&self.nonce(), &[], plaintext.as_mut_slice().into())
-            // Only fails for messages beyond 256 GiB; chunks are at most 4 MiB.
-            .unwrap_or_else(|_| unreachable!("chunk larger than the AEAD limit"));
+        let tag = aead::seal(&self.0, &self.nonce(), &mut plaintext);
         plaintext.extend_from_slice(&tag);
         plaintext
     }
@@ -86,11 +82,10 @@ impl ChunkKey {
     /// Check the tag and decrypt in place.
     pub fn decrypt(&self, mut ciphertext: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
         let body_len = ciphertext.len().checked_sub(TAG_LEN).ok_or(DecryptError)?;
-        let tag = Tag::try_from(&ciphertext[body_len..]).map_err(|_| DecryptError)?;
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&ciphertext[body_len..]);
         ciphertext.truncate(body_len);
-        self.cipher()
-            .decrypt_inout_detached(&self.nonce(), &[], ciphertext.as_mut_slice().into(), &tag)
-            .map_err(|_| DecryptError)?;
+        aead::open(&self.0, &self.nonce(), &mut ciphertext, &tag)?;
         Ok(ciphertext)
     }
 
