@@ -184,18 +184,12 @@ impl HeldShards {
     }
 
     /// A held shard opened to be sent from its file as it lies (a trusting fetch over a bulk
-    /// link), with only its header checked, as [`Request::FetchTrusting`] asks. On the blocking
-    /// pool; `Err` is the answer to send instead (not here, corrupt, or the disk failing).
-    pub async fn open_trusting(
-        self: Arc<Self>,
-        chunk: ChunkId,
-        index: u8,
-    ) -> Result<HeldFile, Response> {
-        let open = move || {
-            let result = self.open_checked(chunk, index);
-            result.map_err(|e| self.refusal(chunk, index, e))?
-        };
-        on_blocking_pool(open, Err).await
+    /// link), with only its header checked, as [`Request::FetchTrusting`] asks. Blocking (the
+    /// caller is on the blocking pool); `Err` is the answer to send instead (not here,
+    /// corrupt, or the disk failing).
+    pub fn open_trusting(&self, chunk: ChunkId, index: u8) -> Result<HeldFile, Response> {
+        self.open_checked(chunk, index)
+            .map_err(|e| self.refusal(chunk, index, e))?
     }
 
     fn open_checked(

@@ -88,32 +88,76 @@ fn set_low_water(stream: &TcpStream, bytes: usize) {
     }
 }
 
-/// Write all `len` bytes of `file` to `socket` (non-blocking: waits for room between calls).
-fn send_whole_file(socket: &OwnedFd, file: &std::fs::File, len: u64) -> io::Result<()> {
+/// The length and sealed head of frame number `counter` from direction `out`.
+fn seal<M: Serialize>(
+    cipher: &ChaCha20Poly1305,
+    out: u8,
+    counter: u64,
+    message: &M,
+    body_len: u64,
+    hash: Option<[u8; 32]>,
+) -> io::Result<Vec<u8>> {
+    let head = Head {
+        message,
+        body: u32::try_from(body_len).map_err(|_| invalid("body too large"))?,
+        hash,
+    };
+    let mut frame = postcard::to_extend(&head, vec![0u8; 4]).map_err(|e| invalid(e.to_string()))?;
+    let sealed_len = frame.len() - 4 + TAG_LEN;
+    if sealed_len > MAX_HEAD {
+        return Err(invalid("frame head too large"));
+    }
+    frame[..4].copy_from_slice(&(sealed_len as u32).to_be_bytes());
+    let tag = cipher
+        .encrypt_inout_detached(&nonce(out, counter), &[], frame[4..].as_mut().into())
+        .map_err(|_| invalid("cannot seal the frame head"))?;
+    frame.extend_from_slice(&tag);
+    Ok(frame)
+}
+
+/// Write `head`, then the first `len` bytes of `file` with `sendfile`, to a non-blocking
+/// socket from a blocking thread: waits for room (at most [`SEND_STALL`] at a time).
+fn send_head_and_file(
+    socket: &OwnedFd,
+    head: &[u8],
+    file: &std::fs::File,
+    len: u64,
+) -> io::Result<()> {
     // sendfile has no MSG_NOSIGNAL: a peer that hung up raises SIGPIPE on this thread, and the
     // dfs binary restores SIGPIPE's default action (die) for `dfs ... | head`. Blocked on this
     // thread it stays pending and harmless, and the call fails with EPIPE like any send.
     let mut pipe = SigSet::empty();
     pipe.add(Signal::SIGPIPE);
     pipe.thread_block()?;
+    let mut written = 0;
+    while written < head.len() {
+        match nix::unistd::write(socket, &head[written..]) {
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait_for_room(socket)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut offset: libc::off_t = 0;
     while (offset as u64) < len {
         let want = usize::try_from(len - offset as u64).unwrap_or(usize::MAX);
         match sendfile(socket, file, Some(&mut offset), want) {
             Ok(0) => return Err(invalid("the shard file is shorter than it was")),
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
-                if poll(
-                    &mut fds,
-                    PollTimeout::try_from(SEND_STALL).unwrap_or(PollTimeout::MAX),
-                )? == 0
-                {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-            }
+            Err(Errno::EAGAIN) => wait_for_room(socket)?,
             Err(e) => return Err(e.into()),
         }
+    }
+    Ok(())
+}
+
+/// Wait until `socket` can take more bytes; a peer that takes none for [`SEND_STALL`] is
+/// `TimedOut`.
+fn wait_for_room(socket: &OwnedFd) -> io::Result<()> {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+    let timeout = PollTimeout::try_from(SEND_STALL).unwrap_or(PollTimeout::MAX);
+    if poll(&mut fds, timeout)? == 0 {
+        return Err(io::ErrorKind::TimedOut.into());
     }
     Ok(())
 }
@@ -147,22 +191,41 @@ impl Link {
         Ok(())
     }
 
-    /// Send `message` with a held shard's file as its body, straight from the page cache to
-    /// the socket (`sendfile`): the holder never copies the image into memory. On the
-    /// blocking pool, since a cold file is read from the disk inside the call.
-    pub(super) async fn send_file<M: Serialize>(
+    /// Answer with a held shard's file as the body of `message`, straight from the page cache
+    /// to the socket (`sendfile`): the holder never copies the image into memory. One task on
+    /// the blocking pool opens the file with `open` (a cold one is read from the disk), sends
+    /// the frame's head and then the file, so a fetch costs one hand-over between threads
+    /// rather than one per step. `Ok(Err(answer))`: `open` refused, nothing was sent, and the
+    /// caller sends `answer` instead. `Ok(Ok(len))`: the image's length, sent.
+    pub(super) async fn send_held<M, F>(
         &mut self,
-        message: &M,
-        shard: HeldFile,
-    ) -> io::Result<()> {
-        let frame = self.seal(message, shard.len, Some(shard.hash))?;
-        self.stream.write_all(&frame).await?;
+        message: M,
+        open: F,
+    ) -> io::Result<Result<u64, Response>>
+    where
+        M: Serialize + Send + 'static,
+        F: FnOnce() -> Result<HeldFile, Response> + Send + 'static,
+    {
         // The blocking thread owns a duplicate of the socket, so it stays valid even if this
-        // task is dropped meanwhile.
+        // task is dropped meanwhile; the link is then dropped too, so a frame it half sent is
+        // never followed by another.
         let socket = self.stream.as_fd().try_clone_to_owned()?;
-        tokio::task::spawn_blocking(move || send_whole_file(&socket, &shard.file, shard.len))
-            .await
-            .map_err(io::Error::other)?
+        let (cipher, out, counter) = (self.cipher.clone(), self.out, self.sent);
+        let sent = tokio::task::spawn_blocking(move || -> io::Result<Result<u64, Response>> {
+            let shard = match open() {
+                Ok(shard) => shard,
+                Err(answer) => return Ok(Err(answer)),
+            };
+            let head = seal(&cipher, out, counter, &message, shard.len, Some(shard.hash))?;
+            send_head_and_file(&socket, &head, &shard.file, shard.len)?;
+            Ok(Ok(shard.len))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if sent.is_ok() {
+            self.sent += 1;
+        }
+        Ok(sent)
     }
 
     /// The length and sealed head of the next frame this end sends.
@@ -172,23 +235,7 @@ impl Link {
         body_len: u64,
         hash: Option<[u8; 32]>,
     ) -> io::Result<Vec<u8>> {
-        let head = Head {
-            message,
-            body: u32::try_from(body_len).map_err(|_| invalid("body too large"))?,
-            hash,
-        };
-        let mut frame =
-            postcard::to_extend(&head, vec![0u8; 4]).map_err(|e| invalid(e.to_string()))?;
-        let sealed_len = frame.len() - 4 + TAG_LEN;
-        if sealed_len > MAX_HEAD {
-            return Err(invalid("frame head too large"));
-        }
-        frame[..4].copy_from_slice(&(sealed_len as u32).to_be_bytes());
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&nonce(self.out, self.sent), &[], frame[4..].as_mut().into())
-            .map_err(|_| invalid("cannot seal the frame head"))?;
-        frame.extend_from_slice(&tag);
+        let frame = seal(&self.cipher, self.out, self.sent, message, body_len, hash)?;
         self.sent += 1;
         Ok(frame)
     }
@@ -422,16 +469,29 @@ mod tests {
         };
         let shard = open();
         let sender = tokio::spawn(async move {
-            server
-                .send_file(&Response::Shard { image: Vec::new() }, shard)
+            let sent = server
+                .send_held(Response::Shard { image: Vec::new() }, move || Ok(shard))
                 .await
                 .unwrap();
-            server
+            (server, sent)
         });
         let (response, received) = client.receive::<Response>().await.unwrap();
         assert_eq!(response, Response::Shard { image: Vec::new() });
         assert!(received == image, "the body is the file's bytes");
-        let mut server = sender.await.unwrap();
+        let (mut server, sent) = sender.await.unwrap();
+        assert_eq!(sent, Ok(image.len() as u64));
+        // A file that cannot be opened sends nothing: the answer goes out instead, and the
+        // link stays in step.
+        let refused = Response::Refused(crate::net::wire::Refusal::NotFound);
+        let answer = refused.clone();
+        let sent = server
+            .send_held(Response::Shard { image: Vec::new() }, move || Err(answer))
+            .await
+            .unwrap();
+        assert_eq!(sent, Err(refused.clone()));
+        server.send(&refused, &[]).await.unwrap();
+        let (response, body) = client.receive::<Response>().await.unwrap();
+        assert_eq!((response, body.len()), (refused, 0));
         // The file shrank after it was opened (the frame promised more): the send fails.
         let shard = open();
         std::fs::OpenOptions::new()
@@ -441,7 +501,7 @@ mod tests {
             .set_len(1000)
             .unwrap();
         let failed = server
-            .send_file(&Response::Shard { image: Vec::new() }, shard)
+            .send_held(Response::Shard { image: Vec::new() }, move || Ok(shard))
             .await;
         assert!(
             matches!(&failed, Err(e) if e.kind() == io::ErrorKind::InvalidData),
@@ -471,7 +531,7 @@ mod tests {
                 len: image.len() as u64,
                 hash: [0; 32],
             };
-            if let Err(e) = server.send_file(&Response::Stored, shard).await {
+            if let Err(e) = server.send_held(Response::Stored, move || Ok(shard)).await {
                 failed = Some(e);
                 break;
             }

@@ -1,26 +1,20 @@
 //! The answering end of bulk links: accepting them, checking their tickets, and serving
-//! requests from the held shards (a trusting fetch straight from the shard's file).
+//! requests from the held shards (a trusting fetch straight from the shard's file, on one
+//! blocking-pool task).
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfs_placement::ChunkId;
 use libp2p::PeerId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::link::{link_key, Link};
 use super::{count, invalid, lock, Bulk, FROM_SERVER, HANDSHAKE_TIMEOUT, MAGIC, SERVER_IDLE};
-use crate::net::held::HeldFile;
 use crate::net::wire::{Refusal, Request, Response};
 use crate::net::Command;
-
-/// What the server sends back for one request.
-enum Answer {
-    Message(Response),
-    /// A shard image, sent from its file.
-    File(HeldFile),
-}
 
 impl Bulk {
     pub(super) async fn accept(self: Arc<Self>, socket: TcpListener) {
@@ -106,16 +100,22 @@ impl Bulk {
                     .inc_by(bytes)
             };
             let image_only = Response::Shard { image: Vec::new() };
-            match self.handle(peer, request).await {
-                Answer::File(shard) => {
-                    sent(shard.len);
-                    link.send_file(&image_only, shard).await?
+            if let Request::FetchTrusting { chunk, index } = request {
+                let held = Arc::clone(&self.held);
+                let open = move || held.open_trusting(chunk, index);
+                match link.send_held(image_only, open).await? {
+                    Ok(len) => sent(len),
+                    Err(answer) => link.send(&answer, &[]).await?,
                 }
-                Answer::Message(Response::Shard { image }) => {
+                self.served(peer, None, false).await;
+                continue;
+            }
+            match self.handle(peer, request).await {
+                Response::Shard { image } => {
                     sent(image.len() as u64);
                     link.send(&image_only, &[&image]).await?
                 }
-                Answer::Message(other) => link.send(&other, &[]).await?,
+                other => link.send(&other, &[]).await?,
             }
         }
     }
@@ -131,30 +131,24 @@ impl Bulk {
         received
     }
 
-    /// Server: serve one request on the blocking pool (the caller holds an inbound permit),
-    /// and tell the event loop about it. A trusting fetch is answered from the shard's file as
-    /// it lies; everything else by [`HeldShards::serve`].
-    async fn handle(&self, peer: PeerId, request: Request) -> Answer {
-        let (answer, stored, invalid) = match request {
-            Request::FetchTrusting { chunk, index } => {
-                match Arc::clone(&self.held).open_trusting(chunk, index).await {
-                    Ok(shard) => (Answer::File(shard), None, false),
-                    Err(refusal) => (Answer::Message(refusal), None, false),
-                }
-            }
-            request => {
-                if let Request::Store { image, .. } = &request {
-                    crate::metrics::metrics()
-                        .shard_received_bytes
-                        .with_label_values(&[&peer.to_string()])
-                        .inc_by(image.len() as u64);
-                }
-                let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
-                let invalid = response == Response::Refused(Refusal::Invalid);
-                (Answer::Message(response), stored, invalid)
-            }
-        };
-        // A plain success is reported at most every `reports::REPORT_EVERY` per peer.
+    /// Server: serve one request other than a trusting fetch on the blocking pool (the caller
+    /// holds an inbound permit) with [`HeldShards::serve`], and tell the event loop about it.
+    async fn handle(&self, peer: PeerId, request: Request) -> Response {
+        if let Request::Store { image, .. } = &request {
+            crate::metrics::metrics()
+                .shard_received_bytes
+                .with_label_values(&[&peer.to_string()])
+                .inc_by(image.len() as u64);
+        }
+        let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
+        let invalid = response == Response::Refused(Refusal::Invalid);
+        self.served(peer, stored, invalid).await;
+        response
+    }
+
+    /// Count a served request and tell the event loop: a plain success at most every
+    /// `reports::REPORT_EVERY` per peer, a stored chunk or an invalid request every time.
+    async fn served(&self, peer: PeerId, stored: Option<ChunkId>, invalid: bool) {
         let report = stored.is_some()
             || invalid
             || self
@@ -170,6 +164,5 @@ impl Bulk {
             let _ = self.events.send(served).await;
         }
         count(&self.served, "served");
-        answer
     }
 }
