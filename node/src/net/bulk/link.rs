@@ -197,13 +197,12 @@ impl Link {
     /// the frame's head and then the file, so a fetch costs one hand-over between threads
     /// rather than one per step. `Ok(Err(answer))`: `open` refused, nothing was sent, and the
     /// caller sends `answer` instead. `Ok(Ok(len))`: the image's length, sent.
-    pub(super) async fn send_held<M, F>(
+    pub(super) async fn send_held<F>(
         &mut self,
-        message: M,
+        message: Response,
         open: F,
     ) -> io::Result<Result<u64, Response>>
     where
-        M: Serialize + Send + 'static,
         F: FnOnce() -> Result<HeldFile, Response> + Send + 'static,
     {
         // The blocking thread owns a duplicate of the socket, so it stays valid even if this

@@ -59,6 +59,12 @@ impl Bulk {
         answer[1..].copy_from_slice(&server);
         stream.write_all(&answer).await?;
         let mut link = Link::new(stream, link_key(&key, &client, &server), FROM_SERVER);
+        // This link's byte counters, looked up once rather than per request (a label is the
+        // peer id in base58).
+        let label = peer.to_string();
+        let metrics = crate::metrics::metrics();
+        let sent_bytes = metrics.shard_sent_bytes.with_label_values(&[&label]);
+        let received_bytes = metrics.shard_received_bytes.with_label_values(&[&label]);
         loop {
             let head = match tokio::time::timeout(SERVER_IDLE, link.receive_head::<Request>()).await
             {
@@ -93,18 +99,15 @@ impl Bulk {
                     return self.bad_data(peer, Err(wrong)).await;
                 }
             };
-            let sent = |bytes: u64| {
-                crate::metrics::metrics()
-                    .shard_sent_bytes
-                    .with_label_values(&[&peer.to_string()])
-                    .inc_by(bytes)
-            };
+            if let Request::Store { image, .. } = &request {
+                received_bytes.inc_by(image.len() as u64);
+            }
             let image_only = Response::Shard { image: Vec::new() };
             if let Request::FetchTrusting { chunk, index } = request {
                 let held = Arc::clone(&self.held);
                 let open = move || held.open_trusting(chunk, index);
                 match link.send_held(image_only, open).await? {
-                    Ok(len) => sent(len),
+                    Ok(len) => sent_bytes.inc_by(len),
                     Err(answer) => link.send(&answer, &[]).await?,
                 }
                 self.served(peer, None, false).await;
@@ -112,7 +115,7 @@ impl Bulk {
             }
             match self.handle(peer, request).await {
                 Response::Shard { image } => {
-                    sent(image.len() as u64);
+                    sent_bytes.inc_by(image.len() as u64);
                     link.send(&image_only, &[&image]).await?
                 }
                 other => link.send(&other, &[]).await?,
@@ -134,12 +137,6 @@ impl Bulk {
     /// Server: serve one request other than a trusting fetch on the blocking pool (the caller
     /// holds an inbound permit) with [`HeldShards::serve`], and tell the event loop about it.
     async fn handle(&self, peer: PeerId, request: Request) -> Response {
-        if let Request::Store { image, .. } = &request {
-            crate::metrics::metrics()
-                .shard_received_bytes
-                .with_label_values(&[&peer.to_string()])
-                .inc_by(image.len() as u64);
-        }
         let (response, stored) = Arc::clone(&self.held).serve(peer, request).await;
         let invalid = response == Response::Refused(Refusal::Invalid);
         self.served(peer, stored, invalid).await;
