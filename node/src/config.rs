@@ -343,6 +343,18 @@ pub struct PlacementConfig {
     /// scrubbing off). The default re-verifies 100 GiB of shards in about 7 hours; each check
     /// costs the holder a disk read and a blake3 of the shard.
     pub scrub_bytes_per_sec: u64,
+    /// Seconds a peer must have been present without a break (not dead, not restarted) before
+    /// it is given new shards or rebalanced onto: a peer that comes and goes costs no moves.
+    /// Peers already present when this peer started are trusted from the start.
+    pub trust_after_secs: u64,
+    /// Seconds a storage peer waits after it learns that a peer died before it checks the
+    /// chunks it holds shards of and rebuilds what is missing (the writer, if it is still
+    /// around, usually has by then); see `cluster::steward`.
+    pub steward_delay_secs: u64,
+    /// This peer runs for one command (`dfs put/get/verify` with a network): it is never a
+    /// target, not even a reserve, and a write fails rather than stay here. Set by the CLI.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 impl Default for PlacementConfig {
@@ -355,6 +367,9 @@ impl Default for PlacementConfig {
             max_bytes_per_sec: 128 << 20,
             scrub_shards_per_round: 64,
             scrub_bytes_per_sec: 4 << 20,
+            trust_after_secs: 120,
+            steward_delay_secs: 20,
+            transient: false,
         }
     }
 }

@@ -639,6 +639,21 @@ impl MetaDb {
         Ok(())
     }
 
+    /// The indices of the shards of chunk `id` held here, ascending.
+    pub fn held_indices(&self, id: &ChunkId) -> Result<Vec<u8>, MetaError> {
+        let start = held_key(id, 0);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HELD)?, mode) {
+            let (k, _) = item?;
+            if k.len() != 33 || &k[..32] != id.as_bytes() {
+                break;
+            }
+            out.push(k[32]);
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` distinct chunks of which this peer holds shards, in id order, after
     /// `after` (from the start when `None`): a sweep reads the table in such pages.
     pub fn held_chunks(

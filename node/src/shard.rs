@@ -123,6 +123,36 @@ impl ShardHeader {
     /// The header of a shard whose body is `body_len` bytes, checked for structure (not the
     /// checksum, which covers the body).
     fn parse_head(bytes: &[u8; HEADER_LEN], body_len: usize) -> Result<ShardHeader, ShardDefect> {
+        let header = Self::parse_fields(bytes)?;
+        let expected = header.layout.shard_len(header.chunk_len as usize);
+        if body_len != expected {
+            return Err(ShardDefect::BodyLength {
+                got: body_len,
+                expected,
+            });
+        }
+        Ok(header)
+    }
+
+    /// A header on its own (as a holder reports it, see [`crate::net::wire::Response::Holds`]),
+    /// checked for structure and against the chunk it should belong to. It proves nothing
+    /// about any body: what it says (layout, length) is a claim, which the shards fetched
+    /// later confirm or refute.
+    pub fn from_head(bytes: &[u8], chunk: ChunkId) -> Result<ShardHeader, ShardDefect> {
+        let head: &[u8; HEADER_LEN] = bytes
+            .try_into()
+            .map_err(|_| ShardDefect::Truncated { len: bytes.len() })?;
+        let header = Self::parse_fields(head)?;
+        if header.chunk != chunk {
+            return Err(ShardDefect::WrongChunk {
+                found: header.chunk,
+                expected: chunk,
+            });
+        }
+        Ok(header)
+    }
+
+    fn parse_fields(bytes: &[u8; HEADER_LEN]) -> Result<ShardHeader, ShardDefect> {
         if &bytes[..8] != MAGIC {
             return Err(ShardDefect::BadMagic);
         }
@@ -142,13 +172,6 @@ impl ShardHeader {
             return Err(ShardDefect::BadLayout);
         }
         let chunk_len = u32::from_le_bytes([bytes[44], bytes[45], bytes[46], bytes[47]]);
-        let expected = layout.shard_len(chunk_len as usize);
-        if body_len != expected {
-            return Err(ShardDefect::BodyLength {
-                got: body_len,
-                expected,
-            });
-        }
         Ok(ShardHeader {
             chunk: ChunkId(chunk),
             layout,

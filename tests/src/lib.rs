@@ -421,6 +421,8 @@ pub struct PeerCounts {
     pub alive: usize,
     pub suspect: usize,
     pub dead: usize,
+    #[serde(default)]
+    pub clients: usize,
 }
 
 /// One row of `dfs peers --json`.
@@ -432,6 +434,8 @@ pub struct PeerView {
     pub rtt_ms: Option<f64>,
     pub zone: Option<String>,
     pub score: f64,
+    #[serde(default)]
+    pub client: bool,
 }
 
 impl Peer {

@@ -11,7 +11,7 @@ use dfs_fs::snapshot::{self, VerifyReport};
 use dfs_fs::ShareLink;
 use dfs_node::{Config, Repo};
 
-use crate::peer::{NetArgs, RunningPeer};
+use crate::peer::{NetArgs, Role, RunningPeer};
 use crate::progress::IoCounter;
 
 /// Exit code of `dfs verify` when shards are damaged but every chunk can still be rebuilt.
@@ -374,11 +374,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             let repo = Arc::new(repo);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
-            let result = put(&repo, &path);
+            let result = put(&repo, &path, peer.as_ref());
             if let Some(peer) = peer {
-                if result.is_ok() {
-                    peer.settle(std::time::Duration::from_secs(30));
-                }
                 peer.stop();
             }
             result
@@ -454,7 +451,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let signals = dfs_fs::mount::prepare_signals();
             let repo = Arc::new(open_repo(args.data)?);
             let data = repo.path().display().to_string();
-            let peer = RunningPeer::start(Arc::clone(&repo), &net)?;
+            let peer = RunningPeer::start(Arc::clone(&repo), &net, Role::Storage)?;
             peer.wait_for_a_peer(std::time::Duration::from_secs(10));
             let mut options = dfs_fs::mount::MountOptions {
                 allow_other,
@@ -660,7 +657,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
-fn put(repo: &Repo, path: &Path) -> Result<ExitCode> {
+/// How long `dfs put` with a network waits for every shard to reach the storage peers.
+const PUT_SETTLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn put(repo: &Repo, path: &Path, peer: Option<&RunningPeer>) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let input = path.to_path_buf();
     let progress = crate::progress::IoProgress::start("storing", IoCounter::Read, move || {
@@ -676,6 +676,10 @@ fn put(repo: &Repo, path: &Path) -> Result<ExitCode> {
         };
         anyhow::anyhow!("cannot store {}: {e}{hint}", path.display())
     })?;
+    if let Some(peer) = peer {
+        peer.settle(PUT_SETTLE)
+            .with_context(|| format!("{} is not fully stored yet", path.display()))?;
+    }
     let stats = &outcome.stats;
     let secs = started.elapsed().as_secs_f64();
     for skipped in &stats.skipped {

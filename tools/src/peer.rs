@@ -84,6 +84,19 @@ impl NetArgs {
     }
 }
 
+/// What a peer is to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Holds shards for others (`dfs node`, a mount without `--no-store`).
+    Storage,
+    /// Holds nothing for others and is never a target for them; keeps its own shards only
+    /// when too few other peers exist (`--no-store`).
+    Client,
+    /// A client run for one command (`dfs put/get/verify`): never a target, not even of its
+    /// own shards, so nothing it wrote is needed from its data directory once it exits.
+    OneShot,
+}
+
 /// A running peer with its API, on a tokio runtime of its own.
 pub struct RunningPeer {
     runtime: tokio::runtime::Runtime,
@@ -97,13 +110,18 @@ pub struct RunningPeer {
 }
 
 impl RunningPeer {
-    /// Start the peer of `repo` and its API.
-    pub fn start(repo: Arc<Repo>, args: &NetArgs) -> Result<Self> {
+    /// Start the peer of `repo` and its API; `--no-store` makes any role a client.
+    pub fn start(repo: Arc<Repo>, args: &NetArgs, role: Role) -> Result<Self> {
+        let role = match role {
+            Role::Storage if args.no_store => Role::Client,
+            r => r,
+        };
         let mut config = args.apply(&repo.config().network);
         if let Some(api) = args.api {
             config.api = api.to_string();
         }
-        let options = NetOptions::from_config(&config)?;
+        let mut options = NetOptions::from_config(&config)?;
+        options.client = role != Role::Storage;
         let bootstrap = !options.peers.is_empty() || !options.rendezvous.is_empty();
         let api_addr = match config.api.as_str() {
             "" => None,
@@ -119,7 +137,8 @@ impl RunningPeer {
             .context("cannot start the network runtime")?;
         let data = repo.path().to_path_buf();
         let mut placement = repo.config().placement.clone();
-        placement.store_here &= !args.no_store;
+        placement.store_here &= role == Role::Storage;
+        placement.transient = role == Role::OneShot;
         let (network, api) = runtime.block_on(async {
             let network = Network::start(repo.clone(), options).await?;
             let api = ApiServer::bind(&data, api_addr, network.clone()).await?;
@@ -155,7 +174,7 @@ impl RunningPeer {
         if c.peers.is_empty() && c.rendezvous.is_empty() && !c.mdns {
             return Ok(None);
         }
-        let peer = Self::start(Arc::clone(repo), args)?;
+        let peer = Self::start(Arc::clone(repo), args, Role::OneShot)?;
         peer.wait_for_a_peer(std::time::Duration::from_secs(10));
         Ok(Some(peer))
     }
@@ -174,21 +193,37 @@ impl RunningPeer {
         })
     }
 
-    /// Before a one-shot command exits: give the repair thread up to `timeout` to put every
-    /// shard on its peers (a store that failed during the write is redone now rather than at
-    /// the next run), and say so if it could not.
-    pub fn settle(&self, timeout: std::time::Duration) {
+    /// Before `dfs put` exits: give the repair thread up to `timeout` to put every shard of
+    /// every chunk on the storage peers (a store that failed during the write is redone now),
+    /// so that the writer may leave at once and nothing is needed from its data directory.
+    /// Fails, saying how many chunks are complete, when that could not be done.
+    pub fn settle(&self, timeout: std::time::Duration) -> Result<()> {
         let Some(cluster) = &self.cluster else {
-            return;
+            return Ok(());
         };
         let s = cluster.cluster.settle(timeout);
-        if s.degraded > 0 || s.pending > 0 {
-            eprintln!(
-                "dfs: {} chunks are not on all their peers yet ({} shard moves or rebuilds \
-                 pending); the next peer run on this data directory finishes them",
-                s.degraded, s.pending
+        if s.degraded > 0 || s.pending > 0 || s.lost > 0 {
+            let complete = s.chunks.saturating_sub(s.degraded + s.lost);
+            bail!(
+                "only {complete} of {} chunks have all their shards on other storage peers \
+                 after {} s ({} chunks degraded, {} lost, {} shard stores pending; {} storage \
+                 peers alive); run the put again to finish it (what is stored is not sent again)",
+                s.chunks,
+                timeout.as_secs(),
+                s.degraded,
+                s.lost,
+                s.pending,
+                cluster.cluster.members().live_others()
             );
         }
+        if s.crowded > 0 {
+            crate::notice!(
+                "{} chunks have two shards on one peer (fewer storage peers than shards): they \
+                 spread out as peers join",
+                s.crowded
+            );
+        }
+        Ok(())
     }
 
     /// Wait (at most `timeout`) until peers that announced themselves are alive, when
@@ -298,7 +333,7 @@ impl RunningPeer {
 
 /// `dfs node`: a storage peer in the foreground until SIGINT/SIGTERM.
 pub fn run_node(repo: Repo, args: &NetArgs) -> Result<()> {
-    let peer = RunningPeer::start(Arc::new(repo), args)?;
+    let peer = RunningPeer::start(Arc::new(repo), args, Role::Storage)?;
     let status = peer.wait_listening()?;
     crate::notice!("peer {} is running; Ctrl-C stops it", status.id);
     for addr in &status.addresses {
@@ -395,7 +430,15 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     }
     println!("peer      {}", s.id);
     println!("version   {}   zone {}", s.version, s.zone);
-    println!("uptime    {}", human_duration(s.uptime_secs));
+    println!(
+        "uptime    {}   role {}",
+        human_duration(s.uptime_secs),
+        if s.client {
+            "client (holds no shards for others)"
+        } else {
+            "storage"
+        }
+    );
     for (i, addr) in s.addresses.iter().enumerate() {
         println!("{}{addr}", if i == 0 { "addresses " } else { "          " });
     }
@@ -422,14 +465,17 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
         human_bytes(s.storage.disk_total)
     );
     println!(
-        "peers     {} alive, {} suspect, {} dead",
-        s.peers.alive, s.peers.suspect, s.peers.dead
+        "peers     {} alive, {} suspect, {} dead; {} clients",
+        s.peers.alive, s.peers.suspect, s.peers.dead, s.peers.clients
     );
     match &s.placement {
         Some(p) if p.chunks == 0 && s.peers.alive == 0 => {
             println!("chunks    kept in the local store (no other peer to spread them over yet)")
         }
-        Some(p) if p.chunks == 0 => println!("chunks    none written by this peer"),
+        Some(p) if p.chunks == 0 => {
+            println!("chunks    none written by this peer");
+            print_steward(&p.steward);
+        }
         Some(p) => print_placement(p),
         None => {}
     }
@@ -455,7 +501,11 @@ pub fn peers(data: &Path, json: bool) -> Result<()> {
         println!(
             "{:<54} {:<8} {:>8} {:>9} {:<10} {:>10} {:>6.2}",
             p.id,
-            p.state.to_string(),
+            if p.client {
+                "client".to_string()
+            } else {
+                p.state.to_string()
+            },
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}")),
             format!("{}s ago", p.last_seen_secs.round()),
             p.zone.as_deref().unwrap_or("-"),
@@ -495,6 +545,23 @@ fn print_placement(p: &dfs_node::cluster::PlacementStatus) {
     if let Some(e) = &p.last_error {
         println!("          last repair round failed: {e}");
     }
+    print_steward(&p.steward);
+}
+
+/// What this peer did for chunks it holds for others (see `cluster::steward`).
+fn print_steward(st: &dfs_node::cluster::steward::StewardStatus) {
+    if st.passes == 0 {
+        return;
+    }
+    println!(
+        "steward   {} passes over held chunks: {} looked after, {} shards rebuilt ({}); last pass: {} lost, {} deferred",
+        st.passes,
+        st.stewarded,
+        st.rebuilt,
+        human_bytes(st.rebuilt_bytes),
+        st.lost,
+        st.deferred
+    );
 }
 
 fn human_duration(secs: f64) -> String {

@@ -5,6 +5,17 @@
 //! free space and round-trip time do not shift rendezvous targets (which would move shards back
 //! and forth); a peer that keeps failing or sent bad data is weighted down, and a full peer gets
 //! no new shards.
+//!
+//! Clients (peers run for one command, `--no-store` mounts) are not members: they hold nothing
+//! for others. A peer is given new shards only once it is *trusted*: present without a break
+//! (not dead, not restarted) for `trust_after_secs`, or present since this peer's own first
+//! seconds (a network that starts together trusts itself). Until then it keeps what it holds but
+//! takes nothing new, so a peer that appears and goes again causes no moves.
+//!
+//! Each member also has a *rank weight*: its capacity weight alone, which every peer computes
+//! alike from the announcements. Readers and stewards rank a chunk's likely holders with it
+//! (see `transfer::locate`, `steward`), since what this peer thinks of a holder's health or
+//! age says nothing about where another peer put shards.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,7 +46,34 @@ pub struct Member {
     /// Takes shards only when the other peers cannot give each shard a peer of its own (this
     /// peer, when it keeps no shards of its own chunks: `--no-store`).
     pub reserve: bool,
+    /// Capacity weight only (see the module doc); 0 for this peer when it is not storage.
+    pub rank_weight: f64,
 }
+
+/// What this peer is to placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfRole {
+    /// A storage peer that keeps shards of its own chunks when picked.
+    Store,
+    /// Keeps shards of its own chunks only when the others do not suffice (`--no-store`).
+    Reserve,
+    /// Never a target (a peer run for one command).
+    None,
+}
+
+/// How the snapshot is built.
+#[derive(Debug, Clone, Copy)]
+pub struct MembershipRules {
+    pub role: SelfRole,
+    /// This peer's uptime.
+    pub uptime: Duration,
+    /// Presence a peer needs before it takes new shards.
+    pub trust_after: Duration,
+}
+
+/// Peers present since this peer's first seconds are trusted at once (every peer of a
+/// network started together; every peer a one-shot command finds).
+const TRUSTED_FROM_START: Duration = Duration::from_secs(15);
 
 /// All members, self included.
 #[derive(Debug, Clone, Default)]
@@ -70,36 +108,39 @@ impl Members {
         h.finish()
     }
 
-    /// Build the snapshot. `store_here`: this peer takes shards of its own chunks (otherwise it
-    /// is a reserve member of weight almost zero, chosen only when too few other peers are
-    /// left, whatever its zone).
+    /// Build the snapshot from this peer's status and peer table (see [`MembershipRules`]).
     pub fn from_views(
         local: PeerId,
         status: &NodeStatus,
         peers: &[PeerView],
-        store_here: bool,
-        uptime: Duration,
+        rules: MembershipRules,
     ) -> Self {
+        let own = capacity_weight(status.storage.capacity);
         let mut list = vec![Member {
             id: local,
             zone: status.zone.clone(),
-            weight: if store_here {
-                capacity_weight(status.storage.capacity)
-            } else {
-                1e-9
+            weight: match rules.role {
+                SelfRole::Store => own,
+                SelfRole::Reserve => 1e-9,
+                SelfRole::None => 0.0,
             },
             alive: true,
             score: 1.0,
             load: 0,
             is_self: true,
-            reserve: !store_here,
+            reserve: rules.role == SelfRole::Reserve,
+            rank_weight: if status.client { 0.0 } else { own },
         }];
+        let uptime = rules.uptime;
         let mut dead = Vec::new();
         let mut longest_grace = Duration::ZERO;
         for view in peers {
             let Ok(id) = view.id.parse::<PeerId>() else {
                 continue;
             };
+            if view.client {
+                continue;
+            }
             longest_grace = longest_grace.max(Duration::from_secs_f64(view.last_seen_secs));
             match view.state {
                 PeerState::Dead => {
@@ -112,11 +153,15 @@ impl Members {
             let Some(capacity) = view.capacity else {
                 continue;
             };
-            let mut weight = capacity_weight(capacity);
+            let rank_weight = capacity_weight(capacity);
+            let mut weight = rank_weight;
             if view.score < POOR_SCORE {
                 weight *= 0.1;
             }
-            if view.free.is_some_and(|f| f < FULL_BELOW) {
+            let up = Duration::from_secs_f64(view.up_secs);
+            let trusted =
+                up >= rules.trust_after || uptime.saturating_sub(up) <= TRUSTED_FROM_START;
+            if view.free.is_some_and(|f| f < FULL_BELOW) || !trusted {
                 weight = 0.0;
             }
             list.push(Member {
@@ -128,6 +173,7 @@ impl Members {
                 load: view.load.unwrap_or(0),
                 is_self: false,
                 reserve: false,
+                rank_weight,
             });
         }
         let index = list.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
@@ -166,6 +212,20 @@ impl Members {
                     m.weight
                 },
                 reserve: m.reserve,
+            })
+            .collect()
+    }
+
+    /// Every storage member (alive or suspect) with its rank weight: where any peer expects a
+    /// chunk's shards to be (same order as `list`).
+    pub fn rank_candidates(&self) -> Vec<Candidate> {
+        self.list
+            .iter()
+            .map(|m| Candidate {
+                key: m.id.to_bytes(),
+                zone: m.zone.clone(),
+                weight: m.rank_weight,
+                reserve: false,
             })
             .collect()
     }

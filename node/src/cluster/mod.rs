@@ -9,11 +9,17 @@
 //! its health: [`repair`] rebuilds shards lost with dead peers, re-verifies held shards
 //! (scrubbing) and moves shards toward their rendezvous targets when peers join or leave.
 //!
+//! Chunks written by other peers are looked after by the storage peers that hold their shards
+//! ([`steward`]), so a chunk whose writer has gone is still repaired when a holder dies; and
+//! a reader with only a link finds the holders by asking the peers that rendezvous hashing
+//! ranks first ([`transfer::locate`]).
+//!
 //! The membership view (who is alive, their zones and weights) is refreshed from the peer
 //! table twice a second ([`Members`]); writes and reads use the latest snapshot.
 
 mod members;
 pub mod repair;
+pub mod steward;
 mod transfer;
 
 use std::collections::HashSet;
@@ -31,7 +37,7 @@ use crate::diskcache::{DiskCache, Filler};
 use crate::meta::Placed;
 use crate::net::Network;
 use crate::repo::Repo;
-pub use members::{Member, Members};
+pub use members::{Member, Members, MembershipRules, SelfRole};
 pub use repair::PlacementStatus;
 
 /// What the repo needs from the network to store and read chunks (implemented by [`Cluster`]).
@@ -177,6 +183,14 @@ impl Cluster {
                 .map_err(|e| tracing::error!("cannot start the membership thread: {e}"))
                 .ok(),
         );
+        let (c, r) = (cluster.clone(), repo.clone());
+        threads.extend(
+            std::thread::Builder::new()
+                .name("dfs-steward".into())
+                .spawn(move || steward::run(&c, &r))
+                .map_err(|e| tracing::error!("cannot start the steward thread: {e}"))
+                .ok(),
+        );
         let c = cluster.clone();
         threads.extend(
             std::thread::Builder::new()
@@ -211,13 +225,19 @@ impl Cluster {
         });
         match seen {
             Ok((status, peers)) => {
-                let members = Members::from_views(
-                    self.local,
-                    &status,
-                    &peers,
-                    self.settings.store_here,
-                    self.network.uptime(),
-                );
+                let role = if self.settings.transient {
+                    SelfRole::None
+                } else if self.settings.store_here {
+                    SelfRole::Store
+                } else {
+                    SelfRole::Reserve
+                };
+                let rules = MembershipRules {
+                    role,
+                    uptime: self.network.uptime(),
+                    trust_after: Duration::from_secs(self.settings.trust_after_secs),
+                };
+                let members = Members::from_views(self.local, &status, &peers, rules);
                 *lock(&self.members) = Arc::new(members);
             }
             Err(e) => tracing::debug!("membership refresh failed: {e}"),

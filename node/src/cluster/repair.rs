@@ -74,6 +74,9 @@ pub struct PlacementStatus {
     pub last_error: Option<String>,
     /// The disk cache of fetched chunks, when enabled.
     pub disk_cache: Option<crate::diskcache::CacheStats>,
+    /// Chunks held here for others that this peer looked after ([`super::steward`]).
+    #[serde(default)]
+    pub steward: super::steward::StewardStatus,
 }
 
 /// Run rounds until the cluster stops.
@@ -477,10 +480,23 @@ fn rebuild_shards(
         .placed(id)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
+    rebuild_from(cluster, repo, coder, id, record, &placed)
+}
+
+/// Decode a chunk from any k of the shards `placed` names (each verified, and the decoded
+/// ciphertext checked against the chunk id) and encode the whole set again.
+pub(super) fn rebuild_from(
+    cluster: &Cluster,
+    repo: &Repo,
+    coder: &mut ShardCoder,
+    id: &ChunkId,
+    record: &ChunkRecord,
+    placed: &Placed,
+) -> Result<crate::chunk::ShardSet, String> {
     let layout = record.layout;
     let images = block(
         cluster,
-        gather(cluster, repo, id, layout, &placed, layout.needed(), true),
+        gather(cluster, repo, id, layout, placed, layout.needed(), true),
     );
     let bodies: Vec<Option<&[u8]>> = images
         .iter()

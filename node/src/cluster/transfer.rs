@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use super::{peer_from_bytes, Cluster, Members};
 use crate::chunk::{ChunkError, ShardSet};
 use crate::meta::Placed;
+use crate::net::Holding;
 use crate::repo::Repo;
 use crate::shard::ShardHeader;
 
@@ -145,6 +146,15 @@ pub fn place(
     shards: &ShardSet,
 ) -> Result<Option<Placed>, ChunkError> {
     let members = cluster.members();
+    if members.live_others() == 0 && cluster.settings.transient {
+        // A peer run for one command keeps nothing: with no storage peer to take the shards,
+        // the write fails rather than leave the only copy in a data directory about to go.
+        return Err(ChunkError::NotDurable {
+            id: *id,
+            peers: 0,
+            required: shards.encoded.layout().needed() + 1,
+        });
+    }
     if members.live_others() == 0 {
         // The caller writes every shard here: none of them may still be queued for deletion
         // from an earlier, failed placement of the same chunk.
@@ -286,81 +296,109 @@ fn sources(cluster: &Cluster, layout: Layout, placed: &Placed, members: &Members
     out.into_iter().map(|(_, s)| s).collect()
 }
 
-/// Where the shards of a chunk this peer has no record of are (one another member of a shared
-/// volume wrote), and its layout: the rendezvous targets of the current peers are asked for
-/// their shard in rank order, then the DHT's providers, until one shard verifies; its header
-/// says the layout and length, and the targets for that layout become the holders to read.
+/// Where the shards of a chunk this peer has no record of are (a link another peer stored,
+/// or a chunk another member of a shared volume wrote), and its layout.
+///
+/// Every storage peer ranks a chunk's likely holders alike: rendezvous hashing over the
+/// storage members by capacity weight ([`Members::rank_candidates`]), which is where writers
+/// place shards and where stewards and repairs keep them. So the best-ranked peers are asked,
+/// all at once, which shards they hold ([`crate::net::Network::holding`]: a small request
+/// answered from the holder's table, with the header of one shard, which gives the layout and
+/// length). When they do not have enough, the next-ranked peers are asked, then the peers
+/// that announced the chunk in the DHT. One round trip finds the holders in the usual case,
+/// with no guessing of which index lives where and no shard fetched twice.
 pub async fn locate(
     cluster: &Cluster,
     repo: &Repo,
     id: &ChunkId,
 ) -> Option<(crate::meta::ChunkRecord, Placed)> {
     let members = cluster.members();
-    let candidates = members.candidates(false);
-    let guess = repo.config().storage.erasure_layout().shard_count();
-    let targets = |count: usize| -> Vec<(u8, PeerId)> {
-        hrw::place(id, count, &candidates)
-            .targets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &t)| Some((u8::try_from(i).ok()?, members.list.get(t)?.id)))
-            .collect()
-    };
-    let mut tries = targets(guess);
-    let mut providers_asked = false;
-    let mut at = 0;
-    let found = loop {
-        if at == tries.len() {
-            if providers_asked {
-                return None;
-            }
-            providers_asked = true;
-            let found = cluster
-                .network
-                .find_providers(*id)
-                .await
-                .unwrap_or_default();
-            for peer in found {
-                for index in 0..guess as u8 {
-                    if !tries.contains(&(index, peer)) {
-                        tries.push((index, peer));
-                    }
-                }
-            }
-            continue;
-        }
-        let (index, peer) = tries[at];
-        at += 1;
-        if let Ok(image) = fetch_checked(cluster, repo, peer, id, index, true).await {
-            if let Ok((header, _)) = ShardHeader::decode_as(&image, *id, index, true) {
-                break (header, index, peer);
-            }
-        }
-    };
-    let (header, index, peer) = found;
-    let record = crate::meta::ChunkRecord {
-        layout: header.layout,
-        len: header.chunk_len,
-    };
-    // The holder that answered first, then the targets, then every other member for every
-    // shard (a chunk written while its writer was alone is all on the writer until the
-    // rebalancing moves it).
-    let count = header.layout.shard_count();
-    let mut holders: Vec<(u8, Vec<u8>)> = vec![(index, peer.to_bytes())];
+    let candidates = members.rank_candidates();
     let ranked: Vec<PeerId> = hrw::rank(id, &candidates)
         .into_iter()
         .filter_map(|i| Some(members.list.get(i)?.id))
         .collect();
-    let more = targets(count)
-        .into_iter()
-        .chain((0..count as u8).flat_map(|i| ranked.iter().map(move |p| (i, *p))));
-    for (i, p) in more {
-        let h = (i, p.to_bytes());
-        if !holders.contains(&h) {
-            holders.push(h);
+    let batch = repo.config().storage.erasure_layout().shard_count() + LOCATE_SPARE;
+    let mut answers: Vec<(PeerId, Holding)> = Vec::new();
+    let mut asked: HashSet<PeerId> = HashSet::new();
+    let mut providers_asked = false;
+    let mut at = 0;
+    loop {
+        let round: Vec<PeerId> = if at < ranked.len() {
+            let end = (at + batch).min(ranked.len());
+            let round = ranked[at..end].to_vec();
+            at = end;
+            round
+        } else if !providers_asked {
+            providers_asked = true;
+            cluster
+                .network
+                .find_providers(*id)
+                .await
+                .unwrap_or_default()
+        } else {
+            break;
+        };
+        let round: Vec<PeerId> = round.into_iter().filter(|p| asked.insert(*p)).collect();
+        let replies = futures::future::join_all(
+            round
+                .iter()
+                .map(|&peer| async move { (peer, cluster.network.holding(peer, *id).await) }),
+        )
+        .await;
+        for (peer, reply) in replies {
+            match reply {
+                Ok(h) if !h.indices.is_empty() => answers.push((peer, h)),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(chunk = %id.short(), %peer, "holding query failed: {e}"),
+            }
+        }
+        if let Some(found) = located(&answers) {
+            if found.0.layout.needed() <= distinct_indices(&found.1) {
+                return Some(found);
+            }
         }
     }
-    Some((record, Placed { holders }))
+    located(&answers)
+}
+
+/// Peers asked at once beyond a chunk's shard count: room for a peer or two that joined since
+/// the write (ranked above a holder) without a second round trip.
+const LOCATE_SPARE: usize = 2;
+
+fn distinct_indices(placed: &Placed) -> usize {
+    let mut seen: Vec<u8> = placed.holders.iter().map(|(i, _)| *i).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
+
+/// The layout and length most holders agree on (the best-ranked holder's on a tie), and every
+/// (index, holder) consistent with it, in the order the holders were ranked.
+fn located(answers: &[(PeerId, Holding)]) -> Option<(crate::meta::ChunkRecord, Placed)> {
+    let mut votes: Vec<((Layout, u32), usize)> = Vec::new();
+    for (_, h) in answers {
+        if let Some(header) = &h.header {
+            let claim = (header.layout, header.chunk_len);
+            match votes.iter_mut().find(|(c, _)| *c == claim) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((claim, 1)),
+            }
+        }
+    }
+    // max_by_key keeps the last of equals: reverse so the first-ranked claim wins a tie.
+    let ((layout, len), _) = votes.iter().rev().max_by_key(|(_, n)| *n).copied()?;
+    let count = layout.shard_count();
+    let holders = answers
+        .iter()
+        .flat_map(|(peer, h)| {
+            h.indices
+                .iter()
+                .filter(move |&&i| usize::from(i) < count)
+                .map(move |&i| (i, peer.to_bytes()))
+        })
+        .collect();
+    Some((crate::meta::ChunkRecord { layout, len }, Placed { holders }))
 }
 
 /// Gather at least `want` shard images (see the module doc), verified by their checksums

@@ -37,6 +37,8 @@ pub struct HeldShards {
     count: AtomicU64,
     /// Configured capacity in bytes (0: the disk's free space is the only limit).
     capacity: u64,
+    /// A client holds nothing for others: every store is refused, and it offers no capacity.
+    client: bool,
 }
 
 impl HeldShards {
@@ -44,7 +46,13 @@ impl HeldShards {
         &self.repo
     }
 
-    pub fn open(repo: Arc<Repo>, capacity: u64) -> Result<Self, crate::repo::OpenError> {
+    /// `client`: refuse every store (see [`Refusal::NoStorage`]); shards held from before are
+    /// still served and may still be deleted by their owners.
+    pub fn open(
+        repo: Arc<Repo>,
+        capacity: u64,
+        client: bool,
+    ) -> Result<Self, crate::repo::OpenError> {
         let store = ShardStore::open(&repo.path().join("held"))?;
         let (count, used) = repo.meta().held_totals()?;
         Ok(Self {
@@ -53,6 +61,7 @@ impl HeldShards {
             used: AtomicU64::new(used),
             count: AtomicU64::new(count),
             capacity,
+            client,
         })
     }
 
@@ -68,6 +77,9 @@ impl HeldShards {
     /// (capacity offered, free of it, bytes used, shards held).
     pub fn usage(&self) -> (u64, u64, u64, u64) {
         let used = self.used.load(Ordering::Relaxed);
+        if self.client {
+            return (0, 0, used, self.count.load(Ordering::Relaxed));
+        }
         let disk_free = disk_free(self.repo.path()).unwrap_or(0);
         let capacity = match self.capacity {
             0 => used + disk_free,
@@ -114,6 +126,7 @@ impl HeldShards {
             Request::FetchTrusting { .. } => self.fetch(chunk, index, false),
             Request::Check { .. } => self.check(chunk, index),
             Request::Delete { .. } => self.delete(from, chunk, index),
+            Request::Holding { .. } => self.holding(chunk),
         };
         result.unwrap_or_else(|e| self.refusal(chunk, index, e))
     }
@@ -135,6 +148,9 @@ impl HeldShards {
         index: u8,
         image: &[u8],
     ) -> Result<Response, HeldError> {
+        if self.client {
+            return Ok(Response::Refused(Refusal::NoStorage));
+        }
         if ShardHeader::decode_expected(image, chunk, index).is_err() {
             tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused a shard that does not verify");
             return Ok(Response::Refused(Refusal::Invalid));
@@ -208,6 +224,21 @@ impl HeldShards {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&head[HASHED_HEADER_LEN..HEADER_LEN]);
         Ok(Ok(HeldFile { file, len, hash }))
+    }
+
+    /// Which shards of `chunk` are held here, with the header of the first.
+    fn holding(&self, chunk: ChunkId) -> Result<Response, HeldError> {
+        let indices = self.meta().held_indices(&chunk)?;
+        let mut head = Vec::new();
+        if let Some(&first) = indices.first() {
+            let mut buf = [0u8; HEADER_LEN];
+            if let Some((_, len)) = self.store.open_file(&chunk, first, &mut buf)? {
+                if ShardHeader::check_head(&buf, len, chunk, first).is_ok() {
+                    head = buf.to_vec();
+                }
+            }
+        }
+        Ok(Response::Holds { indices, head })
     }
 
     fn check(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {

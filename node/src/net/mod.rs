@@ -94,6 +94,10 @@ pub struct NetOptions {
     pub bulk_links: bool,
     /// Port of the bulk listeners; 0 = ephemeral.
     pub bulk_port: u16,
+    /// Run as a client: hold no shards for others, announce no capacity, never be a placement
+    /// target, and say goodbye when stopping (set for peers run by one command and for
+    /// `--no-store` mounts; not a config setting).
+    pub client: bool,
 }
 
 /// Parse a multiaddr given by the user, naming the setting it came from.
@@ -154,6 +158,7 @@ impl NetOptions {
             },
             bulk_links: c.bulk_links,
             bulk_port: c.bulk_port,
+            client: false,
         })
     }
 }
@@ -175,6 +180,9 @@ pub struct NodeStatus {
     /// Dialable addresses, each ending in `/p2p/<id>`.
     pub addresses: Vec<String>,
     pub uptime_secs: f64,
+    /// A client (holds nothing for others; see [`NetOptions::client`]).
+    #[serde(default)]
+    pub client: bool,
     pub storage: StorageStatus,
     pub peers: PeerCounts,
     /// Bulk links ([`bulk`]); `None` when they are off.
@@ -202,6 +210,9 @@ pub struct PeerCounts {
     pub alive: usize,
     pub suspect: usize,
     pub dead: usize,
+    /// Clients connected now (not counted in the other three).
+    #[serde(default)]
+    pub clients: usize,
 }
 
 /// Requests to the event loop.
@@ -274,6 +285,14 @@ fn count_request(
     }
 }
 
+/// What a peer said it holds of one chunk ([`Network::holding`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub indices: Vec<u8>,
+    /// The header of one of them: the chunk's layout and length, as the holder claims.
+    pub header: Option<ShardHeader>,
+}
+
 /// A handle on the running peer; cheap to clone.
 #[derive(Clone)]
 pub struct Network {
@@ -298,7 +317,11 @@ impl Network {
             .try_into_ed25519()
             .map_err(|e| NetError::Start(format!("the identity key cannot sign ops: {e}")))?;
         let hub = Arc::new(sync::OpsHub::new(repo.clone(), signer));
-        let held = Arc::new(held::HeldShards::open(repo, options.capacity)?);
+        let held = Arc::new(held::HeldShards::open(
+            repo,
+            options.capacity,
+            options.client,
+        )?);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let started = Instant::now();
         let bulk = bulk::Bulk::start(
@@ -577,6 +600,31 @@ impl Network {
                 Err(NetError::BadData { peer, chunk, index })
             }
             other => Err(unexpected(peer, "fetch", other)),
+        }
+    }
+
+    /// Which shards of `chunk` `peer` holds: their indices (ascending, each once) and what
+    /// the header of the first says, if it makes sense for this chunk. A header whose layout
+    /// does not cover every index listed is dropped with the indices beyond it.
+    pub async fn holding(&self, peer: PeerId, chunk: ChunkId) -> Result<Holding, NetError> {
+        let request = Request::Holding { chunk };
+        let response = if peer == self.local {
+            // This peer's own held store (a storage peer is a holder like any other).
+            self.held.handle(peer, request)
+        } else {
+            self.request(peer, request).await?
+        };
+        match response {
+            Response::Holds { mut indices, head } => {
+                indices.sort_unstable();
+                indices.dedup();
+                let header = ShardHeader::from_head(&head, chunk).ok();
+                if let Some(h) = &header {
+                    indices.retain(|&i| usize::from(i) < h.layout.shard_count());
+                }
+                Ok(Holding { indices, header })
+            }
+            other => Err(unexpected(peer, "holding", other)),
         }
     }
 

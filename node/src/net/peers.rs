@@ -25,6 +25,11 @@ pub const MAX_ADDRS: usize = 8;
 const MAX_ADDR_LEN: usize = 256;
 /// Longest zone label or version string accepted from a peer.
 const MAX_LABEL: usize = 64;
+/// An announced uptime this much below the last one means the peer restarted (announcements
+/// are a couple of seconds apart and may be relayed late).
+const RESTART_SLACK_SECS: u64 = 5;
+/// A gone client is dropped from the table after this long without a sign of life.
+pub const FORGET_CLIENTS_AFTER: Duration = Duration::from_secs(600);
 
 /// What a peer says about itself on the membership topic, every `announce_secs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +46,15 @@ pub struct Announcement {
     pub shards: u64,
     /// Where to dial the sender (multiaddrs ending in its own /p2p/ id).
     pub addrs: Vec<String>,
+    /// The sender holds no shards for others and is never a placement target: a peer run for
+    /// one command (`dfs put/get/verify`) or a `--no-store` mount. It comes and goes without
+    /// being counted as a peer that died.
+    pub client: bool,
+    /// Seconds since the sender started (a smaller figure than last time means it restarted:
+    /// its time of presence starts again).
+    pub uptime_secs: u64,
+    /// The sender is stopping: its last announcement (a clean goodbye).
+    pub leaving: bool,
 }
 
 impl Announcement {
@@ -62,6 +76,9 @@ impl Announcement {
         }
         if self.free > self.capacity {
             return Err(WireError::Malformed("more free bytes than capacity".into()));
+        }
+        if self.client && (self.capacity > 0 || self.shards > 0) {
+            return Err(WireError::Malformed("a client offers no storage".into()));
         }
         if self.addrs.len() > MAX_ADDRS || self.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
             return Err(WireError::Malformed(
@@ -102,6 +119,12 @@ pub struct Peer {
     pub announced: Option<Announcement>,
     pub failures: u32,
     pub bad_data: u32,
+    /// Since when the peer has been present without a break (reset when it was dead or
+    /// restarted): placement trusts a peer only after it has been around for a while.
+    pub up_since: Instant,
+    /// A client that said goodbye or fell silent: hidden, never dialled, never dead, and
+    /// dropped from the table after [`FORGET_CLIENTS_AFTER`].
+    pub gone: bool,
     /// When to dial next while not connected, and the delay after that.
     next_dial: Instant,
     backoff: Duration,
@@ -118,6 +141,8 @@ impl Peer {
             announced: None,
             failures: 0,
             bad_data: 0,
+            up_since: now,
+            gone: false,
             next_dial: now,
             backoff: BACKOFF_MIN,
         }
@@ -130,6 +155,11 @@ impl Peer {
             bad_data: self.bad_data,
             answering: self.state == PeerState::Alive,
         })
+    }
+
+    /// It said it is a client (holds nothing for others, never a placement target).
+    pub fn is_client(&self) -> bool {
+        self.announced.as_ref().is_some_and(|a| a.client)
     }
 }
 
@@ -167,6 +197,13 @@ pub struct PeerView {
     pub score: f64,
     pub failures: u32,
     pub bad_data: u32,
+    /// A client: holds nothing for others, is never a placement target, and is forgotten
+    /// rather than declared dead when it goes.
+    #[serde(default)]
+    pub client: bool,
+    /// Seconds it has been present without a break (as this peer saw it).
+    #[serde(default)]
+    pub up_secs: f64,
 }
 
 impl PeerTable {
@@ -221,6 +258,10 @@ impl PeerTable {
     /// Any sign of life.
     pub fn seen(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
         let (peer, from) = self.entry(id, now);
+        if from == Some(PeerState::Dead) {
+            // Back from the dead: its presence starts again.
+            peer.up_since = now;
+        }
         peer.last_seen = now;
         peer.backoff = BACKOFF_MIN;
         Self::set_state(peer, id, from, PeerState::Alive)
@@ -309,14 +350,60 @@ impl PeerTable {
             // Heard of, not heard from: not alive until it answers.
             peer.state = PeerState::Suspect;
         }
+        if direct {
+            let restarted = peer
+                .announced
+                .as_ref()
+                .is_some_and(|old| a.uptime_secs + RESTART_SLACK_SECS < old.uptime_secs);
+            if restarted {
+                peer.up_since = now;
+            }
+        }
+        if direct && !a.leaving {
+            peer.gone = false;
+        }
         peer.announced = Some(a);
         change
+    }
+
+    /// `id` said goodbye (an announcement with `leaving`, from itself). A client is forgotten
+    /// at once: it was never a holder, and its going is not a failure. A storage peer is
+    /// suspect (its shards are out of reach until it returns; it is dead after the grace
+    /// period like any other).
+    pub fn left(&mut self, id: PeerId, now: Instant) -> Option<Transition> {
+        let peer = self.peers.get_mut(&id)?;
+        if peer.is_client() {
+            // Kept (hidden) rather than removed: the connection events that follow the
+            // goodbye would otherwise bring it back as an unknown peer.
+            peer.gone = true;
+            return None;
+        }
+        let from = Some(peer.state);
+        if peer.state == PeerState::Alive {
+            // Silent from now on: the grace period counts from the goodbye.
+            peer.last_seen = now;
+            return Self::set_state(peer, id, from, PeerState::Suspect);
+        }
+        None
     }
 
     /// Apply the timeouts; returns the changes.
     pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
         let mut out = Vec::new();
+        // A client that has been silent for the grace period has gone (killed, or its goodbye
+        // lost): it is forgotten, not dead. It held nothing, so nothing needs repair.
+        let grace = self.grace;
+        self.peers.retain(|_, peer| {
+            let silent = now.saturating_duration_since(peer.last_seen);
+            !(peer.is_client() && peer.connections == 0 && silent >= FORGET_CLIENTS_AFTER)
+        });
         for (id, peer) in &mut self.peers {
+            if peer.is_client() {
+                if now.saturating_duration_since(peer.last_seen) >= grace {
+                    peer.gone = true;
+                }
+                continue;
+            }
             let silent = now.saturating_duration_since(peer.last_seen);
             let to = if silent >= self.grace {
                 PeerState::Dead
@@ -337,7 +424,12 @@ impl PeerTable {
     pub fn due_dials(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut out = Vec::new();
         for (id, peer) in &mut self.peers {
-            if peer.connections == 0 && !peer.addrs.is_empty() && peer.next_dial <= now {
+            // Clients dial in; once gone they are not called back.
+            if peer.connections == 0
+                && !peer.addrs.is_empty()
+                && peer.next_dial <= now
+                && !peer.is_client()
+            {
                 out.push((*id, peer.addrs.clone()));
                 peer.next_dial = now + peer.backoff;
                 peer.backoff = (peer.backoff * 2).min(BACKOFF_MAX);
@@ -346,10 +438,10 @@ impl PeerTable {
         out
     }
 
-    /// Counts of alive, suspect and dead peers.
+    /// Counts of alive, suspect and dead peers (clients not included).
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);
-        for peer in self.peers.values() {
+        for peer in self.peers.values().filter(|p| !p.is_client()) {
             match peer.state {
                 PeerState::Alive => c.0 += 1,
                 PeerState::Suspect => c.1 += 1,
@@ -359,11 +451,20 @@ impl PeerTable {
         c
     }
 
+    /// Clients known now (peers run for one command, `--no-store` mounts).
+    pub fn clients(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.is_client() && !p.gone)
+            .count()
+    }
+
     /// The table for the API, best-scored first.
     pub fn views(&self, now: Instant) -> Vec<PeerView> {
         let mut out: Vec<PeerView> = self
             .peers
             .iter()
+            .filter(|(_, p)| !p.gone)
             .map(|(id, p)| PeerView {
                 id: id.to_string(),
                 state: p.state,
@@ -380,6 +481,8 @@ impl PeerTable {
                 score: p.score(),
                 failures: p.failures,
                 bad_data: p.bad_data,
+                client: p.is_client(),
+                up_secs: now.saturating_duration_since(p.up_since).as_secs_f64(),
             })
             .collect();
         out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
@@ -461,6 +564,9 @@ mod tests {
             load: 0,
             shards: 0,
             addrs: Vec::new(),
+            client: false,
+            uptime_secs: 0,
+            leaving: false,
         };
         t.announced(p, a.clone(), false, now);
         assert_eq!(t.get(&p).unwrap().state, PeerState::Suspect);
@@ -469,6 +575,86 @@ mod tests {
         // A relayed copy arriving late does not keep a silent peer alive.
         t.announced(p, a, false, now + GRACE);
         assert_eq!(t.tick(now + GRACE)[0].to, PeerState::Dead);
+    }
+
+    fn announcement(client: bool, uptime_secs: u64) -> Announcement {
+        Announcement {
+            version: "v".into(),
+            zone: "z".into(),
+            capacity: if client { 0 } else { 1 << 30 },
+            free: if client { 0 } else { 1 << 30 },
+            load: 0,
+            shards: 0,
+            addrs: Vec::new(),
+            client,
+            uptime_secs,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn a_client_is_forgotten_not_dead_and_leaves_no_trace_in_the_counts() {
+        let (mut t, c, now) = table();
+        let s = PeerId::random();
+        t.announced(c, announcement(true, 1), true, now);
+        t.announced(s, announcement(false, 1), true, now);
+        assert_eq!((t.counts(), t.clients()), ((1, 0, 0), 1));
+        assert!(t.views(now).iter().any(|v| v.client));
+        // Killed without a goodbye: after the grace period it is gone, not dead, and not
+        // dialled again.
+        t.add_address(c, "/ip4/127.0.0.1/tcp/1".parse().unwrap(), now);
+        t.disconnected(c, 0, true, now);
+        let changes = t.tick(now + GRACE);
+        assert!(changes.iter().all(|c| c.peer == s), "{changes:?}");
+        assert!(t.get(&c).unwrap().gone);
+        assert!(t.due_dials(now + GRACE * 2).iter().all(|(p, _)| *p != c));
+        assert_eq!((t.counts(), t.clients()), ((0, 0, 1), 0));
+        assert!(t.views(now + GRACE).iter().all(|v| v.id != c.to_string()));
+        // Long gone: dropped from the table.
+        t.tick(now + FORGET_CLIENTS_AFTER);
+        assert!(t.get(&c).is_none());
+        // A clean goodbye hides a client at once, and connection events after it do not
+        // bring it back as a peer of unknown kind.
+        let c2 = PeerId::random();
+        t.announced(c2, announcement(true, 1), true, now + GRACE);
+        assert!(t.left(c2, now + GRACE).is_none());
+        t.disconnected(c2, 0, false, now + GRACE);
+        assert!(t.views(now + GRACE).iter().all(|v| v.id != c2.to_string()));
+        assert_eq!(t.clients(), 0);
+        assert!(t.tick(now + GRACE * 3).iter().all(|c| c.peer != c2));
+        // A storage peer's goodbye makes it suspect, and dead after the grace period.
+        let s2 = PeerId::random();
+        t.announced(s2, announcement(false, 1), true, now + GRACE);
+        assert_eq!(
+            t.left(s2, now + GRACE).map(|c| c.to),
+            Some(PeerState::Suspect)
+        );
+        assert!(t
+            .tick(now + GRACE * 2)
+            .iter()
+            .any(|c| c.peer == s2 && c.to == PeerState::Dead));
+    }
+
+    #[test]
+    fn presence_starts_again_after_a_restart_or_death() {
+        let (mut t, p, now) = table();
+        t.announced(p, announcement(false, 100), true, now);
+        let later = now + Duration::from_secs(60);
+        t.announced(p, announcement(false, 160), true, later);
+        assert_eq!(t.get(&p).unwrap().up_since, now);
+        // A relayed, older announcement is no restart.
+        t.announced(p, announcement(false, 150), false, later);
+        assert_eq!(t.get(&p).unwrap().up_since, now);
+        // The peer restarted within the grace period: it announces a small uptime.
+        t.announced(p, announcement(false, 2), true, later);
+        assert_eq!(t.get(&p).unwrap().up_since, later);
+        // Dead, then back.
+        t.tick(later + GRACE);
+        assert_eq!(t.get(&p).unwrap().state, PeerState::Dead);
+        let back = later + GRACE * 2;
+        t.seen(p, back);
+        assert_eq!(t.get(&p).unwrap().up_since, back);
+        assert!(t.views(back)[0].up_secs < 1.0);
     }
 
     #[test]
@@ -504,6 +690,9 @@ mod tests {
             load: 0,
             shards: 0,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            client: false,
+            uptime_secs: 0,
+            leaving: false,
         };
         assert_eq!(Announcement::decode(&a.encode().unwrap()).unwrap(), a);
         a.addrs = vec!["x".into(); MAX_ADDRS + 1];

@@ -37,6 +37,8 @@ const RENDEZVOUS_NAMESPACE: &str = "dfs";
 /// Inbound shard requests served at once; more are answered `Busy`.
 const MAX_INBOUND: usize = 32;
 /// How often the failure detector and the redial schedule run.
+/// How long a stopping peer keeps its connections open for its goodbye to go out.
+const GOODBYE_FLUSH: Duration = Duration::from_millis(150);
 const HEALTH_TICK: Duration = Duration::from_millis(250);
 /// How often queued provider announcements are started.
 const ANNOUNCE_TICK: Duration = Duration::from_millis(50);
@@ -347,6 +349,7 @@ impl Node {
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
+                        self.say_goodbye().await;
                         let _ = done.send(());
                         break;
                     }
@@ -689,6 +692,7 @@ impl Node {
             zone: self.options.zone.clone(),
             addresses: self.listen.iter().map(|a| dialable(a, local)).collect(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
+            client: self.options.client,
             storage: StorageStatus {
                 capacity,
                 free,
@@ -701,6 +705,7 @@ impl Node {
                 alive,
                 suspect,
                 dead,
+                clients: self.table.clients(),
             },
             bulk: self.bulk.as_ref().map(|b| b.status(&self.listen)),
             placement: None,
@@ -754,7 +759,31 @@ impl Node {
     }
 
     fn announce(&mut self) {
+        self.publish_announcement(false);
+    }
+
+    /// Tell the other peers this one is stopping (a client is then forgotten at once rather
+    /// than declared dead later), and give the swarm a moment to send it.
+    async fn say_goodbye(&mut self) {
+        if self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        self.publish_announcement(true);
+        let flush = tokio::time::sleep(GOODBYE_FLUSH);
+        tokio::pin!(flush);
+        loop {
+            tokio::select! {
+                _ = &mut flush => break,
+                event = self.swarm.select_next_some() => self.event(event),
+            }
+        }
+    }
+
+    /// Publish this peer's announcement; `leaving`: it is the goodbye of a peer stopping.
+    fn publish_announcement(&mut self, leaving: bool) {
         let (capacity, free, _, shards) = self.held.usage();
+        // A client offers nothing, and says so (receivers refuse a client offering storage).
+        let shards = if self.options.client { 0 } else { shards };
         let local = *self.swarm.local_peer_id();
         let announcement = Announcement {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -769,6 +798,9 @@ impl Node {
                 .take(MAX_ANNOUNCED_ADDRS)
                 .map(|a| dialable(a, local))
                 .collect(),
+            client: self.options.client,
+            uptime_secs: self.started.elapsed().as_secs(),
+            leaving,
         };
         let Ok(bytes) = announcement.encode() else {
             return;
@@ -939,8 +971,19 @@ impl Node {
                         // after its author died): only one received from the author itself is
                         // a sign of life.
                         let direct = propagation_source == source;
+                        if announcement.leaving && !direct {
+                            // A relayed goodbye: the author's own copy settles it.
+                            return;
+                        }
+                        let leaving = announcement.leaving;
                         let change = self.table.announced(source, announcement, direct, now);
                         self.log(change);
+                        if leaving {
+                            tracing::info!(peer = %source, "peer said goodbye");
+                            let change = self.table.left(source, now);
+                            self.log(change);
+                            return;
+                        }
                         for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                             // Only addresses of the sender itself: no one may point us elsewhere.
                             if peer_of(&addr) == Some(source) {

@@ -47,6 +47,10 @@ pub enum Request {
     /// requester that authenticates the bytes itself (a reader whose AEAD tag covers the
     /// chunk, and who asks again with [`Request::Fetch`] when the tag does not verify).
     FetchTrusting { chunk: ChunkId, index: u8 },
+    /// Which shards of this chunk are held here (answered [`Response::Holds`]): how a reader
+    /// that has only a link, or a holder checking a chunk's health, finds where the shards are
+    /// without fetching any. `index` is ignored.
+    Holding { chunk: ChunkId },
 }
 
 impl Request {
@@ -58,6 +62,7 @@ impl Request {
             | Request::Check { chunk, index }
             | Request::Delete { chunk, index }
             | Request::FetchTrusting { chunk, index } => (*chunk, *index),
+            Request::Holding { chunk } => (*chunk, 0),
         }
     }
 
@@ -67,6 +72,7 @@ impl Request {
             Request::Fetch { .. } | Request::FetchTrusting { .. } => "fetch",
             Request::Check { .. } => "check",
             Request::Delete { .. } => "delete",
+            Request::Holding { .. } => "holding",
         }
     }
 }
@@ -86,6 +92,9 @@ pub enum Refusal {
     Busy,
     /// The peer failed to read or write its disk.
     Internal,
+    /// The peer holds no shards for others (a client: a peer run for one command, or a
+    /// `--no-store` mount).
+    NoStorage,
 }
 
 impl std::fmt::Display for Refusal {
@@ -97,6 +106,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotOwner => "only the peer that stored a shard may delete it",
             Refusal::Busy => "peer is busy",
             Refusal::Internal => "peer failed to access its store",
+            Refusal::NoStorage => "peer holds no shards for others (it is a client)",
         })
     }
 }
@@ -115,6 +125,15 @@ pub enum Response {
     },
     Deleted {
         freed: u64,
+    },
+    /// The indices of the shards of a chunk held here (ascending, each once, at most 255),
+    /// and the header of the first of them (empty when none is held or it cannot be read),
+    /// which tells the asker the chunk's layout and length without fetching a shard.
+    Holds {
+        #[serde(with = "serde_bytes")]
+        indices: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        head: Vec<u8>,
     },
     Refused(Refusal),
 }
