@@ -436,6 +436,9 @@ pub struct PeerView {
     pub score: f64,
     #[serde(default)]
     pub client: bool,
+    /// Seconds present without a break, as the asking peer saw it.
+    #[serde(default)]
+    pub up_secs: f64,
 }
 
 impl Peer {

@@ -118,7 +118,7 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     mount_dir.configure(
         "[placement]\nrepair_interval_ms = 500\nscrub_shards_per_round = 400\n\
          scrub_bytes_per_sec = 1073741824\n\
-         max_bytes_per_sec = 1073741824\n",
+         max_bytes_per_sec = 1073741824\ntrust_after_secs = 5\n",
     );
     let mnt = mount_dir.path("mnt");
     std::fs::create_dir_all(&mnt).expect("mount point");

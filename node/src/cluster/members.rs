@@ -7,10 +7,12 @@
 //! no new shards.
 //!
 //! Clients (peers run for one command, `--no-store` mounts) are not members: they hold nothing
-//! for others. A peer is given new shards only once it is *trusted*: present without a break
-//! (not dead, not restarted) for `trust_after_secs`, or present since this peer's own first
-//! seconds (a network that starts together trusts itself). Until then it keeps what it holds but
-//! takes nothing new, so a peer that appears and goes again causes no moves.
+//! for others. A peer is *trusted* once this peer has seen it present without a break (not
+//! dead, not restarted) for `trust_after_secs`; until then it is a *reserve* candidate
+//! ([`Candidate::reserve`]), taken only when the trusted peers cannot give every shard a peer
+//! of its own. So on an established network a peer that appears and goes again is given
+//! nothing and causes no moves, while a network that has just started (or a `dfs put` that
+//! has just joined one, to which every peer is new) places over everyone as before.
 //!
 //! Each member also has a *rank weight*: its capacity weight alone, which every peer computes
 //! alike from the announcements. Readers and stewards rank a chunk's likely holders with it
@@ -71,9 +73,6 @@ pub struct MembershipRules {
     pub trust_after: Duration,
 }
 
-/// Peers present since this peer's first seconds are trusted at once (every peer of a
-/// network started together; every peer a one-shot command finds).
-const TRUSTED_FROM_START: Duration = Duration::from_secs(15);
 
 /// All members, self included.
 #[derive(Debug, Clone, Default)]
@@ -101,7 +100,7 @@ impl Members {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for m in &self.list {
-            (m.id, &m.zone, m.weight.to_bits(), m.alive).hash(&mut h);
+            (m.id, &m.zone, m.weight.to_bits(), m.alive, m.reserve).hash(&mut h);
         }
         self.dead.hash(&mut h);
         self.settled.hash(&mut h);
@@ -158,12 +157,10 @@ impl Members {
             if view.score < POOR_SCORE {
                 weight *= 0.1;
             }
-            let up = Duration::from_secs_f64(view.up_secs);
-            let trusted =
-                up >= rules.trust_after || uptime.saturating_sub(up) <= TRUSTED_FROM_START;
-            if view.free.is_some_and(|f| f < FULL_BELOW) || !trusted {
+            if view.free.is_some_and(|f| f < FULL_BELOW) {
                 weight = 0.0;
             }
+            let trusted = Duration::from_secs_f64(view.up_secs) >= rules.trust_after;
             list.push(Member {
                 id,
                 zone: view.zone.clone().unwrap_or_else(|| "default".into()),
@@ -172,7 +169,8 @@ impl Members {
                 score: view.score,
                 load: view.load.unwrap_or(0),
                 is_self: false,
-                reserve: false,
+                // Not trusted yet: taken only when the trusted peers do not suffice.
+                reserve: !trusted,
                 rank_weight,
             });
         }

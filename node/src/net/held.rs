@@ -4,7 +4,9 @@
 //!
 //! Every image is verified against the chunk id and index it is stored under before it is
 //! written, and again when checked; capacity is enforced; only the peer that stored a shard may
-//! delete it. These calls block on the disk: the swarm loop runs them on the blocking pool.
+//! delete it. Fetches and `Holding` queries also see the shards of this peer's own chunks in
+//! its own store (`DATA/shards`), so a reader with only a link finds and reads a storage
+//! mount's share of what it wrote like any other holder's. These calls block on the disk: the swarm loop runs them on the blocking pool.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,8 @@ pub struct HeldShards {
     capacity: u64,
     /// A client holds nothing for others: every store is refused, and it offers no capacity.
     client: bool,
+    /// This peer (its own shards' holder in placement records).
+    local: PeerId,
 }
 
 impl HeldShards {
@@ -50,6 +54,7 @@ impl HeldShards {
     /// still served and may still be deleted by their owners.
     pub fn open(
         repo: Arc<Repo>,
+        local: PeerId,
         capacity: u64,
         client: bool,
     ) -> Result<Self, crate::repo::OpenError> {
@@ -62,6 +67,7 @@ impl HeldShards {
             count: AtomicU64::new(count),
             capacity,
             client,
+            local,
         })
     }
 
@@ -187,7 +193,12 @@ impl HeldShards {
     /// The image of a held shard; with `checksum` false only its header is checked (the
     /// requester authenticates the bytes itself, and scrubbing finds rot in the background).
     fn fetch(&self, chunk: ChunkId, index: u8, checksum: bool) -> Result<Response, HeldError> {
-        match self.store.read(&chunk, index)? {
+        let image = match self.store.read(&chunk, index)? {
+            Some(image) => Some(image),
+            // A shard of this peer's own chunk, in its own store (see `holding`).
+            None => self.repo.store().read(&chunk, index)?,
+        };
+        match image {
             Some(image) if ShardHeader::decode_as(&image, chunk, index, checksum).is_ok() => {
                 Ok(Response::Shard { image })
             }
@@ -214,7 +225,11 @@ impl HeldShards {
         index: u8,
     ) -> Result<Result<HeldFile, Response>, HeldError> {
         let mut head = [0u8; HEADER_LEN];
-        let Some((file, len)) = self.store.open_file(&chunk, index, &mut head)? else {
+        let opened = match self.store.open_file(&chunk, index, &mut head)? {
+            Some(opened) => Some(opened),
+            None => self.repo.store().open_file(&chunk, index, &mut head)?,
+        };
+        let Some((file, len)) = opened else {
             return Ok(Err(Response::Refused(Refusal::NotFound)));
         };
         if ShardHeader::check_head(&head, len, chunk, index).is_err() {
@@ -226,19 +241,50 @@ impl HeldShards {
         Ok(Ok(HeldFile { file, len, hash }))
     }
 
-    /// Which shards of `chunk` are held here, with the header of the first.
+    /// Which shards of `chunk` are here, with the header of the first: those held for
+    /// others, and those of this peer's own chunks in its own store (a storage mount keeps
+    /// some of the shards of what it writes; readers and stewards must see them too).
     fn holding(&self, chunk: ChunkId) -> Result<Response, HeldError> {
-        let indices = self.meta().held_indices(&chunk)?;
+        let held = self.meta().held_indices(&chunk)?;
+        let own = self.own_indices(&chunk)?;
         let mut head = Vec::new();
-        if let Some(&first) = indices.first() {
-            let mut buf = [0u8; HEADER_LEN];
-            if let Some((_, len)) = self.store.open_file(&chunk, first, &mut buf)? {
-                if ShardHeader::check_head(&buf, len, chunk, first).is_ok() {
-                    head = buf.to_vec();
+        let mut buf = [0u8; HEADER_LEN];
+        let stores = [(&self.store, &held), (self.repo.store(), &own)];
+        'found: for (store, indices) in stores {
+            for &index in indices {
+                if let Some((_, len)) = store.open_file(&chunk, index, &mut buf)? {
+                    if ShardHeader::check_head(&buf, len, chunk, index).is_ok() {
+                        head = buf.to_vec();
+                        break 'found;
+                    }
                 }
             }
         }
+        let mut indices = held;
+        indices.extend(own);
+        indices.sort_unstable();
+        indices.dedup();
         Ok(Response::Holds { indices, head })
+    }
+
+    /// Shards of this peer's own chunk `chunk` in its own store: every shard of a chunk with
+    /// no placement record, else those its record places here.
+    fn own_indices(&self, chunk: &ChunkId) -> Result<Vec<u8>, HeldError> {
+        let Some(record) = self.meta().chunk(chunk)? else {
+            return Ok(Vec::new());
+        };
+        let me = self.local.to_bytes();
+        Ok(match self.meta().placed(chunk)? {
+            None => (0..record.layout.shard_count())
+                .filter_map(|i| u8::try_from(i).ok())
+                .collect(),
+            Some(placed) => placed
+                .holders
+                .iter()
+                .filter(|(_, peer)| *peer == me)
+                .map(|(i, _)| *i)
+                .collect(),
+        })
     }
 
     fn check(&self, chunk: ChunkId, index: u8) -> Result<Response, HeldError> {

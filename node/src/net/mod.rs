@@ -319,6 +319,7 @@ impl Network {
         let hub = Arc::new(sync::OpsHub::new(repo.clone(), signer));
         let held = Arc::new(held::HeldShards::open(
             repo,
+            local,
             options.capacity,
             options.client,
         )?);

@@ -125,6 +125,8 @@ pub struct Peer {
     /// A client that said goodbye or fell silent: hidden, never dialled, never dead, and
     /// dropped from the table after [`FORGET_CLIENTS_AFTER`].
     pub gone: bool,
+    /// It said it is a client when it connected (identify), before any announcement.
+    identified_client: bool,
     /// When to dial next while not connected, and the delay after that.
     next_dial: Instant,
     backoff: Duration,
@@ -143,6 +145,7 @@ impl Peer {
             bad_data: 0,
             up_since: now,
             gone: false,
+            identified_client: false,
             next_dial: now,
             backoff: BACKOFF_MIN,
         }
@@ -159,7 +162,7 @@ impl Peer {
 
     /// It said it is a client (holds nothing for others, never a placement target).
     pub fn is_client(&self) -> bool {
-        self.announced.as_ref().is_some_and(|a| a.client)
+        self.identified_client || self.announced.as_ref().is_some_and(|a| a.client)
     }
 }
 
@@ -364,6 +367,11 @@ impl PeerTable {
         }
         peer.announced = Some(a);
         change
+    }
+
+    /// `id` said it is a client when it connected (its identify agent version).
+    pub fn identified_client(&mut self, id: PeerId, now: Instant) {
+        self.entry(id, now).0.identified_client = true;
     }
 
     /// `id` said goodbye (an announcement with `leaving`, from itself). A client is forgotten

@@ -37,6 +37,15 @@ const RENDEZVOUS_NAMESPACE: &str = "dfs";
 /// Inbound shard requests served at once; more are answered `Busy`.
 const MAX_INBOUND: usize = 32;
 /// How often the failure detector and the redial schedule run.
+/// Ends the identify agent version of a client (see [`NetOptions::client`]).
+const CLIENT_AGENT_SUFFIX: &str = " client";
+
+/// The identify agent version: `dfs/<version>`, plus [`CLIENT_AGENT_SUFFIX`] for a client.
+fn agent_version(client: bool) -> String {
+    let suffix = if client { CLIENT_AGENT_SUFFIX } else { "" };
+    format!("dfs/{}{suffix}", env!("CARGO_PKG_VERSION"))
+}
+
 /// How long a stopping peer keeps its connections open for its goodbye to go out.
 const GOODBYE_FLUSH: Duration = Duration::from_millis(150);
 const HEALTH_TICK: Duration = Duration::from_millis(250);
@@ -205,7 +214,7 @@ fn behaviour(
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                .with_agent_version(format!("dfs/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(agent_version(options.client)),
         ),
         ping: ping::Behaviour::new(
             ping::Config::new()
@@ -947,6 +956,11 @@ impl Node {
                 if info.protocol_version != IDENTIFY_PROTOCOL {
                     tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not a dfs peer");
                     return;
+                }
+                if info.agent_version.ends_with(CLIENT_AGENT_SUFFIX) {
+                    // Known as a client from the first exchange, before any announcement (a
+                    // short `dfs get` may be gone before its first one arrives).
+                    self.table.identified_client(peer_id, now);
                 }
                 for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
                     self.learn(peer_id, addr);
