@@ -304,10 +304,14 @@ async fn state(net: &Network) -> Vec<Family> {
     ];
     let p = &status.peers;
     out.push(
-        Family::gauge("dfs_peers", "Known peers, by health state")
-            .sample(&[("state", "alive")], p.alive as f64)
-            .sample(&[("state", "suspect")], p.suspect as f64)
-            .sample(&[("state", "dead")], p.dead as f64),
+        Family::gauge(
+            "dfs_peers",
+            "Known peers, by health state (clients, which hold nothing for others, apart)",
+        )
+        .sample(&[("state", "alive")], p.alive as f64)
+        .sample(&[("state", "suspect")], p.suspect as f64)
+        .sample(&[("state", "dead")], p.dead as f64)
+        .sample(&[("state", "client")], p.clients as f64),
     );
     if let Ok(peers) = net.peers().await {
         let mut rtt = Family::gauge(

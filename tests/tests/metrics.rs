@@ -207,7 +207,13 @@ fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
             "dfs_peers{{state=\"alive\",instance=\"{}\"}}",
             n.api_addr()
         ));
-        assert_eq!(alive, Some(3.0), "peers alive seen by {}", n.api_addr());
+        assert_eq!(alive, Some(2.0), "peers alive seen by {}", n.api_addr());
+        // The `--no-store` mount is a client: counted apart, never alive or dead.
+        let clients = prom.sum(&format!(
+            "dfs_peers{{state=\"client\",instance=\"{}\"}}",
+            n.api_addr()
+        ));
+        assert_eq!(clients, Some(1.0), "clients seen by {}", n.api_addr());
         assert!(prom
             .sum(&format!(
                 "dfs_storage_used_bytes{{instance=\"{}\"}}",

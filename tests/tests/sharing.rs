@@ -278,10 +278,14 @@ fn a_peer_that_comes_and_goes_causes_no_moves() {
         (p["chunks"].as_u64()? >= 16 && p["degraded"].as_u64()? == 0).then_some(())
     });
     // The storage peers have earned the mount's trust.
-    wait_for(Duration::from_secs(30), "the storage peers to be trusted", || {
-        let peers = mount_dir.peers();
-        (peers.iter().filter(|p| p.up_secs >= 16.0).count() >= 6).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the storage peers to be trusted",
+        || {
+            let peers = mount_dir.peers();
+            (peers.iter().filter(|p| p.up_secs >= 16.0).count() >= 6).then_some(())
+        },
+    );
     let moved = status(&mount_dir)["moved"].as_u64().unwrap_or(0);
     let rebuilt = status(&mount_dir)["rebuilt"].as_u64().unwrap_or(0);
 

@@ -311,10 +311,11 @@ pub fn render(before: &Page, after: &Page, secs: f64, status: Option<&NodeStatus
     let state = |s: &str| states.get(s).copied().unwrap_or(0.0) as u64;
     let _ = writeln!(
         f,
-        "peers     {} alive, {} suspect, {} dead",
+        "peers     {} alive, {} suspect, {} dead; {} clients",
         state("alive"),
         state("suspect"),
-        state("dead")
+        state("dead"),
+        state("client")
     );
     let mut rtts: Vec<(String, f64)> = after
         .by_label("dfs_peer_rtt_seconds", "peer")
@@ -743,7 +744,7 @@ fuse      105.0 ops/s  errors 1.0/s
   OP                OPS/S       P50       P99
   write             100.0     1.0ms     9.8ms
   getattr             5.0         -         -
-peers     2 alive, 1 suspect, 0 dead
+peers     2 alive, 1 suspect, 0 dead; 0 clients
           slowest RTT: 12D3Ko…AAAAAA 4.2ms, 12D3Ko…BBBBBB 500µs
 cache     memory 90.0% hit  disk no reads (1.0 MiB of 1.0 GiB)
 storage   2.0 GiB used of 10.0 GiB offered, 8.0 GiB free; 42 shards held; disk 50.0 GiB free of 100.0 GiB

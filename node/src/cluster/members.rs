@@ -73,7 +73,6 @@ pub struct MembershipRules {
     pub trust_after: Duration,
 }
 
-
 /// All members, self included.
 #[derive(Debug, Clone, Default)]
 pub struct Members {
