@@ -863,3 +863,84 @@ async fn a_fixed_bulk_port_is_used_and_a_taken_one_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `Holding` tells which shards of a chunk a peer has (and their layout, from one header); a
+/// client refuses every store, is listed as a client, and once it says goodbye it is gone from
+/// the other peer's table without ever being dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_say_what_they_hold_and_clients_hold_nothing() {
+    let a = start(0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(dir.path()).expect("open repo"));
+    let mut options = NetOptions::from_config(&NetworkConfig {
+        grace_secs: 5,
+        ..NetworkConfig::default()
+    })
+    .expect("options");
+    options.client = true;
+    let c = Network::start(repo, options).await.expect("start client");
+    connect(&a.net, &c).await;
+
+    let chunk = ChunkId(*blake3::hash(b"one chunk, several shards").as_bytes());
+    let image = |index: u8| {
+        let header = ShardHeader {
+            chunk,
+            layout: Layout::Erasure { data: 4, parity: 2 },
+            index,
+            chunk_len: (BODY * 4) as u32,
+        };
+        header.encode(&vec![index; BODY])
+    };
+    for index in [3u8, 1] {
+        c.store_shard(a.net.local_id(), chunk, index, &[&image(index)])
+            .await
+            .expect("store on a storage peer");
+    }
+    let held = c.holding(a.net.local_id(), chunk).await.expect("holding");
+    assert_eq!(held.indices, vec![1, 3]);
+    let header = held.header.expect("a header");
+    assert_eq!(
+        (header.layout, header.chunk_len),
+        (Layout::Erasure { data: 4, parity: 2 }, (BODY * 4) as u32)
+    );
+    let other = ChunkId([7; 32]);
+    let none = c.holding(a.net.local_id(), other).await.expect("holding");
+    assert!(none.indices.is_empty() && none.header.is_none());
+
+    // The client keeps nothing for others.
+    let e = a
+        .net
+        .store_shard(c.local_id(), chunk, 0, &[&image(0)])
+        .await
+        .expect_err("a client refuses stores");
+    assert_eq!(refused(e), Refusal::NoStorage);
+    assert!(c.status().await.expect("status").client);
+    let client_id = c.local_id().to_string();
+    wait(|| async {
+        a.net
+            .peers()
+            .await
+            .expect("peers")
+            .iter()
+            .any(|p| p.id == client_id && p.client)
+    })
+    .await;
+    assert_eq!(a.net.status().await.expect("status").peers.clients, 1);
+
+    // Goodbye: gone from the table, never dead.
+    c.shutdown().await;
+    wait(|| async {
+        let s = a.net.status().await.expect("status");
+        let listed = a
+            .net
+            .peers()
+            .await
+            .expect("peers")
+            .iter()
+            .any(|p| p.id == client_id);
+        !listed && s.peers.clients == 0
+    })
+    .await;
+    let s = a.net.status().await.expect("status");
+    assert_eq!((s.peers.dead, s.peers.suspect), (0, 0));
+}

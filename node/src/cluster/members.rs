@@ -239,6 +239,82 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::{PeerCounts, StorageStatus};
+
+    fn status() -> NodeStatus {
+        NodeStatus {
+            id: String::new(),
+            version: String::new(),
+            zone: "z".into(),
+            addresses: Vec::new(),
+            uptime_secs: 1000.0,
+            client: false,
+            storage: StorageStatus {
+                capacity: 8 << 30,
+                free: 8 << 30,
+                used: 0,
+                shards_held: 0,
+                disk_total: 0,
+                disk_free: 0,
+            },
+            peers: PeerCounts::default(),
+            bulk: None,
+            placement: None,
+        }
+    }
+
+    fn view(id: PeerId, client: bool, up_secs: f64) -> PeerView {
+        PeerView {
+            id: id.to_string(),
+            state: PeerState::Alive,
+            addresses: Vec::new(),
+            connected: true,
+            rtt_ms: Some(1.0),
+            last_seen_secs: 0.0,
+            zone: Some("z".into()),
+            version: None,
+            capacity: Some(if client { 0 } else { 4 << 30 }),
+            free: Some(if client { 0 } else { 4 << 30 }),
+            load: Some(0),
+            shards: Some(0),
+            score: 1.0,
+            failures: 0,
+            bad_data: 0,
+            client,
+            up_secs,
+        }
+    }
+
+    #[test]
+    fn clients_are_not_members_and_new_peers_are_reserves_until_trusted() {
+        let (me, old, new, client) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let views = [
+            view(old, false, 300.0),
+            view(new, false, 30.0),
+            view(client, true, 300.0),
+        ];
+        let rules = MembershipRules {
+            role: SelfRole::None,
+            uptime: Duration::from_secs(1000),
+            trust_after: Duration::from_secs(120),
+        };
+        let m = Members::from_views(me, &status(), &views, rules);
+        assert!(m.get(&client).is_none());
+        assert!(!m.get(&old).unwrap().reserve);
+        assert!(m.get(&new).unwrap().reserve);
+        // Ranking for readers and stewards ignores trust and this peer's own role.
+        let rank: Vec<f64> = m.rank_candidates().iter().map(|c| c.weight).collect();
+        assert_eq!(rank, vec![8.0, 4.0, 4.0]);
+        // A one-shot peer is no target at all, not even a reserve.
+        let me_member = m.get(&me).unwrap();
+        assert_eq!((me_member.weight, me_member.reserve), (0.0, false));
+        assert_eq!(m.live_others(), 2);
+    }
 
     #[test]
     fn weights_are_stable_under_small_drift() {

@@ -518,3 +518,54 @@ pub async fn gather(
     }
     images
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::ShardHeader;
+
+    fn holding(indices: &[u8], layout: Option<(Layout, u32)>) -> Holding {
+        Holding {
+            indices: indices.to_vec(),
+            header: layout.map(|(layout, chunk_len)| ShardHeader {
+                chunk: ChunkId([1; 32]),
+                layout,
+                index: indices[0],
+                chunk_len,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_layout_most_holders_claim_wins_and_indices_beyond_it_are_dropped() {
+        let ec = Layout::Erasure { data: 4, parity: 2 };
+        let liar = Layout::Erasure { data: 2, parity: 1 };
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let answers = vec![
+            (a, holding(&[0, 7], Some((liar, 100)))),
+            (b, holding(&[1, 2], Some((ec, 4 << 20)))),
+            (c, holding(&[5], Some((ec, 4 << 20)))),
+        ];
+        let (record, placed) = located(&answers).expect("located");
+        assert_eq!((record.layout, record.len), (ec, 4 << 20));
+        // Holders in rank order; index 7 is beyond the layout.
+        let got: Vec<(u8, Vec<u8>)> = placed.holders;
+        assert_eq!(
+            got,
+            vec![
+                (0, a.to_bytes()),
+                (1, b.to_bytes()),
+                (2, b.to_bytes()),
+                (5, c.to_bytes())
+            ]
+        );
+        // A tie goes to the best-ranked holder's claim.
+        let tie = vec![
+            (b, holding(&[1], Some((ec, 10)))),
+            (a, holding(&[0], Some((liar, 10)))),
+        ];
+        assert_eq!(located(&tie).expect("located").0.layout, ec);
+        // Without any header nothing is located.
+        assert!(located(&[(a, holding(&[0], None))]).is_none());
+    }
+}
