@@ -8,7 +8,9 @@
 # placement records of its chunks; its disk cache is off so that it never reads from it) and a
 # reader's `dfs get LINK -o -` from a fresh data directory (only the link: it finds the holders
 # by rendezvous rank and `Holding` queries). Both are one-shot clients that start a peer, join,
-# read, and leave; the times are whole commands. Reported: medians in MiB/s and reader/writer.
+# read, and leave. Reported, as medians in MiB/s with reader/writer: the whole command (joining
+# the network takes a second or two whatever the size) and the transfer alone (the time the
+# command itself reports for restoring, after it has joined).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -48,25 +50,37 @@ median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { pr
 
 mkdir -p "$work/writer"
 printf '[cache]\ndisk_bytes = 0\n' > "$work/writer/config.toml"
-printf '%-9s %12s %12s %8s\n' "size" "writer MiB/s" "reader MiB/s" "ratio"
+# get DATA SIZE: `dfs get` of $link from DATA; appends the whole command's MiB/s to $whole and
+# the transfer's (from the time the command reports) to $xfer.
+get() {
+  local data=$1 size=$2 t0 t1 secs
+  drop; t0=$(now)
+  "$dfs" --data "$data" get "$link" -o - --peer "$first" > /dev/null 2> "$work/get.err" \
+    || { echo "sharing.sh: dfs get failed:" >&2; cat "$work/get.err" >&2; exit 1; }
+  t1=$(now)
+  secs=$(sed -n 's/^restored .* in \([0-9.]*\)s .*/\1/p' "$work/get.err" | tail -n 1)
+  whole="$whole $(echo "$size / ($t1 - $t0)" | bc -l)"
+  xfer="$xfer $(echo "$size / $secs" | bc -l)"
+}
+ratio() { echo "$1 / $2" | bc -l; }
+printf '%-8s %-9s %12s %12s %7s\n' "size" "measure" "writer MiB/s" "reader MiB/s" "ratio"
 for size in $sizes; do
   head -c $((size * 1048576)) /dev/urandom > "$work/input"
   link=$("$dfs" --data "$work/writer" put "$work/input" --peer "$first" | tail -n 1)
-  w="" r=""
+  ww="" wx="" rw="" rx=""
   for round in $(seq "$rounds"); do
-    drop; t0=$(now)
-    "$dfs" --data "$work/writer" get "$link" -o - --peer "$first" > /dev/null
-    t1=$(now); w="$w $(echo "$size / ($t1 - $t0)" | bc -l)"
+    whole="" xfer=""; get "$work/writer" "$size"; ww="$ww$whole"; wx="$wx$xfer"
     reader="$work/reader-$size-$round"
-    drop; t0=$(now)
-    "$dfs" --data "$reader" get "$link" -o - --peer "$first" > /dev/null
-    t1=$(now); r="$r $(echo "$size / ($t1 - $t0)" | bc -l)"
+    whole="" xfer=""; get "$reader" "$size"; rw="$rw$whole"; rx="$rx$xfer"
     held=$(find "$reader" -path '*/held/shards/*' -type f | wc -l)
     [ "$held" -eq 0 ] || { echo "sharing.sh: the reader was given $held shards" >&2; exit 1; }
     rm -rf "$reader"
   done
-  wm=$(median "$w"); rm_=$(median "$r")
-  printf '%-9s %12.0f %12.0f %8.2f\n' "${size}MiB" "$wm" "$rm_" "$(echo "$rm_ / $wm" | bc -l)"
-  echo "  rounds: writer$(printf ' %.0f' $w); reader$(printf ' %.0f' $r)" >&2
+  for m in whole transfer; do
+    if [ $m = whole ]; then w=$ww r=$rw; else w=$wx r=$rx; fi
+    wm=$(median "$w"); rm_=$(median "$r")
+    printf '%-8s %-9s %12.0f %12.0f %7.2f\n' "${size}MiB" "$m" "$wm" "$rm_" "$(ratio "$rm_" "$wm")"
+    echo "  $m rounds: writer$(printf ' %.0f' $w); reader$(printf ' %.0f' $r)" >&2
+  done
   rm -f "$work/input"
 done

@@ -505,9 +505,21 @@ impl Remote for Cluster {
         if let Some(found) = lock(&self.foreign).get(id) {
             return Some(found.clone());
         }
-        let found = self.wait_for(transfer::locate(self, repo, id))?;
-        lock(&self.foreign).put(*id, found.clone());
-        Some(found)
+        loop {
+            let found = self.wait_for(transfer::locate(self, repo, id));
+            let enough = found
+                .as_ref()
+                .is_some_and(|(record, placed)| transfer::enough(record, placed));
+            // Just after start (a `dfs get` that has only begun to meet the network) the peers
+            // holding the chunk may not be known yet: wait for the table rather than fail.
+            if enough || self.members().settled || !self.sleep(Duration::from_millis(500)) {
+                if let Some(found) = &found {
+                    lock(&self.foreign).put(*id, found.clone());
+                }
+                return found;
+            }
+            self.refresh_members();
+        }
     }
 
     fn gather(

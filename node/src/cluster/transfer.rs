@@ -354,7 +354,7 @@ pub async fn locate(
             }
         }
         if let Some(found) = located(&answers) {
-            if found.0.layout.needed() <= distinct_indices(&found.1) {
+            if enough(&found.0, &found.1) {
                 return Some(found);
             }
         }
@@ -366,11 +366,12 @@ pub async fn locate(
 /// the write (ranked above a holder) without a second round trip.
 const LOCATE_SPARE: usize = 2;
 
-fn distinct_indices(placed: &Placed) -> usize {
+/// Whether `placed` names at least k distinct shards of a chunk of `record`'s layout.
+pub fn enough(record: &crate::meta::ChunkRecord, placed: &Placed) -> bool {
     let mut seen: Vec<u8> = placed.holders.iter().map(|(i, _)| *i).collect();
     seen.sort_unstable();
     seen.dedup();
-    seen.len()
+    seen.len() >= record.layout.needed()
 }
 
 /// The layout and length most holders agree on (the best-ranked holder's on a tie), and every
