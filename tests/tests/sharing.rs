@@ -189,7 +189,8 @@ fn links_are_read_by_others_while_writers_come_and_go() {
 /// minutes every chunk has all 6 shards on live peers again. A new reader gets identical bytes.
 #[test]
 fn holders_repair_a_chunk_whose_writer_is_gone() {
-    let (dirs, mut nodes, boot) = storage_network(7, "[placement]\nsteward_delay_secs = 2\n");
+    // Default settings: the stewards wait 20 s after a death before they look.
+    let (dirs, mut nodes, boot) = storage_network(7, "");
     let writer = Dfs::new();
     let input = writer.path("big.bin");
     let bytes = random_bytes(1 << 30, 3);

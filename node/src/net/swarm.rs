@@ -36,7 +36,6 @@ const IDENTIFY_PROTOCOL: &str = "/dfs/1";
 const RENDEZVOUS_NAMESPACE: &str = "dfs";
 /// Inbound shard requests served at once; more are answered `Busy`.
 const MAX_INBOUND: usize = 32;
-/// How often the failure detector and the redial schedule run.
 /// Ends the identify agent version of a client (see [`NetOptions::client`]).
 const CLIENT_AGENT_SUFFIX: &str = " client";
 
@@ -48,6 +47,7 @@ fn agent_version(client: bool) -> String {
 
 /// How long a stopping peer keeps its connections open for its goodbye to go out.
 const GOODBYE_FLUSH: Duration = Duration::from_millis(150);
+/// How often the failure detector and the redial schedule run.
 const HEALTH_TICK: Duration = Duration::from_millis(250);
 /// How often queued provider announcements are started.
 const ANNOUNCE_TICK: Duration = Duration::from_millis(50);
