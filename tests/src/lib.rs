@@ -536,6 +536,40 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
     sum
 }
 
+/// `n` storage peers (`dfs node`, each its own process and data directory, the first everyone's
+/// bootstrap) that all see each other alive, with `config` in each one's config.toml and a
+/// grace period of `grace` seconds; returns their directories, processes and the bootstrap
+/// address.
+pub fn storage_network(n: usize, config: &str, grace: &str) -> (Vec<Dfs>, Vec<Peer>, String) {
+    let dirs: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
+    for d in &dirs {
+        d.configure(config);
+    }
+    let mut nodes = vec![dirs[0].node(&["--grace", grace])];
+    let boot = dirs[0].address();
+    for dir in &dirs[1..] {
+        nodes.push(dir.node(&["--grace", grace, "--peer", &boot]));
+    }
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the peers to see each other",
+        || {
+            dirs.iter()
+                .all(|d| storage_peers_alive(d) >= n - 1)
+                .then_some(())
+        },
+    );
+    (dirs, nodes, boot)
+}
+
+/// Storage peers (announced, not clients) the peer on `d` sees alive.
+pub fn storage_peers_alive(d: &Dfs) -> usize {
+    d.peers()
+        .iter()
+        .filter(|p| p.state == "alive" && !p.client && p.zone.is_some())
+        .count()
+}
+
 /// Storage peers as processes (the first is everyone's bootstrap) and a `--no-store` mount that
 /// sees them all alive: the network the monitoring tests observe.
 pub struct MountedNetwork {

@@ -328,18 +328,7 @@ fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
 
 /// `n` storage peers that see each other, and the address of the first.
 fn storage_network(n: usize) -> (Vec<Dfs>, Vec<Peer>, String) {
-    let dirs: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
-    let mut nodes = vec![dirs[0].node(&["--grace", GRACE])];
-    let boot = dirs[0].address();
-    for dir in &dirs[1..] {
-        nodes.push(dir.node(&["--grace", GRACE, "--peer", &boot]));
-    }
-    wait_for(
-        Duration::from_secs(20),
-        "the peers to see each other",
-        || (announced_peers(&dirs[0]) >= n - 1).then_some(()),
-    );
-    (dirs, nodes, boot)
+    dfs_tests::storage_network(n, "", GRACE)
 }
 
 /// `dfs put` and `dfs get` with `--peer` run a peer for their duration: the shards go to the

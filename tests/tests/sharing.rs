@@ -17,36 +17,8 @@ use dfs_tests::{fuse_available, random_bytes, wait_for, Dfs, Peer};
 
 const GRACE: &str = "3";
 
-/// `n` storage peers that see each other, and the address of the first. `config` goes into
-/// each one's config.toml.
 fn storage_network(n: usize, config: &str) -> (Vec<Dfs>, Vec<Peer>, String) {
-    let dirs: Vec<Dfs> = (0..n).map(|_| Dfs::new()).collect();
-    for d in &dirs {
-        d.configure(config);
-    }
-    let mut nodes = vec![dirs[0].node(&["--grace", GRACE])];
-    let boot = dirs[0].address();
-    for dir in &dirs[1..] {
-        nodes.push(dir.node(&["--grace", GRACE, "--peer", &boot]));
-    }
-    wait_for(
-        Duration::from_secs(30),
-        "the peers to see each other",
-        || {
-            dirs.iter()
-                .all(|d| storage_peers_alive(d) >= n - 1)
-                .then_some(())
-        },
-    );
-    (dirs, nodes, boot)
-}
-
-/// Storage peers `dfs` on this data directory sees alive.
-fn storage_peers_alive(d: &Dfs) -> usize {
-    d.peers()
-        .iter()
-        .filter(|p| p.state == "alive" && !p.client && p.zone.is_some())
-        .count()
+    dfs_tests::storage_network(n, config, GRACE)
 }
 
 /// Per chunk held by the given storage peers: the shards it should have (from a shard
