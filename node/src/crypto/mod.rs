@@ -1,5 +1,6 @@
 //! Convergent chunk encryption with XChaCha20-Poly1305 ([`aead`], with Poly1305 on IFMA where
-//! the CPU has it: [`poly1305`]).
+//! the CPU has it: [`poly1305`]; [`backend`] says which code runs, and [`use_crate_only`],
+//! which `[storage] own_poly1305 = false` calls, keeps to the chacha20poly1305 crate).
 //!
 //! A chunk's key is a keyed blake3 of its plaintext under the volume secret, so equal content in
 //! one volume encrypts to equal ciphertext (and dedups), while nothing can be learned across
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 mod aead;
 mod poly1305;
+
+pub use aead::{backend, use_crate_only, Backend};
 
 /// Bytes the AEAD adds to each chunk.
 pub const TAG_LEN: usize = 16;
@@ -74,7 +77,7 @@ impl ChunkKey {
     /// Encrypt `plaintext` in place and append the tag.
     pub fn encrypt(&self, mut plaintext: Vec<u8>) -> Vec<u8> {
         plaintext.reserve_exact(TAG_LEN);
-        let tag = aead::seal(&self.0, &self.nonce(), &mut plaintext);
+        let tag = aead::seal(&self.0, &self.nonce(), &[], &mut plaintext);
         plaintext.extend_from_slice(&tag);
         plaintext
     }
@@ -85,7 +88,7 @@ impl ChunkKey {
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&ciphertext[body_len..]);
         ciphertext.truncate(body_len);
-        aead::open(&self.0, &self.nonce(), &mut ciphertext, &tag)?;
+        aead::open(&self.0, &self.nonce(), &[], &mut ciphertext, &tag)?;
         Ok(ciphertext)
     }
 
@@ -157,6 +160,58 @@ impl OpKey {
             .decrypt_inout_detached(&nonce, volume, plain.as_mut_slice().into(), &tag)
             .map_err(|_| DecryptError)?;
         Ok(plain)
+    }
+}
+
+/// What the tests of this module share: hex, the CPU's features, the process-wide switch.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Mutex, MutexGuard};
+
+    pub(crate) use super::aead::tests::current_backend_matches_the_vectors;
+
+    /// Bytes from hex, whitespace ignored.
+    pub fn unhex(s: &str) -> Vec<u8> {
+        let digits: String = s.split_whitespace().collect();
+        hex::decode(digits).unwrap()
+    }
+
+    /// Whether this CPU has what the IFMA loop needs (AVX-512F and IFMA: every instruction
+    /// there is 512 bits wide, none needs VL), asked here rather than of
+    /// [`super::poly1305::ifma_available`], which is under test.
+    pub fn cpu_has_ifma() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512ifma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    static SWITCH: Mutex<()> = Mutex::new(());
+
+    /// The process-wide `own_poly1305` switch, held by a test that turns it off (and turned
+    /// back on when the guard goes) or that needs it on meanwhile. Tests run on parallel
+    /// threads; the others do not care, since both backends give the same bytes.
+    pub fn backend_switch() -> SwitchGuard {
+        SwitchGuard {
+            _held: SWITCH
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
+    }
+
+    pub struct SwitchGuard {
+        _held: MutexGuard<'static, ()>,
+    }
+
+    impl Drop for SwitchGuard {
+        fn drop(&mut self) {
+            super::aead::own_poly1305_again();
+        }
     }
 }
 

@@ -12,10 +12,13 @@
 //! lanes are multiplied by `r^8, r^7, .., r^1` instead, so that the sum of the lanes is
 //! exactly what the one-block-at-a-time recurrence gives. Blocks left over and short messages
 //! go through the same arithmetic one block at a time in scalar code (poly1305-donna's
-//! 64-bit variant), which is also what runs on CPUs without IFMA.
+//! 64-bit variant). On CPUs without IFMA this code would be scalar throughout; the AEAD runs
+//! the chacha20poly1305 crate there instead ([`super::aead::backend`]), and the tests run the
+//! scalar code alone on every CPU.
 //!
-//! Only [`Poly1305::update_padded`] is offered: the AEAD MACs the ciphertext and the lengths,
-//! each zero-padded to whole blocks.
+//! Only [`Poly1305::update_padded`] is offered: the AEAD MACs the associated data, the
+//! ciphertext and the lengths, each zero-padded to whole blocks. (The tests also MAC RFC 8439's
+//! own messages, whose last partial block is padded the standalone way, with a 1 byte after it.)
 
 /// Bytes in one Poly1305 block.
 const BLOCK: usize = 16;
@@ -38,6 +41,9 @@ pub struct Poly1305 {
     h: Limbs,
     /// `r^1..=r^8` (index 0 is `r^1`), computed once a message is long enough for IFMA.
     powers: Option<[Limbs; LANES]>,
+    /// Groups of eight blocks go through the IFMA loop: only ever true where
+    /// [`ifma_available`] is.
+    ifma: bool,
 }
 
 impl Poly1305 {
@@ -55,38 +61,60 @@ impl Poly1305 {
             pad: [le64(&key[16..24]), le64(&key[24..32])],
             h: [0; 3],
             powers: None,
+            ifma: ifma_available() && !testing::scalar_forced(),
         }
     }
 
     /// MAC `data`, its last partial block zero-padded to a whole one.
     pub fn update_padded(&mut self, data: &[u8]) {
+        let tail = self.whole_blocks(data);
+        if !tail.is_empty() {
+            let mut padded = [0u8; BLOCK];
+            padded[..tail.len()].copy_from_slice(tail);
+            self.block(&padded, HIBIT);
+        }
+    }
+
+    /// MAC `data` as standalone Poly1305 does (RFC 8439, section 2.5.1): a last partial block
+    /// is followed by a 1 byte and zeros, and carries no 2^128 bit. Only for whole messages.
+    #[cfg(test)]
+    pub fn update_unpadded(&mut self, data: &[u8]) {
+        let tail = self.whole_blocks(data);
+        if !tail.is_empty() {
+            let mut padded = [0u8; BLOCK];
+            padded[..tail.len()].copy_from_slice(tail);
+            padded[tail.len()] = 1;
+            self.block(&padded, 0);
+        }
+    }
+
+    /// MAC the whole blocks of `data` (by groups of eight on IFMA where it runs); returns what
+    /// is left, less than a block.
+    fn whole_blocks<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let mut rest = data;
-        if rest.len() >= LANES * BLOCK && ifma_available() {
+        if rest.len() >= LANES * BLOCK && self.ifma {
             let powers = *self.powers.get_or_insert_with(|| powers_of(self.r));
             let whole = rest.len() / (LANES * BLOCK) * (LANES * BLOCK);
-            // SAFETY: the CPU has AVX-512F and IFMA (checked just above), and `whole` is a
-            // non-zero multiple of 128 within `rest`.
+            // SAFETY: `self.ifma` is only true where the CPU has AVX-512F and IFMA (see
+            // `new`), and `whole` is a non-zero multiple of 128 within `rest`.
             unsafe { ifma::groups(&mut self.h, &powers, &rest[..whole]) };
+            testing::count_ifma_groups(whole / (LANES * BLOCK));
             rest = &rest[whole..];
         }
         let mut blocks = rest.chunks_exact(BLOCK);
         for block in &mut blocks {
-            self.block(block);
+            self.block(block, HIBIT);
         }
-        let tail = blocks.remainder();
-        if !tail.is_empty() {
-            let mut padded = [0u8; BLOCK];
-            padded[..tail.len()].copy_from_slice(tail);
-            self.block(&padded);
-        }
+        blocks.remainder()
     }
 
-    fn block(&mut self, block: &[u8]) {
+    /// One block, with `hibit` (the 2^128 bit, or 0 for a standalone last partial block).
+    fn block(&mut self, block: &[u8], hibit: u64) {
         let t0 = le64(&block[0..8]);
         let t1 = le64(&block[8..16]);
         self.h[0] += t0 & M44;
         self.h[1] += ((t0 >> 44) | (t1 << 20)) & M44;
-        self.h[2] += (t1 >> 24) | HIBIT;
+        self.h[2] += (t1 >> 24) | hibit;
         self.h = mul(self.h, self.r);
     }
 
@@ -178,6 +206,54 @@ pub fn ifma_available() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        false
+    }
+}
+
+/// What the tests observe and steer of this module, per thread (tests run on parallel threads).
+/// Outside tests, nothing: no counter in the hot path, and nothing can turn IFMA off.
+pub(super) mod testing {
+    #[cfg(test)]
+    use std::cell::Cell;
+
+    #[cfg(test)]
+    thread_local! {
+        static IFMA_GROUPS: Cell<u64> = const { Cell::new(0) };
+        static SCALAR_ONLY: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Groups of eight blocks this thread has put through the IFMA loop.
+    #[cfg(test)]
+    pub fn ifma_groups() -> u64 {
+        IFMA_GROUPS.with(Cell::get)
+    }
+
+    #[inline(always)]
+    pub(super) fn count_ifma_groups(_groups: usize) {
+        #[cfg(test)]
+        IFMA_GROUPS.with(|c| c.set(c.get() + _groups as u64));
+    }
+
+    /// Run `f` with this thread's new [`super::Poly1305`]s in scalar code only, as on a CPU
+    /// without IFMA.
+    #[cfg(test)]
+    pub fn scalar_only<R>(f: impl FnOnce() -> R) -> R {
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SCALAR_ONLY.with(|s| s.set(false));
+            }
+        }
+        SCALAR_ONLY.with(|s| s.set(true));
+        let _restore = Restore;
+        f()
+    }
+
+    #[inline(always)]
+    pub(super) fn scalar_forced() -> bool {
+        #[cfg(test)]
+        return SCALAR_ONLY.with(Cell::get);
+        #[cfg(not(test))]
         false
     }
 }
@@ -345,6 +421,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::crypto::test_support::{cpu_has_ifma, unhex};
 
     /// The RustCrypto crate's tag for the same padded message: the reference.
     fn reference(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
@@ -374,6 +451,7 @@ mod tests {
             168, 110, 69, 127, 101, 130, 206, 71, 144, 58, 203, 11, 8, 171, 178, 232,
         ];
         assert_eq!(ours(&key, &[&message]), tag);
+        assert_eq!(testing::scalar_only(|| ours(&key, &[&message])), tag);
     }
 
     /// Values that stress the carries: all-ones keys and messages, whose accumulators sit
@@ -384,10 +462,17 @@ mod tests {
             for fill in [0xffu8, 0x00, 0x80] {
                 for len in 0..(3 * LANES * BLOCK + 20) {
                     let message = vec![fill; len];
+                    let expected = reference(&key, &[&message]);
                     assert_eq!(
                         ours(&key, &[&message]),
-                        reference(&key, &[&message]),
+                        expected,
                         "key {:x} fill {fill:x} len {len}",
+                        key[0]
+                    );
+                    assert_eq!(
+                        testing::scalar_only(|| ours(&key, &[&message])),
+                        expected,
+                        "scalar only: key {:x} fill {fill:x} len {len}",
                         key[0]
                     );
                 }
@@ -399,8 +484,171 @@ mod tests {
     fn a_long_message_takes_the_ifma_loop_where_there_is_one() {
         let key: [u8; 32] = std::array::from_fn(|i| (i * 37 + 11) as u8);
         let message: Vec<u8> = (0..(4 << 20) + 37).map(|i| (i * 31 % 251) as u8).collect();
+        let before = testing::ifma_groups();
         assert_eq!(ours(&key, &[&message]), reference(&key, &[&message]));
-        eprintln!("IFMA on this CPU: {}", ifma_available());
+        let groups = testing::ifma_groups() - before;
+        assert_eq!(ifma_available(), cpu_has_ifma());
+        if cpu_has_ifma() {
+            assert_eq!(
+                groups,
+                (4 << 20) / 128,
+                "the CPU has IFMA but the loop did not run"
+            );
+        } else {
+            assert_eq!(groups, 0);
+        }
+        let before = testing::ifma_groups();
+        let scalar = testing::scalar_only(|| ours(&key, &[&message]));
+        assert_eq!(scalar, reference(&key, &[&message]));
+        assert_eq!(
+            testing::ifma_groups(),
+            before,
+            "scalar_only ran the IFMA loop"
+        );
+    }
+
+    /// RFC 8439's Poly1305 vectors: section 2.5.2 and appendix A.3 (#1 to #11), as
+    /// (name, key, message, tag) in hex. Messages are standalone (not AEAD-padded).
+    const RFC8439: &[(&str, &str, &str, &str)] = &[
+        (
+            "2.5.2",
+            "85d6be7857556d337f4452fe42d506a8 0103808afb0db2fd4abff6af4149f51b",
+            "43727970746f6772617068696320466f 72756d2052657365617263682047726f 7570",
+            "a8061dc1305136c6c22b8baf0c0127a9",
+        ),
+        (
+            "A.3 #1",
+            "00000000000000000000000000000000 00000000000000000000000000000000",
+            "00000000000000000000000000000000 00000000000000000000000000000000
+             00000000000000000000000000000000 00000000000000000000000000000000",
+            "00000000000000000000000000000000",
+        ),
+        (
+            "A.3 #2",
+            "00000000000000000000000000000000 36e5f6b5c5e06070f0efca96227a863e",
+            IETF_CONTRIBUTION,
+            "36e5f6b5c5e06070f0efca96227a863e",
+        ),
+        (
+            "A.3 #3",
+            "36e5f6b5c5e06070f0efca96227a863e 00000000000000000000000000000000",
+            IETF_CONTRIBUTION,
+            "f3477e7cd95417af89a6b8794c310cf0",
+        ),
+        (
+            "A.3 #4",
+            "1c9240a5eb55d38af333888604f6b5f0 473917c1402b80099dca5cbc207075c0",
+            "2754776173206272696c6c69672c2061 6e642074686520736c6974687920746f
+             7665730a446964206779726520616e64 2067696d626c6520696e207468652077
+             6162653a0a416c6c206d696d73792077 6572652074686520626f726f676f7665
+             732c0a416e6420746865206d6f6d6520 7261746873206f757467726162652e",
+            "4541669a7eaaee61e708dc7cbcc5eb62",
+        ),
+        (
+            "A.3 #5",
+            "02000000000000000000000000000000 00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff",
+            "03000000000000000000000000000000",
+        ),
+        (
+            "A.3 #6",
+            "02000000000000000000000000000000 ffffffffffffffffffffffffffffffff",
+            "02000000000000000000000000000000",
+            "03000000000000000000000000000000",
+        ),
+        (
+            "A.3 #7",
+            "01000000000000000000000000000000 00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff f0ffffffffffffffffffffffffffffff
+             11000000000000000000000000000000",
+            "05000000000000000000000000000000",
+        ),
+        (
+            "A.3 #8",
+            "01000000000000000000000000000000 00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff fbfefefefefefefefefefefefefefefe
+             01010101010101010101010101010101",
+            "00000000000000000000000000000000",
+        ),
+        (
+            "A.3 #9",
+            "02000000000000000000000000000000 00000000000000000000000000000000",
+            "fdffffffffffffffffffffffffffffff",
+            "faffffffffffffffffffffffffffffff",
+        ),
+        (
+            "A.3 #10",
+            "01000000000000000400000000000000 00000000000000000000000000000000",
+            "e33594d7505e43b90000000000000000 3394d7505e4379cd0100000000000000
+             00000000000000000000000000000000 01000000000000000000000000000000",
+            "14000000000000005500000000000000",
+        ),
+        (
+            "A.3 #11",
+            "01000000000000000400000000000000 00000000000000000000000000000000",
+            "e33594d7505e43b90000000000000000 3394d7505e4379cd0100000000000000
+             00000000000000000000000000000000",
+            "13000000000000000000000000000000",
+        ),
+    ];
+
+    /// The 375-byte text of A.3 #2 and #3 ("Any submission to the IETF intended by the
+    /// Contributor ..."): two groups of eight blocks through IFMA where it runs, then scalar.
+    const IETF_CONTRIBUTION: &str = "
+        416e79207375626d697373696f6e2074 6f20746865204945544620696e74656e
+        6465642062792074686520436f6e7472 696275746f7220666f72207075626c69
+        636174696f6e20617320616c6c206f72 2070617274206f6620616e2049455446
+        20496e7465726e65742d447261667420 6f722052464320616e6420616e792073
+        746174656d656e74206d616465207769 7468696e2074686520636f6e74657874
+        206f6620616e20494554462061637469 7669747920697320636f6e7369646572
+        656420616e20224945544620436f6e74 7269627574696f6e222e205375636820
+        73746174656d656e747320696e636c75 6465206f72616c2073746174656d656e
+        747320696e2049455446207365737369 6f6e732c2061732077656c6c20617320
+        7772697474656e20616e6420656c6563 74726f6e696320636f6d6d756e696361
+        74696f6e73206d61646520617420616e 792074696d65206f7220706c6163652c
+        20776869636820617265206164647265 7373656420746f";
+
+    /// Every RFC 8439 Poly1305 vector, through IFMA where the CPU has it and through the scalar
+    /// code alone; also through the reference crate, so a mistyped vector shows as such.
+    #[test]
+    fn rfc8439_vectors() {
+        let mut ifma_groups = 0;
+        for &(name, key, message, tag) in RFC8439 {
+            let key: [u8; 32] = unhex(key).try_into().unwrap();
+            let message = unhex(message);
+            let tag = unhex(tag);
+            let reference = poly1305::Poly1305::new(&key.into()).compute_unpadded(&message);
+            assert_eq!(reference.as_slice(), tag, "{name}: the reference crate");
+            for scalar in [false, true] {
+                let before = testing::ifma_groups();
+                let run = || {
+                    let mut mac = Poly1305::new(&key);
+                    mac.update_unpadded(&message);
+                    let unpadded = mac.finalize();
+                    // Whole blocks pad alike: the AEAD's entry point gives the same tag.
+                    if message.len().is_multiple_of(BLOCK) {
+                        let mut mac = Poly1305::new(&key);
+                        mac.update_padded(&message);
+                        assert_eq!(mac.finalize(), unpadded, "{name}: update_padded");
+                    }
+                    unpadded
+                };
+                let ours = if scalar {
+                    testing::scalar_only(run)
+                } else {
+                    run()
+                };
+                assert_eq!(ours.as_slice(), tag, "{name} (scalar only: {scalar})");
+                if scalar {
+                    assert_eq!(testing::ifma_groups(), before);
+                } else {
+                    ifma_groups += testing::ifma_groups() - before;
+                }
+            }
+        }
+        // #2 and #3: two groups each (the padded-entry check only runs on whole blocks).
+        let expected = if cpu_has_ifma() { 4 } else { 0 };
+        assert_eq!(ifma_groups, expected, "IFMA groups run by the RFC vectors");
     }
 
     proptest! {
