@@ -1,6 +1,10 @@
 //! One data directory opened for use: exclusive lock, configuration, volume secret, shard store
 //! and metadata database; put transactions and garbage collection.
 //!
+//! The configuration's process-wide settings take effect when it is loaded (or replaced):
+//! `[storage] own_poly1305 = false` keeps chunk encryption to the chacha20poly1305 crate for
+//! the rest of the process ([`crate::crypto::use_crate_only`]).
+//!
 //! Layout of `DATA/`: `lock` (held while open), `config.toml` (optional), `volume.key` (the
 //! volume secret, mode 0600), `meta/` (RocksDB), `shards/`, `tmp/`.
 //!
@@ -153,6 +157,7 @@ impl Repo {
             Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
         }
         let config = Config::load(&path.join("config.toml"))?;
+        apply_to_process(&config);
         let secret = load_or_create_secret(&path.join("volume.key"))?;
         let store = ShardStore::open(path)?;
         let meta = MetaDb::open(&path.join("meta"))?;
@@ -225,6 +230,7 @@ impl Repo {
     /// Replace the configuration for this process (e.g. a command-line override).
     pub fn set_config(&mut self, config: Config) -> Result<(), ConfigError> {
         config.validate()?;
+        apply_to_process(&config);
         self.config = config;
         Ok(())
     }
@@ -419,6 +425,16 @@ fn load_or_create_secret(path: &Path) -> Result<VolumeSecret, OpenError> {
     }
 }
 
+/// The settings of `config` that hold for the whole process. `own_poly1305 = false` only ever
+/// turns the own Poly1305 off: a data directory that wants the crate gets it, whatever else
+/// the process opened.
+fn apply_to_process(config: &Config) {
+    if !config.storage.own_poly1305 {
+        crate::crypto::use_crate_only();
+    }
+    tracing::debug!(backend = ?crate::crypto::backend(), "chunk encryption");
+}
+
 /// Write a file only its owner may read (mode 0600), atomically and durably: a temporary file,
 /// fsync, rename.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -432,4 +448,54 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::test_support::{
+        backend_switch, cpu_has_ifma, current_backend_matches_the_vectors,
+    };
+    use crate::crypto::Backend;
+
+    /// `[storage] own_poly1305 = false` in `DATA/config.toml` switches chunk encryption to the
+    /// crate when the data directory is opened, and the published vectors hold there; so does
+    /// a configuration set later.
+    #[test]
+    fn own_poly1305_off_in_the_config_file_selects_the_crate() {
+        let _switch = backend_switch();
+        let on = if cpu_has_ifma() {
+            Backend::OwnPoly1305
+        } else {
+            Backend::Crate
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).unwrap();
+        assert!(repo.config().storage.own_poly1305);
+        assert_eq!(crate::crypto::backend(), on);
+        drop(repo);
+        fs::write(
+            dir.path().join("config.toml"),
+            "[storage]\nown_poly1305 = false\n",
+        )
+        .unwrap();
+        let repo = Repo::open(dir.path()).unwrap();
+        assert!(!repo.config().storage.own_poly1305);
+        assert_eq!(crate::crypto::backend(), Backend::Crate);
+        let plain = b"a chunk sealed by the crate".to_vec();
+        let key = repo.secret().chunk_key(&plain);
+        assert_eq!(key.decrypt(key.encrypt(plain.clone())), Ok(plain));
+        current_backend_matches_the_vectors();
+        drop(repo);
+        drop(_switch);
+
+        let _switch = backend_switch();
+        fs::remove_file(dir.path().join("config.toml")).unwrap();
+        let mut repo = Repo::open(dir.path()).unwrap();
+        assert_eq!(crate::crypto::backend(), on);
+        let mut config = repo.config().clone();
+        config.storage.own_poly1305 = false;
+        repo.set_config(config).unwrap();
+        assert_eq!(crate::crypto::backend(), Backend::Crate);
+    }
 }
