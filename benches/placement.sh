@@ -26,7 +26,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/mnt" "$work/local" "$work/client"
+mkdir -p "$work/mnt" "$work/local"
+mkdir -p -m 700 "$work/client"
 
 # Six storage peers, in three zones.
 for i in $(seq 0 $((peers - 1))); do

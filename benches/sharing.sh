@@ -48,7 +48,7 @@ drop() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/dr
 now() { date +%s.%N; }
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-mkdir -p "$work/writer"
+mkdir -p -m 700 "$work/writer"
 printf '[cache]\ndisk_bytes = 0\n' > "$work/writer/config.toml"
 # get DATA SIZE: `dfs get` of $link from DATA; appends the whole command's MiB/s to $whole and
 # the transfer's (from the time the command reports) to $xfer.

@@ -2,7 +2,8 @@
 # Run every check and test of dfs: formatting, clippy, and the whole workspace's tests
 # (unit, property and end-to-end tests through the real `dfs` binary).
 # Tests that need root (tmpfs for full-disk cases, FUSE mounts, pjdfstest) run when this runs as
-# root, as CI does; elsewhere they say they skipped.
+# root, as CI does; elsewhere they say they skipped, and with DFS_REQUIRE_ROOT=1 (set by .ci/run)
+# they fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"

@@ -71,6 +71,9 @@ proptest! {
     #[test]
     fn file_content_matches_a_byte_vector(ops in ops()) {
         let dir = tempfile::tempdir().unwrap();
+        // A data directory with content must be private (Repo::open refuses it otherwise).
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+        std::fs::set_permissions(dir.path(), private).unwrap();
         std::fs::write(
             dir.path().join("config.toml"),
             format!("[storage]\nchunk_size = {CHUNK}\nreplicate_below = 1024\ntree_fanout = 3\n"),

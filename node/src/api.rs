@@ -67,13 +67,11 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the token is the only secret here.
+    // Constant-time comparison (`subtle`): the token is the only secret here, and its length
+    // is fixed, so only its bytes could leak through timing.
     let ok = given.is_some_and(|g| {
-        g.len() == state.token.len()
-            && g.bytes()
-                .zip(state.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        use subtle::ConstantTimeEq;
+        bool::from(g.as_bytes().ct_eq(state.token.as_bytes()))
     });
     if ok {
         Ok(())
@@ -307,6 +305,9 @@ impl ApiServer {
             )
         })?;
         let bound = listener.local_addr()?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(address = %bound, "the API listens beyond loopback: anyone who can reach it and learns the token (DATA/api.json) controls this peer; prefer 127.0.0.1 and an SSH tunnel");
+        }
         let token = crate::crypto::random_hex(32);
         let endpoint = ApiEndpoint {
             url: format!("http://{bound}"),

@@ -168,6 +168,22 @@ pub struct ShardSet {
     pub headers: Vec<[u8; HEADER_LEN]>,
 }
 
+impl ShardSet {
+    /// The blake3 each shard image carries (see [`crate::meta::ShardHashes`]).
+    pub fn hashes(&self) -> crate::meta::ShardHashes {
+        crate::meta::ShardHashes(
+            self.headers
+                .iter()
+                .map(|h| {
+                    let mut hash = [0u8; 32];
+                    hash.copy_from_slice(&h[crate::shard::HASHED_HEADER_LEN..HEADER_LEN]);
+                    hash
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Cut a sealed chunk's ciphertext into the shards of `layout` and checksum each one (the second
 /// half of storing a chunk; pure computation).
 pub fn encode_shards(
@@ -230,13 +246,14 @@ impl Repo {
             layout,
             len: chunk_len,
         };
+        let hashes = shards.hashes();
         match placed {
             Some(placed) => self
                 .meta()
-                .add_placed_chunk(&chunk.id, &record, owner, &placed)?,
+                .add_placed_chunk(&chunk.id, &record, &hashes, owner, &placed)?,
             None => {
                 self.write_shards(&chunk.id, &shards, None)?;
-                self.meta().add_chunk(&chunk.id, &record, owner)?;
+                self.meta().add_chunk(&chunk.id, &record, &hashes, owner)?;
             }
         }
         Ok((chunk, coder.recycle(shards.encoded)))
@@ -312,7 +329,7 @@ impl Repo {
             };
             if let Some((record, placed)) = known {
                 let ciphertext =
-                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder, true)?;
+                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder)?;
                 let plaintext = chunk
                     .key
                     .decrypt(ciphertext)
@@ -371,19 +388,13 @@ impl Repo {
                 None => None,
             };
             if let Some((record, placed)) = known {
-                // The AEAD tag under the reference's key authenticates every byte, so the
-                // shards' checksums and the chunk id need not be hashed first. When the tag
-                // fails, the shards are gathered again, each verified, which finds (and
-                // reports) a bad one and decodes around it.
-                let remote = remote.as_ref();
-                let trusting = self.read_placed(remote, &chunk.id, &record, &placed, coder, false);
-                if let Ok(ciphertext) = trusting {
-                    if let Ok(plain) = chunk.key.decrypt(ciphertext) {
-                        return Ok(plain);
-                    }
-                }
+                // Every shard is checked before decoding (the writer's hash of it, or the
+                // chunk id): the AEAD tag alone proves nothing against a holder who knows the
+                // key, and a chunk's key is known to every member of a shared volume and
+                // every holder of a link to it (convergent keys: to anyone who stored the
+                // same content in the same volume, too).
                 let ciphertext =
-                    self.read_placed(remote, &chunk.id, &record, &placed, coder, true)?;
+                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder)?;
                 return chunk
                     .key
                     .decrypt(ciphertext)
@@ -402,9 +413,12 @@ impl Repo {
     }
 
     /// The ciphertext of a chunk whose shards are on peers: any k shards gathered in parallel
-    /// (data shards preferred, so usually no decode), checked against the chunk id. With
-    /// `verify` false neither the shards' checksums nor the chunk id are checked: only for a
-    /// caller that decrypts the result, whose AEAD tag then authenticates it.
+    /// (data shards preferred, so usually no decode), each checked against the writer's hash
+    /// of it where this peer has them (a shard that fails is reported, and another asked
+    /// for), the result against the chunk id. Shards that each pass their checksum yet decode
+    /// to other bytes mean a holder made one up and this peer has no record to tell which:
+    /// then every shard is gathered and k of them at a time are tried until they give the
+    /// chunk ([`Repo::read_around_forgery`]).
     fn read_placed(
         &self,
         remote: &dyn crate::cluster::Remote,
@@ -412,37 +426,72 @@ impl Repo {
         record: &crate::meta::ChunkRecord,
         placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
-        verify: bool,
     ) -> Result<Vec<u8>, ChunkError> {
         if let Some(ciphertext) = remote.cached(id) {
             return Ok(ciphertext);
         }
         let layout = record.layout;
-        let images = remote.gather(self, id, layout, placed, layout.needed(), verify);
-        let got = images.iter().filter(|i| i.is_some()).count();
+        let hashes = self.meta().shard_hashes(id)?;
+        let gathered = remote.gather(self, id, layout, placed, layout.needed(), hashes.as_ref());
+        let got = gathered.count();
+        let unreachable = ChunkError::Unreachable {
+            id: *id,
+            got,
+            needed: layout.needed(),
+        };
         if got < layout.needed() {
-            return Err(ChunkError::Unreachable {
-                id: *id,
-                got,
-                needed: layout.needed(),
-            });
+            return Err(unreachable);
         }
-        let bodies: Vec<Option<&[u8]>> = images
-            .iter()
-            .map(|i| i.as_deref().and_then(|b| b.get(crate::shard::HEADER_LEN..)))
-            .collect();
         let ciphertext = coder
-            .decode(layout, record.len as usize, &bodies)
-            .map_err(|_| ChunkError::Unreachable {
-                id: *id,
-                got,
-                needed: layout.needed(),
-            })?;
-        if verify && blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
-            return Err(ChunkError::Mismatch { id: *id });
-        }
-        // The cache checks the id itself before it keeps an unverified ciphertext.
+            .decode(layout, record.len as usize, &gathered.bodies())
+            .map_err(|_| unreachable)?;
+        let ciphertext = if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+            if !gathered.forged.is_empty() {
+                let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
+                remote.replace_forged(self, id, &shards, &gathered.forged);
+            }
+            ciphertext
+        } else {
+            self.read_around_forgery(remote, id, record, placed, coder, hashes.as_ref())?
+        };
+        // The cache checks the id itself before it keeps a ciphertext.
         remote.remember(id, &ciphertext);
+        Ok(ciphertext)
+    }
+
+    /// Every shard of a chunk whose first k decoded to the wrong bytes, then k of them at a
+    /// time until they decode to the chunk; the shards that disagree with it are counted
+    /// against their holders and replaced ([`crate::cluster::Remote::replace_forged`]).
+    fn read_around_forgery(
+        &self,
+        remote: &dyn crate::cluster::Remote,
+        id: &ChunkId,
+        record: &crate::meta::ChunkRecord,
+        placed: &crate::meta::Placed,
+        coder: &mut ShardCoder,
+        hashes: Option<&crate::meta::ShardHashes>,
+    ) -> Result<Vec<u8>, ChunkError> {
+        tracing::warn!(chunk = %id.short(), "shards that pass their checksums decode to bytes that are not the chunk: a holder forged one; trying the others");
+        let layout = record.layout;
+        let all = remote.gather(self, id, layout, placed, layout.shard_count(), hashes);
+        let Some(ciphertext) = decode_any(coder, layout, record.len as usize, &all.bodies(), id)
+        else {
+            return Err(ChunkError::Mismatch { id: *id });
+        };
+        let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
+        let good = shards.hashes();
+        let mut bad: Vec<(u8, libp2p::PeerId)> = all.forged.clone();
+        for (index, (image, from)) in all.images.iter().zip(&all.from).enumerate() {
+            let (Some(image), Some(peer)) = (image, from) else {
+                continue;
+            };
+            let index = index as u8;
+            if ShardHeader::carried_hash(image).as_ref() != good.of(index) {
+                tracing::warn!(chunk = %id.short(), index, %peer, "holder sent a forged shard (valid checksum, wrong bytes)");
+                bad.push((index, *peer));
+            }
+        }
+        remote.replace_forged(self, id, &shards, &bad);
         Ok(ciphertext)
     }
 
@@ -504,7 +553,10 @@ impl Repo {
             } else {
                 record.layout.needed()
             };
-            images = remote.gather(self, id, record.layout, &placed, want, true);
+            let hashes = self.meta().shard_hashes(id)?;
+            images = remote
+                .gather(self, id, record.layout, &placed, want, hashes.as_ref())
+                .images;
             repair = false;
         }
         let mut header: Option<ShardHeader> = self.meta().chunk(id)?.map(|r| ShardHeader {
@@ -605,6 +657,56 @@ impl Repo {
         }
         Ok((Some(ciphertext), health))
     }
+}
+
+/// Most decodes [`decode_any`] tries before it gives up (C(6,4) = 15 for 4+2; 1001 for 10+4
+/// would cost about a second of CPU).
+const MAX_SUBSETS: usize = 256;
+
+/// The ciphertext that some k of the shards in `bodies` decode to and that matches `id`,
+/// trying k-subsets of the shards at hand in order; `None` when none does.
+fn decode_any(
+    coder: &mut ShardCoder,
+    layout: Layout,
+    len: usize,
+    bodies: &[Option<&[u8]>],
+    id: &ChunkId,
+) -> Option<Vec<u8>> {
+    let present: Vec<usize> = (0..bodies.len()).filter(|&i| bodies[i].is_some()).collect();
+    let k = layout.needed();
+    if present.len() < k {
+        return None;
+    }
+    // Positions into `present` of the current subset, advanced like an odometer.
+    let mut pick: Vec<usize> = (0..k).collect();
+    for _ in 0..MAX_SUBSETS {
+        let mut subset: Vec<Option<&[u8]>> = vec![None; bodies.len()];
+        for &p in &pick {
+            subset[present[p]] = bodies[present[p]];
+        }
+        if let Ok(ciphertext) = coder.decode(layout, len, &subset) {
+            if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+                return Some(ciphertext);
+            }
+        }
+        // The next subset: the rightmost position that can move, and the ones after it.
+        let n = present.len();
+        let mut i = k;
+        loop {
+            if i == 0 {
+                return None;
+            }
+            i -= 1;
+            if pick[i] < n - k + i {
+                break;
+            }
+        }
+        pick[i] += 1;
+        for j in i + 1..k {
+            pick[j] = pick[j - 1] + 1;
+        }
+    }
+    None
 }
 
 /// The error for a chunk that `inspect_chunk` could not decode.

@@ -90,6 +90,15 @@ pub struct NetworkConfig {
     pub announce_secs: u64,
     /// Bytes of other peers' shards this peer will hold; 0 means as much as the disk allows.
     pub capacity: u64,
+    /// Percent of the data directory's disk never filled with other peers' shards, so this
+    /// peer's own metadata and files always have room.
+    pub reserve_percent: u8,
+    /// Most of this peer's capacity that any one other peer may fill, in percent: a peer that
+    /// tries to store more is refused (`over its quota`) and stores elsewhere.
+    pub peer_quota_percent: u8,
+    /// A closed network: when not empty, only these peer ids may connect (every other
+    /// connection is closed at once and its requests refused).
+    pub allow: Vec<String>,
     /// Established connections in all, and to any one peer.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
@@ -129,6 +138,23 @@ impl NetworkConfig {
                 "network.providers_per_sec_idle must be at least 1".into(),
             ));
         }
+        if self.reserve_percent > 50 {
+            return Err(ConfigError::Invalid(
+                "network.reserve_percent must be at most 50".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.peer_quota_percent) {
+            return Err(ConfigError::Invalid(
+                "network.peer_quota_percent must be 1 to 100".into(),
+            ));
+        }
+        for id in &self.allow {
+            if id.parse::<libp2p::PeerId>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "network.allow: {id:?} is not a peer id (see `dfs status`)"
+                )));
+            }
+        }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err(ConfigError::Invalid(
                 "network connection limits must be at least 1".into(),
@@ -151,6 +177,9 @@ impl Default for NetworkConfig {
             grace_secs: 10,
             announce_secs: 2,
             capacity: 0,
+            reserve_percent: 5,
+            peer_quota_percent: 50,
+            allow: Vec::new(),
             max_connections: 512,
             max_connections_per_peer: 4,
             api: String::new(),

@@ -3,6 +3,11 @@
 //! Column families:
 //! - `chunks`: chunk id -> [`ChunkRecord`] (layout and length). Written only after all of the
 //!   chunk's shards are in the store, so a record means "stored"; it also makes dedup cheap.
+//! - `shard_hashes`: chunk id -> [`ShardHashes`], written with the chunk record: the blake3
+//!   every shard image carries, as the writer made it. A reader checks each shard it fetches
+//!   against these, so a holder cannot pass off a shard of its own making, even one with a
+//!   valid checksum (chunks recorded before this table existed have none, and are checked
+//!   against their chunk id instead).
 //! - `refs`: chunk id ++ owner id -> empty. Which puts use which chunks; garbage collection keeps
 //!   a chunk while a committed put refers to it.
 //! - `puts`: owner id -> [`PutRecord`]. A put is `Pending` until its root is durable, then
@@ -31,6 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::crypto::ChunkKey;
 
 const CF_CHUNKS: &str = "chunks";
+const CF_SHARD_HASHES: &str = "shard_hashes";
 const CF_REFS: &str = "refs";
 const CF_PUTS: &str = "puts";
 const CF_HELD: &str = "held";
@@ -115,6 +121,18 @@ pub struct ChunkRecord {
     pub len: u32,
 }
 
+/// The blake3 each shard image of a chunk carries (its header's bytes 48..80), by index: what
+/// the writer made, against which every fetched shard is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardHashes(pub Vec<[u8; 32]>);
+
+impl ShardHashes {
+    /// The hash shard `index` must carry, if recorded.
+    pub fn of(&self, index: u8) -> Option<&[u8; 32]> {
+        self.0.get(usize::from(index))
+    }
+}
+
 /// State of a put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PutState {
@@ -196,6 +214,7 @@ impl MetaDb {
         opts.set_keep_log_file_num(4);
         let cfs = [
             CF_CHUNKS,
+            CF_SHARD_HASHES,
             CF_REFS,
             CF_PUTS,
             CF_HELD,
@@ -230,26 +249,41 @@ impl MetaDb {
         }
     }
 
+    /// The hashes of a chunk's shards as its writer made them (`None` for a chunk recorded
+    /// before they were kept, or not written here).
+    pub fn shard_hashes(&self, id: &ChunkId) -> Result<Option<ShardHashes>, MetaError> {
+        match self.db.get_cf(self.cf(CF_SHARD_HASHES)?, id.as_bytes())? {
+            Some(v) => decode("shard hashes", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Record that `chunk` is stored and used by `owner`.
     pub fn add_chunk(
         &self,
         id: &ChunkId,
         record: &ChunkRecord,
+        hashes: &ShardHashes,
         owner: &OwnerId,
     ) -> Result<(), MetaError> {
-        self.db.write(self.chunk_batch(id, record, owner)?)?;
+        self.db
+            .write(self.chunk_batch(id, record, hashes, owner)?)?;
         Ok(())
     }
 
-    /// The writes that record a stored chunk and its first user.
+    /// The writes that record a stored chunk, its shards' hashes and its first user.
     fn chunk_batch(
         &self,
         id: &ChunkId,
         record: &ChunkRecord,
+        hashes: &ShardHashes,
         owner: &OwnerId,
     ) -> Result<WriteBatch, MetaError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), encode(record));
+        if !hashes.0.is_empty() {
+            batch.put_cf(self.cf(CF_SHARD_HASHES)?, id.as_bytes(), encode(hashes));
+        }
         batch.put_cf(self.cf(CF_REFS)?, ref_key(id, owner), []);
         Ok(batch)
     }
@@ -260,10 +294,11 @@ impl MetaDb {
         &self,
         id: &ChunkId,
         record: &ChunkRecord,
+        hashes: &ShardHashes,
         owner: &OwnerId,
         placed: &Placed,
     ) -> Result<(), MetaError> {
-        let mut batch = self.chunk_batch(id, record, owner)?;
+        let mut batch = self.chunk_batch(id, record, hashes, owner)?;
         batch.put_cf(self.cf(CF_PLACED)?, id.as_bytes(), encode(placed));
         batch.delete_cf(self.cf(CF_PLACING)?, id.as_bytes());
         self.db.write(batch)?;
@@ -364,6 +399,7 @@ impl MetaDb {
             batch.delete_cf(self.cf(CF_PLACED)?, id.as_bytes());
         }
         batch.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes());
+        batch.delete_cf(self.cf(CF_SHARD_HASHES)?, id.as_bytes());
         self.db.write(batch)?;
         Ok(queued)
     }
@@ -613,6 +649,9 @@ pub struct HeldRecord {
     pub len: u64,
 }
 
+/// Shards held for others: (count, bytes, bytes by owner peer id).
+pub type HeldTotals = (u64, u64, std::collections::HashMap<Vec<u8>, u64>);
+
 fn held_key(id: &ChunkId, index: u8) -> [u8; 33] {
     let mut key = [0u8; 33];
     key[..32].copy_from_slice(id.as_bytes());
@@ -680,16 +719,18 @@ impl MetaDb {
         Ok(out)
     }
 
-    /// Count and total size of the shards held for other peers.
-    pub fn held_totals(&self) -> Result<(u64, u64), MetaError> {
+    /// Count and total size of the shards held for other peers, and the bytes of each owner.
+    pub fn held_totals(&self) -> Result<HeldTotals, MetaError> {
         let (mut count, mut bytes) = (0, 0);
+        let mut owners = std::collections::HashMap::<Vec<u8>, u64>::new();
         for item in self.db.iterator_cf(self.cf(CF_HELD)?, IteratorMode::Start) {
             let (_, v) = item?;
             let record: HeldRecord = decode("held shard", &v)?;
             count += 1;
             bytes += record.len;
+            *owners.entry(record.owner).or_default() += record.len;
         }
-        Ok((count, bytes))
+        Ok((count, bytes, owners))
     }
 }
 
@@ -887,14 +928,26 @@ mod tests {
         };
         let done = ChunkId([6; 32]);
         db.begin_placing(&done, &intent(&[(0, 1)])).unwrap();
-        db.add_placed_chunk(&done, &rec, &[1; 16], &intent(&[(0, 1)]))
-            .unwrap();
+        db.add_placed_chunk(
+            &done,
+            &rec,
+            &ShardHashes::default(),
+            &[1; 16],
+            &intent(&[(0, 1)]),
+        )
+        .unwrap();
         assert!(!db.is_placing(&done).unwrap());
         // A chunk placed before, being placed again when the crash came: only the peers its
         // record does not name are strays.
         let again = ChunkId([7; 32]);
-        db.add_placed_chunk(&again, &rec, &[1; 16], &intent(&[(0, 1), (1, 2)]))
-            .unwrap();
+        db.add_placed_chunk(
+            &again,
+            &rec,
+            &ShardHashes::default(),
+            &[1; 16],
+            &intent(&[(0, 1), (1, 2)]),
+        )
+        .unwrap();
         db.begin_placing(&again, &intent(&[(0, 1), (1, 4)]))
             .unwrap();
         assert_eq!(
@@ -965,7 +1018,12 @@ mod tests {
             layout: Layout::Erasure { data: 4, parity: 2 },
             len: 1234,
         };
-        db.add_chunk(&id, &rec, &[1; 16]).unwrap();
+        db.add_chunk(&id, &rec, &ShardHashes(vec![[7; 32]]), &[1; 16])
+            .unwrap();
+        assert_eq!(
+            db.shard_hashes(&id).unwrap(),
+            Some(ShardHashes(vec![[7; 32]]))
+        );
         db.add_ref(&id, &[2; 16]).unwrap();
         assert_eq!(db.chunk(&id).unwrap(), Some(rec));
         assert_eq!(db.refs().unwrap(), vec![(id, [1; 16]), (id, [2; 16])]);

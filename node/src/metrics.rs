@@ -37,6 +37,7 @@ pub struct Metrics {
     pub memory_cache_misses: IntCounter,
     pub memory_cache_bytes: prometheus::IntGauge,
     pub ops_received: IntCounterVec,
+    pub bad_shards: IntCounterVec,
     pub replication_delay: prometheus::Histogram,
 }
 
@@ -140,6 +141,13 @@ impl Metrics {
                 "Ops of volume logs taken from peers, by how they came (gossip or pull)",
                 &["via"],
             ),
+            bad_shards: counter_vec(
+                "dfs_bad_shards_total",
+                "Shards from other peers that were not what their writer made: fetched ones that \
+                 failed their checksum or recorded hash (fetched), stores that would have \
+                 replaced a held shard with other bytes (overwrite)",
+                &["event"],
+            ),
             replication_delay,
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
@@ -156,6 +164,7 @@ impl Metrics {
             Box::new(m.memory_cache_misses.clone()),
             Box::new(m.memory_cache_bytes.clone()),
             Box::new(m.ops_received.clone()),
+            Box::new(m.bad_shards.clone()),
             Box::new(m.replication_delay.clone()),
         ];
         for c in collectors {

@@ -37,6 +37,8 @@ pub enum OpenError {
     DataDir { path: PathBuf, source: io::Error },
     #[error("data directory {path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("data directory {path} can be read by other users (mode {mode:o}); it holds volume secrets and keys: run `chmod 700 {path}`")]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("data directory {path} is in use by another dfs process")]
     Locked { path: PathBuf },
     #[error("volume secret {path} is invalid: expected 32 bytes, found {len}")]
@@ -135,9 +137,30 @@ impl Repo {
                     path: path.to_path_buf(),
                 })
             }
-            Ok(_) => {}
+            Ok(m) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    // An empty directory (`mkdir -p` under the usual umask) holds nothing yet:
+                    // tighten it. One with content may already have leaked: the owner decides.
+                    let empty = fs::read_dir(path).map_err(dir_err)?.next().is_none();
+                    if !empty {
+                        return Err(OpenError::Exposed {
+                            path: path.to_path_buf(),
+                            mode,
+                        });
+                    }
+                    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                        .map_err(dir_err)?;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(path).map_err(dir_err)?
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(dir_err)?
             }
             Err(e) => return Err(dir_err(e)),
         }

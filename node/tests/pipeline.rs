@@ -12,6 +12,9 @@ use proptest::prelude::*;
 const CHUNK: usize = 4096;
 
 fn small_repo(dir: &Path, data: u8, parity: u8) -> Repo {
+    // A data directory with content must be private (Repo::open refuses it otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(
         dir.join("config.toml"),
         format!(
@@ -194,23 +197,37 @@ fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
     );
 }
 
-/// Shards "on peers" kept in memory by a scripted double of the network side, which serves
-/// one shard with its body tampered (header intact) until it is asked with checksums on. The
-/// reader's logic is the real one: a fast read that trusts the AEAD tag, and on failure a read
-/// with every shard verified (by the real `ShardHeader` checks, applied here as the network
-/// side applies them).
-struct TamperingPeers {
+/// Shards "on peers" kept in memory by a scripted double of the network side, one of which
+/// is forged: its body changed and its header sealed again, so its checksum is valid. The
+/// reader's logic is the real one; the double applies the checks the network side applies
+/// (the real `ShardHeader` checks, and the writer's hash when the reader passes it), and
+/// records what the reader reports as forged.
+struct ForgingPeers {
     images: std::sync::Mutex<std::collections::HashMap<u8, Vec<u8>>>,
-    tampered: u8,
-    trusting_reads: std::sync::atomic::AtomicUsize,
-    checked_reads: std::sync::atomic::AtomicUsize,
+    forged: u8,
+    /// Act as a reader without the writer's hashes (a link holder) would be served.
+    ignore_hashes: bool,
+    holders: Vec<libp2p::PeerId>,
+    reported: std::sync::Mutex<Vec<(u8, libp2p::PeerId)>>,
 }
 
-impl dfs_node::cluster::Remote for TamperingPeers {
+impl ForgingPeers {
+    fn new(forged: u8) -> Self {
+        Self {
+            images: Default::default(),
+            forged,
+            ignore_hashes: false,
+            holders: (0..6).map(|_| libp2p::PeerId::random()).collect(),
+            reported: Default::default(),
+        }
+    }
+}
+
+impl dfs_node::cluster::Remote for ForgingPeers {
     fn place(
         &self,
         _: &Repo,
-        id: &dfs_placement::ChunkId,
+        _: &dfs_placement::ChunkId,
         shards: &dfs_node::chunk::ShardSet,
     ) -> Result<Option<dfs_node::meta::Placed>, ChunkError> {
         let mut images = self.images.lock().unwrap();
@@ -218,10 +235,15 @@ impl dfs_node::cluster::Remote for TamperingPeers {
         for index in 0..shards.encoded.shard_count() {
             let mut image = shards.headers[index].to_vec();
             image.extend_from_slice(shards.encoded.shard(index));
+            if index as u8 == self.forged {
+                let (header, body) = dfs_node::shard::ShardHeader::decode(&image).unwrap();
+                let mut body = body.to_vec();
+                body[10] ^= 0x5A;
+                image = header.encode(&body);
+            }
             images.insert(index as u8, image);
-            holders.push((index as u8, vec![index as u8; 8]));
+            holders.push((index as u8, self.holders[index].to_bytes()));
         }
-        let _ = id;
         Ok(Some(dfs_node::meta::Placed { holders }))
     }
 
@@ -246,72 +268,85 @@ impl dfs_node::cluster::Remote for TamperingPeers {
         layout: dfs_placement::Layout,
         _: &dfs_node::meta::Placed,
         want: usize,
-        checksum: bool,
-    ) -> Vec<Option<Vec<u8>>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let counter = if checksum {
-            &self.checked_reads
-        } else {
-            &self.trusting_reads
-        };
-        counter.fetch_add(1, Relaxed);
+        hashes: Option<&dfs_node::meta::ShardHashes>,
+    ) -> dfs_node::cluster::Gathered {
+        use dfs_node::shard::ShardHeader;
+        let hashes = hashes.filter(|_| !self.ignore_hashes);
         let images = self.images.lock().unwrap();
-        let mut out = vec![None; layout.shard_count()];
+        let mut out = dfs_node::cluster::Gathered {
+            images: vec![None; layout.shard_count()],
+            from: vec![None; layout.shard_count()],
+            forged: Vec::new(),
+        };
         let mut got = 0;
         for index in 0..layout.shard_count() as u8 {
             if got == want {
                 break;
             }
-            let mut image = images[&index].clone();
-            if index == self.tampered {
-                let last = image.len() - 1;
-                image[last] ^= 1;
+            let image = images[&index].clone();
+            let expected = hashes.and_then(|h| h.of(index));
+            if ShardHeader::decode_expected(&image, *id, index).is_err() {
+                continue;
             }
-            if dfs_node::shard::ShardHeader::decode_as(&image, *id, index, checksum).is_ok() {
-                out[index as usize] = Some(image);
-                got += 1;
+            if expected.is_some_and(|h| ShardHeader::carried_hash(&image).as_ref() != Some(h)) {
+                out.forged.push((index, self.holders[usize::from(index)]));
+                continue;
             }
+            out.images[usize::from(index)] = Some(image);
+            out.from[usize::from(index)] = Some(self.holders[usize::from(index)]);
+            got += 1;
         }
         out
+    }
+
+    fn replace_forged(
+        &self,
+        _: &Repo,
+        _: &dfs_placement::ChunkId,
+        _: &dfs_node::chunk::ShardSet,
+        bad: &[(u8, libp2p::PeerId)],
+    ) {
+        self.reported.lock().unwrap().extend_from_slice(bad);
     }
 }
 
 #[test]
-fn a_tampered_shard_fails_the_tag_and_the_checked_read_goes_around_it() {
-    use std::sync::atomic::Ordering::Relaxed;
+fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::open(dir.path()).unwrap();
-    let peers = std::sync::Arc::new(TamperingPeers {
-        images: Default::default(),
-        tampered: 1,
-        trusting_reads: Default::default(),
-        checked_reads: Default::default(),
-    });
-    repo.set_remote(Some(peers.clone()));
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 253) as u8).collect();
     let mut coder = dfs_placement::erasure::ShardCoder::default();
+    // The writer's hashes catch it before decoding: the shard is skipped and reported.
+    let peers = std::sync::Arc::new(ForgingPeers::new(1));
+    repo.set_remote(Some(peers.clone()));
     let chunk = repo
         .put_chunk(&[3; 16], plaintext.clone(), &mut coder)
         .unwrap();
-    assert!(repo.meta().placed(&chunk.id).unwrap().is_some());
+    assert!(repo.meta().shard_hashes(&chunk.id).unwrap().is_some());
     let read = repo.read_chunk(&chunk, &mut coder).unwrap();
     assert!(read == plaintext, "the read returned other bytes");
-    assert_eq!(peers.trusting_reads.load(Relaxed), 1);
-    assert_eq!(
-        peers.checked_reads.load(Relaxed),
-        1,
-        "the tag failed, so a checked read"
-    );
-    // Without tampering the trusting read is enough.
-    let clean = TamperingPeers {
+    assert_eq!(*peers.reported.lock().unwrap(), vec![(1, peers.holders[1])]);
+    // A reader without them (a link holder) decodes the wrong bytes first, then finds k
+    // shards that give the chunk id, and names the forged one.
+    let blind = ForgingPeers {
         images: std::sync::Mutex::new(peers.images.lock().unwrap().clone()),
-        tampered: u8::MAX,
-        trusting_reads: Default::default(),
-        checked_reads: Default::default(),
+        ignore_hashes: true,
+        ..ForgingPeers::new(1)
     };
-    let clean = std::sync::Arc::new(clean);
-    repo.set_remote(Some(clean.clone()));
-    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == plaintext);
-    assert_eq!(clean.trusting_reads.load(Relaxed), 1);
-    assert_eq!(clean.checked_reads.load(Relaxed), 0);
+    let blind = std::sync::Arc::new(blind);
+    repo.set_remote(Some(blind.clone()));
+    let (read, _) = repo.get_chunk(&chunk, &mut coder, false).unwrap();
+    assert!(read == plaintext, "the read returned other bytes");
+    assert_eq!(*blind.reported.lock().unwrap(), vec![(1, blind.holders[1])]);
+    // Forged beyond what the parity can cover (three of 4+2): a clear error, no bytes.
+    let mut images = blind.images.lock().unwrap();
+    for index in [0u8, 2] {
+        let (header, body) = dfs_node::shard::ShardHeader::decode(&images[&index]).unwrap();
+        let mut body = body.to_vec();
+        body[3] ^= 1;
+        images.insert(index, header.encode(&body));
+    }
+    drop(images);
+    let err = repo.get_chunk(&chunk, &mut coder, false).unwrap_err();
+    assert!(matches!(err, ChunkError::Mismatch { .. }), "{err}");
 }

@@ -165,6 +165,66 @@ async fn store_fetch_check_delete_between_two_peers() {
         a.net.check_shard(bid, chunk, 2).await.expect("check"),
         (true, image.len() as u64)
     );
+    // A shard is taken once: another peer's image of the same shard, forged with a valid
+    // checksum, is refused and counted against it; the same bytes again are fine, and change
+    // neither the file nor its owner.
+    let forged = {
+        let (header, body) = ShardHeader::decode(&image).expect("decode");
+        let mut body = body.to_vec();
+        body[7] ^= 0xFF;
+        header.encode(&body)
+    };
+    assert!(ShardHeader::decode_expected(&forged, chunk, 2).is_ok());
+    let err = c
+        .net
+        .store_shard(bid, chunk, 2, &[&forged])
+        .await
+        .unwrap_err();
+    assert_eq!(refused(err), Refusal::Conflict);
+    let err = a
+        .net
+        .store_shard(bid, chunk, 2, &[&forged])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        Refusal::Conflict,
+        "not even its owner replaces it"
+    );
+    c.net
+        .store_shard(bid, chunk, 2, &[&image])
+        .await
+        .expect("the same image again");
+    assert_eq!(std::fs::read(&on_disk).expect("held shard file"), image);
+    let err = c.net.delete_shard(bid, chunk, 2).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::NotOwner);
+    let cid = c.net.local_id().to_string();
+    let view = b.net.peers().await.expect("peers");
+    let seen = view.iter().find(|p| p.id == cid).expect("c in b's table");
+    assert!(seen.bad_data >= 1, "{seen:?}");
+    // A reader that knows the writer's hash of the shard refuses the forgery even with its
+    // valid checksum (here: a holder that was handed it, d).
+    let d = start(0).await;
+    connect(&a.net, &d.net).await;
+    let did = d.net.local_id();
+    a.net
+        .store_shard(did, chunk, 2, &[&forged])
+        .await
+        .expect("d takes the forged image");
+    let writers_hash = ShardHeader::carried_hash(&image).expect("hash");
+    let err = a
+        .net
+        .fetch_verified(did, chunk, 2, Some(&writers_hash))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::BadData { .. }), "{err}");
+    assert_eq!(
+        a.net
+            .fetch_verified(bid, chunk, 2, Some(&writers_hash))
+            .await
+            .expect("the writer's image"),
+        image
+    );
     // The holder is now a provider of the chunk in the DHT: another peer finds it there.
     let mut found = Vec::new();
     for _ in 0..50 {
@@ -223,10 +283,21 @@ async fn store_fetch_check_delete_between_two_peers() {
         a.net.check_shard(bid, chunk, 1).await.expect("check"),
         (false, image.len() as u64)
     );
+    // A trusting fetch gets it as it lies (the holder hashes nothing); the reader finds the
+    // rot and asks again for a checked fetch, and the holder, hashing it, says it has none: an
+    // honest holder with a rotten disk is not blamed for bad data.
     let err = a.net.fetch_shard(bid, chunk, 1).await.unwrap_err();
     assert_eq!(refused(err), Refusal::NotFound);
-    // Unless the requester checks the bytes itself (a reader whose AEAD tag finds the rot,
-    // and who then asks again with checksums, as above).
+    let err = a
+        .net
+        .fetch_shard_checked(bid, chunk, 1, true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        Refusal::NotFound,
+        "a checked fetch: the holder hashes it"
+    );
     assert_eq!(
         a.net
             .fetch_shard_checked(bid, chunk, 1, false)
@@ -260,7 +331,13 @@ async fn store_fetch_check_delete_between_two_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_is_enforced() {
     let a = start(0).await;
-    let b = start((BODY * 3) as u64).await;
+    // All of it open to one peer (the per-peer quota is tests/tests/hostile.rs's).
+    let b = start_with(NetworkConfig {
+        capacity: (BODY * 3) as u64,
+        peer_quota_percent: 100,
+        ..NetworkConfig::default()
+    })
+    .await;
     connect(&a.net, &b.net).await;
     let bid = b.net.local_id();
     for index in 0..2 {
@@ -527,11 +604,11 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
     let images = tokio::task::spawn_blocking(move || {
         use dfs_node::cluster::Remote;
         let layout = Layout::Erasure { data: 4, parity: 2 };
-        remote.gather(&repo, &chunk, layout, &wrong, 1, true)
+        remote.gather(&repo, &chunk, layout, &wrong, 1, None)
     })
     .await
     .expect("gather");
-    assert_eq!(images[3].as_deref(), Some(&image[..]));
+    assert_eq!(images.images[3].as_deref(), Some(&image[..]));
     assert_eq!(
         cluster
             .cluster
@@ -830,8 +907,20 @@ async fn garbage_on_a_bulk_listener_is_refused_and_the_peer_goes_on_serving() {
         a.net.fetch_shard(bid, chunk, 3).await.expect("fetch"),
         image
     );
-    let served = b.net.status().await.expect("status").bulk.expect("bulk");
-    assert_eq!(served.served, 2, "{served:?}");
+    // The server counts a request after its answer is out: give it a moment.
+    let mut served = None;
+    for _ in 0..50 {
+        let bulk = b.net.status().await.expect("status").bulk.expect("bulk");
+        if bulk.served == 2 {
+            served = Some(bulk);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served.is_some(),
+        "the peer did not serve both requests on links"
+    );
 }
 
 /// `bulk_port` fixes the listeners' port (for a firewall); a port taken is a clear error.

@@ -112,7 +112,7 @@ impl Dfs {
 
     /// Write `config.toml` into the data directory.
     pub fn configure(&self, toml: &str) {
-        std::fs::create_dir_all(self.data()).expect("create data dir");
+        create_data_dir(&self.data());
         std::fs::write(self.data().join("config.toml"), toml).expect("write config");
     }
 
@@ -172,6 +172,17 @@ impl Dfs {
     }
 }
 
+/// Create a data directory as dfs does: readable by its owner only (dfs refuses one that
+/// others can read).
+pub fn create_data_dir(path: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .expect("create data dir");
+}
+
 /// Shard files `<root>/<2 hex>/<chunk hex>.<index>`: (path, chunk hex, index).
 pub fn shard_files_under(root: &Path) -> Vec<(PathBuf, String, u8)> {
     let mut out = Vec::new();
@@ -220,13 +231,34 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).is_some_and(|p| p == path))
 }
 
-/// Whether FUSE mounts can work here (root and /dev/fuse); tests print why they skip otherwise.
+/// A test cannot run on this machine (no root, FUSE, network namespaces or a tool): it says so
+/// and returns, so the caller skips. With `DFS_REQUIRE_ROOT=1` (set by `.ci/run`, which runs as
+/// root with everything installed) it fails instead, so CI can never pass by skipping.
+pub fn cannot_run(why: &str) {
+    if std::env::var("DFS_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("{why}, and DFS_REQUIRE_ROOT=1 says this machine must run it");
+    }
+    eprintln!("skipping: {why} (CI runs it as root)");
+}
+
+/// Whether this process runs as root; when not, the test says why it skips ([`cannot_run`]).
+pub fn is_root(for_what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        cannot_run(&format!("{for_what} needs root"));
+    }
+    root
+}
+
+/// Whether FUSE mounts can work here (root and /dev/fuse); tests say why they skip otherwise
+/// and fail under `DFS_REQUIRE_ROOT=1` ([`cannot_run`]).
 pub fn fuse_available() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("skipping: FUSE tests need root and /dev/fuse (CI runs them as root)");
+        cannot_run("FUSE tests need root and /dev/fuse");
     }
     ok
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dfs_tests::{random_bytes, Dfs};
+use dfs_tests::{is_root, random_bytes, Dfs};
 
 #[test]
 fn kill_9_during_put_leaves_nothing_visible_and_no_leaked_space() {
@@ -78,9 +78,7 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: mounting a tmpfs needs root (CI runs this as root)");
+        if !is_root("mounting a tmpfs") {
             return None;
         }
         fs::create_dir_all(path).unwrap();

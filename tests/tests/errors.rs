@@ -3,7 +3,7 @@
 use std::fs;
 use std::process::Command;
 
-use dfs_tests::{dfs_bin, random_bytes, Dfs};
+use dfs_tests::{dfs_bin, is_root, random_bytes, Dfs};
 
 #[test]
 fn missing_path_is_named_and_creates_nothing() {
@@ -142,9 +142,7 @@ fn unknown_flags_and_help() {
 
 #[test]
 fn a_data_directory_without_permission_is_reported() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: switching to an unprivileged user needs root (CI runs as root)");
+    if !is_root("switching to an unprivileged user") {
         return;
     }
     let dfs = Dfs::new();
@@ -162,4 +160,34 @@ fn a_data_directory_without_permission_is_reported() {
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Permission denied"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// The data directory holds volume secrets and root keys: dfs creates it 0700, tightens an empty
+/// one made under the usual umask, and refuses one with content that others can read.
+#[test]
+fn a_data_directory_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = Dfs::new();
+    let f = fresh.path("f");
+    fs::write(&f, b"x").unwrap();
+    fresh.put(&f);
+    assert_eq!(mode(&fresh.data()), 0o700);
+
+    let empty = Dfs::new();
+    fs::create_dir(empty.data()).unwrap();
+    fs::set_permissions(empty.data(), fs::Permissions::from_mode(0o755)).unwrap();
+    empty.put(&f);
+    assert_eq!(mode(&empty.data()), 0o700);
+
+    fs::set_permissions(fresh.data(), fs::Permissions::from_mode(0o750)).unwrap();
+    let run = fresh
+        .run(&["list"])
+        .fails_with("can be read by other users (mode 750)");
+    assert!(run.stderr.contains("chmod 700"), "{run:#?}");
+    assert_eq!(
+        mode(&fresh.data()),
+        0o750,
+        "dfs changed a directory it refused"
+    );
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dfs_tests::{fuse_available, http, random_bytes, wait_for, MountedNetwork};
+use dfs_tests::{cannot_run, fuse_available, http, random_bytes, wait_for, MountedNetwork};
 
 const FILE_SIZE: usize = 12 << 20;
 
@@ -115,7 +115,6 @@ impl Prometheus {
 #[test]
 fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
     if !fuse_available() {
-        eprintln!("skipping: FUSE is not available");
         return;
     }
     let Some(bin) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
@@ -123,7 +122,7 @@ fn prometheus_scrapes_what_the_mount_and_its_peers_did() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        eprintln!("skipping: no prometheus binary (apt-get install prometheus)");
+        cannot_run("no prometheus binary (apt-get install prometheus)");
         return;
     };
     let MountedNetwork {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dfs_tests::{fuse_available, random_bytes, MountedNetwork};
+use dfs_tests::{cannot_run, fuse_available, random_bytes, MountedNetwork};
 
 /// The workspace root (deploy/ lives there).
 fn root() -> PathBuf {
@@ -38,7 +38,7 @@ fn promtool() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.exists());
     if found.is_none() {
-        eprintln!("skipping: no promtool binary (apt-get install prometheus)");
+        cannot_run("no promtool binary (apt-get install prometheus)");
     }
     found
 }
@@ -457,7 +457,6 @@ fn every_dashboard_query_is_valid_promql() {
 #[test]
 fn every_series_the_assets_name_is_served_by_real_peers() {
     if !fuse_available() {
-        eprintln!("skipping: the FUSE and placement series need a mount");
         return;
     }
     let queries = all_queries();

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use dfs_tests::{cannot_run, is_root};
 use serde_json::Value;
 
 /// Seconds of silence before a peer is declared dead (`--grace`).
@@ -59,9 +60,7 @@ struct Link {
 impl Link {
     /// Create the namespaces and the link, or None (with a message) where that is not allowed.
     fn create() -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: network namespace tests need root (CI runs them as root)");
+        if !is_root("network namespace tests") {
             return None;
         }
         // Unique per process and per test, so parallel tests and runs never collide.
@@ -76,7 +75,7 @@ impl Link {
         };
         let a = side("a", "dfsa", 1);
         if let Err(e) = ip(&["netns", "add", &a.ns]) {
-            eprintln!("skipping: cannot create a network namespace ({e})");
+            cannot_run(&format!("cannot create a network namespace ({e})"));
             return None;
         }
         let b = side("b", "dfsb", 2);

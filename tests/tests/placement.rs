@@ -100,7 +100,6 @@ fn announced_peers(mount: &Dfs) -> usize {
 #[test]
 fn shards_spread_survive_two_crashes_rebalance_and_heal_corruption() {
     if !fuse_available() {
-        eprintln!("skipping: FUSE is not available");
         return;
     }
     let dirs: Vec<Dfs> = (0..8).map(|_| Dfs::new()).collect();

@@ -233,7 +233,6 @@ fn boot_of(live: &[&Dfs]) -> String {
 #[test]
 fn a_peer_that_comes_and_goes_causes_no_moves() {
     if !fuse_available() {
-        eprintln!("skipping: FUSE is not available");
         return;
     }
     let (dirs, nodes, boot) = storage_network(6, "");
@@ -320,7 +319,6 @@ fn a_put_with_no_storage_peer_fails_clearly() {
 #[test]
 fn short_lived_readers_while_a_mount_writes() {
     if !fuse_available() {
-        eprintln!("skipping: FUSE is not available");
         return;
     }
     let (dirs, nodes, boot) = storage_network(6, "");

@@ -156,7 +156,9 @@ impl Members {
             if view.score < POOR_SCORE {
                 weight *= 0.1;
             }
-            if view.free.is_some_and(|f| f < FULL_BELOW) {
+            // Full, or caught sending shards that were not what their writer made: given no
+            // new shards (the count lives as long as this peer's table).
+            if view.free.is_some_and(|f| f < FULL_BELOW) || view.bad_data > 0 {
                 weight = 0.0;
             }
             let trusted = Duration::from_secs_f64(view.up_secs) >= rules.trust_after;

@@ -34,11 +34,12 @@ use libp2p::PeerId;
 use crate::chunk::{ChunkError, ShardSet};
 use crate::config::PlacementConfig;
 use crate::diskcache::{DiskCache, Filler};
-use crate::meta::Placed;
+use crate::meta::{Placed, ShardHashes};
 use crate::net::Network;
 use crate::repo::Repo;
 pub use members::{Member, Members, MembershipRules, SelfRole};
 pub use repair::PlacementStatus;
+pub use transfer::Gathered;
 
 /// What the repo needs from the network to store and read chunks (implemented by [`Cluster`]).
 pub trait Remote: Send + Sync {
@@ -58,11 +59,8 @@ pub trait Remote: Send + Sync {
     fn remember(&self, id: &ChunkId, ciphertext: &[u8]);
 
     /// Verified shard images of at least `want` distinct shards (data shards preferred) from
-    /// their holders, indexed by shard; fewer when not enough could be had.
-    ///
-    /// With `checksum` false, shard checksums are not checked (only headers): for a reader
-    /// whose AEAD tag authenticates the decoded chunk, which then retries with checksums to
-    /// find a bad shard.
+    /// their holders, indexed by shard; fewer when not enough could be had. Each is checked
+    /// against its checksum and, when the writer's hashes are known (`hashes`), against them.
     fn gather(
         &self,
         repo: &Repo,
@@ -70,8 +68,14 @@ pub trait Remote: Send + Sync {
         layout: Layout,
         placed: &Placed,
         want: usize,
-        checksum: bool,
-    ) -> Vec<Option<Vec<u8>>>;
+        hashes: Option<&ShardHashes>,
+    ) -> Gathered;
+
+    /// Shards that were not what their writer made (`bad`: each index with the holder that
+    /// sent it), found while reading a chunk whose ciphertext the others gave back (`shards`,
+    /// encoded again): count them against those holders, and put the right shards in their
+    /// place on other peers.
+    fn replace_forged(&self, repo: &Repo, id: &ChunkId, shards: &ShardSet, bad: &[(u8, PeerId)]);
 
     /// The layout, length and likely holders of a chunk this peer has no record of (written
     /// by another member of a shared volume); `None` when no peer has a shard of it.
@@ -427,6 +431,16 @@ impl Cluster {
         repo.meta().set_placed(id, &placed)
     }
 
+    /// Correct what [`Remote::locate`] found of a chunk: `gone` no longer hold their shards
+    /// (they were forged), `added` do now.
+    fn correct_located(&self, id: &ChunkId, gone: &[(u8, Vec<u8>)], added: &[(u8, Vec<u8>)]) {
+        let mut foreign = lock(&self.foreign);
+        if let Some((record, placed)) = foreign.get(id).cloned() {
+            let placed = placed.without(gone).merged(added);
+            foreign.put(*id, (record, placed));
+        }
+    }
+
     /// A placement record was made or changed.
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::Relaxed);
@@ -529,17 +543,31 @@ impl Remote for Cluster {
         layout: Layout,
         placed: &Placed,
         want: usize,
-        checksum: bool,
-    ) -> Vec<Option<Vec<u8>>> {
+        hashes: Option<&ShardHashes>,
+    ) -> Gathered {
         loop {
-            let work = transfer::gather(self, repo, id, layout, placed, want, checksum);
-            let images = self.wait_for(work);
-            let got = images.iter().filter(|i| i.is_some()).count();
+            let work = transfer::gather(self, repo, id, layout, placed, want, hashes);
+            let gathered = self.wait_for(work);
             // Just after start the holders may not be known yet: wait for the peer table
             // rather than fail the read.
-            if got >= want || self.members().settled || !self.sleep(Duration::from_millis(500)) {
-                return images;
+            if gathered.count() >= want
+                || self.members().settled
+                || !self.sleep(Duration::from_millis(500))
+            {
+                return gathered;
             }
+        }
+    }
+
+    fn replace_forged(&self, repo: &Repo, id: &ChunkId, shards: &ShardSet, bad: &[(u8, PeerId)]) {
+        self.wait_for(async {
+            for (_, peer) in bad {
+                self.network.report_bad_data(*peer).await;
+            }
+        });
+        self.refresh_members();
+        if let Err(e) = transfer::replace_forged(self, repo, id, shards, bad) {
+            tracing::warn!(chunk = %id.short(), "cannot replace forged shards: {e}");
         }
     }
 }

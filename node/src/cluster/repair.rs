@@ -12,8 +12,11 @@
 //! 3. rebuilds missing shards (decoding the chunk once from any k shards), moves shards toward
 //!    their rendezvous targets, drops surplus copies, at most `max_bytes_per_sec` a second;
 //! 4. deletes on other peers the shards of chunks collected here;
-//! 5. scrubs a few shards: asks their holders to re-verify them. A shard that is corrupt or
-//!    gone is struck from the record, so the next round rebuilds it.
+//! 5. scrubs a few shards: fetches them and checks each against the hash this peer recorded
+//!    when it wrote the chunk (for chunks written before hashes were kept, asks the holder to
+//!    re-verify it). A shard that is corrupt, forged or gone is struck from the record, so the
+//!    next round rebuilds it elsewhere (a peer caught with a forged shard is given no new
+//!    ones).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -433,7 +436,13 @@ fn carry_out(
             Action::Move {
                 index, from, to, ..
             } => {
-                let img = match block(cluster, fetch_from(cluster, repo, peer(from), id, index)) {
+                let hashes = repo.meta().shard_hashes(id).map_err(|e| e.to_string())?;
+                let expected = hashes.as_ref().and_then(|h| h.of(index));
+                let fetched = block(
+                    cluster,
+                    fetch_from(cluster, repo, peer(from), id, index, expected),
+                );
+                let img = match fetched {
                     Ok(img) => img,
                     Err(_) => {
                         let shards = match rebuilt.take() {
@@ -494,16 +503,21 @@ pub(super) fn rebuild_from(
     placed: &Placed,
 ) -> Result<crate::chunk::ShardSet, String> {
     let layout = record.layout;
-    let images = block(
+    let hashes = repo.meta().shard_hashes(id).map_err(|e| e.to_string())?;
+    let gathered = block(
         cluster,
-        gather(cluster, repo, id, layout, placed, layout.needed(), true),
+        gather(
+            cluster,
+            repo,
+            id,
+            layout,
+            placed,
+            layout.needed(),
+            hashes.as_ref(),
+        ),
     );
-    let bodies: Vec<Option<&[u8]>> = images
-        .iter()
-        .map(|i| i.as_deref().and_then(|b| b.get(crate::shard::HEADER_LEN..)))
-        .collect();
     let ciphertext = coder
-        .decode(layout, record.len as usize, &bodies)
+        .decode(layout, record.len as usize, &gathered.bodies())
         .map_err(|e| format!("cannot decode from the shards left: {e}"))?;
     if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
         return Err("the shards decode to bytes that do not match the chunk id".into());
@@ -666,6 +680,7 @@ fn scrub(cluster: &Cluster, repo: &Repo, state: &mut ScrubState) -> Result<(), C
             Some(record) => record.layout.shard_len(record.len as usize),
             None => 0,
         };
+        let hashes = repo.meta().shard_hashes(id)?;
         // Fresh for every chunk: a scrub round can outlast a peer.
         let members = cluster.members();
         for (index, bytes) in &placed.holders {
@@ -682,10 +697,17 @@ fn scrub(cluster: &Cluster, repo: &Repo, state: &mut ScrubState) -> Result<(), C
             state.credit = state
                 .credit
                 .saturating_sub(shard_len.max(MIN_SCRUB_COST) as i64);
-            let intact = if peer == cluster.local {
-                match block(cluster, fetch_from(cluster, repo, peer, id, *index)) {
-                    Ok(_) => Some(true),
-                    Err(_) => Some(false),
+            let expected = hashes.as_ref().and_then(|h| h.of(*index));
+            let intact = if peer == cluster.local || expected.is_some() {
+                // With the writer's hash at hand the shard itself is fetched and checked: a
+                // holder's own word (`Check`) is worth nothing from one that forged it.
+                let fetch = fetch_from(cluster, repo, peer, id, *index, expected);
+                match block(cluster, async {
+                    tokio::time::timeout(CHECK_TIMEOUT, fetch).await
+                }) {
+                    Ok(Ok(_)) => Some(true),
+                    Ok(Err(e)) if e.forged || e.missing || peer == cluster.local => Some(false),
+                    _ => None,
                 }
             } else {
                 let check = cluster.network.check_shard(peer, *id, *index);

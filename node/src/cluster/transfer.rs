@@ -24,7 +24,7 @@ use libp2p::PeerId;
 
 use super::{peer_from_bytes, Cluster, Members};
 use crate::chunk::{ChunkError, ShardSet};
-use crate::meta::Placed;
+use crate::meta::{Placed, ShardHashes};
 use crate::net::Holding;
 use crate::repo::Repo;
 use crate::shard::ShardHeader;
@@ -75,45 +75,61 @@ pub async fn store_on(
     result
 }
 
-/// Fetch and verify shard `index` of `id` from `peer` (locally when it is this peer).
+/// Why a shard could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    /// The holder sent a shard that is not what its writer made (checksum or recorded hash).
+    pub forged: bool,
+    /// The holder says it does not have the shard.
+    pub missing: bool,
+    pub reason: String,
+}
+
+impl FetchFailure {
+    fn failed(reason: impl ToString) -> Self {
+        Self {
+            forged: false,
+            missing: false,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Fetch and verify shard `index` of `id` from `peer` (locally when it is this peer): its
+/// checksum, and that it carries `expected` when the writer's hash of it is known.
 pub async fn fetch_from(
     cluster: &Cluster,
     repo: &Repo,
     peer: PeerId,
     id: &ChunkId,
     index: u8,
-) -> Result<Vec<u8>, String> {
-    fetch_checked(cluster, repo, peer, id, index, true).await
-}
-
-/// [`fetch_from`], with the shard's checksum checked only when `checksum` is true (see
-/// [`ShardHeader::decode_as`]).
-async fn fetch_checked(
-    cluster: &Cluster,
-    repo: &Repo,
-    peer: PeerId,
-    id: &ChunkId,
-    index: u8,
-    checksum: bool,
-) -> Result<Vec<u8>, String> {
+    expected: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, FetchFailure> {
     if peer == cluster.local {
-        return match repo.store().read(id, index) {
-            Ok(Some(image)) if ShardHeader::decode_as(&image, *id, index, checksum).is_ok() => {
-                Ok(image)
-            }
-            Ok(Some(_)) => Err("the local copy is corrupt".into()),
+        let local = match repo.store().read(id, index) {
+            Ok(Some(image)) => Some(image),
             // Kept here for another peer (a chunk another member of a shared volume wrote).
-            Ok(None) => cluster
-                .network
-                .held_shard(id, index)
-                .ok_or_else(|| "not in the local store".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(None) => cluster.network.held_shard(id, index),
+            Err(e) => return Err(FetchFailure::failed(e)),
+        };
+        let Some(image) = local else {
+            return Err(FetchFailure::failed("not in the local store"));
+        };
+        return match verify_image(&image, id, index, expected) {
+            Ok(()) => Ok(image),
+            Err(e) => Err(FetchFailure::failed(format!("the local copy {e}"))),
         };
     }
     let started = Instant::now();
     let result = cluster
         .network
-        .fetch_shard_checked(peer, *id, index, checksum)
+        .fetch_verified(peer, *id, index, expected)
         .await;
     match result {
         Ok(image) => {
@@ -133,8 +149,35 @@ async fn fetch_checked(
                 .counters
                 .fetch_failures
                 .fetch_add(1, Ordering::Relaxed);
-            Err(e.to_string())
+            Err(FetchFailure {
+                forged: matches!(e, crate::net::NetError::BadData { .. }),
+                missing: matches!(
+                    e,
+                    crate::net::NetError::Refused {
+                        refusal: crate::net::Refusal::NotFound,
+                        ..
+                    }
+                ),
+                reason: e.to_string(),
+            })
         }
+    }
+}
+
+/// Whether `image` is shard `index` of `id` with a valid checksum and, when `expected` is
+/// given, the very image its writer made.
+pub fn verify_image(
+    image: &[u8],
+    id: &ChunkId,
+    index: u8,
+    expected: Option<&[u8; 32]>,
+) -> Result<(), String> {
+    ShardHeader::decode_expected(image, *id, index).map_err(|e| format!("is corrupt: {e}"))?;
+    match expected {
+        Some(hash) if ShardHeader::carried_hash(image).as_ref() != Some(hash) => {
+            Err("is not the shard its writer made (its hash differs from the recorded one)".into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -241,6 +284,55 @@ async fn place_all(
     }
     holders.sort();
     holders
+}
+
+/// Put the right images of shards found forged (see [`super::Remote::replace_forged`]) in
+/// their place. A chunk this peer placed has the forger struck from its record (and asked to
+/// delete its copy, which an honest peer with a rotten disk does), so the repair thread
+/// rebuilds the shard on a target that is not the forger. A chunk this peer only reads (a
+/// link, another member's chunk) gets each shard stored on the best-ranked peer other than
+/// the forgers, and the located holders it remembers are corrected.
+pub fn replace_forged(
+    cluster: &Cluster,
+    repo: &Repo,
+    id: &ChunkId,
+    shards: &ShardSet,
+    bad: &[(u8, PeerId)],
+) -> Result<(), ChunkError> {
+    let struck: Vec<(u8, Vec<u8>)> = bad.iter().map(|(i, p)| (*i, p.to_bytes())).collect();
+    if repo.meta().placed(id)?.is_some() {
+        cluster.update_placed(repo, id, |p| p.holders.retain(|h| !struck.contains(h)))?;
+        repo.meta().queue_deletes(id, &struck)?;
+        return Ok(());
+    }
+    let members = cluster.members();
+    let candidates = members.candidates(true);
+    let ranked = hrw::rank(id, &candidates);
+    let forgers: HashSet<PeerId> = bad.iter().map(|(_, p)| *p).collect();
+    let mut added = Vec::new();
+    for &(index, _) in bad {
+        let targets = ranked
+            .iter()
+            .map(|&i| members.list[i].id)
+            .filter(|p| !forgers.contains(p) && *p != cluster.local)
+            .take(3);
+        for peer in targets {
+            let parts = image(shards, usize::from(index));
+            let work = store_on(cluster, repo, peer, id, index, &parts);
+            match cluster.wait_for(work) {
+                Ok(()) => {
+                    tracing::info!(chunk = %id.short(), index, to = %peer, "stored a good copy of a forged shard");
+                    added.push((index, peer.to_bytes()));
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(chunk = %id.short(), index, %peer, "cannot store a replacement shard: {e}")
+                }
+            }
+        }
+    }
+    cluster.correct_located(id, &struck, &added);
+    Ok(())
 }
 
 /// One way to get one shard: ask `peer` for shard `index`.
@@ -402,8 +494,33 @@ fn located(answers: &[(PeerId, Holding)]) -> Option<(crate::meta::ChunkRecord, P
     Some((crate::meta::ChunkRecord { layout, len }, Placed { holders }))
 }
 
-/// Gather at least `want` shard images (see the module doc), verified by their checksums
-/// unless `checksum` is false.
+/// Shard images gathered from their holders, by index, with the peer each came from.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub images: Vec<Option<Vec<u8>>>,
+    pub from: Vec<Option<PeerId>>,
+    /// Shards (index, holder) that holders sent but were not what their writer made.
+    pub forged: Vec<(u8, PeerId)>,
+}
+
+impl Gathered {
+    /// How many distinct shards were gathered.
+    pub fn count(&self) -> usize {
+        self.images.iter().filter(|i| i.is_some()).count()
+    }
+
+    /// The shards' bodies (past their headers), by index.
+    pub fn bodies(&self) -> Vec<Option<&[u8]>> {
+        self.images
+            .iter()
+            .map(|i| i.as_deref().and_then(|b| b.get(crate::shard::HEADER_LEN..)))
+            .collect()
+    }
+}
+
+/// Gather at least `want` shard images (see the module doc), each verified by its checksum
+/// and, where the writer's hashes are known (`hashes`), against them: a holder that sends
+/// anything else is scored down and another shard is asked for instead.
 pub async fn gather(
     cluster: &Cluster,
     repo: &Repo,
@@ -411,20 +528,23 @@ pub async fn gather(
     layout: Layout,
     placed: &Placed,
     want: usize,
-    checksum: bool,
-) -> Vec<Option<Vec<u8>>> {
+    hashes: Option<&ShardHashes>,
+) -> Gathered {
     let count = layout.shard_count();
     let want = want.min(count);
     let members = cluster.members();
     let mut queue = sources(cluster, layout, placed, &members).into_iter();
     let mut images: Vec<Option<Vec<u8>>> = vec![None; count];
+    let mut from: Vec<Option<PeerId>> = vec![None; count];
+    let mut forged = Vec::new();
     let mut got = 0;
     let mut asked: HashSet<(u8, PeerId)> = HashSet::new();
     // Indices being fetched now.
     let mut pending: HashSet<u8> = HashSet::new();
     let mut inflight = FuturesUnordered::new();
     let fetch = |s: Source| async move {
-        let r = fetch_checked(cluster, repo, s.peer, id, s.index, checksum).await;
+        let expected = hashes.and_then(|h| h.of(s.index));
+        let r = fetch_from(cluster, repo, s.peer, id, s.index, expected).await;
         (s, r)
     };
     // The next source for an index we have neither got nor are fetching.
@@ -503,11 +623,15 @@ pub async fn gather(
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 images[slot] = Some(image);
+                from[slot] = Some(source.peer);
                 got += 1;
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(chunk = %id.short(), index = source.index, peer = %source.peer, "shard fetch failed: {e}");
+                if e.forged {
+                    forged.push((source.index, source.peer));
+                }
                 if got + pending.len() < want {
                     if let Some(s) = next_source(&images, &pending, &mut asked) {
                         pending.insert(s.index);
@@ -517,7 +641,11 @@ pub async fn gather(
             }
         }
     }
-    images
+    Gathered {
+        images,
+        from,
+        forged,
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,18 @@
 //! verified header); nothing here can decrypt them.
 //!
 //! Every image is verified against the chunk id and index it is stored under before it is
-//! written, and again when checked; capacity is enforced; only the peer that stored a shard may
-//! delete it. Fetches and `Holding` queries also see the shards of this peer's own chunks in
+//! written, and again when checked; only the peer that stored a shard may delete it, and a
+//! shard once taken is never replaced by other bytes. Admission: others' shards never fill
+//! the last [`Admission::reserve_percent`] of the disk, and no one peer fills more than
+//! [`Admission::peer_quota_percent`] of the capacity (counted per owner, from the `held`
+//! table at start). Fetches and `Holding` queries also see the shards of this peer's own chunks in
 //! its own store (`DATA/shards`), so a reader with only a link finds and reads a storage
 //! mount's share of what it wrote like any other holder's. These calls block on the disk: the swarm loop runs them on the blocking pool.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dfs_placement::ChunkId;
 use libp2p::PeerId;
@@ -30,6 +34,24 @@ pub struct HeldFile {
     pub hash: [u8; 32],
 }
 
+/// What a peer takes from others (`[network] reserve_percent`, `peer_quota_percent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Percent of the disk never filled with others' shards.
+    pub reserve_percent: u8,
+    /// Most of the capacity one peer may fill, in percent.
+    pub peer_quota_percent: u8,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            reserve_percent: 5,
+            peer_quota_percent: 50,
+        }
+    }
+}
+
 /// The held-shard store of one peer.
 pub struct HeldShards {
     repo: Arc<Repo>,
@@ -39,6 +61,9 @@ pub struct HeldShards {
     count: AtomicU64,
     /// Configured capacity in bytes (0: the disk's free space is the only limit).
     capacity: u64,
+    admission: Admission,
+    /// Bytes held for each owner (by peer id bytes), reserved before a shard is written.
+    owners: Mutex<HashMap<Vec<u8>, u64>>,
     /// A client holds nothing for others: every store is refused, and it offers no capacity.
     client: bool,
     /// This peer (its own shards' holder in placement records).
@@ -56,16 +81,19 @@ impl HeldShards {
         repo: Arc<Repo>,
         local: PeerId,
         capacity: u64,
+        admission: Admission,
         client: bool,
     ) -> Result<Self, crate::repo::OpenError> {
         let store = ShardStore::open(&repo.path().join("held"))?;
-        let (count, used) = repo.meta().held_totals()?;
+        let (count, used, owners) = repo.meta().held_totals()?;
         Ok(Self {
             repo,
             store,
             used: AtomicU64::new(used),
             count: AtomicU64::new(count),
             capacity,
+            admission,
+            owners: Mutex::new(owners),
             client,
             local,
         })
@@ -86,10 +114,13 @@ impl HeldShards {
         if self.client {
             return (0, 0, used, self.count.load(Ordering::Relaxed));
         }
-        let disk_free = disk_free(self.repo.path()).unwrap_or(0);
+        let path = self.repo.path();
+        let reserve =
+            disk_total(path).unwrap_or(0) / 100 * u64::from(self.admission.reserve_percent);
+        let room = used + disk_free(path).unwrap_or(0).saturating_sub(reserve);
         let capacity = match self.capacity {
-            0 => used + disk_free,
-            c => c.min(used + disk_free),
+            0 => room,
+            c => c.min(room),
         };
         (
             capacity,
@@ -161,25 +192,93 @@ impl HeldShards {
             tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused a shard that does not verify");
             return Ok(Response::Refused(Refusal::Invalid));
         }
-        let existing = self.meta().held(&chunk, index)?;
-        if existing.is_none() {
-            let (_, free, _, _) = self.usage();
-            if image.len() as u64 > free {
-                return Ok(Response::Refused(Refusal::Full));
+        if let Some(existing) = self.meta().held(&chunk, index)? {
+            return self.store_again(from, chunk, index, image, &existing);
+        }
+        let len = image.len() as u64;
+        let owner = from.to_bytes();
+        if let Some(refusal) = self.admit(&owner, len) {
+            tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused a shard: {refusal}");
+            return Ok(Response::Refused(refusal));
+        }
+        let record = HeldRecord { owner, len };
+        let written = self
+            .store
+            .write_grouped(&chunk, index, &[image])
+            .map_err(HeldError::from)
+            .and_then(|_| Ok(self.meta().set_held(&chunk, index, &record)?));
+        if let Err(e) = written {
+            self.release(&record.owner, len);
+            return Err(e);
+        }
+        self.used.fetch_add(record.len, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::Stored)
+    }
+
+    /// Reserve `len` bytes for `owner`, or say why not: the capacity (after the disk reserve)
+    /// is full, or `owner` already holds its quota of it.
+    fn admit(&self, owner: &[u8], len: u64) -> Option<Refusal> {
+        let (capacity, free, _, _) = self.usage();
+        if len > free {
+            return Some(Refusal::Full);
+        }
+        let quota = capacity / 100 * u64::from(self.admission.peer_quota_percent);
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let held = owners.entry(owner.to_vec()).or_default();
+        if *held + len > quota {
+            return Some(Refusal::Quota);
+        }
+        *held += len;
+        None
+    }
+
+    /// Give back `len` bytes of `owner`'s quota (a shard deleted, or a store that failed).
+    fn release(&self, owner: &[u8], len: u64) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = owners.get_mut(owner) {
+            *held = held.saturating_sub(len);
+            if *held == 0 {
+                owners.remove(owner);
             }
         }
-        // Same chunk id and index means same bytes: storing again only refreshes the file.
-        self.store.write_grouped(&chunk, index, &[image])?;
-        if existing.is_none() {
-            let record = HeldRecord {
-                owner: from.to_bytes(),
-                len: image.len() as u64,
-            };
-            self.meta().set_held(&chunk, index, &record)?;
-            self.used.fetch_add(record.len, Ordering::Relaxed);
-            self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A store of a shard already held: a shard is taken once. The same image again (a
+    /// retry, or another writer of the same content) is answered `Stored` without touching
+    /// the file or its owner; other bytes under the same name are refused and counted as bad
+    /// data: whoever sends them is trying to replace what another peer stored. A file lost
+    /// from the disk under its record is written again, for its owner only.
+    fn store_again(
+        &self,
+        from: PeerId,
+        chunk: ChunkId,
+        index: u8,
+        image: &[u8],
+        existing: &HeldRecord,
+    ) -> Result<Response, HeldError> {
+        let mut head = [0u8; HEADER_LEN];
+        let held = self.store.open_file(&chunk, index, &mut head)?;
+        let held_hash = held
+            .as_ref()
+            .and_then(|(_, len)| ShardHeader::check_head(&head, *len, chunk, index).ok())
+            .map(|_| &head[HASHED_HEADER_LEN..HEADER_LEN]);
+        let sent_hash = ShardHeader::carried_hash(image);
+        match held_hash {
+            Some(hash) if sent_hash.as_ref().map(|h| &h[..]) == Some(hash) => Ok(Response::Stored),
+            None if existing.owner == from.to_bytes() => {
+                self.store.write_grouped(&chunk, index, &[image])?;
+                Ok(Response::Stored)
+            }
+            _ => {
+                tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused to replace a held shard with other bytes");
+                crate::metrics::metrics()
+                    .bad_shards
+                    .with_label_values(&["overwrite"])
+                    .inc();
+                Ok(Response::Refused(Refusal::Conflict))
+            }
         }
-        Ok(Response::Stored)
     }
 
     /// The image of a held shard, if it is here and verifies.
@@ -307,6 +406,7 @@ impl HeldShards {
         }
         let freed = self.store.remove(&chunk, index)?;
         self.meta().delete_held(&chunk, index)?;
+        self.release(&record.owner, record.len);
         self.used.fetch_sub(
             record.len.min(self.used.load(Ordering::Relaxed)),
             Ordering::Relaxed,

@@ -86,6 +86,10 @@ pub struct NetOptions {
     pub grace: Duration,
     pub announce: Duration,
     pub capacity: u64,
+    /// What this peer takes from others ([`held::Admission`]).
+    pub admission: held::Admission,
+    /// A closed network: only these peers may connect (empty: anyone).
+    pub allow: std::collections::HashSet<PeerId>,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     /// How fast provider records of held chunks are announced in the DHT.
@@ -98,6 +102,16 @@ pub struct NetOptions {
     /// target, and say goodbye when stopping (set for peers run by one command and for
     /// `--no-store` mounts; not a config setting).
     pub client: bool,
+}
+
+/// Which transport a request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// A bulk link where the peer has one, else libp2p.
+    Any,
+    /// libp2p only (Noise authenticates every byte): for asking again after a bulk answer
+    /// that did not verify.
+    Libp2p,
 }
 
 /// Parse a multiaddr given by the user, naming the setting it came from.
@@ -150,6 +164,11 @@ impl NetOptions {
             grace: Duration::from_secs(c.grace_secs),
             announce: Duration::from_secs(c.announce_secs),
             capacity: c.capacity,
+            admission: held::Admission {
+                reserve_percent: c.reserve_percent,
+                peer_quota_percent: c.peer_quota_percent,
+            },
+            allow: c.allow.iter().filter_map(|id| id.parse().ok()).collect(),
             max_connections: c.max_connections,
             max_connections_per_peer: c.max_connections_per_peer,
             announce_rate: AnnounceRate {
@@ -225,6 +244,8 @@ enum Command {
         reply: oneshot::Sender<Result<Response, NetError>>,
     },
     BadData(PeerId),
+    /// The peer refused a store of ours as full or over its quota for us.
+    RefusedSpace(PeerId),
     /// Open a bulk session with `peer` (over libp2p).
     OpenBulk {
         peer: PeerId,
@@ -321,6 +342,7 @@ impl Network {
             repo,
             local,
             options.capacity,
+            options.admission,
             options.client,
         )?);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -453,7 +475,7 @@ impl Network {
 
     /// Send one shard request and wait for the answer (bounded concurrency, timed out).
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
-        self.request_with_body(peer, request, &[]).await
+        self.request_with_body(peer, request, &[], Route::Any).await
     }
 
     /// [`Network::request`] for a [`Request::Store`] whose image is left empty and given as
@@ -464,6 +486,7 @@ impl Network {
         peer: PeerId,
         mut request: Request,
         body: &[&[u8]],
+        route: Route,
     ) -> Result<Response, NetError> {
         let _permit = self
             .outbound
@@ -476,9 +499,11 @@ impl Network {
             Request::Store { image, .. } => (image.len() + body_len) as u64,
             _ => 0,
         };
-        if let Some(answer) = self.request_bulk(peer, &request, body).await {
-            count_request(&peer, kind, sent, &answer);
-            return answer;
+        if route == Route::Any {
+            if let Some(answer) = self.request_bulk(peer, &request, body).await {
+                count_request(&peer, kind, sent, &answer);
+                return answer;
+            }
         }
         if let Request::Store { image, .. } = &mut request {
             if image.is_empty() {
@@ -559,8 +584,23 @@ impl Network {
             index,
             image: Vec::new(),
         };
-        match self.request_with_body(peer, request, image).await? {
+        let mut answer = self
+            .request_with_body(peer, request.clone(), image, Route::Any)
+            .await?;
+        if answer == Response::Refused(Refusal::Invalid) && self.bulk.is_some() {
+            // This end made the image and it verifies: it changed on the way (a bulk body is
+            // bound to its head by a hash, not sealed). Once more over libp2p.
+            answer = self
+                .request_with_body(peer, request, image, Route::Libp2p)
+                .await?;
+        }
+        match answer {
             Response::Stored => Ok(()),
+            Response::Refused(refusal @ (Refusal::Full | Refusal::Quota)) => {
+                // Whatever free space it announces, it takes no more from us for a while.
+                let _ = self.commands.send(Command::RefusedSpace(peer)).await;
+                Err(NetError::Refused { peer, refusal })
+            }
             other => Err(unexpected(peer, "store", other)),
         }
     }
@@ -573,7 +613,61 @@ impl Network {
         chunk: ChunkId,
         index: u8,
     ) -> Result<Vec<u8>, NetError> {
-        self.fetch_shard_checked(peer, chunk, index, true).await
+        self.fetch_verified(peer, chunk, index, None).await
+    }
+
+    /// Fetch a shard image from `peer` and verify it here: its checksum, and, when the
+    /// writer's hash of it is known (`expected`), that it is that very image (a holder can
+    /// make up a shard with a valid checksum; it cannot make one that carries the writer's
+    /// hash). The holder is asked not to hash it first ([`Request::FetchTrusting`]), since this
+    /// end does. A peer that sends anything else is scored down and the call fails.
+    pub async fn fetch_verified(
+        &self,
+        peer: PeerId,
+        chunk: ChunkId,
+        index: u8,
+        expected: Option<&[u8; 32]>,
+    ) -> Result<Vec<u8>, NetError> {
+        let verifies = |image: &[u8]| {
+            let forged =
+                expected.is_some_and(|h| ShardHeader::carried_hash(image).as_ref() != Some(h));
+            (
+                ShardHeader::decode_expected(image, chunk, index).is_ok() && !forged,
+                forged,
+            )
+        };
+        let image = self.fetch_shard_checked(peer, chunk, index, false).await?;
+        if verifies(&image).0 {
+            return Ok(image);
+        }
+        // Not yet proof against the holder: the bytes may have changed on a bulk link, or rotted
+        // on its disk unknown to it (a trusting fetch is served unread). Asked over libp2p for
+        // a checked fetch, an honest holder sends the shard or says it has no good copy.
+        let request = Request::Fetch { chunk, index };
+        match self
+            .request_with_body(peer, request, &[], Route::Libp2p)
+            .await?
+        {
+            Response::Shard { image } => match verifies(&image) {
+                (true, _) => Ok(image),
+                (false, forged) => {
+                    tracing::warn!(%peer, chunk = %chunk.short(), index, forged, "peer sent a shard that does not verify");
+                    self.report_bad_data(peer).await;
+                    Err(NetError::BadData { peer, chunk, index })
+                }
+            },
+            other => Err(unexpected(peer, "fetch", other)),
+        }
+    }
+
+    /// Count bad data against `peer` (it sent a shard that is not the one its writer made):
+    /// its score drops, and it is no longer trusted with new shards.
+    pub async fn report_bad_data(&self, peer: PeerId) {
+        crate::metrics::metrics()
+            .bad_shards
+            .with_label_values(&["fetched"])
+            .inc();
+        let _ = self.commands.send(Command::BadData(peer)).await;
     }
 
     /// [`Network::fetch_shard`]; with `checksum` false only the shard's header is checked
@@ -597,7 +691,7 @@ impl Network {
                     return Ok(image);
                 }
                 tracing::warn!(%peer, chunk = %chunk.short(), index, "peer sent a shard that does not verify");
-                let _ = self.commands.send(Command::BadData(peer)).await;
+                self.report_bad_data(peer).await;
                 Err(NetError::BadData { peer, chunk, index })
             }
             other => Err(unexpected(peer, "fetch", other)),

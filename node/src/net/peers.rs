@@ -30,6 +30,8 @@ const MAX_LABEL: usize = 64;
 const RESTART_SLACK_SECS: u64 = 5;
 /// A gone client is dropped from the table after this long without a sign of life.
 pub const FORGET_CLIENTS_AFTER: Duration = Duration::from_secs(600);
+/// How long a peer that refused a store of ours for want of space counts as full.
+pub const REFUSED_SPACE_FOR: Duration = Duration::from_secs(600);
 
 /// What a peer says about itself on the membership topic, every `announce_secs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +121,9 @@ pub struct Peer {
     pub announced: Option<Announcement>,
     pub failures: u32,
     pub bad_data: u32,
+    /// Until when the peer is taken as full whatever it announces: it refused a store of ours
+    /// as full or over its quota for us (what a peer claims is capped by what it accepts).
+    pub refused_space_until: Option<Instant>,
     /// Since when the peer has been present without a break (reset when it was dead or
     /// restarted): placement trusts a peer only after it has been around for a while.
     pub up_since: Instant,
@@ -143,6 +148,7 @@ impl Peer {
             announced: None,
             failures: 0,
             bad_data: 0,
+            refused_space_until: None,
             up_since: now,
             gone: false,
             identified_client: false,
@@ -338,6 +344,13 @@ impl PeerTable {
         peer.bad_data = peer.bad_data.saturating_add(1);
     }
 
+    /// The peer refused a store of ours as full or over its quota: it counts as full for
+    /// [`REFUSED_SPACE_FOR`], whatever free space it announces.
+    pub fn refused_space(&mut self, id: PeerId, now: Instant) {
+        let (peer, _) = self.entry(id, now);
+        peer.refused_space_until = Some(now + REFUSED_SPACE_FOR);
+    }
+
     /// An announcement from `id`; `direct` when it came from `id` itself rather than relayed
     /// (only a direct one shows that the peer is alive now).
     pub fn announced(
@@ -483,7 +496,10 @@ impl PeerTable {
                 zone: p.announced.as_ref().map(|a| a.zone.clone()),
                 version: p.announced.as_ref().map(|a| a.version.clone()),
                 capacity: p.announced.as_ref().map(|a| a.capacity),
-                free: p.announced.as_ref().map(|a| a.free),
+                free: match p.refused_space_until {
+                    Some(until) if until > now => Some(0),
+                    _ => p.announced.as_ref().map(|a| a.free),
+                },
                 load: p.announced.as_ref().map(|a| a.load),
                 shards: p.announced.as_ref().map(|a| a.shards),
                 score: p.score(),

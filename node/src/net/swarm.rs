@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    connection_limits, dcutr, gossipsub, identify, mdns, noise, ping, relay, rendezvous, tcp,
-    yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    allow_block_list, connection_limits, dcutr, gossipsub, identify, mdns, noise, ping, relay,
+    rendezvous, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -75,6 +76,9 @@ const MAX_ANNOUNCED_ADDRS: usize = super::peers::MAX_ADDRS;
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// A closed network (`[network] allow`): connections of any other peer are denied as they
+    /// are established, before a request of theirs is read.
+    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -103,6 +107,10 @@ pub(super) struct Node {
     pending: Waiting<Response>,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     opening: Waiting<bulk::Opened>,
+    /// The remote IP of each open connection (none for a relayed one): a bulk session granted
+    /// over a connection is dialled at that IP only, so a peer cannot point this one at a
+    /// third party.
+    connection_ips: HashMap<libp2p::swarm::ConnectionId, std::net::IpAddr>,
     done_tx: mpsc::Sender<Served>,
     done_rx: mpsc::Receiver<Served>,
     inbound: usize,
@@ -210,7 +218,15 @@ fn behaviour(
         [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
     );
+    let allowed = (!options.allow.is_empty()).then(|| {
+        let mut allowed = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+        for &peer in &options.allow {
+            allowed.allow_peer(peer);
+        }
+        allowed
+    });
     Ok(Behaviour {
+        allowed: allowed.into(),
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -321,6 +337,7 @@ impl Node {
             pending: HashMap::new(),
             providers: HashMap::new(),
             opening: HashMap::new(),
+            connection_ips: HashMap::new(),
             done_tx,
             done_rx,
             inbound: 0,
@@ -440,6 +457,7 @@ impl Node {
                 self.log(change);
             }
             Command::BadData(peer) => self.table.bad_data(peer, Instant::now()),
+            Command::RefusedSpace(peer) => self.table.refused_space(peer, Instant::now()),
             Command::Provide(chunk) => {
                 self.announcer.push(chunk);
             }
@@ -849,7 +867,7 @@ impl Node {
         if let Some(chunk) = served.stored {
             self.announcer.push(chunk);
         }
-        if served.response == Response::Refused(Refusal::Invalid) {
+        if served.response.blames_asker() {
             self.table.bad_data(served.peer, Instant::now());
         }
         if self
@@ -881,8 +899,14 @@ impl Node {
                 self.listen.push(address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                if let Some(ip) = direct_ip(endpoint.get_remote_address()) {
+                    self.connection_ips.insert(connection_id, ip);
+                }
                 let change = self.table.connected(peer_id, now);
                 self.log(change);
                 if endpoint.is_dialer() {
@@ -904,8 +928,10 @@ impl Node {
                 peer_id,
                 num_established,
                 cause,
+                connection_id,
                 ..
             } => {
+                self.connection_ips.remove(&connection_id);
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     if let Some(bulk) = &self.bulk {
@@ -1075,13 +1101,20 @@ impl Node {
                     .send_response(channel, opened);
             }
             Event::Message {
+                connection_id,
                 message:
                     Message::Response {
                         request_id,
-                        response,
+                        mut response,
                     },
                 ..
-            } => reply_to(&mut self.opening, request_id, Ok(response)),
+            } => {
+                // Only where the libp2p connection goes: the peer names its listeners, and a
+                // liar could name anyone's.
+                let ip = self.connection_ips.get(&connection_id).copied();
+                response.addrs.retain(|a| Some(a.ip()) == ip);
+                reply_to(&mut self.opening, request_id, Ok(response))
+            }
             Event::OutboundFailure {
                 request_id, error, ..
             } => reply_to(&mut self.opening, request_id, Err(error)),
@@ -1200,4 +1233,17 @@ fn dialable(addr: &Multiaddr, local: PeerId) -> String {
 
 fn namespace() -> rendezvous::Namespace {
     rendezvous::Namespace::from_static(RENDEZVOUS_NAMESPACE)
+}
+
+/// The IP of a direct connection's remote address (`None` for a relayed one, whose address
+/// names the relay).
+fn direct_ip(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return None;
+    }
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }

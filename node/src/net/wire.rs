@@ -95,6 +95,12 @@ pub enum Refusal {
     /// The peer holds no shards for others (a client: a peer run for one command, or a
     /// `--no-store` mount).
     NoStorage,
+    /// A different image of this shard is held here already: a shard is taken once, and
+    /// never replaced (only its storer may delete it).
+    Conflict,
+    /// The peer keeps no more for the asker: it reached its quota of what this peer stores
+    /// for any one other peer.
+    Quota,
 }
 
 impl std::fmt::Display for Refusal {
@@ -107,6 +113,10 @@ impl std::fmt::Display for Refusal {
             Refusal::Busy => "peer is busy",
             Refusal::Internal => "peer failed to access its store",
             Refusal::NoStorage => "peer holds no shards for others (it is a client)",
+            Refusal::Conflict => {
+                "peer holds a different image of this shard, which it never replaces"
+            }
+            Refusal::Quota => "peer keeps no more for this peer (its per-peer quota is reached)",
         })
     }
 }
@@ -136,6 +146,17 @@ pub enum Response {
         head: Vec<u8>,
     },
     Refused(Refusal),
+}
+
+impl Response {
+    /// Whether this answer means the asker sent bad data: a shard that does not verify, or
+    /// one that would replace another image of the same shard.
+    pub fn blames_asker(&self) -> bool {
+        matches!(
+            self,
+            Response::Refused(Refusal::Invalid | Refusal::Conflict)
+        )
+    }
 }
 
 /// Why bytes on the wire are not a valid frame.

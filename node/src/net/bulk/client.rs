@@ -10,7 +10,8 @@ use libp2p::PeerId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::link::{link_key, Link};
+use super::link::{self, link_key, Link};
+use super::server;
 use super::{
     count, lock, Bulk, Failure, Open, CLIENT_IDLE, CONNECT_TIMEOUT, FROM_CLIENT, IDLE_PER_PEER,
     MAGIC, RETRY_AFTER,
@@ -76,12 +77,22 @@ impl Bulk {
                 self.answered_on(peer, link);
                 Ok(response)
             }
-            Err(e) => {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 self.score(peer, &e);
                 Err(Failure::Failed(NetError::Request {
                     peer,
                     detail: format!("bulk link: {e}"),
                 }))
+            }
+            Err(e) => {
+                // The link broke, stalled or carried a body that changed in flight: ask again
+                // over libp2p (a store of the same image twice is answered `Stored`).
+                if link::is_changed_in_flight(&e) {
+                    tracing::warn!(%peer, "a bulk answer changed in flight; asking over libp2p");
+                } else {
+                    tracing::debug!(%peer, error = %e, "bulk link failed; asking over libp2p");
+                }
+                Err(self.unavailable())
             }
         }
     }
@@ -221,11 +232,17 @@ async fn handshake(addr: SocketAddr, session: &Session) -> io::Result<Link> {
     stream.write_all(&hello).await?;
     let mut status = [0u8; 1];
     stream.read_exact(&mut status).await?;
-    if status[0] != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the peer does not know the session",
-        ));
+    match status[0] {
+        server::STATUS_OPEN => {}
+        server::STATUS_TOO_MANY => {
+            return Err(io::Error::other("the peer has too many of our links open"))
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the peer does not know the session",
+            ))
+        }
     }
     let mut server = [0u8; 16];
     stream.read_exact(&mut server).await?;

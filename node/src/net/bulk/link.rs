@@ -26,7 +26,7 @@ use crate::shard::ShardHeader;
 pub(super) struct Head<M> {
     pub(super) message: M,
     /// Length of the body that follows the head.
-    body: u32,
+    pub(super) body: u32,
     /// The blake3 the body (a shard image) carries in its header.
     hash: Option<[u8; 32]>,
 }
@@ -40,6 +40,20 @@ pub(super) struct Link {
     sent: u64,
     received: u64,
     pub(super) last_used: Instant,
+}
+
+/// A body that is not what its authenticated head says: changed in flight, or sent wrong by
+/// the peer; either way the link is dropped and the request asked again over libp2p, and
+/// nobody is blamed ([`is_changed_in_flight`]).
+pub(super) fn changed_in_flight() -> io::Error {
+    io::Error::other(CHANGED_IN_FLIGHT)
+}
+
+const CHANGED_IN_FLIGHT: &str = "the body is not the shard its head names (changed in flight?)";
+
+/// Whether `e` is [`changed_in_flight`].
+pub(super) fn is_changed_in_flight(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Other && e.to_string() == CHANGED_IN_FLIGHT
 }
 
 fn nonce(direction: u8, counter: u64) -> Nonce {
@@ -307,7 +321,10 @@ impl Link {
         }
         read?;
         if ShardHeader::carried_hash(&body) != head.hash {
-            return Err(invalid("the body is not the shard the head names"));
+            // The head is authenticated, the body is not: bytes changed in flight, which is
+            // no proof against the sender. The link is dropped; the request goes again over
+            // libp2p, whose every byte Noise authenticates.
+            return Err(changed_in_flight());
         }
         self.last_used = Instant::now();
         Ok(body)
@@ -608,7 +625,11 @@ mod tests {
         let frame = store_frame(&mut client, chunk, &image_a);
         write_raw(&mut client, &frame).await;
         write_raw(&mut client, &image_b).await;
-        assert!(is_invalid(server.receive::<Request>().await));
+        let err = server
+            .receive::<Request>()
+            .await
+            .expect_err("a swapped body");
+        assert!(is_changed_in_flight(&err), "{err}");
 
         // The right header with a changed byte in the body passes the link, and the shard
         // check (which the holder makes before storing) refuses it.

@@ -74,6 +74,23 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const SESSIONS_PER_PEER: usize = 4;
 /// Inbound requests served at once over bulk links; more are answered `Busy`.
 const MAX_INBOUND: usize = 32;
+/// Of those, what one peer may hold at once: a peer that stalls its bodies cannot take the
+/// permits every other peer needs.
+const INBOUND_PER_PEER: usize = 8;
+/// Links a server keeps open at once from one peer, and in all; more are refused at the
+/// handshake (the client falls back to libp2p).
+const LINKS_PER_PEER: usize = 32;
+const MAX_LINKS: usize = 1024;
+/// TCP connections still in their handshake (anyone can open one: no ticket is checked yet).
+const MAX_HANDSHAKES: usize = 64;
+/// The time a body or an answer may take: this much, plus a second per MiB (a link slower
+/// than 1 MiB/s is not worth keeping a permit for; libp2p is still there).
+const TRANSFER_BASE: Duration = Duration::from_secs(5);
+
+/// The deadline for moving `len` bytes of a body ([`TRANSFER_BASE`]).
+fn transfer_deadline(len: usize) -> Duration {
+    TRANSFER_BASE + Duration::from_secs((len >> 20) as u64)
+}
 /// Direction bytes of the frame nonces.
 const FROM_CLIENT: u8 = 0;
 const FROM_SERVER: u8 = 1;
@@ -141,12 +158,55 @@ pub struct Bulk {
     /// Client: links by peer.
     peers: Mutex<HashMap<PeerId, client::PeerLinks>>,
     inbound: Semaphore,
+    /// Server: inbound permits and open links held by each peer.
+    inbound_by_peer: Mutex<HashMap<PeerId, usize>>,
+    links_by_peer: Mutex<HashMap<PeerId, usize>>,
+    handshakes: Arc<Semaphore>,
     sent: AtomicU64,
     served: AtomicU64,
     fallbacks: AtomicU64,
     /// Server: requests served well, and client: answers had, not yet told the event loop.
     served_reports: reports::Reports,
     answered_reports: reports::Reports,
+}
+
+/// One of a peer's places in a per-peer count (inbound permits, open links), given back when
+/// dropped.
+struct PeerSlot<'a> {
+    counts: &'a Mutex<HashMap<PeerId, usize>>,
+    peer: PeerId,
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(self.counts);
+        if let Some(held) = counts.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Take one of `peer`'s `most` places in `counts`; `None` when it holds them all (or, with
+/// `total`, when all peers together hold that many).
+fn take_slot(
+    counts: &Mutex<HashMap<PeerId, usize>>,
+    peer: PeerId,
+    most: usize,
+    total: Option<usize>,
+) -> Option<PeerSlot<'_>> {
+    let mut map = lock(counts);
+    if total.is_some_and(|t| map.values().sum::<usize>() >= t) {
+        return None;
+    }
+    let held = map.entry(peer).or_default();
+    if *held >= most {
+        return None;
+    }
+    *held += 1;
+    Some(PeerSlot { counts, peer })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,6 +273,9 @@ impl Bulk {
             granted: Mutex::default(),
             peers: Mutex::default(),
             inbound: Semaphore::new(MAX_INBOUND),
+            inbound_by_peer: Mutex::default(),
+            links_by_peer: Mutex::default(),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             sent: AtomicU64::new(0),
             served: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),

@@ -1,0 +1,348 @@
+//! Trust: real `dfs` peers (separate processes on 127.0.0.1) with a hostile one among them,
+//! `dfs-hostile` (tests/src/bin/dfs-hostile.rs), which runs the real network code of dfs and
+//! lies. What each test shows is listed in docs/security.md.
+//!
+//! - A holder that replaces every shard it takes with a forgery whose checksum is valid: a
+//!   reader that has only the link still gets the right bytes (it tries other shards until
+//!   they decode to the chunk id), names the forger, and stores good copies elsewhere.
+//! - A peer that tries to overwrite a shard another peer stored is refused, counted as bad
+//!   data, and the shard on disk is untouched.
+//! - A peer that stores made-up shards as fast as a holder takes them stops at its quota;
+//!   others' shards never fill the holder's disk reserve (a tmpfs, as root); a peer outside a
+//!   closed network's allow list cannot store anything at all.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dfs_tests::{is_root, metric, random_bytes, storage_network, wait_for, Dfs};
+
+/// A `dfs-hostile` process, killed when dropped.
+struct Hostile {
+    child: Child,
+    id: String,
+}
+
+impl Hostile {
+    fn start(mode: &str, data: &Dfs, args: &[&str]) -> Hostile {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dfs-hostile"))
+            .arg(mode)
+            .arg("--data")
+            .arg(data.data())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dfs-hostile");
+        let id = first_line(&mut child);
+        Hostile { child, id }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn first_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let out = child.stdout.as_mut().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("read dfs-hostile's output");
+    line.trim().to_string()
+}
+
+/// Run a `dfs-hostile` mode to its end; its output lines after the peer id.
+fn run_hostile(mode: &str, data: &Dfs, args: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_dfs-hostile"))
+        .arg(mode)
+        .arg("--data")
+        .arg(data.data())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dfs-hostile");
+    assert!(out.status.success(), "dfs-hostile {mode}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+fn held_total(dirs: &[Dfs]) -> usize {
+    dirs.iter().map(|d| d.held_files().len()).sum()
+}
+
+#[test]
+fn a_forged_shard_is_read_around_reported_and_replaced() {
+    // Peers are trusted at once (the hostile one too: it has been "around" long enough), and
+    // the stewards wait, so only the reader acts on what it finds.
+    let config = "[placement]\ntrust_after_secs = 0\nsteward_delay_secs = 3600\n";
+    let (dirs, _nodes, boot) = storage_network(5, config, "5");
+    let forger_dir = Dfs::new();
+    let forger = Hostile::start("forge", &forger_dir, &["--peer", &boot]);
+    wait_for(
+        Duration::from_secs(30),
+        "every peer to see the forger",
+        || {
+            dirs.iter()
+                .all(|d| dfs_tests::storage_peers_alive(d) >= 5)
+                .then_some(())
+        },
+    );
+    // 6 chunks of 4+2 over 6 storage peers: the forger holds one shard of each.
+    let writer = Dfs::new();
+    let input = writer.path("input");
+    let bytes = random_bytes(24 << 20, 20);
+    std::fs::write(&input, &bytes).expect("write input");
+    let run = writer
+        .run(&["put", input.to_str().expect("utf-8"), "--peer", &boot])
+        .ok();
+    let link = run.last_line().to_string();
+    assert!(link.starts_with("dfs://"), "{run:#?}");
+    wait_for(
+        Duration::from_secs(10),
+        "the forger to forge what it took",
+        || (forger_dir.held_files().len() >= 6).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let honest_before = held_total(&dirs);
+
+    let reader = Dfs::new();
+    let out = reader.path("out");
+    let run = reader
+        .run(&[
+            "get",
+            &link,
+            "-o",
+            out.to_str().expect("utf-8"),
+            "--peer",
+            &boot,
+        ])
+        .ok();
+    assert!(
+        std::fs::read(&out).expect("read output") == bytes,
+        "the reader got other bytes"
+    );
+    // The reader met the forgery (the forger holds a data shard of most chunks) and said who.
+    assert!(
+        run.stderr.contains(&forger.id) && run.stderr.contains("forged"),
+        "the reader did not name the forger {}: {}",
+        forger.id,
+        run.stderr
+    );
+    // It stored good copies of the forged shards on honest peers.
+    let honest_after = held_total(&dirs);
+    assert!(
+        honest_after > honest_before,
+        "no replacement shard was stored ({honest_before} -> {honest_after})"
+    );
+    // The forger is not trusted by the peers it lied to... the reader is gone, but a second
+    // read goes through just the same.
+    let again = reader.path("again");
+    reader
+        .run(&[
+            "get",
+            &link,
+            "-o",
+            again.to_str().expect("utf-8"),
+            "--peer",
+            &boot,
+        ])
+        .ok();
+    assert!(std::fs::read(&again).expect("read output") == bytes);
+}
+
+#[test]
+fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
+    let (dirs, _nodes, boot) = storage_network(2, "[placement]\ntrust_after_secs = 0\n", "5");
+    let writer = Dfs::new();
+    let input = writer.path("input");
+    std::fs::write(&input, random_bytes(4 << 20, 21)).expect("write input");
+    let run = writer
+        .run(&["put", input.to_str().expect("utf-8"), "--peer", &boot])
+        .ok();
+    assert!(run.last_line().starts_with("dfs://"), "{run:#?}");
+    let (path, chunk, index) = dirs[0]
+        .held_files()
+        .into_iter()
+        .next()
+        .expect("the first peer holds a shard");
+    let before = std::fs::read(&path).expect("read shard");
+    let attacker = Dfs::new();
+    let said = run_hostile(
+        "overwrite",
+        &attacker,
+        &[
+            "--peer",
+            &boot,
+            "--chunk",
+            &chunk,
+            "--index",
+            &index.to_string(),
+        ],
+    );
+    assert_eq!(said, vec!["refused: Conflict".to_string()]);
+    assert!(
+        std::fs::read(&path).expect("read shard") == before,
+        "the held shard changed"
+    );
+    let counted = metric(
+        &dirs[0].metrics(),
+        "dfs_bad_shards_total{event=\"overwrite\"}",
+    );
+    assert_eq!(counted, Some(1.0));
+}
+
+/// What `dfs-hostile flood` printed: bytes and shards the holder took, and its last answer.
+#[derive(Debug, serde::Deserialize)]
+struct Flooded {
+    stored_bytes: u64,
+    shards: u64,
+    refusal: String,
+}
+
+fn flood(holder: &Dfs, kib: u32) -> Flooded {
+    let attacker = Dfs::new();
+    let said = run_hostile(
+        "flood",
+        &attacker,
+        &["--peer", &holder.address(), "--shard-kib", &kib.to_string()],
+    );
+    let line = said.last().expect("flood prints a summary");
+    serde_json::from_str(line).expect("flood summary JSON")
+}
+
+#[test]
+fn a_flooding_peer_stops_at_its_quota() {
+    let holder = Dfs::new();
+    // 32 MiB offered, at most half of it to any one peer.
+    holder.configure("[network]\ncapacity = 33554432\npeer_quota_percent = 50\n");
+    let _node = holder.node(&[]);
+    let first = flood(&holder, 1024);
+    assert_eq!(first.refusal, "refused: Quota", "{first:?}");
+    // Shards of 1 MiB: 15 of them fit under a quota of 16 MiB less rounding.
+    assert!(
+        first.stored_bytes <= 16 << 20 && first.stored_bytes >= 15 << 20,
+        "{first:?}"
+    );
+    // A second stranger gets its own share, and no more than what is left.
+    let second = flood(&holder, 1024);
+    assert!(
+        second.refusal == "refused: Quota" || second.refusal == "refused: Full",
+        "{second:?}"
+    );
+    assert!(second.stored_bytes >= 15 << 20, "{second:?}");
+    let storage = holder.status().expect("the holder still answers").storage;
+    assert!(storage["used"].as_u64() <= Some(32 << 20), "{storage}");
+    assert_eq!(
+        storage["shards_held"].as_u64(),
+        Some(first.shards + second.shards),
+        "{storage}"
+    );
+}
+
+/// The holder's data directory is a 128 MiB tmpfs: with no per-peer quota, a flood fills it up
+/// to the last 5% of the disk and no further (RocksDB's own files, its preallocated log among
+/// them, take their part first), and the holder restarts on it (RocksDB opens and writes) with
+/// every shard it took accounted for.
+#[test]
+fn others_shards_never_fill_the_disk_reserve() {
+    if !is_root("mounting a tmpfs") {
+        return;
+    }
+    let holder = Dfs::new();
+    std::fs::create_dir(holder.data()).expect("create data dir");
+    let data = holder.data();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a tmpfs at {}", data.display());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    holder.configure("[network]\npeer_quota_percent = 100\n");
+    let node = holder.node(&[]);
+    let flooded = flood(&holder, 512);
+    assert_eq!(flooded.refusal, "refused: Full", "{flooded:?}");
+    let (free, total) = disk_space(&data);
+    let reserve = total / 100 * 5;
+    assert!(
+        free >= reserve - (1 << 20),
+        "others' shards ate into the reserve: {free} of {total} bytes free"
+    );
+    // Filled up to the reserve: not stopped short of it.
+    assert!(
+        free < reserve + (2 << 20),
+        "the flood stopped early: {free} of {total} bytes free"
+    );
+    assert!(flooded.stored_bytes >= 16 << 20, "{flooded:?}");
+    assert_eq!(node.terminate(), Some(0));
+    let _node = holder.node(&[]);
+    let storage = holder
+        .status()
+        .expect("the holder answers after a restart")
+        .storage;
+    assert_eq!(
+        storage["shards_held"].as_u64(),
+        Some(flooded.shards),
+        "{storage}"
+    );
+}
+
+/// (available, total) bytes of the filesystem at `path`, as `df` reports them.
+fn disk_space(path: &std::path::Path) -> (u64, u64) {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail,size"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "df said {text}");
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn a_closed_network_takes_nothing_from_strangers() {
+    let member = Dfs::new();
+    let _member_node = member.node(&[]);
+    let member_id = member.status().expect("member status").id;
+    let holder = Dfs::new();
+    holder.configure(&format!("[network]\nallow = [\"{member_id}\"]\n"));
+    let _holder_node = holder.node(&["--peer", &member.address()]);
+    // The invited peer connects and sees the holder as a storage peer.
+    wait_for(
+        Duration::from_secs(30),
+        "the member to see the holder",
+        || (dfs_tests::storage_peers_alive(&member) >= 1).then_some(()),
+    );
+    let flooded = flood(&holder, 64);
+    assert_eq!(flooded.shards, 0, "{flooded:?}");
+    assert!(flooded.refusal.starts_with("error:"), "{flooded:?}");
+    assert!(holder.held_files().is_empty());
+    // No connection of the stranger's stays open at the holder.
+    let strangers = holder
+        .peers()
+        .into_iter()
+        .filter(|p| p.id != member_id && p.connected)
+        .count();
+    assert_eq!(strangers, 0);
+}
