@@ -6,6 +6,9 @@
 # shard of its own, `--no-store`), medians of ROUNDS rounds with the two targets taking turns.
 # Then one storage peer is killed with -9 and the repair rate is measured: shard bytes rebuilt
 # onto the live peers divided by the time from the first rebuild to full health.
+# BASELINE_DFS=/path/to/an/older/dfs adds a second mount run by that binary over the same peers,
+# taking turns with the others: the ratio dfs/baseline is what the change between the two
+# binaries costs or gains on the mount's side (e.g. the reader's shard checks).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -21,6 +24,7 @@ work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dfs-placement-bench.XXXXXX")
 pids=()
 cleanup() {
   grep -q " $work/mnt " /proc/self/mountinfo && umount -l "$work/mnt"
+  grep -q " $work/mnt-base " /proc/self/mountinfo && umount -l "$work/mnt-base"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -28,6 +32,13 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/mnt" "$work/local"
 mkdir -p -m 700 "$work/client"
+baseline=${BASELINE_DFS:-}
+targets=(local dfs)
+if [ -n "$baseline" ]; then
+  mkdir -p "$work/mnt-base"
+  mkdir -p -m 700 "$work/client-base"
+  targets+=(base)
+fi
 
 # Six storage peers, in three zones.
 for i in $(seq 0 $((peers - 1))); do
@@ -46,6 +57,13 @@ printf '[placement]\nrepair_interval_ms = 500\nmax_bytes_per_sec = 4294967296\n'
 pids+=($!)
 for _ in $(seq 400); do grep -q " $work/mnt " /proc/self/mountinfo && break; sleep 0.05; done
 grep -q " $work/mnt " /proc/self/mountinfo || { echo "placement.sh: the mount did not come up" >&2; cat "$work/client.log" >&2; exit 1; }
+if [ -n "$baseline" ]; then
+  cp "$work/client/config.toml" "$work/client-base/config.toml"
+  "$baseline" --data "$work/client-base" mount "$work/mnt-base" --no-store --grace $grace --peer "$first" 2>"$work/client-base.log" &
+  pids+=($!)
+  for _ in $(seq 400); do grep -q " $work/mnt-base " /proc/self/mountinfo && break; sleep 0.05; done
+  grep -q " $work/mnt-base " /proc/self/mountinfo || { echo "placement.sh: the baseline mount did not come up" >&2; cat "$work/client-base.log" >&2; exit 1; }
+fi
 alive() { "$dfs" --data "$work/client" peers --json | python3 -c \
   'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["state"] == "alive" and p.get("capacity") is not None))'; }
 for _ in $(seq 200); do [ "$(alive)" -ge $peers ] && break; sleep 0.1; done
@@ -69,7 +87,17 @@ for r in $(seq "$rounds"); do
   # be read from the disk cache, measuring neither the network nor the peers.
   head -c $((size_mib << 20)) /dev/urandom > "$work/input"
   "$dfs" --data "$work/client" cache prune >/dev/null
-  if [ $((r % 2)) -eq 1 ]; then run local "$work/local"; run dfs "$work/mnt"; else run dfs "$work/mnt"; run local "$work/local"; fi
+  [ -z "$baseline" ] || "$baseline" --data "$work/client-base" cache prune >/dev/null
+  # Each round starts with the next target: every one goes first, middle and last in turn.
+  n=${#targets[@]}
+  for i in $(seq 0 $((n - 1))); do
+    t=${targets[$(( (i + r) % n ))]}
+    case $t in
+      local) run local "$work/local" ;;
+      dfs) run dfs "$work/mnt" ;;
+      base) run base "$work/mnt-base" ;;
+    esac
+  done
 done
 
 # Repair: keep one file on the network, kill a peer, time the rebuild.
@@ -98,8 +126,15 @@ for w in write read; do
   l=$(median "${result[local,$w]}"); d=$(median "${result[dfs,$w]}")
   printf '| seq %s MB/s | %.0f | %.0f | %.2f |\n' "$w" "$l" "$d" "$(echo "$d / $l" | bc -l)"
 done
+if [ -n "$baseline" ]; then
+  printf '\n| workload | baseline (%s) | dfs | dfs/baseline |\n|---|---|---|---|\n' "$(basename "$baseline")"
+  for w in write read; do
+    b=$(median "${result[base,$w]}"); d=$(median "${result[dfs,$w]}")
+    printf '| seq %s MB/s | %.0f | %.0f | %.2f |\n' "$w" "$b" "$d" "$(echo "$d / $b" | bc -l)"
+  done
+fi
 printf '\nevery round, MB/s:'
-for t in local dfs; do for w in write read; do printf ' %s %s [%s]' "$t" "$w" "$(tr ' ' '\n' <<<"${result[$t,$w]}" | grep . | xargs printf '%.0f ' | sed 's/ $//')"; done; done
+for t in "${targets[@]}"; do for w in write read; do printf ' %s %s [%s]' "$t" "$w" "$(tr ' ' '\n' <<<"${result[$t,$w]}" | grep . | xargs printf '%.0f ' | sed 's/ $//')"; done; done
 printf '\n'
 printf '\nrepair after kill -9 of one peer: %s shards, %.0f MiB rebuilt in %.1f s = %.0f MiB/s (detected dead after %.1f s)\n' \
   "$shards" "$repair_mib" "$(echo "$t_end - $t_first" | bc -l)" "$repair_rate" "$(echo "$t_first - $t_kill" | bc -l)"

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub memory_cache_bytes: prometheus::IntGauge,
     pub ops_received: IntCounterVec,
     pub bad_shards: IntCounterVec,
+    /// Inbound libp2p requests refused before they were read: the inbound budget was spent.
+    pub inbound_refused: IntCounter,
     pub replication_delay: prometheus::Histogram,
 }
 
@@ -51,6 +53,17 @@ fn counter(name: &str, help: &str) -> IntCounter {
     // The names and help texts are constants of this module: a failure is a bug caught by the
     // tests, not an input error. An unregistrable metric still counts, it is just not served.
     IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
+/// Drop the series labelled with `peer` (a peer forgotten from the table): a stranger that
+/// comes with a new identity each time must not grow this peer's memory without bound.
+pub fn forget_peer(peer: &libp2p::PeerId) {
+    let label = peer.to_string();
+    let m = metrics();
+    for vec in [&m.shard_sent_bytes, &m.shard_received_bytes] {
+        // Not there (never sent or received): nothing to drop.
+        let _ = vec.remove_label_values(&[&label]);
+    }
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -148,6 +161,11 @@ impl Metrics {
                  replaced a held shard with other bytes (overwrite)",
                 &["event"],
             ),
+            inbound_refused: counter(
+                "dfs_inbound_refused_total",
+                "Inbound libp2p requests refused before being read, because the requests being \
+                 read already held all of this peer's inbound budget",
+            ),
             replication_delay,
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
@@ -160,6 +178,7 @@ impl Metrics {
             Box::new(m.shard_received_bytes.clone()),
             Box::new(m.shard_request_failures.clone()),
             Box::new(m.bulk_requests.clone()),
+            Box::new(m.inbound_refused.clone()),
             Box::new(m.memory_cache_hits.clone()),
             Box::new(m.memory_cache_misses.clone()),
             Box::new(m.memory_cache_bytes.clone()),
@@ -473,6 +492,25 @@ pub async fn render(net: &Network) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_peer_leaves_no_series() {
+        let m = metrics();
+        let peer = libp2p::PeerId::random();
+        let label = peer.to_string();
+        m.shard_sent_bytes.with_label_values(&[&label]).inc_by(7);
+        let page = |m: &Metrics| {
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&m.registry.gather(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(page(m).contains(&label));
+        forget_peer(&peer);
+        assert!(!page(m).contains(&label));
+        forget_peer(&peer);
+    }
 
     #[test]
     fn event_series_are_registered_and_render_in_text_format() {

@@ -305,6 +305,17 @@ async fn store_fetch_check_delete_between_two_peers() {
             .expect("trusting fetch"),
         rotten
     );
+    // The same image stored again (a repair) replaces the rotten copy, whoever sends it: its
+    // bytes are the ones stored.
+    c.net
+        .store_shard(bid, chunk, 1, &[&image])
+        .await
+        .expect("store the same image again");
+    assert!(
+        std::fs::read(&path).expect("read") == image,
+        "the rot was not repaired"
+    );
+    std::fs::write(&path, &rotten).expect("corrupt");
     // A header that names another shard, or a file of the wrong length, is refused even so:
     // the holder checks what it sends from the file as it lies.
     let mut renamed = image.clone();

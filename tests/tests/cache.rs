@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use dfs_tests::{random_bytes, Dfs};
+use dfs_tests::{create_data_dir, random_bytes, Dfs};
 
 /// Write a cache entry of `len` random bytes with the given mtime (seconds after the epoch);
 /// returns its path.
@@ -13,6 +13,7 @@ fn cache_entry(dfs: &Dfs, seed: u64, len: usize, mtime: u64) -> PathBuf {
     let data = random_bytes(len, seed);
     let hex = blake3::hash(&data).to_hex().to_string();
     let dir = dfs.data().join("cache").join(&hex[..2]);
+    create_data_dir(&dfs.data());
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(&hex);
     fs::write(&path, &data).unwrap();

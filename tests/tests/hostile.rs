@@ -10,6 +10,9 @@
 //! - A peer that stores made-up shards as fast as a holder takes them stops at its quota;
 //!   others' shards never fill the holder's disk reserve (a tmpfs, as root); a peer outside a
 //!   closed network's allow list cannot store anything at all.
+//! - A peer that opens 64 bulk links to a holder and stalls each in the middle of a store
+//!   gets at most 32 links and a few of the holder's permits: another peer's reads are still
+//!   served on bulk links.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use dfs_tests::{is_root, metric, random_bytes, storage_network, wait_for, Dfs};
 /// A `dfs-hostile` process, killed when dropped.
 struct Hostile {
     child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
     id: String,
 }
 
@@ -34,8 +38,24 @@ impl Hostile {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn dfs-hostile");
-        let id = first_line(&mut child);
-        Hostile { child, id }
+        let stdout = child.stdout.take().expect("stdout");
+        let mut hostile = Hostile {
+            child,
+            out: std::io::BufReader::new(stdout),
+            id: String::new(),
+        };
+        hostile.id = hostile.next_line();
+        hostile
+    }
+
+    /// The next line the hostile peer prints.
+    fn next_line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out
+            .read_line(&mut line)
+            .expect("read dfs-hostile's output");
+        line.trim().to_string()
     }
 }
 
@@ -44,16 +64,6 @@ impl Drop for Hostile {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn first_line(child: &mut Child) -> String {
-    use std::io::BufRead;
-    let out = child.stdout.as_mut().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("read dfs-hostile's output");
-    line.trim().to_string()
 }
 
 /// Run a `dfs-hostile` mode to its end; its output lines after the peer id.
@@ -72,6 +82,40 @@ fn run_hostile(mode: &str, data: &Dfs, args: &[&str]) -> Vec<String> {
         .skip(1)
         .map(str::to_string)
         .collect()
+}
+
+/// `dfs put` of `bytes` by a fresh writer through `boot`: the link.
+fn put(bytes: &[u8], boot: &str) -> String {
+    let writer = Dfs::new();
+    let input = writer.path("input");
+    std::fs::write(&input, bytes).expect("write input");
+    let run = writer
+        .run(&["put", input.to_str().expect("utf-8"), "--peer", boot])
+        .ok();
+    let link = run.last_line().to_string();
+    assert!(link.starts_with("dfs://"), "{run:#?}");
+    link
+}
+
+/// `dfs get` of `link` by `reader` through `boot`, which must give back `bytes`.
+fn get(reader: &Dfs, link: &str, boot: &str, bytes: &[u8]) -> dfs_tests::Run {
+    let out = reader.path("out");
+    let run = reader
+        .run(&[
+            "get",
+            link,
+            "-o",
+            out.to_str().expect("utf-8"),
+            "--peer",
+            boot,
+        ])
+        .ok();
+    assert!(
+        std::fs::read(&out).expect("read output") == bytes,
+        "the reader got other bytes"
+    );
+    std::fs::remove_file(&out).expect("remove output");
+    run
 }
 
 fn held_total(dirs: &[Dfs]) -> usize {
@@ -96,15 +140,8 @@ fn a_forged_shard_is_read_around_reported_and_replaced() {
         },
     );
     // 6 chunks of 4+2 over 6 storage peers: the forger holds one shard of each.
-    let writer = Dfs::new();
-    let input = writer.path("input");
     let bytes = random_bytes(24 << 20, 20);
-    std::fs::write(&input, &bytes).expect("write input");
-    let run = writer
-        .run(&["put", input.to_str().expect("utf-8"), "--peer", &boot])
-        .ok();
-    let link = run.last_line().to_string();
-    assert!(link.starts_with("dfs://"), "{run:#?}");
+    let link = put(&bytes, &boot);
     wait_for(
         Duration::from_secs(10),
         "the forger to forge what it took",
@@ -114,21 +151,7 @@ fn a_forged_shard_is_read_around_reported_and_replaced() {
     let honest_before = held_total(&dirs);
 
     let reader = Dfs::new();
-    let out = reader.path("out");
-    let run = reader
-        .run(&[
-            "get",
-            &link,
-            "-o",
-            out.to_str().expect("utf-8"),
-            "--peer",
-            &boot,
-        ])
-        .ok();
-    assert!(
-        std::fs::read(&out).expect("read output") == bytes,
-        "the reader got other bytes"
-    );
+    let run = get(&reader, &link, &boot, &bytes);
     // The reader met the forgery (the forger holds a data shard of most chunks) and said who.
     assert!(
         run.stderr.contains(&forger.id) && run.stderr.contains("forged"),
@@ -144,30 +167,13 @@ fn a_forged_shard_is_read_around_reported_and_replaced() {
     );
     // The forger is not trusted by the peers it lied to... the reader is gone, but a second
     // read goes through just the same.
-    let again = reader.path("again");
-    reader
-        .run(&[
-            "get",
-            &link,
-            "-o",
-            again.to_str().expect("utf-8"),
-            "--peer",
-            &boot,
-        ])
-        .ok();
-    assert!(std::fs::read(&again).expect("read output") == bytes);
+    get(&reader, &link, &boot, &bytes);
 }
 
 #[test]
 fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
     let (dirs, _nodes, boot) = storage_network(2, "[placement]\ntrust_after_secs = 0\n", "5");
-    let writer = Dfs::new();
-    let input = writer.path("input");
-    std::fs::write(&input, random_bytes(4 << 20, 21)).expect("write input");
-    let run = writer
-        .run(&["put", input.to_str().expect("utf-8"), "--peer", &boot])
-        .ok();
-    assert!(run.last_line().starts_with("dfs://"), "{run:#?}");
+    put(&random_bytes(4 << 20, 21), &boot);
     let (path, chunk, index) = dirs[0]
         .held_files()
         .into_iter()
@@ -345,4 +351,51 @@ fn a_closed_network_takes_nothing_from_strangers() {
         .filter(|p| p.id != member_id && p.connected)
         .count();
     assert_eq!(strangers, 0);
+}
+
+/// What `dfs-hostile stall` printed.
+#[derive(Debug, serde::Deserialize)]
+struct Stalled {
+    opened: usize,
+    refused: usize,
+    error: String,
+}
+
+/// Requests the peer on `d` served on bulk links (`dfs status --json`).
+fn bulk_served(d: &Dfs) -> u64 {
+    let run = d.run(&["status", "--json"]).ok();
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).expect("status JSON");
+    status["bulk"]["served"]
+        .as_u64()
+        .expect("bulk links are on")
+}
+
+#[test]
+fn stalled_bulk_links_do_not_stop_another_peers_reads() {
+    let (dirs, _nodes, boot) = storage_network(3, "[placement]\ntrust_after_secs = 0\n", "5");
+    let bytes = random_bytes(8 << 20, 22);
+    let link = put(&bytes, &boot);
+
+    let holder = &dirs[0];
+    let mut staller = Hostile::start(
+        "stall",
+        &Dfs::new(),
+        &["--peer", &holder.address(), "--links", "64"],
+    );
+    let stalled: Stalled = serde_json::from_str(&staller.next_line()).expect("stall summary");
+    // The holder took no more links than it lets one peer have (32, though a link whose body
+    // missed its deadline gives its place back), and refused the rest.
+    assert!(stalled.opened >= 8 && stalled.refused > 0, "{stalled:?}");
+    assert!(stalled.error.contains("too many"), "{stalled:?}");
+
+    let before = bulk_served(holder);
+    let reader = Dfs::new();
+    get(&reader, &link, &boot, &bytes);
+    // Its requests to the holder were answered on bulk links, not turned away as busy.
+    let after = bulk_served(holder);
+    assert!(
+        after > before,
+        "the holder served the reader nothing on bulk links ({before} -> {after})"
+    );
+    drop(staller);
 }

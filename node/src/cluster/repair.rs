@@ -29,7 +29,7 @@ use dfs_placement::ChunkId;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::transfer::{fetch_from, gather, image, store_on};
+use super::transfer::{fetch_counted, fetch_from, gather, image, store_on};
 use super::{peer_from_bytes, Cluster, Members};
 use crate::chunk::{encode_shards, ChunkError};
 use crate::meta::{ChunkRecord, Placed};
@@ -701,7 +701,7 @@ fn scrub(cluster: &Cluster, repo: &Repo, state: &mut ScrubState) -> Result<(), C
             let intact = if peer == cluster.local || expected.is_some() {
                 // With the writer's hash at hand the shard itself is fetched and checked: a
                 // holder's own word (`Check`) is worth nothing from one that forged it.
-                let fetch = fetch_from(cluster, repo, peer, id, *index, expected);
+                let fetch = fetch_counted(cluster, repo, peer, id, *index, expected, false);
                 match block(cluster, async {
                     tokio::time::timeout(CHECK_TIMEOUT, fetch).await
                 }) {

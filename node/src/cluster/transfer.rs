@@ -102,7 +102,8 @@ impl std::fmt::Display for FetchFailure {
 }
 
 /// Fetch and verify shard `index` of `id` from `peer` (locally when it is this peer): its
-/// checksum, and that it carries `expected` when the writer's hash of it is known.
+/// checksum, and that it carries `expected` when the writer's hash of it is known. Counted
+/// as a read's fetch (`shards_fetched`, `bytes_fetched`, the fetch time).
 pub async fn fetch_from(
     cluster: &Cluster,
     repo: &Repo,
@@ -110,6 +111,19 @@ pub async fn fetch_from(
     id: &ChunkId,
     index: u8,
     expected: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, FetchFailure> {
+    fetch_counted(cluster, repo, peer, id, index, expected, true).await
+}
+
+/// [`fetch_from`], counted as a read's fetch or not (`counted` false: scrubbing).
+pub async fn fetch_counted(
+    cluster: &Cluster,
+    repo: &Repo,
+    peer: PeerId,
+    id: &ChunkId,
+    index: u8,
+    expected: Option<&[u8; 32]>,
+    counted: bool,
 ) -> Result<Vec<u8>, FetchFailure> {
     if peer == cluster.local {
         let local = match repo.store().read(id, index) {
@@ -132,6 +146,7 @@ pub async fn fetch_from(
         .fetch_verified(peer, *id, index, expected)
         .await;
     match result {
+        Ok(image) if !counted => Ok(image),
         Ok(image) => {
             cluster.observe_fetch(started.elapsed());
             cluster
@@ -145,10 +160,12 @@ pub async fn fetch_from(
             Ok(image)
         }
         Err(e) => {
-            cluster
-                .counters
-                .fetch_failures
-                .fetch_add(1, Ordering::Relaxed);
+            if counted {
+                cluster
+                    .counters
+                    .fetch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Err(FetchFailure {
                 forged: matches!(e, crate::net::NetError::BadData { .. }),
                 missing: matches!(

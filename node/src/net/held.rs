@@ -62,6 +62,8 @@ pub struct HeldShards {
     /// Configured capacity in bytes (0: the disk's free space is the only limit).
     capacity: u64,
     admission: Admission,
+    /// The capacity last shown ([`HeldShards::usage`]).
+    shown_capacity: AtomicU64,
     /// Bytes held for each owner (by peer id bytes), reserved before a shard is written.
     owners: Mutex<HashMap<Vec<u8>, u64>>,
     /// A client holds nothing for others: every store is refused, and it offers no capacity.
@@ -93,6 +95,7 @@ impl HeldShards {
             count: AtomicU64::new(count),
             capacity,
             admission,
+            shown_capacity: AtomicU64::new(0),
             owners: Mutex::new(owners),
             client,
             local,
@@ -108,11 +111,30 @@ impl HeldShards {
         self.repo.meta()
     }
 
-    /// (capacity offered, free of it, bytes used, shards held).
+    /// (capacity offered, free of it, bytes used, shards held). The capacity shown moves only
+    /// when the real one has drifted from it by more than an eighth: peers on a shared disk
+    /// (or beside anything else writing to it) would otherwise flip their rendezvous weight
+    /// (GiB rounded down to a power of two) back and forth near a boundary, and move shards
+    /// each time. Free space is the real one (never more than the capacity shown leaves).
     pub fn usage(&self) -> (u64, u64, u64, u64) {
+        let (capacity, used, count) = self.real_usage();
+        let shown = self.shown_capacity.load(Ordering::Relaxed);
+        let shown = if shown == 0 || capacity.abs_diff(shown) > capacity / 8 {
+            self.shown_capacity.store(capacity, Ordering::Relaxed);
+            capacity
+        } else {
+            shown
+        };
+        let free = capacity.min(shown).saturating_sub(used);
+        (shown, free, used, count)
+    }
+
+    /// (capacity, bytes used, shards held) as they are now: what stores are admitted by.
+    fn real_usage(&self) -> (u64, u64, u64) {
         let used = self.used.load(Ordering::Relaxed);
+        let count = self.count.load(Ordering::Relaxed);
         if self.client {
-            return (0, 0, used, self.count.load(Ordering::Relaxed));
+            return (0, used, count);
         }
         let path = self.repo.path();
         let reserve =
@@ -122,12 +144,7 @@ impl HeldShards {
             0 => room,
             c => c.min(room),
         };
-        (
-            capacity,
-            capacity.saturating_sub(used),
-            used,
-            self.count.load(Ordering::Relaxed),
-        )
+        (capacity, used, count)
     }
 
     /// Up to `limit` distinct chunks held here, in id order, after `after`.
@@ -219,8 +236,8 @@ impl HeldShards {
     /// Reserve `len` bytes for `owner`, or say why not: the capacity (after the disk reserve)
     /// is full, or `owner` already holds its quota of it.
     fn admit(&self, owner: &[u8], len: u64) -> Option<Refusal> {
-        let (capacity, free, _, _) = self.usage();
-        if len > free {
+        let (capacity, used, _) = self.real_usage();
+        if len > capacity.saturating_sub(used) {
             return Some(Refusal::Full);
         }
         let quota = capacity / 100 * u64::from(self.admission.peer_quota_percent);
@@ -245,8 +262,8 @@ impl HeldShards {
     }
 
     /// A store of a shard already held: a shard is taken once. The same image again (a
-    /// retry, or another writer of the same content) is answered `Stored` without touching
-    /// the file or its owner; other bytes under the same name are refused and counted as bad
+    /// retry, another writer of the same content, a repair) is answered `Stored` without
+    /// changing its owner, and rewrites the file only where it has rotted; other bytes under the same name are refused and counted as bad
     /// data: whoever sends them is trying to replace what another peer stored. A file lost
     /// from the disk under its record is written again, for its owner only.
     fn store_again(
@@ -265,7 +282,16 @@ impl HeldShards {
             .map(|_| &head[HASHED_HEADER_LEN..HEADER_LEN]);
         let sent_hash = ShardHeader::carried_hash(image);
         match held_hash {
-            Some(hash) if sent_hash.as_ref().map(|h| &h[..]) == Some(hash) => Ok(Response::Stored),
+            Some(hash) if sent_hash.as_ref().map(|h| &h[..]) == Some(hash) => {
+                // The same image (it verified, and carries the same blake3). If the copy
+                // here has rotted under its intact header, this is the repair that rebuilt
+                // it: written again, whoever sends it (the bytes are the ones stored).
+                if self.read_verified(&chunk, index).is_none() {
+                    tracing::warn!(peer = %from, chunk = %chunk.short(), index, "rewrote a held shard that had rotted on disk");
+                    self.store.write_grouped(&chunk, index, &[image])?;
+                }
+                Ok(Response::Stored)
+            }
             None if existing.owner == from.to_bytes() => {
                 self.store.write_grouped(&chunk, index, &[image])?;
                 Ok(Response::Stored)

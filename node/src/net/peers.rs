@@ -186,6 +186,8 @@ pub struct PeerTable {
     peers: HashMap<PeerId, Peer>,
     grace: Duration,
     suspect_after: Duration,
+    /// Peers dropped from the table since [`PeerTable::take_forgotten`] was last called.
+    forgotten: Vec<PeerId>,
 }
 
 /// The table as the API shows it.
@@ -223,7 +225,14 @@ impl PeerTable {
             peers: HashMap::new(),
             grace,
             suspect_after: (announce * 3).min(grace),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// The peers dropped from the table since the last call: what else is kept per peer
+    /// (metric labels, bulk sessions) goes with them.
+    pub fn take_forgotten(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     pub fn get(&self, id: &PeerId) -> Option<&Peer> {
@@ -414,9 +423,15 @@ impl PeerTable {
         // A client that has been silent for the grace period has gone (killed, or its goodbye
         // lost): it is forgotten, not dead. It held nothing, so nothing needs repair.
         let grace = self.grace;
-        self.peers.retain(|_, peer| {
+        let forgotten = &mut self.forgotten;
+        self.peers.retain(|id, peer| {
             let silent = now.saturating_duration_since(peer.last_seen);
-            !(peer.is_client() && peer.connections == 0 && silent >= FORGET_CLIENTS_AFTER)
+            let keep =
+                !(peer.is_client() && peer.connections == 0 && silent >= FORGET_CLIENTS_AFTER);
+            if !keep {
+                forgotten.push(*id);
+            }
+            keep
         });
         for (id, peer) in &mut self.peers {
             if peer.is_client() {
@@ -635,8 +650,15 @@ mod tests {
         assert_eq!((t.counts(), t.clients()), ((0, 0, 1), 0));
         assert!(t.views(now + GRACE).iter().all(|v| v.id != c.to_string()));
         // Long gone: dropped from the table.
+        assert!(t.take_forgotten().is_empty());
         t.tick(now + FORGET_CLIENTS_AFTER);
         assert!(t.get(&c).is_none());
+        assert_eq!(
+            t.take_forgotten(),
+            vec![c],
+            "what is kept per peer goes with it"
+        );
+        assert!(t.take_forgotten().is_empty());
         // A clean goodbye hides a client at once, and connection events after it do not
         // bring it back as a peer of unknown kind.
         let c2 = PeerId::random();

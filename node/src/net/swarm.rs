@@ -772,6 +772,12 @@ impl Node {
         let now = Instant::now();
         let changes = self.table.tick(now);
         self.log(changes);
+        for peer in self.table.take_forgotten() {
+            crate::metrics::forget_peer(&peer);
+            if let Some(bulk) = &self.bulk {
+                bulk.forget(&peer);
+            }
+        }
         for (peer, addrs) in self.table.due_dials(now) {
             let opts = DialOpts::peer_id(peer).addresses(addrs).build();
             if let Err(e) = self.swarm.dial(opts) {

@@ -208,14 +208,49 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError
     Ok(message)
 }
 
+/// Bytes of inbound requests (of every peer together) being read at once, in KiB. A request
+/// whose announced length does not fit what is left is refused before any of it is buffered:
+/// peers that open every stream they can, each announcing a shard and sending it slowly,
+/// cannot make this peer hold more than this. (Decoded requests then wait for one of the
+/// swarm's inbound slots or are answered `Busy`, so they are bounded too.)
+pub const INBOUND_BUDGET_KIB: usize = 64 << 10;
+static INBOUND_BUDGET: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(INBOUND_BUDGET_KIB);
+
 /// Read one length-prefixed frame, refusing oversized ones before buffering them.
 pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<Vec<u8>> {
+    let len = read_len(io, max).await?;
+    read_body(io, len).await
+}
+
+/// Read one length-prefixed inbound request frame: [`read_frame`] within the inbound budget
+/// ([`INBOUND_BUDGET_KIB`]), refused before it is buffered when the budget is spent.
+pub async fn read_inbound_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let len = read_len(io, max).await?;
+    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(_budget) = INBOUND_BUDGET.try_acquire_many(kib) else {
+        crate::metrics::metrics().inbound_refused.inc();
+        return Err(io::Error::other(
+            "this peer is reading as many requests as it may hold: refused",
+        ));
+    };
+    read_body(io, len).await
+}
+
+async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(WireError::TooLarge { len, max }.into());
     }
+    Ok(len)
+}
+
+async fn read_body<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<Vec<u8>> {
     // `len` is within the limit, so reserving it up front is bounded, and spares the
     // doublings of a growing buffer.
     let mut buf = Vec::with_capacity(len);
@@ -285,7 +320,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(decode(&read_frame(io, self.max_request).await?)?)
+        Ok(decode(&read_inbound_frame(io, self.max_request).await?)?)
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Resp>

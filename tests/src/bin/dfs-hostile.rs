@@ -9,6 +9,8 @@
 //!   with a valid checksum, and tries to store that over the holder's copy; prints the answer.
 //! - `flood`: stores made-up shards (each well formed, of a chunk that does not exist) on a
 //!   holder as fast as it takes them until it refuses; prints what it took as JSON.
+//! - `stall`: opens LINKS bulk links to a holder and on each sends the head of a store whose
+//!   body never comes, then holds them open; prints how many links the holder took as JSON.
 //!
 //! It is built only as a test binary of dfs-tests: nothing of it is in the `dfs` binary.
 
@@ -26,7 +28,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: dfs-hostile forge --data DIR --peer ADDR\n       \
          dfs-hostile overwrite --data DIR --peer ADDR --chunk HEX --index N\n       \
-         dfs-hostile flood --data DIR --peer ADDR [--shard-kib N]"
+         dfs-hostile flood --data DIR --peer ADDR [--shard-kib N]\n       \
+         dfs-hostile stall --data DIR --peer ADDR [--links N]"
     );
     std::process::exit(2)
 }
@@ -38,6 +41,7 @@ struct Args {
     chunk: Option<ChunkId>,
     index: u8,
     shard_kib: usize,
+    links: usize,
 }
 
 fn args() -> Args {
@@ -50,6 +54,7 @@ fn args() -> Args {
         chunk: None,
         index: 0,
         shard_kib: 1024,
+        links: 64,
     };
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| usage());
@@ -59,6 +64,7 @@ fn args() -> Args {
             "--chunk" => out.chunk = Some(value.parse().unwrap_or_else(|_| usage())),
             "--index" => out.index = value.parse().unwrap_or_else(|_| usage()),
             "--shard-kib" => out.shard_kib = value.parse().unwrap_or_else(|_| usage()),
+            "--links" => out.links = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -115,6 +121,7 @@ async fn main() {
             println!("{}", describe(answer));
         }
         "flood" => flood(&net, target, args.shard_kib << 10).await,
+        "stall" => stall(&net, target, args.links).await,
         _ => usage(),
     }
     net.shutdown().await;
@@ -197,4 +204,26 @@ async fn flood(net: &Network, target: libp2p::PeerId, len: usize) {
         }
     };
     println!("{{\"stored_bytes\": {stored}, \"shards\": {shards}, \"refusal\": {refusal:?}}}");
+}
+
+/// Open `links` bulk links to `target`, each stalled in the body of a 4 MiB store; print
+/// `{"opened": N, "refused": N, "error": "..."}` and hold them until killed.
+async fn stall(net: &Network, target: libp2p::PeerId, links: usize) {
+    let mut open = Vec::new();
+    let mut refused = 0;
+    let mut error = String::new();
+    for _ in 0..links {
+        match dfs_node::net::bulk::open_stalled_store(net, target, 4 << 20).await {
+            Ok(stream) => open.push(stream),
+            Err(e) => {
+                refused += 1;
+                error = e;
+            }
+        }
+    }
+    println!(
+        "{{\"opened\": {}, \"refused\": {refused}, \"error\": {error:?}}}",
+        open.len()
+    );
+    std::future::pending::<()>().await;
 }

@@ -252,3 +252,44 @@ async fn handshake(addr: SocketAddr, session: &Session) -> io::Result<Link> {
         FROM_CLIENT,
     ))
 }
+
+/// For the hostile-peer tests only (`dfs-hostile stall`): open a bulk link to `peer` and send
+/// the head of a store whose body of `body_len` bytes never follows, as a peer that means to
+/// hold the holder's permits would; the link is returned to be kept open. An honest client
+/// never does this.
+#[doc(hidden)]
+pub async fn open_stalled_store(
+    net: &Network,
+    peer: PeerId,
+    body_len: u64,
+) -> Result<TcpStream, String> {
+    let open = Open {
+        ticket: rand::random(),
+        key: rand::random(),
+    };
+    let session = Session {
+        ticket: open.ticket,
+        key: open.key,
+        addrs: net
+            .open_bulk(peer, open)
+            .await
+            .map_err(|e| e.to_string())?
+            .addrs,
+    };
+    let mut link = match dial(&session).await {
+        Ok(link) => link,
+        Err(Dial::UnknownTicket) => return Err("the peer does not know the session".into()),
+        Err(Dial::Failed(e)) => return Err(e),
+    };
+    let head = Request::Store {
+        chunk: dfs_placement::ChunkId(rand::random()),
+        index: 0,
+        image: Vec::new(),
+    };
+    let frame = link
+        .seal(&head, body_len, Some(rand::random()))
+        .map_err(|e| e.to_string())?;
+    let mut stream = link.into_stream();
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    Ok(stream)
+}

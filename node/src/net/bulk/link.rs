@@ -188,6 +188,11 @@ impl Link {
         }
     }
 
+    /// The connection itself (`open_stalled_store`, for the hostile-peer tests).
+    pub(super) fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Send `message` with `body`: a shard image, in parts that follow each other on the wire
     /// (usually its header, then its body, sent from where they lie), or nothing.
     pub(super) async fn send<M: Serialize>(

@@ -47,6 +47,8 @@ use super::wire::FramedCodec;
 use super::{Command, NetError};
 
 mod client;
+#[doc(hidden)]
+pub use client::open_stalled_store;
 mod link;
 mod reports;
 mod server;
