@@ -28,9 +28,7 @@ if command -v rustup >/dev/null && rustup toolchain list 2>/dev/null | grep -q '
 else
     export RUSTC_BOOTSTRAP=1
 fi
-host=$("${cargo[@]}" rustc -q --version --verbose 2>/dev/null | sed -n 's/^host: //p' ||
-    rustc -vV | sed -n 's/^host: //p')
-[ -n "$host" ] || host=$(rustc -vV | sed -n 's/^host: //p')
+host=$(rustc -vV | sed -n 's/^host: //p')
 
 # The flags of `cargo fuzz build` (sanitizer coverage with 8-bit counters, PC table and
 # comparison tracing), plus the root's `.cargo/config.toml` rustflags that RUSTFLAGS replaces.
