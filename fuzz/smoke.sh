@@ -23,7 +23,8 @@ export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
 started=$(date +%s)
 
 cargo=(cargo)
-if command -v rustup >/dev/null && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if command -v rustup >/dev/null && rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
+    rustup run nightly rustc --version >/dev/null 2>&1; then
     cargo=(cargo +nightly)
 else
     export RUSTC_BOOTSTRAP=1
