@@ -7,8 +7,9 @@
 #   rsync sqlite3 git : real tools run inside the mount by tests/posix/tools.sh
 #   bindfs fio : baselines and workloads of benches/mount.sh
 #   prometheus : a real Prometheus server scrapes the peers in tests/tests/metrics.rs
+#   g++ : libFuzzer's C++ sources, built by libfuzzer-sys for the fuzz targets (fuzz/smoke.sh)
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus)
+packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus g++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every check and test of dfs: formatting, clippy, and the whole workspace's tests
-# (unit, property and end-to-end tests through the real `dfs` binary).
+# (unit, property and end-to-end tests through the real `dfs` binary), then a short run of every
+# fuzz target (fuzz/smoke.sh; FUZZ_SECONDS=0 only builds them).
 # Tests that need root (tmpfs for full-disk cases, FUSE mounts, pjdfstest) run when this runs as
 # root, as CI does; elsewhere they say they skipped, and with DFS_REQUIRE_ROOT=1 (set by .ci/run)
 # they fail instead.
@@ -15,4 +16,6 @@ cargo build --locked -p dfs
 cargo test --workspace --locked -- --test-threads="${DFS_TEST_THREADS:-2}"
 echo "== POSIX conformance and real tools in the mount (root only)"
 ./tests/posix/run.sh
+echo "== fuzz smoke: every fuzz target built and run for FUZZ_SECONDS s (fuzz/smoke.sh)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-60} ./fuzz/smoke.sh
 echo "== all tests passed"

@@ -129,6 +129,101 @@ fn seal<M: Serialize>(
     Ok(frame)
 }
 
+/// Open the sealed head of frame number `counter` from direction `from` (its bytes after the
+/// length) in place; the plaintext, or `InvalidData` when it does not authenticate.
+fn open_head<'a>(
+    cipher: &ChaCha20Poly1305,
+    from: u8,
+    counter: u64,
+    sealed: &'a mut [u8],
+) -> io::Result<&'a [u8]> {
+    let Some(split) = sealed.len().checked_sub(TAG_LEN) else {
+        return Err(invalid(format!("frame head of {} bytes", sealed.len())));
+    };
+    let (plain, tag) = sealed.split_at_mut(split);
+    let tag = Tag::try_from(&*tag).map_err(|_| invalid("bad tag"))?;
+    cipher
+        .decrypt_inout_detached(&nonce(from, counter), &[], plain.into(), &tag)
+        .map_err(|_| invalid("frame head does not authenticate"))?;
+    Ok(plain)
+}
+
+/// Decode an opened frame head. Its sender holds the link key, so it may say anything: what
+/// does not decode, has trailing bytes or announces a body larger than a shard is `InvalidData`.
+fn decode_head<M: DeserializeOwned>(plain: &[u8]) -> io::Result<Head<M>> {
+    let (head, rest): (Head<M>, _) =
+        postcard::take_from_bytes(plain).map_err(|e| invalid(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(invalid("trailing bytes in the frame head"));
+    }
+    if head.body as usize > MAX_SHARD {
+        return Err(invalid(format!("body of {} bytes", head.body)));
+    }
+    Ok(head)
+}
+
+/// The frame head codec, for the fuzz targets in `fuzz/` (not an API).
+pub mod fuzzing {
+    use super::*;
+
+    /// What a frame head says: the message, the length of the body after it, and the hash
+    /// the body (a shard image) carries.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct HeadFields<M> {
+        pub message: M,
+        pub body: u32,
+        pub hash: Option<[u8; 32]>,
+    }
+
+    /// Decode an opened head as a link does.
+    pub fn decode_head<M: DeserializeOwned>(plain: &[u8]) -> io::Result<HeadFields<M>> {
+        let head = super::decode_head::<M>(plain)?;
+        Ok(HeadFields {
+            message: head.message,
+            body: head.body,
+            hash: head.hash,
+        })
+    }
+
+    /// Encode a head before it is sealed (the inverse of [`decode_head`]).
+    pub fn encode_head<M: Serialize>(head: &HeadFields<M>) -> io::Result<Vec<u8>> {
+        let head = Head {
+            message: &head.message,
+            body: head.body,
+            hash: head.hash,
+        };
+        postcard::to_allocvec(&head).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Seal `plain` as frame `counter` from direction `from` under the link key of `session`
+    /// (the sealed bytes after the length, as [`open_head`] takes them).
+    pub fn seal_head(
+        session: &[u8; 32],
+        from: u8,
+        counter: u64,
+        plain: &[u8],
+    ) -> io::Result<Vec<u8>> {
+        let cipher = link_key(session, &[1; 16], &[2; 16]);
+        let mut sealed = plain.to_vec();
+        let tag = cipher
+            .encrypt_inout_detached(&nonce(from, counter), &[], sealed.as_mut_slice().into())
+            .map_err(|_| invalid("cannot seal the frame head"))?;
+        sealed.extend_from_slice(&tag);
+        Ok(sealed)
+    }
+
+    /// Open sealed head bytes as a link keyed like [`seal_head`] does.
+    pub fn open_head(
+        session: &[u8; 32],
+        from: u8,
+        counter: u64,
+        sealed: &mut [u8],
+    ) -> io::Result<Vec<u8>> {
+        let cipher = link_key(session, &[1; 16], &[2; 16]);
+        super::open_head(&cipher, from, counter, sealed).map(<[u8]>::to_vec)
+    }
+}
+
 /// Write `head`, then the first `len` bytes of `file` with `sendfile`, to a non-blocking
 /// socket from a blocking thread: waits for room (at most [`SEND_STALL`] at a time).
 fn send_head_and_file(
@@ -276,21 +371,9 @@ impl Link {
         }
         let mut sealed = vec![0u8; len];
         self.stream.read_exact(&mut sealed).await?;
-        let (plain, tag) = sealed.split_at_mut(len - TAG_LEN);
-        let tag = Tag::try_from(&*tag).map_err(|_| invalid("bad tag"))?;
-        self.cipher
-            .decrypt_inout_detached(&nonce(self.out ^ 1, self.received), &[], plain.into(), &tag)
-            .map_err(|_| invalid("frame head does not authenticate"))?;
+        let plain = open_head(&self.cipher, self.out ^ 1, self.received, &mut sealed)?;
         self.received += 1;
-        let (head, rest): (Head<M>, _) =
-            postcard::take_from_bytes(plain).map_err(|e| invalid(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(invalid("trailing bytes in the frame head"));
-        }
-        if head.body as usize > MAX_SHARD {
-            return Err(invalid(format!("body of {} bytes", head.body)));
-        }
-        Ok(head)
+        decode_head(plain)
     }
 
     /// The body that follows `head`.

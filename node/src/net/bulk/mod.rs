@@ -53,6 +53,9 @@ mod link;
 mod reports;
 mod server;
 
+#[doc(hidden)]
+pub use link::fuzzing;
+
 /// The libp2p protocol that opens a session.
 pub const PROTOCOL: &str = "/dfs/bulk/1";
 /// The first bytes a client sends on a new link (format version 1).
