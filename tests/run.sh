@@ -13,9 +13,20 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo build --locked -p dfs
+# The fuzz targets build (their own workspace and flags) while the tests run, at the lowest
+# priority: the end-to-end tests spend much of their time waiting on peers and timers.
+fuzz_build_log=$(mktemp)
+FUZZ_SECONDS=0 nice -n 19 ./fuzz/smoke.sh >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
 cargo test --workspace --locked -- --test-threads="${DFS_TEST_THREADS:-2}"
 echo "== POSIX conformance and real tools in the mount (root only)"
 ./tests/posix/run.sh
 echo "== fuzz smoke: every fuzz target built and run for FUZZ_SECONDS s (fuzz/smoke.sh)"
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_build_log" >&2
+    echo "== fuzz targets failed to build" >&2
+    exit 1
+fi
+cat "$fuzz_build_log"
 FUZZ_SECONDS=${FUZZ_SECONDS:-60} ./fuzz/smoke.sh
 echo "== all tests passed"
