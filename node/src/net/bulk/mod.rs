@@ -18,7 +18,14 @@
 //!    reflected), then the *body* as is: a shard image, or nothing. The head says what is asked
 //!    or answered, the body's length and the blake3 the image carries (its bytes 48..80); the
 //!    receiver checks that the body carries that hash, and the shard code checks the hash over
-//!    the body's bytes, so a body changed in flight is refused like a corrupt shard.
+//!    the body's bytes. A body that does not match its head, or an image that does not verify
+//!    after a bulk transfer, may have changed in flight: the link is dropped (or the store is
+//!    refused without blame) and the request is asked again over libp2p, whose bytes Noise
+//!    authenticates; only what fails there too counts against the peer.
+//!
+//! Every wait has a deadline (handshake, idle, each body and answer), and what one peer can
+//! hold is capped: links in their handshake, open links per peer and in all, inbound permits
+//! per peer (docs/security.md).
 //!
 //! An observer of a bulk link sees what a storage peer sees anyway (chunk ids, shard indexes,
 //! ciphertext), never a key or a plaintext. Each link carries one request at a time; the
