@@ -139,14 +139,24 @@ fn a_forged_shard_is_read_around_reported_and_replaced() {
                 .then_some(())
         },
     );
-    // 6 chunks of 4+2 over 6 storage peers: the forger holds one shard of each.
-    let bytes = random_bytes(24 << 20, 20);
-    let link = put(&bytes, &boot);
-    wait_for(
-        Duration::from_secs(10),
-        "the forger to forge what it took",
-        || (forger_dir.held_files().len() >= 6).then_some(()),
-    );
+    // 6 chunks of 4+2 over 6 storage peers: the forger holds one shard of each, once the
+    // writer has heard of it (a `dfs put` starts when the peers it sees have been steady for a
+    // second, which can be before the forger's next announcement: then it tries again).
+    let mut seed = 20;
+    let (bytes, link) = loop {
+        let before = forger_dir.held_files().len();
+        let bytes = random_bytes(24 << 20, seed);
+        let link = put(&bytes, &boot);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while forger_dir.held_files().len() < before + 6 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if forger_dir.held_files().len() >= before + 6 {
+            break (bytes, link);
+        }
+        seed += 1;
+        assert!(seed < 24, "the forger was given too few shards in 4 puts");
+    };
     std::thread::sleep(Duration::from_millis(300));
     let honest_before = held_total(&dirs);
 
