@@ -99,6 +99,9 @@ pub struct NetworkConfig {
     /// A closed network: when not empty, only these peer ids may connect (every other
     /// connection is closed at once and its requests refused).
     pub allow: Vec<String>,
+    /// A private network: the path of a key file (`dfs network-key FILE` makes one; the
+    /// `swarm.key` format of IPFS). Only peers with the same key can connect; TCP only.
+    pub key_file: String,
     /// Established connections in all, and to any one peer.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
@@ -180,6 +183,7 @@ impl Default for NetworkConfig {
             reserve_percent: 5,
             peer_quota_percent: 50,
             allow: Vec::new(),
+            key_file: String::new(),
             max_connections: 512,
             max_connections_per_peer: 4,
             api: String::new(),

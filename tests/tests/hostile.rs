@@ -224,12 +224,16 @@ struct Flooded {
 }
 
 fn flood(holder: &Dfs, kib: u32) -> Flooded {
+    flood_with(&holder.address(), kib, &[])
+}
+
+/// [`flood`] of the peer at `address`, with more flags for `dfs-hostile`.
+fn flood_with(address: &str, kib: u32, extra: &[&str]) -> Flooded {
     let attacker = Dfs::new();
-    let said = run_hostile(
-        "flood",
-        &attacker,
-        &["--peer", &holder.address(), "--shard-kib", &kib.to_string()],
-    );
+    let kib = kib.to_string();
+    let mut args = vec!["--peer", address, "--shard-kib", &kib];
+    args.extend_from_slice(extra);
+    let said = run_hostile("flood", &attacker, &args);
     let line = said.last().expect("flood prints a summary");
     serde_json::from_str(line).expect("flood summary JSON")
 }
@@ -361,6 +365,75 @@ fn a_closed_network_takes_nothing_from_strangers() {
         .filter(|p| p.id != member_id && p.connected)
         .count();
     assert_eq!(strangers, 0);
+}
+
+/// `dfs network-key` into `dir/name`: the key file's path.
+fn network_key(d: &Dfs, name: &str) -> String {
+    let path = d.path(name);
+    let path = path.to_str().expect("utf-8").to_string();
+    let made = d.run(&["network-key", &path]).ok();
+    assert!(made.stdout.contains("fingerprint"), "{made:?}");
+    path
+}
+
+#[test]
+fn a_private_network_takes_nothing_from_peers_without_its_key() {
+    let holder = Dfs::new();
+    let key = network_key(&holder, "swarm.key");
+    // The key is never written over, and a key others can read is refused.
+    holder.run(&["network-key", &key]).fails_with("File exists");
+    let open = holder.path("open.key");
+    std::fs::write(&open, std::fs::read(&key).expect("read key")).expect("copy key");
+    holder
+        .run(&["node", "--network-key", open.to_str().expect("utf-8")])
+        .fails_with("chmod 600");
+    // A private network speaks TCP only, and says so when asked for QUIC.
+    holder
+        .run(&[
+            "node",
+            "--network-key",
+            &key,
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .fails_with("TCP only");
+
+    holder.configure("[network]\ncapacity = 16777216\n");
+    let _node = holder.node(&["--network-key", &key]);
+    let status = holder.status().expect("holder status");
+    assert!(
+        status.addresses.iter().all(|a| !a.contains("quic")),
+        "{:?}",
+        status.addresses
+    );
+    let shown = holder.run(&["status"]).ok();
+    assert!(shown.stdout.contains("key fingerprint"), "{shown:?}");
+    let address = holder.address();
+
+    // A peer with the key connects and stores (up to its quota of the holder).
+    let member = flood_with(&address, 1024, &["--key", &key]);
+    assert!(member.shards > 0, "{member:?}");
+    assert_eq!(member.refusal, "refused: Quota", "{member:?}");
+    let held = holder.held_files().len();
+
+    // Peers without it, or with another key, cannot even connect.
+    let stranger = flood_with(&address, 1024, &[]);
+    assert_eq!(stranger.shards, 0, "{stranger:?}");
+    assert!(stranger.refusal.starts_with("error:"), "{stranger:?}");
+    let elsewhere = Dfs::new();
+    let other = network_key(&elsewhere, "other.key");
+    let wrong = flood_with(&address, 1024, &["--key", &other]);
+    assert_eq!(wrong.shards, 0, "{wrong:?}");
+    assert!(wrong.refusal.starts_with("error:"), "{wrong:?}");
+    assert_eq!(holder.held_files().len(), held);
+    // Only the member ever connected, and it is gone.
+    wait_for(Duration::from_secs(10), "no connection left", || {
+        holder
+            .peers()
+            .into_iter()
+            .all(|p| !p.connected)
+            .then_some(())
+    });
 }
 
 /// What `dfs-hostile stall` printed.

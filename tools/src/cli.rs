@@ -306,6 +306,19 @@ created, invitations, joins). The log lives in the data directory's RocksDB and 
         #[arg(long)]
         json: bool,
     },
+    /// Make a private network key: only peers whose config names it can connect
+    #[command(
+        long_about = "Write a new random private network key to FILE (mode 600; an existing file \
+is never overwritten) and print its fingerprint. Give the file to every peer of the network and \
+set `[network] key_file = \"FILE\"` in each one's config: connections are then wrapped in \
+libp2p's pre-shared-key handshake before anything else, so a peer without the key cannot \
+connect at all. The format is IPFS's swarm.key. A private network speaks TCP only (QUIC has no \
+place for the key)."
+    )]
+    NetworkKey {
+        /// Where to write the key
+        file: PathBuf,
+    },
 }
 
 fn parse_ec(s: &str) -> Result<(u8, u8), String> {
@@ -654,7 +667,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
             follow,
             json,
         } => crate::events::run(&data_dir(args.data)?, since, &kind, follow, json),
+        Command::NetworkKey { file } => network_key(&file),
     }
+}
+
+/// `dfs network-key FILE`: a new key, created 0600 and never over an existing file.
+fn network_key(file: &Path) -> Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = dfs_node::net::transport::new_network_key();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    out.write_all(key.to_key_file().as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    println!(
+        "wrote a private network key to {} (fingerprint {}); set `[network] key_file` to it on \
+         every peer of the network",
+        file.display(),
+        key.fingerprint()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How long `dfs put` with a network waits for every shard to reach the storage peers.

@@ -53,6 +53,9 @@ pub struct NetArgs {
     /// Address of the HTTP control API [default: 127.0.0.1 and a free port]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<SocketAddr>,
+    /// Join a private network: the key file (`dfs network-key FILE`; `[network] key_file`)
+    #[arg(long, value_name = "FILE")]
+    pub network_key: Option<std::path::PathBuf>,
     /// Keep no shards of this peer's own chunks here: every shard goes to other peers
     /// (`[placement] store_here = false`)
     #[arg(long)]
@@ -79,6 +82,9 @@ impl NetArgs {
         }
         if let Some(capacity) = self.capacity {
             c.capacity = capacity;
+        }
+        if let Some(key) = &self.network_key {
+            c.key_file = key.display().to_string();
         }
         c
     }
@@ -441,6 +447,9 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     );
     for (i, addr) in s.addresses.iter().enumerate() {
         println!("{}{addr}", if i == 0 { "addresses " } else { "          " });
+    }
+    if let Some(fingerprint) = &s.network_key {
+        println!("network   private (key fingerprint {fingerprint})");
     }
     if let Some(b) = &s.bulk {
         println!(

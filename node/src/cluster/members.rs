@@ -251,6 +251,7 @@ mod tests {
             addresses: Vec::new(),
             uptime_secs: 1000.0,
             client: false,
+            network_key: None,
             storage: StorageStatus {
                 capacity: 8 << 30,
                 free: 8 << 30,

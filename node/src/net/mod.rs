@@ -15,6 +15,7 @@ pub mod identity;
 pub mod peers;
 mod swarm;
 pub mod sync;
+pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct NetOptions {
     pub admission: held::Admission,
     /// A closed network: only these peers may connect (empty: anyone).
     pub allow: std::collections::HashSet<PeerId>,
+    /// A private network: only peers with this key complete a connection ([`transport`]).
+    pub network_key: Option<libp2p::pnet::PreSharedKey>,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     /// How fast provider records of held chunks are announced in the DHT.
@@ -141,9 +144,23 @@ impl NetOptions {
                 .map(|s| parse_addr(what, s))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let network_key = match c.key_file.as_str() {
+            "" => None,
+            path => Some(transport::read_network_key(std::path::Path::new(path))?),
+        };
         let mut listen = parse_all("listen address", &c.listen)?;
         if listen.is_empty() {
             listen = default_listen();
+            if network_key.is_some() {
+                listen.retain(|a| !transport::is_quic(a));
+            }
+        }
+        if let (Some(_), Some(quic)) = (network_key, listen.iter().find(|a| transport::is_quic(a)))
+        {
+            return Err(NetError::Start(format!(
+                "cannot listen on {quic}: a private network (network.key_file) speaks TCP only; \
+                 QUIC has no place for its key"
+            )));
         }
         let rendezvous = parse_all("rendezvous address", &c.rendezvous)?;
         if let Some(bad) = rendezvous.iter().find(|a| peer_of(a).is_none()) {
@@ -169,6 +186,7 @@ impl NetOptions {
                 peer_quota_percent: c.peer_quota_percent,
             },
             allow: c.allow.iter().filter_map(|id| id.parse().ok()).collect(),
+            network_key,
             max_connections: c.max_connections,
             max_connections_per_peer: c.max_connections_per_peer,
             announce_rate: AnnounceRate {
@@ -202,6 +220,9 @@ pub struct NodeStatus {
     /// A client (holds nothing for others; see [`NetOptions::client`]).
     #[serde(default)]
     pub client: bool,
+    /// The fingerprint of the private network key (`[network] key_file`), when there is one.
+    #[serde(default)]
+    pub network_key: Option<String>,
     pub storage: StorageStatus,
     pub peers: PeerCounts,
     /// Bulk links ([`bulk`]); `None` when they are off.

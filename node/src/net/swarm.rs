@@ -17,7 +17,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     allow_block_list, connection_limits, dcutr, gossipsub, identify, mdns, noise, ping, relay,
-    rendezvous, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    rendezvous, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +26,7 @@ use super::bulk::{self, Bulk, BulkCodec};
 use super::held::{disk_free, disk_total, HeldShards};
 use super::peers::{Announcement, PeerTable, PeerView, Transition};
 use super::sync::{self, OpsHub, SyncCodec, SyncRequest, SyncResponse, Syncing};
+use super::transport;
 use super::wire::{Refusal, Request, Response, ShardCodec, PROTOCOL};
 use super::{
     peer_of, Command, NetError, NetOptions, NodeStatus, PeerCounts, StorageStatus, REQUEST_TIMEOUT,
@@ -268,15 +269,13 @@ impl Node {
         hub: Arc<OpsHub>,
     ) -> Result<Self, NetError> {
         let mut built_error = None;
+        let network_key = options.network_key;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_other_transport(|identity| transport::tcp(identity, network_key))
             .map_err(start_error)?
-            .with_quic()
+            .with_other_transport(|identity| transport::quic(identity, network_key))
+            .map_err(start_error)?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(start_error)?
             .with_behaviour(
@@ -720,6 +719,10 @@ impl Node {
             addresses: self.listen.iter().map(|a| dialable(a, local)).collect(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             client: self.options.client,
+            network_key: self
+                .options
+                .network_key
+                .map(|k| k.fingerprint().to_string()),
             storage: StorageStatus {
                 capacity,
                 free,

@@ -29,7 +29,8 @@ fn usage() -> ! {
         "usage: dfs-hostile forge --data DIR --peer ADDR\n       \
          dfs-hostile overwrite --data DIR --peer ADDR --chunk HEX --index N\n       \
          dfs-hostile flood --data DIR --peer ADDR [--shard-kib N]\n       \
-         dfs-hostile stall --data DIR --peer ADDR [--links N]"
+         dfs-hostile stall --data DIR --peer ADDR [--links N]\n\n\
+         Every mode takes --key FILE: a private network key to connect with."
     );
     std::process::exit(2)
 }
@@ -42,6 +43,7 @@ struct Args {
     index: u8,
     shard_kib: usize,
     links: usize,
+    key: String,
 }
 
 fn args() -> Args {
@@ -55,6 +57,7 @@ fn args() -> Args {
         index: 0,
         shard_kib: 1024,
         links: 64,
+        key: String::new(),
     };
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| usage());
@@ -65,6 +68,7 @@ fn args() -> Args {
             "--index" => out.index = value.parse().unwrap_or_else(|_| usage()),
             "--shard-kib" => out.shard_kib = value.parse().unwrap_or_else(|_| usage()),
             "--links" => out.links = value.parse().unwrap_or_else(|_| usage()),
+            "--key" => out.key = value,
             _ => usage(),
         }
     }
@@ -93,6 +97,7 @@ async fn main() {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         peers: vec![args.peer.clone()],
         grace_secs: 5,
+        key_file: args.key.clone(),
         ..NetworkConfig::default()
     };
     let mut options = NetOptions::from_config(&config).expect("network options");
