@@ -495,6 +495,21 @@ impl Peer {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The process's resident memory now and at its peak so far (VmRSS, VmHWM), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("the peer runs").id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
 }
 
 impl Drop for Peer {

@@ -436,6 +436,61 @@ fn a_private_network_takes_nothing_from_peers_without_its_key() {
     });
 }
 
+/// What `dfs-hostile streams` printed.
+#[derive(Debug, serde::Deserialize)]
+struct Streams {
+    opened: u64,
+    cut: u64,
+}
+
+/// The most a holder's resident memory may grow under `dfs-hostile streams`: the store budget
+/// (64 MiB, `wire::INBOUND_BUDGET_KIB`), the small-request budget (16 MiB) and room for Yamux
+/// buffers and the allocator.
+const STREAMS_GROWTH_KIB: u64 = 160 << 10;
+
+#[test]
+fn a_peer_opening_every_stream_it_can_stays_within_a_holders_memory() {
+    // No bulk links: every shard a reader fetches goes over the libp2p connections under attack.
+    let config = "[placement]\ntrust_after_secs = 0\n[network]\nbulk_links = false\n";
+    let (dirs, nodes, boot) = storage_network(2, config, "5");
+    let bytes = random_bytes(8 << 20, 23);
+    let link = put(&bytes, &boot);
+    let holder = &dirs[0];
+    let (_, peak_before) = nodes[0].memory_kib();
+
+    let mut attacker = Hostile::start(
+        "streams",
+        &Dfs::new(),
+        &["--peer", &holder.address(), "--links", "8", "--secs", "20"],
+    );
+    // While the streams are held, a reader still gets every byte (4 of the 6 shards of each
+    // chunk, so some from the holder under attack: 2 peers hold 3 each).
+    std::thread::sleep(Duration::from_secs(4));
+    let reader = Dfs::new();
+    let started = std::time::Instant::now();
+    get(&reader, &link, &boot, &bytes);
+    eprintln!("read under attack in {:?}", started.elapsed());
+    let refused = metric(&holder.metrics(), "dfs_inbound_refused_total").unwrap_or(0.0);
+    let said: Streams = serde_json::from_str(&attacker.next_line()).expect("streams summary");
+    let (_, peak) = nodes[0].memory_kib();
+    eprintln!(
+        "holder peak RSS {} MiB before, {} MiB under attack; {said:?}; {refused} refused",
+        peak_before >> 10,
+        peak >> 10
+    );
+    // The holder was asked for far more streams than its budgets hold: the attack reached the
+    // limits, and they held.
+    assert!(said.opened > 1000 && said.cut > 1000, "{said:?}");
+    assert!(refused > 0.0, "the budget was never reached");
+    assert!(
+        peak < peak_before + STREAMS_GROWTH_KIB,
+        "the holder grew from {peak_before} KiB to {peak} KiB"
+    );
+    // And it still serves: a second read after the attack.
+    drop(attacker);
+    get(&reader, &link, &boot, &bytes);
+}
+
 /// What `dfs-hostile stall` printed.
 #[derive(Debug, serde::Deserialize)]
 struct Stalled {

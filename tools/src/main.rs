@@ -58,10 +58,13 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if args.verbose {
-            "info,fuser=warn,dfs_notice=info"
+            "info,fuser=warn,libp2p_request_response=error,dfs_notice=info"
         } else {
-            // fuser warns when the mount it would undo is already gone (`dfs umount`).
-            "warn,fuser=error,libp2p_kad=error,dfs_notice=info"
+            // fuser warns when the mount it would undo is already gone (`dfs umount`);
+            // request-response warns of every inbound stream it drops at capacity, which a
+            // hostile peer could turn into a flood of log lines (dfs_inbound_refused_total and
+            // the per-connection stream cap count and bound them instead).
+            "warn,fuser=error,libp2p_kad=error,libp2p_request_response=error,dfs_notice=info"
         })
     });
     let logs = tracing_subscriber::fmt()

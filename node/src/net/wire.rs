@@ -8,6 +8,7 @@
 //! property-tested with arbitrary bytes.
 
 use std::io;
+use std::time::Duration;
 
 use dfs_placement::ChunkId;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -208,14 +209,28 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError
     Ok(message)
 }
 
-/// Bytes of inbound requests (of every peer together) being read at once, in KiB. A request
-/// whose announced length does not fit what is left is refused before any of it is buffered:
-/// peers that open every stream they can, each announcing a shard and sending it slowly,
-/// cannot make this peer hold more than this. (Decoded requests then wait for one of the
-/// swarm's inbound slots or are answered `Busy`, so they are bounded too.)
+/// Bytes of inbound requests larger than [`SMALL_REQUEST`] (stores, of every peer together)
+/// being read at once, in KiB. A request whose announced length does not fit what is left is
+/// refused before any of it is buffered: peers that open every stream they can, each announcing
+/// a shard and sending it slowly, cannot make this peer hold more than this. (Decoded requests
+/// then wait for one of the swarm's inbound slots or are answered `Busy`, so they are bounded
+/// too.)
 pub const INBOUND_BUDGET_KIB: usize = 64 << 10;
 static INBOUND_BUDGET: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(INBOUND_BUDGET_KIB);
+/// Requests up to this size (fetches, checks, queries: a few dozen bytes each) are read within
+/// a budget of their own ([`SMALL_BUDGET_KIB`]), so stalled stores can never starve them. One
+/// peer reads at most 4 connections x 64 streams of them at once: 1 MiB of the 16.
+pub const SMALL_REQUEST: usize = 4 << 10;
+pub const SMALL_BUDGET_KIB: usize = 16 << 10;
+static SMALL_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SMALL_BUDGET_KIB);
+
+/// The time a body of `len` bytes may take to arrive: 5 s, plus 1 s per MiB (a peer slower
+/// than 1 MiB/s holds this peer's memory longer than it is worth).
+pub fn transfer_deadline(len: usize) -> Duration {
+    TRANSFER_BASE + Duration::from_secs((len >> 20) as u64)
+}
+const TRANSFER_BASE: Duration = Duration::from_secs(5);
 
 /// Read one length-prefixed frame, refusing oversized ones before buffering them.
 pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<Vec<u8>> {
@@ -223,21 +238,35 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Res
     read_body(io, len).await
 }
 
-/// Read one length-prefixed inbound request frame: [`read_frame`] within the inbound budget
-/// ([`INBOUND_BUDGET_KIB`]), refused before it is buffered when the budget is spent.
+/// Read one length-prefixed inbound request frame: [`read_frame`] within the inbound budgets
+/// ([`INBOUND_BUDGET_KIB`], [`SMALL_BUDGET_KIB`]), refused before it is buffered when its
+/// budget is spent, and given up when its body does not arrive by [`transfer_deadline`] (the
+/// budget goes back at once instead of after the request timeout). Runs on tokio.
 pub async fn read_inbound_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     max: usize,
 ) -> io::Result<Vec<u8>> {
     let len = read_len(io, max).await?;
     let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
-    let Ok(_budget) = INBOUND_BUDGET.try_acquire_many(kib) else {
+    let budget = if len <= SMALL_REQUEST {
+        &SMALL_BUDGET
+    } else {
+        &INBOUND_BUDGET
+    };
+    let Ok(_budget) = budget.try_acquire_many(kib) else {
         crate::metrics::metrics().inbound_refused.inc();
         return Err(io::Error::other(
             "this peer is reading as many requests as it may hold: refused",
         ));
     };
-    read_body(io, len).await
+    tokio::time::timeout(transfer_deadline(len), read_body(io, len))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("a request of {len} bytes did not arrive in time"),
+            )
+        })?
 }
 
 async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<usize> {

@@ -11,6 +11,12 @@
 //!   holder as fast as it takes them until it refuses; prints what it took as JSON.
 //! - `stall`: opens LINKS bulk links to a holder and on each sends the head of a store whose
 //!   body never comes, then holds them open; prints how many links the holder took as JSON.
+//! - `streams`: opens as many connections to a holder as it takes, and on them as many
+//!   shard-protocol streams as it lets in, each announcing a store of a full-size shard and
+//!   sending all of it but the last byte; opens new ones as the holder drops them, for SECS
+//!   seconds; prints how many it opened and how many the holder cut short as JSON. This mode
+//!   runs a bare libp2p swarm of its own (the real transport: TCP, Noise, Yamux) rather than
+//!   dfs's `Network`, which would never send a request it cannot finish.
 //!
 //! It is built only as a test binary of dfs-tests: nothing of it is in the `dfs` binary.
 
@@ -29,7 +35,8 @@ fn usage() -> ! {
         "usage: dfs-hostile forge --data DIR --peer ADDR\n       \
          dfs-hostile overwrite --data DIR --peer ADDR --chunk HEX --index N\n       \
          dfs-hostile flood --data DIR --peer ADDR [--shard-kib N]\n       \
-         dfs-hostile stall --data DIR --peer ADDR [--links N]\n\n\
+         dfs-hostile stall --data DIR --peer ADDR [--links N]\n       \
+         dfs-hostile streams --data DIR --peer ADDR [--links N] [--secs N]\n\n\
          Every mode takes --key FILE: a private network key to connect with."
     );
     std::process::exit(2)
@@ -43,6 +50,7 @@ struct Args {
     index: u8,
     shard_kib: usize,
     links: usize,
+    secs: u64,
     key: String,
 }
 
@@ -57,6 +65,7 @@ fn args() -> Args {
         index: 0,
         shard_kib: 1024,
         links: 64,
+        secs: 20,
         key: String::new(),
     };
     while let Some(flag) = it.next() {
@@ -69,6 +78,7 @@ fn args() -> Args {
             "--shard-kib" => out.shard_kib = value.parse().unwrap_or_else(|_| usage()),
             "--links" => out.links = value.parse().unwrap_or_else(|_| usage()),
             "--key" => out.key = value,
+            "--secs" => out.secs = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -92,6 +102,10 @@ fn forge(image: &[u8]) -> Option<Vec<u8>> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = args();
+    if args.mode == "streams" {
+        streams::run(&args.peer, args.links, Duration::from_secs(args.secs)).await;
+        return;
+    }
     let repo = Arc::new(Repo::open(&args.data).expect("open the data directory"));
     let config = NetworkConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
@@ -231,4 +245,148 @@ async fn stall(net: &Network, target: libp2p::PeerId, links: usize) {
         open.len()
     );
     std::future::pending::<()>().await;
+}
+
+/// The `streams` mode: a bare libp2p swarm that holds every shard-protocol stream it can open.
+mod streams {
+    use std::io;
+    use std::time::{Duration, Instant};
+
+    use libp2p::futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{noise, tcp, yamux, Multiaddr, StreamProtocol};
+
+    /// Writes the length of a full-size store and all of its bytes but the last 64 KiB
+    /// quickly, then one byte every half second (so a stream the holder drops is noticed and
+    /// replaced); never reads an answer.
+    #[derive(Clone, Default)]
+    struct Withholding;
+
+    impl request_response::Codec for Withholding {
+        type Protocol = StreamProtocol;
+        type Request = usize;
+        type Response = ();
+
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+        ) -> io::Result<usize> {
+            Err(io::Error::other("this peer serves nothing"))
+        }
+
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+        ) -> io::Result<()> {
+            std::future::pending().await
+        }
+
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            len: usize,
+        ) -> io::Result<()> {
+            io.write_all(&(len as u32).to_be_bytes()).await?;
+            let piece = vec![0u8; 64 << 10];
+            let mut left = len - piece.len();
+            while left > 0 {
+                let n = left.min(piece.len());
+                io.write_all(&piece[..n]).await?;
+                left -= n;
+            }
+            loop {
+                io.flush().await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                io.write_all(&[0]).await?;
+            }
+        }
+
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+            _: (),
+        ) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub async fn run(peer: &str, connections: usize, secs: Duration) {
+        let addr: Multiaddr = peer.parse().expect("peer address");
+        let target = dfs_node::net::peer_of(&addr).expect("the peer address names no peer id");
+        let behaviour = request_response::Behaviour::<Withholding>::new(
+            [(
+                StreamProtocol::new(dfs_node::net::wire::PROTOCOL),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(3600))
+                .with_max_concurrent_streams(4096),
+        );
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp transport")
+            .with_behaviour(|_| behaviour)
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        println!("{}", swarm.local_peer_id());
+        let dial = |swarm: &mut libp2p::Swarm<request_response::Behaviour<Withholding>>| {
+            let dial = DialOpts::peer_id(target)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Always)
+                .build();
+            if let Err(e) = swarm.dial(dial) {
+                eprintln!("cannot dial: {e}");
+            }
+        };
+        for _ in 0..connections.max(1) {
+            dial(&mut swarm);
+        }
+        let len = dfs_node::net::wire::MAX_FRAME - 1024;
+        let end = Instant::now() + secs;
+        let (mut open, mut opened, mut cut) = (0usize, 0u64, 0u64);
+        let mut connected = 0usize;
+        while Instant::now() < end {
+            // Keep as many streams asked for as the connections carry, at all times (Yamux
+            // closes a connection that opens more than 512 streams at once: stay under that).
+            while open < connected * 256 {
+                swarm.behaviour_mut().send_request(&target, len);
+                open += 1;
+                opened += 1;
+            }
+            let event = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
+            match event {
+                Ok(Some(SwarmEvent::ConnectionEstablished { .. })) => connected += 1,
+                Ok(Some(SwarmEvent::ConnectionClosed { cause, .. })) => {
+                    // The holder closed it (one connection too many) or Yamux did (streams
+                    // opened faster than the holder dropped them): connect again.
+                    eprintln!("connection closed: {cause:?}");
+                    connected = connected.saturating_sub(1);
+                    dial(&mut swarm);
+                }
+                Ok(Some(SwarmEvent::OutgoingConnectionError { error, .. })) => {
+                    eprintln!("cannot connect: {error}");
+                }
+                Ok(Some(SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    ..
+                }))) => {
+                    open = open.saturating_sub(1);
+                    cut += 1;
+                }
+                _ => {}
+            }
+        }
+        println!("{{\"opened\": {opened}, \"cut\": {cut}, \"connected\": {connected}}}");
+    }
 }

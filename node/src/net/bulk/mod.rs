@@ -51,6 +51,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::held::HeldShards;
 use super::wire::FramedCodec;
+// A body or an answer that misses its deadline drops the link (a link slower than 1 MiB/s is
+// not worth keeping a permit for; libp2p is still there).
+use super::wire::transfer_deadline;
 use super::{Command, NetError};
 
 mod client;
@@ -95,14 +98,6 @@ const LINKS_PER_PEER: usize = 32;
 const MAX_LINKS: usize = 1024;
 /// TCP connections still in their handshake (anyone can open one: no ticket is checked yet).
 const MAX_HANDSHAKES: usize = 64;
-/// The time a body or an answer may take: this much, plus a second per MiB (a link slower
-/// than 1 MiB/s is not worth keeping a permit for; libp2p is still there).
-const TRANSFER_BASE: Duration = Duration::from_secs(5);
-
-/// The deadline for moving `len` bytes of a body ([`TRANSFER_BASE`]).
-fn transfer_deadline(len: usize) -> Duration {
-    TRANSFER_BASE + Duration::from_secs((len >> 20) as u64)
-}
 /// Direction bytes of the frame nonces.
 const FROM_CLIENT: u8 = 0;
 const FROM_SERVER: u8 = 1;
