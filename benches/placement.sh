@@ -23,6 +23,13 @@ dfs=$root/target/release/dfs
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dfs-placement-bench.XXXXXX")
 pids=()
 cleanup() {
+  status=$?
+  if [ "$status" -ne 0 ]; then
+    # What the mounts said before the failure: the only trace left once $work is removed.
+    for log in "$work"/client*.log; do
+      [ -f "$log" ] && { echo "--- $(basename "$log") (last lines)" >&2; grep -v ' INFO ' "$log" | tail -n 20 >&2; }
+    done
+  fi
   grep -q " $work/mnt " /proc/self/mountinfo && umount -l "$work/mnt"
   grep -q " $work/mnt-base " /proc/self/mountinfo && umount -l "$work/mnt-base"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -8,8 +8,9 @@
 #   bindfs fio : baselines and workloads of benches/mount.sh
 #   prometheus : a real Prometheus server scrapes the peers in tests/tests/metrics.rs
 #   g++ : libFuzzer's C++ sources, built by libfuzzer-sys for the fuzz targets (fuzz/smoke.sh)
+#   nftables : a test sends a bulk link through a byte-flipping proxy (tests/tests/hostile.rs)
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus g++)
+packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus g++ nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::link::ShareLink;
 
 const FORMAT_V1: u8 = 1;
+/// The largest directory listing read: over a million entries with long names. A link's
+/// author chooses the listing's size, and holes cost it nothing, so the size is checked before
+/// the listing is read into memory.
+pub const MAX_LISTING: u64 = 256 << 20;
 
 /// One stored file, directory or symlink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +307,13 @@ fn read_listing(
     path: &Path,
     repair: bool,
 ) -> Result<(Vec<Entry>, ReadReport), SnapshotError> {
+    if blob.size > MAX_LISTING {
+        return Err(SnapshotError::Malformed(format!(
+            "directory {}: a listing of {} bytes (at most {MAX_LISTING} are read)",
+            path.display(),
+            blob.size
+        )));
+    }
     let (bytes, report) =
         read_blob_to_vec(repo, blob, repair).map_err(SnapshotError::blob(path))?;
     let listing: Listing = postcard::from_bytes(&bytes)
@@ -613,4 +624,29 @@ fn verify_entry(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_larger_than_any_directory_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let repo = Repo::open(&data).expect("open repo");
+        // A link's author can claim any size: a tree of holes costs it nothing to store, and
+        // reading it would cost the reader that much memory.
+        let blob = BlobRef {
+            size: 1 << 40,
+            ..BlobRef::EMPTY
+        };
+        let err = read_listing(&repo, &blob, Path::new("d"), false).expect_err("refused");
+        assert!(
+            matches!(&err, SnapshotError::Malformed(m) if m.contains("at most")),
+            "{err}"
+        );
+    }
 }

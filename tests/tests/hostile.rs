@@ -14,7 +14,10 @@
 //!   gets at most 32 links and a few of the holder's permits: another peer's reads are still
 //!   served on bulk links.
 
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_tests::{is_root, metric, random_bytes, storage_network, wait_for, Dfs};
@@ -536,4 +539,193 @@ fn stalled_bulk_links_do_not_stop_another_peers_reads() {
         "the holder served the reader nothing on bulk links ({before} -> {after})"
     );
     drop(staller);
+}
+
+/// A TCP proxy on 127.0.0.1 that forwards every connection to `to`, flipping one bit of what
+/// comes back, `at` bytes into each connection: a link that changes a byte in transit.
+struct Flipper {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    flipped: Arc<AtomicBool>,
+}
+
+impl Flipper {
+    fn start(to: std::net::SocketAddr, at: usize) -> Flipper {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let flipped = Arc::new(AtomicBool::new(false));
+        let (count, flip) = (connections.clone(), flipped.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || pipe(client_in, server, None));
+                let flip = Some((at, flip.clone()));
+                std::thread::spawn(move || pipe(server_in, client, flip));
+            }
+        });
+        Flipper {
+            port,
+            connections,
+            flipped,
+        }
+    }
+}
+
+/// Copy `from` to `to` until either closes; flip the low bit of byte `at` on the way when
+/// asked, and say so.
+fn pipe(mut from: TcpStream, mut to: TcpStream, mut flip: Option<(usize, Arc<AtomicBool>)>) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut passed = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some((at, done)) = &flip {
+            if (passed..passed + n).contains(at) {
+                buf[at - passed] ^= 1;
+                done.store(true, Ordering::SeqCst);
+                flip = None;
+            }
+        }
+        passed += n;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// An nftables table that sends this machine's TCP connections to 127.0.0.1:`port` to
+/// 127.0.0.1:`to` instead; removed when dropped.
+struct Redirect;
+
+impl Redirect {
+    fn new(port: u16, to: u16) -> Redirect {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "dfs_flip_test"])
+            .output();
+        let rules = format!(
+            "table ip dfs_flip_test {{\n chain out {{\n  type nat hook output priority -100;\n  \
+             ip daddr 127.0.0.1 tcp dport {port} redirect to :{to}\n }}\n}}\n"
+        );
+        let out = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut nft| {
+                use std::io::Write;
+                nft.stdin
+                    .take()
+                    .expect("nft stdin")
+                    .write_all(rules.as_bytes())?;
+                nft.wait_with_output()
+            })
+            .expect("run nft");
+        assert!(out.status.success(), "nft refused the redirect: {out:?}");
+        Redirect
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "dfs_flip_test"])
+            .output();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (for a moment).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn a_byte_flipped_in_transit_on_a_bulk_link_is_fetched_again_and_blames_nobody() {
+    if !is_root("redirecting a bulk link through a proxy (nftables)") {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        dfs_tests::cannot_run("nft (nftables) is not installed");
+        return;
+    }
+    // The holder's bulk links listen on 127.0.0.1:P and 127.0.0.3:P; the reader, connected to
+    // it at 127.0.0.1, is sent through the proxy, which goes on to 127.0.0.3:P.
+    let port = free_port();
+    let holder = Dfs::new();
+    holder.configure(&format!(
+        "[placement]\ntrust_after_secs = 0\n[network]\nbulk_port = {port}\n"
+    ));
+    let _holder_node = holder.node(&[
+        "--grace",
+        "5",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.3/tcp/0",
+    ]);
+    let boot = holder
+        .status()
+        .expect("holder status")
+        .addresses
+        .into_iter()
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .expect("a 127.0.0.1 address");
+    let other = Dfs::new();
+    other.configure("[placement]\ntrust_after_secs = 0\n");
+    let _other_node = other.node(&["--grace", "5", "--peer", &boot]);
+    wait_for(
+        Duration::from_secs(30),
+        "the peers to see each other",
+        || {
+            (dfs_tests::storage_peers_alive(&holder) >= 1
+                && dfs_tests::storage_peers_alive(&other) >= 1)
+                .then_some(())
+        },
+    );
+    let bytes = random_bytes(8 << 20, 24);
+    let link = put(&bytes, &boot);
+
+    let proxy = Flipper::start(
+        format!("127.0.0.3:{port}").parse().expect("address"),
+        64 << 10,
+    );
+    let _redirect = Redirect::new(port, proxy.port);
+    let reader = Dfs::new();
+    let run = get(&reader, &link, &boot, &bytes);
+    assert!(
+        proxy.connections.load(Ordering::SeqCst) > 0,
+        "the reader's bulk links did not go through the proxy"
+    );
+    assert!(
+        proxy.flipped.load(Ordering::SeqCst),
+        "nothing passed the flip point"
+    );
+    // The reader noticed, asked again over libp2p, and blamed nobody.
+    assert!(
+        run.stderr.contains("changed in flight"),
+        "the reader did not notice: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("does not verify") && !run.stderr.contains("scored down"),
+        "the honest holder was blamed: {}",
+        run.stderr
+    );
+    // The holder served on, and counted no bad data of anyone's.
+    let bad = metric(&holder.metrics(), "dfs_bad_shards_total").unwrap_or(0.0);
+    assert_eq!(bad, 0.0);
 }

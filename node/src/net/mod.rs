@@ -670,7 +670,11 @@ impl Network {
             .await?
         {
             Response::Shard { image } => match verifies(&image) {
-                (true, _) => Ok(image),
+                (true, _) => {
+                    tracing::warn!(%peer, chunk = %chunk.short(), index,
+                        "a shard changed in flight (or on the holder's disk) and came right over libp2p; nobody is blamed");
+                    Ok(image)
+                }
                 (false, forged) => {
                     tracing::warn!(%peer, chunk = %chunk.short(), index, forged, "peer sent a shard that does not verify");
                     self.report_bad_data(peer).await;
