@@ -445,27 +445,15 @@ impl Repo {
         let ciphertext = coder
             .decode(layout, record.len as usize, &gathered.bodies())
             .map_err(|_| unreachable)?;
-        // Shards that each matched the writer's hash of them decode to what the writer
-        // encoded: hashing the result again would repeat that check (a pass over every byte,
-        // about 5% of a cold read). The chunk id is checked where some shard had no recorded
-        // hash (a chunk another member of a shared volume wrote).
-        let checked_by_record = hashes.as_ref().is_some_and(|h| {
-            gathered
-                .images
-                .iter()
-                .enumerate()
-                .all(|(i, image)| image.is_none() || h.of(i as u8).is_some())
-        });
-        let ciphertext =
-            if checked_by_record || blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
-                if !gathered.forged.is_empty() {
-                    let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
-                    remote.replace_forged(self, id, &shards, &gathered.forged);
-                }
-                ciphertext
-            } else {
-                self.read_around_forgery(remote, id, record, placed, coder, hashes.as_ref())?
-            };
+        let ciphertext = if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+            if !gathered.forged.is_empty() {
+                let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
+                remote.replace_forged(self, id, &shards, &gathered.forged);
+            }
+            ciphertext
+        } else {
+            self.read_around_forgery(remote, id, record, placed, coder, hashes.as_ref())?
+        };
         // The cache checks the id itself before it keeps a ciphertext.
         remote.remember(id, &ciphertext);
         Ok(ciphertext)
