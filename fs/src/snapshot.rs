@@ -289,8 +289,14 @@ pub fn read_root(
             path: "link root".into(),
             source: BlobError::Chunk(e),
         })?;
+    Ok((decode_root(&plain)?, health))
+}
+
+/// The entry a link's root chunk names (decrypted: `plain`), refused unless well formed with
+/// a valid name. A link's author chooses every byte of it (fuzz/fuzz_targets/link_tree.rs).
+pub fn decode_root(plain: &[u8]) -> Result<Entry, SnapshotError> {
     let record: RootRecord =
-        postcard::from_bytes(&plain).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        postcard::from_bytes(plain).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     if record.format != FORMAT_V1 {
         return Err(SnapshotError::Malformed(format!(
             "unknown format {}",
@@ -298,7 +304,7 @@ pub fn read_root(
         )));
     }
     check_name(&record.entry.name)?;
-    Ok((record.entry, health))
+    Ok(record.entry)
 }
 
 fn read_listing(
@@ -316,7 +322,13 @@ fn read_listing(
     }
     let (bytes, report) =
         read_blob_to_vec(repo, blob, repair).map_err(SnapshotError::blob(path))?;
-    let listing: Listing = postcard::from_bytes(&bytes)
+    Ok((decode_listing(&bytes, path)?, report))
+}
+
+/// The entries of directory `path`'s listing (`bytes`), refused unless well formed with valid
+/// names. A link's author chooses every byte of it (fuzz/fuzz_targets/link_tree.rs).
+pub fn decode_listing(bytes: &[u8], path: &Path) -> Result<Vec<Entry>, SnapshotError> {
+    let listing: Listing = postcard::from_bytes(bytes)
         .map_err(|e| SnapshotError::Malformed(format!("directory {}: {e}", path.display())))?;
     if listing.format != FORMAT_V1 {
         return Err(SnapshotError::Malformed(format!(
@@ -328,7 +340,7 @@ fn read_listing(
     for entry in &listing.entries {
         check_name(&entry.name)?;
     }
-    Ok((listing.entries, report))
+    Ok(listing.entries)
 }
 
 /// Refuse names that would escape the destination.

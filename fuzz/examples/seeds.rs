@@ -7,6 +7,7 @@ use std::path::Path;
 
 use dfs_fs::crdt::volume::{NodeId, VolumeOp};
 use dfs_fs::crdt::{Kind, Time};
+use dfs_fs::snapshot::{Entry, EntryKind};
 use dfs_fs::ShareLink;
 use dfs_node::config::Config;
 use dfs_node::crypto::OpKey;
@@ -18,7 +19,9 @@ use dfs_node::net::wire::{encode, Refusal, Request, Response};
 use dfs_node::oplog::control::{control_payload, data_payload, join_proof, Control};
 use dfs_node::oplog::{AuthorId, Hlc, OpId, SignedOp, VolumeId};
 use dfs_node::shard::ShardHeader;
+use dfs_node::tree::Child;
 use dfs_node::volumes::Ticket;
+use dfs_node::{BlobRef, ChunkRef};
 use dfs_node::ChunkKey;
 use dfs_placement::{ChunkId, Layout};
 use libp2p::identity::ed25519;
@@ -452,4 +455,63 @@ fn main() {
         all.extend_from_slice(&record);
     }
     write("fs_op", "all", all);
+    link_tree();
+}
+
+/// A link's root record, a directory listing and a tree node, as a reader decodes them after
+/// decrypting (the encodings of `fs/src/snapshot.rs` and `node/src/tree.rs`: a format byte,
+/// then the fields in order).
+fn link_tree() {
+    let chunk = ChunkRef {
+        id: ChunkId([9; 32]),
+        key: ChunkKey([10; 32]),
+        len: 1000,
+    };
+    let file = Entry {
+        name: b"notes.txt".to_vec(),
+        mode: 0o644,
+        mtime: 1_765_000_000,
+        mtime_nsec: 5,
+        kind: EntryKind::File(BlobRef {
+            size: 1000,
+            level: 0,
+            root: Some(chunk),
+        }),
+    };
+    let link = Entry {
+        name: b"latest".to_vec(),
+        mode: 0o777,
+        mtime: 0,
+        mtime_nsec: 0,
+        kind: EntryKind::Symlink(b"notes.txt".to_vec()),
+    };
+    let dir = Entry {
+        name: b"docs".to_vec(),
+        mode: 0o755,
+        mtime: 1_765_000_001,
+        mtime_nsec: 0,
+        kind: EntryKind::Dir(BlobRef {
+            size: 120,
+            level: 1,
+            root: Some(chunk),
+        }),
+    };
+    write("link_tree", "root_file", encoded(&(1u8, file.clone())));
+    write("link_tree", "root_dir", encoded(&(1u8, dir)));
+    write("link_tree", "listing", encoded(&(1u8, vec![file, link])));
+    let children = vec![
+        Child { chunk, bytes: 1000 },
+        Child {
+            chunk: ChunkRef::hole(500),
+            bytes: 500,
+        },
+    ];
+    let mut node = vec![1u8];
+    node.extend_from_slice(&1500u64.to_le_bytes());
+    node.extend(encoded(&(1u8, 1u8, children)));
+    write("link_tree", "node", node);
+}
+
+fn encoded<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encode")
 }

@@ -58,6 +58,42 @@ pub struct MalformedTree {
     pub detail: String,
 }
 
+/// The children of interior node `id` (decrypted: `plain`) at `level` of a tree whose parent
+/// says it holds `bytes`: refused unless the node is well formed, at that level, not empty,
+/// and its children add up to `bytes`. A link's author chooses every byte of it (fuzzed:
+/// fuzz/fuzz_targets/link_tree.rs).
+pub fn decode_node(
+    plain: &[u8],
+    id: ChunkId,
+    level: u8,
+    bytes: u64,
+) -> Result<Vec<Child>, MalformedTree> {
+    let malformed = |detail: String| MalformedTree { id, detail };
+    let node: Node = postcard::from_bytes(plain).map_err(|e| malformed(e.to_string()))?;
+    if node.format != NODE_FORMAT_V1 {
+        return Err(malformed(format!("unknown node format {}", node.format)));
+    }
+    if node.level != level {
+        return Err(malformed(format!(
+            "level {} where {level} was expected",
+            node.level
+        )));
+    }
+    if node.children.is_empty() {
+        return Err(malformed("no children".into()));
+    }
+    let total = node
+        .children
+        .iter()
+        .try_fold(0u64, |acc, c| acc.checked_add(c.bytes));
+    if total != Some(bytes) {
+        return Err(malformed(format!(
+            "children hold {total:?} bytes, parent says {bytes}"
+        )));
+    }
+    Ok(node.children)
+}
+
 /// Why a tree could not be built or walked.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -199,30 +235,8 @@ impl<'r> LeafWalker<'r> {
             .repo
             .get_chunk(&child.chunk, &mut self.coder, self.repair)?;
         self.interior.push(health);
-        let node: Node = postcard::from_bytes(&plain).map_err(|e| malformed(e.to_string()))?;
-        if node.format != NODE_FORMAT_V1 {
-            return Err(malformed(format!("unknown node format {}", node.format)).into());
-        }
-        if node.level != level {
-            return Err(
-                malformed(format!("level {} where {level} was expected", node.level)).into(),
-            );
-        }
-        if node.children.is_empty() {
-            return Err(malformed("no children".into()).into());
-        }
-        let total = node
-            .children
-            .iter()
-            .try_fold(0u64, |acc, c| acc.checked_add(c.bytes));
-        if total != Some(child.bytes) {
-            return Err(malformed(format!(
-                "children hold {total:?} bytes, parent says {}",
-                child.bytes
-            ))
-            .into());
-        }
-        self.stack.push((node.children, 0, level));
+        let children = decode_node(&plain, id, level, child.bytes)?;
+        self.stack.push((children, 0, level));
         Ok(())
     }
 
