@@ -21,8 +21,8 @@ use dfs_node::oplog::{AuthorId, Hlc, OpId, SignedOp, VolumeId};
 use dfs_node::shard::ShardHeader;
 use dfs_node::tree::Child;
 use dfs_node::volumes::Ticket;
-use dfs_node::{BlobRef, ChunkRef};
 use dfs_node::ChunkKey;
+use dfs_node::{BlobRef, ChunkRef};
 use dfs_placement::{ChunkId, Layout};
 use libp2p::identity::ed25519;
 
