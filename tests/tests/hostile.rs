@@ -125,8 +125,24 @@ fn held_total(dirs: &[Dfs]) -> usize {
     dirs.iter().map(|d| d.held_files().len()).sum()
 }
 
+/// The tests of this file run two at a time, except the one that floods a holder with streams
+/// (it keeps both cores busy for 20 s): it runs alone, so the others' reads are not starved of
+/// CPU and its own memory figure is its holder's alone.
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A turn beside other tests.
+fn shared_turn() -> std::sync::RwLockReadGuard<'static, ()> {
+    TURNS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A turn alone.
+fn exclusive_turn() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TURNS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_forged_shard_is_read_around_reported_and_replaced() {
+    let _turn = shared_turn();
     // Peers are trusted at once (the hostile one too: it has been "around" long enough), and
     // the stewards wait, so only the reader acts on what it finds.
     let config = "[placement]\ntrust_after_secs = 0\nsteward_delay_secs = 3600\n";
@@ -185,6 +201,7 @@ fn a_forged_shard_is_read_around_reported_and_replaced() {
 
 #[test]
 fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
+    let _turn = shared_turn();
     let (dirs, _nodes, boot) = storage_network(2, "[placement]\ntrust_after_secs = 0\n", "5");
     put(&random_bytes(4 << 20, 21), &boot);
     let (path, chunk, index) = dirs[0]
@@ -243,6 +260,7 @@ fn flood_with(address: &str, kib: u32, extra: &[&str]) -> Flooded {
 
 #[test]
 fn a_flooding_peer_stops_at_its_quota() {
+    let _turn = shared_turn();
     let holder = Dfs::new();
     // 32 MiB offered, at most half of it to any one peer.
     holder.configure("[network]\ncapacity = 33554432\npeer_quota_percent = 50\n");
@@ -276,6 +294,7 @@ fn a_flooding_peer_stops_at_its_quota() {
 /// every shard it took accounted for.
 #[test]
 fn others_shards_never_fill_the_disk_reserve() {
+    let _turn = shared_turn();
     if !is_root("mounting a tmpfs") {
         return;
     }
@@ -345,6 +364,7 @@ fn disk_space(path: &std::path::Path) -> (u64, u64) {
 
 #[test]
 fn a_closed_network_takes_nothing_from_strangers() {
+    let _turn = shared_turn();
     let member = Dfs::new();
     let _member_node = member.node(&[]);
     let member_id = member.status().expect("member status").id;
@@ -381,6 +401,7 @@ fn network_key(d: &Dfs, name: &str) -> String {
 
 #[test]
 fn a_private_network_takes_nothing_from_peers_without_its_key() {
+    let _turn = shared_turn();
     let holder = Dfs::new();
     let key = network_key(&holder, "swarm.key");
     // The key is never written over, and a key others can read is refused.
@@ -453,6 +474,7 @@ const STREAMS_GROWTH_KIB: u64 = 160 << 10;
 
 #[test]
 fn a_peer_opening_every_stream_it_can_stays_within_a_holders_memory() {
+    let _turn = exclusive_turn();
     // No bulk links: every shard a reader fetches goes over the libp2p connections under attack.
     let config = "[placement]\ntrust_after_secs = 0\n[network]\nbulk_links = false\n";
     let (dirs, nodes, boot) = storage_network(2, config, "5");
@@ -513,6 +535,7 @@ fn bulk_served(d: &Dfs) -> u64 {
 
 #[test]
 fn stalled_bulk_links_do_not_stop_another_peers_reads() {
+    let _turn = shared_turn();
     let (dirs, _nodes, boot) = storage_network(3, "[placement]\ntrust_after_secs = 0\n", "5");
     let bytes = random_bytes(8 << 20, 22);
     let link = put(&bytes, &boot);
@@ -655,6 +678,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_byte_flipped_in_transit_on_a_bulk_link_is_fetched_again_and_blames_nobody() {
+    let _turn = shared_turn();
     if !is_root("redirecting a bulk link through a proxy (nftables)") {
         return;
     }
