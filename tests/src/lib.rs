@@ -110,10 +110,20 @@ impl Dfs {
         self.dir.path().join(name)
     }
 
-    /// Write `config.toml` into the data directory.
+    /// Write `config.toml` into the data directory, with no disk reserve unless `toml` sets
+    /// one (see [`without_disk_reserve`]).
     pub fn configure(&self, toml: &str) {
         create_data_dir(&self.data());
-        std::fs::write(self.data().join("config.toml"), toml).expect("write config");
+        std::fs::write(self.data().join("config.toml"), without_disk_reserve(toml))
+            .expect("write config");
+    }
+
+    /// Before a peer that takes others' shards starts: a data directory that has no
+    /// config.toml gets one with no disk reserve.
+    fn configure_if_unset(&self) {
+        if !self.data().join("config.toml").exists() {
+            self.configure("");
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -174,6 +184,30 @@ impl Dfs {
 
 /// Create a data directory as dfs does: readable by its owner only (dfs refuses one that
 /// others can read).
+/// `toml` with `[network] reserve_percent = 0` unless it sets a reserve itself. A peer keeps the
+/// last 5% of its disk free of others' shards by default; the peers of a test share the host's
+/// disk, and how full that disk is must not decide whether a test passes (a CI machine with
+/// less than 5% free refused every store as "peer is full"). The tests of the reserve set it.
+pub fn without_disk_reserve(toml: &str) -> String {
+    if toml.contains("reserve_percent") {
+        return toml.to_string();
+    }
+    let mut out = String::with_capacity(toml.len() + 40);
+    let mut placed = false;
+    for line in toml.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !placed && line.trim() == "[network]" {
+            out.push_str("reserve_percent = 0\n");
+            placed = true;
+        }
+    }
+    if !placed {
+        out.push_str("\n[network]\nreserve_percent = 0\n");
+    }
+    out
+}
+
 pub fn create_data_dir(path: &Path) {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -273,6 +307,7 @@ impl Dfs {
 
     /// Mount at an existing `path` with extra arguments.
     pub fn mount_at(&self, path: &Path, extra: &[&str]) -> Mount {
+        self.configure_if_unset();
         let mut args = vec!["mount", path.to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
         let child = self
@@ -385,6 +420,7 @@ pub fn wait_for<T>(
 impl Dfs {
     /// Start `dfs node` with `args` and wait until its API answers.
     pub fn node(&self, args: &[&str]) -> Peer {
+        self.configure_if_unset();
         let log = self.path("node.log");
         let stderr = std::fs::File::create(&log).expect("create node log");
         let mut all = vec!["node"];

@@ -314,7 +314,7 @@ fn others_shards_never_fill_the_disk_reserve() {
         }
     }
     let _unmount = Unmount(data.clone());
-    holder.configure("[network]\npeer_quota_percent = 100\n");
+    holder.configure("[network]\npeer_quota_percent = 100\nreserve_percent = 5\n");
     let node = holder.node(&[]);
     let flooded = flood(&holder, 512);
     assert_eq!(flooded.refusal, "refused: Full", "{flooded:?}");

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use dfs_tests::{cannot_run, is_root};
+use dfs_tests::{cannot_run, create_data_dir, is_root, without_disk_reserve};
 use serde_json::Value;
 
 /// Seconds of silence before a peer is declared dead (`--grace`).
@@ -328,6 +328,9 @@ fn start(name: &'static str, side: &Side, extra: &[&str]) -> Node {
         child: None,
         id: String::new(),
     };
+    create_data_dir(&node.data());
+    std::fs::write(node.data().join("config.toml"), without_disk_reserve(""))
+        .expect("write config");
     let stderr = std::fs::File::create(node.log()).expect("create node log");
     let log = std::env::var("DFS_LOG").unwrap_or_else(|_| "info,libp2p_kad=error".into());
     let child = Node::command(&node.ns, &node.data(), &args)

@@ -112,6 +112,7 @@ async fn main() {
         peers: vec![args.peer.clone()],
         grace_secs: 5,
         key_file: args.key.clone(),
+        reserve_percent: 0,
         ..NetworkConfig::default()
     };
     let mut options = NetOptions::from_config(&config).expect("network options");
