@@ -5,6 +5,7 @@ use dfs_placement::erasure::{Encoded, ShardCoder};
 use dfs_placement::{ChunkId, EncodeError, Layout};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ShardCheck;
 use crate::crypto::{ChunkKey, VolumeSecret};
 use crate::meta::{ChunkRecord, MetaError, OwnerId};
 use crate::repo::Repo;
@@ -413,12 +414,9 @@ impl Repo {
     }
 
     /// The ciphertext of a chunk whose shards are on peers: any k shards gathered in parallel
-    /// (data shards preferred, so usually no decode), each checked against the writer's hash
-    /// of it where this peer has them (a shard that fails is reported, and another asked
-    /// for), the result against the chunk id. Shards that each pass their checksum yet decode
-    /// to other bytes mean a holder made one up and this peer has no record to tell which:
-    /// then every shard is gathered and k of them at a time are tried until they give the
-    /// chunk ([`Repo::read_around_forgery`]).
+    /// (data shards preferred, so usually no decode) and the result checked against the chunk
+    /// id, which is all a read needs: k shards that give the chunk back are right. Only when
+    /// they do not are the shards checked one by one ([`Repo::read_checking_shards`]).
     fn read_placed(
         &self,
         remote: &dyn crate::cluster::Remote,
@@ -431,8 +429,45 @@ impl Repo {
             return Ok(ciphertext);
         }
         let layout = record.layout;
+        let gathered = remote.gather(
+            self,
+            id,
+            layout,
+            placed,
+            layout.needed(),
+            ShardCheck::Header,
+        );
+        if gathered.count() >= layout.needed() {
+            if let Ok(ciphertext) = coder.decode(layout, record.len as usize, &gathered.bodies()) {
+                if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+                    remote.remember(id, &ciphertext);
+                    return Ok(ciphertext);
+                }
+            }
+            tracing::info!(chunk = %id.short(), "the shards gathered do not give the chunk back; checking them one by one");
+        }
+        self.read_checking_shards(remote, id, record, placed, coder)
+    }
+
+    /// [`Repo::read_placed`] when k shards fetched unchecked did not give the chunk back (or
+    /// could not be had): k shards gathered again, each checked against the writer's hash of it
+    /// where this peer has them (a shard that fails is reported, and another asked for), the
+    /// result against the chunk id. Shards that each pass their checksum yet decode to other
+    /// bytes mean a holder made one up and this peer has no record to tell which: then every
+    /// shard is gathered and k of them at a time are tried until they give the chunk
+    /// ([`Repo::read_around_forgery`]).
+    fn read_checking_shards(
+        &self,
+        remote: &dyn crate::cluster::Remote,
+        id: &ChunkId,
+        record: &crate::meta::ChunkRecord,
+        placed: &crate::meta::Placed,
+        coder: &mut ShardCoder,
+    ) -> Result<Vec<u8>, ChunkError> {
+        let layout = record.layout;
         let hashes = self.meta().shard_hashes(id)?;
-        let gathered = remote.gather(self, id, layout, placed, layout.needed(), hashes.as_ref());
+        let check = ShardCheck::Checksum(hashes.as_ref());
+        let gathered = remote.gather(self, id, layout, placed, layout.needed(), check);
         let got = gathered.count();
         let unreachable = ChunkError::Unreachable {
             id: *id,
@@ -473,7 +508,8 @@ impl Repo {
     ) -> Result<Vec<u8>, ChunkError> {
         tracing::warn!(chunk = %id.short(), "shards that pass their checksums decode to bytes that are not the chunk: a holder forged one; trying the others");
         let layout = record.layout;
-        let all = remote.gather(self, id, layout, placed, layout.shard_count(), hashes);
+        let check = ShardCheck::Checksum(hashes);
+        let all = remote.gather(self, id, layout, placed, layout.shard_count(), check);
         let Some(ciphertext) = decode_any(coder, layout, record.len as usize, &all.bodies(), id)
         else {
             return Err(ChunkError::Mismatch { id: *id });
@@ -555,7 +591,14 @@ impl Repo {
             };
             let hashes = self.meta().shard_hashes(id)?;
             images = remote
-                .gather(self, id, record.layout, &placed, want, hashes.as_ref())
+                .gather(
+                    self,
+                    id,
+                    record.layout,
+                    &placed,
+                    want,
+                    ShardCheck::Checksum(hashes.as_ref()),
+                )
                 .images;
             repair = false;
         }

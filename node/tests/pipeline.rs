@@ -268,10 +268,14 @@ impl dfs_node::cluster::Remote for ForgingPeers {
         layout: dfs_placement::Layout,
         _: &dfs_node::meta::Placed,
         want: usize,
-        hashes: Option<&dfs_node::meta::ShardHashes>,
+        check: dfs_node::cluster::ShardCheck<'_>,
     ) -> dfs_node::cluster::Gathered {
+        use dfs_node::cluster::ShardCheck;
         use dfs_node::shard::ShardHeader;
-        let hashes = hashes.filter(|_| !self.ignore_hashes);
+        let (checksum, hashes) = match check {
+            ShardCheck::Header => (false, None),
+            ShardCheck::Checksum(hashes) => (true, hashes.filter(|_| !self.ignore_hashes)),
+        };
         let images = self.images.lock().unwrap();
         let mut out = dfs_node::cluster::Gathered {
             images: vec![None; layout.shard_count()],
@@ -285,7 +289,7 @@ impl dfs_node::cluster::Remote for ForgingPeers {
             }
             let image = images[&index].clone();
             let expected = hashes.and_then(|h| h.of(index));
-            if ShardHeader::decode_expected(&image, *id, index).is_err() {
+            if ShardHeader::decode_as(&image, *id, index, checksum).is_err() {
                 continue;
             }
             if expected.is_some_and(|h| ShardHeader::carried_hash(&image).as_ref() != Some(h)) {

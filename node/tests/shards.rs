@@ -40,8 +40,10 @@ async fn start(capacity: u64) -> TestPeer {
 async fn start_with(config: NetworkConfig) -> TestPeer {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = Arc::new(Repo::open(dir.path()).expect("open repo"));
+    // The peers of a test share the host's disk, whose fullness must not decide the test.
     let config = NetworkConfig {
         grace_secs: 5,
+        reserve_percent: 0,
         ..config
     };
     let options = NetOptions::from_config(&config).expect("options");
@@ -615,7 +617,14 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
     let images = tokio::task::spawn_blocking(move || {
         use dfs_node::cluster::Remote;
         let layout = Layout::Erasure { data: 4, parity: 2 };
-        remote.gather(&repo, &chunk, layout, &wrong, 1, None)
+        remote.gather(
+            &repo,
+            &chunk,
+            layout,
+            &wrong,
+            1,
+            dfs_node::cluster::ShardCheck::Checksum(None),
+        )
     })
     .await
     .expect("gather");
@@ -672,6 +681,7 @@ async fn every_held_chunk_gets_a_provider_record_also_after_a_restart() {
     b.net.shutdown().await;
     let options = NetOptions::from_config(&NetworkConfig {
         grace_secs: 5,
+        reserve_percent: 0,
         ..fast
     })
     .expect("options");

@@ -34,12 +34,12 @@ use libp2p::PeerId;
 use crate::chunk::{ChunkError, ShardSet};
 use crate::config::PlacementConfig;
 use crate::diskcache::{DiskCache, Filler};
-use crate::meta::{Placed, ShardHashes};
+use crate::meta::Placed;
 use crate::net::Network;
 use crate::repo::Repo;
 pub use members::{Member, Members, MembershipRules, SelfRole};
 pub use repair::PlacementStatus;
-pub use transfer::Gathered;
+pub use transfer::{Gathered, ShardCheck};
 
 /// What the repo needs from the network to store and read chunks (implemented by [`Cluster`]).
 pub trait Remote: Send + Sync {
@@ -58,9 +58,9 @@ pub trait Remote: Send + Sync {
     /// Offer a fetched chunk's ciphertext to the disk cache (which checks it against `id`).
     fn remember(&self, id: &ChunkId, ciphertext: &[u8]);
 
-    /// Verified shard images of at least `want` distinct shards (data shards preferred) from
-    /// their holders, indexed by shard; fewer when not enough could be had. Each is checked
-    /// against its checksum and, when the writer's hashes are known (`hashes`), against them.
+    /// Shard images of at least `want` distinct shards (data shards preferred) from their
+    /// holders, indexed by shard; fewer when not enough could be had. Each is checked as
+    /// `check` says ([`ShardCheck`]).
     fn gather(
         &self,
         repo: &Repo,
@@ -68,7 +68,7 @@ pub trait Remote: Send + Sync {
         layout: Layout,
         placed: &Placed,
         want: usize,
-        hashes: Option<&ShardHashes>,
+        check: ShardCheck<'_>,
     ) -> Gathered;
 
     /// Shards that were not what their writer made (`bad`: each index with the holder that
@@ -543,10 +543,10 @@ impl Remote for Cluster {
         layout: Layout,
         placed: &Placed,
         want: usize,
-        hashes: Option<&ShardHashes>,
+        check: ShardCheck<'_>,
     ) -> Gathered {
         loop {
-            let work = transfer::gather(self, repo, id, layout, placed, want, hashes);
+            let work = transfer::gather(self, repo, id, layout, placed, want, check);
             let gathered = self.wait_for(work);
             // Just after start the holders may not be known yet: wait for the peer table
             // rather than fail the read.

@@ -29,7 +29,7 @@ use dfs_placement::ChunkId;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::transfer::{fetch_counted, fetch_from, gather, image, store_on};
+use super::transfer::{fetch_counted, fetch_from, gather, image, store_on, ShardCheck};
 use super::{peer_from_bytes, Cluster, Members};
 use crate::chunk::{encode_shards, ChunkError};
 use crate::meta::{ChunkRecord, Placed};
@@ -513,7 +513,7 @@ pub(super) fn rebuild_from(
             layout,
             placed,
             layout.needed(),
-            hashes.as_ref(),
+            ShardCheck::Checksum(hashes.as_ref()),
         ),
     );
     let ciphertext = coder

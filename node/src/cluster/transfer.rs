@@ -93,6 +93,20 @@ impl FetchFailure {
             reason: reason.to_string(),
         }
     }
+
+    fn from_net(e: &crate::net::NetError) -> Self {
+        Self {
+            forged: matches!(e, crate::net::NetError::BadData { .. }),
+            missing: matches!(
+                e,
+                crate::net::NetError::Refused {
+                    refusal: crate::net::Refusal::NotFound,
+                    ..
+                }
+            ),
+            reason: e.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for FetchFailure {
@@ -113,6 +127,52 @@ pub async fn fetch_from(
     expected: Option<&[u8; 32]>,
 ) -> Result<Vec<u8>, FetchFailure> {
     fetch_counted(cluster, repo, peer, id, index, expected, true).await
+}
+
+/// Shard `index` of `id` from `peer` (or this peer's own store) for a read, checked as `check`
+/// says.
+async fn fetch_for_read(
+    cluster: &Cluster,
+    repo: &Repo,
+    peer: PeerId,
+    id: &ChunkId,
+    index: u8,
+    check: ShardCheck<'_>,
+) -> Result<Vec<u8>, FetchFailure> {
+    if !matches!(check, ShardCheck::Header) || peer == cluster.local {
+        return fetch_from(cluster, repo, peer, id, index, check.expected(index)).await;
+    }
+    let started = Instant::now();
+    match cluster
+        .network
+        .fetch_shard_checked(peer, *id, index, false)
+        .await
+    {
+        Ok(image) => {
+            count_fetched(cluster, started, image.len());
+            Ok(image)
+        }
+        Err(e) => {
+            cluster
+                .counters
+                .fetch_failures
+                .fetch_add(1, Ordering::Relaxed);
+            Err(FetchFailure::from_net(&e))
+        }
+    }
+}
+
+/// Count one shard fetched for a read (`len` bytes, asked at `started`).
+fn count_fetched(cluster: &Cluster, started: Instant, len: usize) {
+    cluster.observe_fetch(started.elapsed());
+    cluster
+        .counters
+        .shards_fetched
+        .fetch_add(1, Ordering::Relaxed);
+    cluster
+        .counters
+        .bytes_fetched
+        .fetch_add(len as u64, Ordering::Relaxed);
 }
 
 /// [`fetch_from`], counted as a read's fetch or not (`counted` false: scrubbing).
@@ -148,15 +208,7 @@ pub async fn fetch_counted(
     match result {
         Ok(image) if !counted => Ok(image),
         Ok(image) => {
-            cluster.observe_fetch(started.elapsed());
-            cluster
-                .counters
-                .shards_fetched
-                .fetch_add(1, Ordering::Relaxed);
-            cluster
-                .counters
-                .bytes_fetched
-                .fetch_add(image.len() as u64, Ordering::Relaxed);
+            count_fetched(cluster, started, image.len());
             Ok(image)
         }
         Err(e) => {
@@ -166,17 +218,30 @@ pub async fn fetch_counted(
                     .fetch_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Err(FetchFailure {
-                forged: matches!(e, crate::net::NetError::BadData { .. }),
-                missing: matches!(
-                    e,
-                    crate::net::NetError::Refused {
-                        refusal: crate::net::Refusal::NotFound,
-                        ..
-                    }
-                ),
-                reason: e.to_string(),
-            })
+            Err(FetchFailure::from_net(&e))
+        }
+    }
+}
+
+/// How much a shard fetched for a read is checked before it is decoded.
+#[derive(Debug, Clone, Copy)]
+pub enum ShardCheck<'a> {
+    /// Its header only (it says it is this shard of this chunk). For a reader that checks the
+    /// decoded chunk against its id: any k shards that give the chunk back are right, whatever
+    /// each one is, so hashing each first is work spent on the rare read that goes wrong. That
+    /// read is done again with [`ShardCheck::Checksum`], which finds the shard at fault.
+    Header,
+    /// Its checksum and, where the writer's hashes are known, the writer's hash of it: a holder
+    /// that sends anything else is scored down and another holder is asked.
+    Checksum(Option<&'a ShardHashes>),
+}
+
+impl<'a> ShardCheck<'a> {
+    /// The writer's hash of shard `index`, if this check compares against it.
+    fn expected(self, index: u8) -> Option<&'a [u8; 32]> {
+        match self {
+            ShardCheck::Header => None,
+            ShardCheck::Checksum(hashes) => hashes.and_then(|h| h.of(index)),
         }
     }
 }
@@ -535,9 +600,8 @@ impl Gathered {
     }
 }
 
-/// Gather at least `want` shard images (see the module doc), each verified by its checksum
-/// and, where the writer's hashes are known (`hashes`), against them: a holder that sends
-/// anything else is scored down and another shard is asked for instead.
+/// Gather at least `want` shard images (see the module doc), each checked as `check` says: a
+/// holder that sends a shard that fails is scored down and another shard is asked for instead.
 pub async fn gather(
     cluster: &Cluster,
     repo: &Repo,
@@ -545,7 +609,7 @@ pub async fn gather(
     layout: Layout,
     placed: &Placed,
     want: usize,
-    hashes: Option<&ShardHashes>,
+    check: ShardCheck<'_>,
 ) -> Gathered {
     let count = layout.shard_count();
     let want = want.min(count);
@@ -560,8 +624,7 @@ pub async fn gather(
     let mut pending: HashSet<u8> = HashSet::new();
     let mut inflight = FuturesUnordered::new();
     let fetch = |s: Source| async move {
-        let expected = hashes.and_then(|h| h.of(s.index));
-        let r = fetch_from(cluster, repo, s.peer, id, s.index, expected).await;
+        let r = fetch_for_read(cluster, repo, s.peer, id, s.index, check).await;
         (s, r)
     };
     // The next source for an index we have neither got nor are fetching.
