@@ -499,7 +499,7 @@ impl FileContent {
                 )));
             }
         }
-        let mut tree = TreeBuilder::new(io.repo, VOLUME_OWNER);
+        let mut tree = TreeBuilder::new_in(io.repo, VOLUME_OWNER, io.workers.scope());
         for leaf in leaves.iter() {
             tree.push_leaf(*leaf)?;
         }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfs_node::crypto::KeyScope;
 use dfs_node::events::EventKind;
 use dfs_node::Repo;
 use fuser::{Config, MountOption, SessionACL};
@@ -146,9 +147,10 @@ pub fn mount(
     };
     let volume = Arc::new(match &options.shared {
         Some(shared) => {
-            // Its chunks are written under the volume owner, like the own volume's.
+            // Its chunks are written under the volume owner, like the own volume's, with keys
+            // the other members read.
             repo.ensure_volume_owner().map_err(FsError::from)?;
-            Volume::with_backend(repo, Box::new(shared.clone()))
+            Volume::with_backend(repo, Box::new(shared.clone()), KeyScope::Shareable)
         }
         None => Volume::open(repo, owner)?,
     });

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use dfs_node::crypto::KeyScope;
 use dfs_node::Repo;
 
 use crate::backend::{Base, NamespaceBackend};
@@ -62,17 +63,19 @@ impl Volume {
                 "removed files unlinked while open when the volume last stopped"
             );
         }
-        Ok(Self::with_backend(repo, Box::new(ns)))
+        // No one else reads this volume: its chunks' keys never leave the peer.
+        Ok(Self::with_backend(repo, Box::new(ns), KeyScope::Private))
     }
 
-    /// A volume over any namespace backend (a shared volume's, say).
-    pub fn with_backend(repo: Arc<Repo>, ns: Box<dyn NamespaceBackend>) -> Self {
+    /// A volume over any namespace backend (a shared volume's, say), whose chunks are sealed
+    /// with keys of `scope`: [`KeyScope::Shareable`] when anyone else reads the volume.
+    pub fn with_backend(repo: Arc<Repo>, ns: Box<dyn NamespaceBackend>, scope: KeyScope) -> Self {
         // Twice the cores: fetch jobs wait on the disk as much as they compute, and more
         // threads keep both the disk and the cores busy (measured: +20% cold sequential reads).
         let threads = 2 * repo.config().storage.worker_count();
         let memory_cache = usize::try_from(repo.config().cache.memory_bytes).unwrap_or(usize::MAX);
         Self {
-            workers: ChunkWorkers::start(repo.clone(), threads),
+            workers: ChunkWorkers::start_in(repo.clone(), threads, scope),
             repo,
             ns,
             cache: ChunkCache::new(memory_cache),
@@ -508,5 +511,47 @@ mod tests {
         }
         assert_eq!(sizes(&vol), [3, 5, 6]);
         assert_eq!(vol.read(ino, 0, 16).unwrap().as_slice(), b"fourth");
+    }
+
+    /// The chunks of this peer's own volume are sealed with private keys (read on their AEAD
+    /// tag alone); a volume others read (a shared one) seals with keys that may be given out.
+    #[test]
+    fn the_own_volume_seals_privately_and_a_volume_others_read_does_not() {
+        use dfs_node::repo::VOLUME_OWNER;
+        let written = |scope: Option<KeyScope>| {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Arc::new(Repo::open(dir.path()).unwrap());
+            let root = Caller { uid: 0, gid: 0 };
+            let vol = match scope {
+                None => Volume::open(repo.clone(), root).unwrap(),
+                Some(scope) => {
+                    repo.ensure_volume_owner().unwrap();
+                    let ns = Namespace::open(&repo, root).unwrap();
+                    Volume::with_backend(repo.clone(), Box::new(ns), scope)
+                }
+            };
+            let (ino, _) = vol
+                .ns
+                .create(&vol.repo, ROOT, b"a", Kind::File, 0o644, root, 0, b"")
+                .unwrap();
+            vol.open_file(ino, true).unwrap();
+            vol.write(ino, 0, &[7u8; 300_000]).unwrap();
+            vol.flush(ino, true).unwrap();
+            vol.release(ino).unwrap();
+            let chunks: Vec<_> = repo
+                .meta()
+                .refs()
+                .unwrap()
+                .into_iter()
+                .filter(|(_, owner)| *owner == VOLUME_OWNER)
+                .map(|(id, _)| repo.meta().is_private(&id).unwrap())
+                .collect();
+            assert!(!chunks.is_empty());
+            (chunks, dir)
+        };
+        let (own, _dir) = written(None);
+        assert!(own.iter().all(|p| *p), "{own:?}");
+        let (shared, _dir) = written(Some(KeyScope::Shareable));
+        assert!(shared.iter().all(|p| !*p), "{shared:?}");
     }
 }

@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, unbounded};
 use dfs_placement::erasure::ShardCoder;
 
 use crate::chunk::{ChunkError, ChunkHealth, ChunkRef};
+use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
 use crate::repo::Repo;
 pub use crate::tree::BlobRef;
@@ -119,12 +120,12 @@ pub fn write_blob(
             scope.spawn(move || {
                 let mut coder = ShardCoder::default();
                 for (seq, plain) in job_rx {
-                    let done =
-                        repo.put_chunk_reusing(owner, plain, &mut coder)
-                            .map(|(chunk, buf)| {
-                                let _ = spare_tx.send(buf);
-                                chunk
-                            });
+                    let done = repo
+                        .put_chunk_reusing(KeyScope::Shareable, owner, plain, &mut coder)
+                        .map(|(chunk, buf)| {
+                            let _ = spare_tx.send(buf);
+                            chunk
+                        });
                     if done_tx.send((seq, done)).is_err() {
                         break;
                     }

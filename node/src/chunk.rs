@@ -6,7 +6,7 @@ use dfs_placement::{ChunkId, EncodeError, Layout};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ShardCheck;
-use crate::crypto::{ChunkKey, VolumeSecret};
+use crate::crypto::{ChunkKey, KeyScope, VolumeSecret};
 use crate::meta::{ChunkRecord, MetaError, OwnerId};
 use crate::repo::Repo;
 use crate::shard::{ShardDefect, ShardHeader, HEADER_LEN};
@@ -152,8 +152,13 @@ pub struct SealedChunk {
 /// Encrypt `plaintext` under the key derived from it and the volume secret, and name it by the
 /// blake3 of the ciphertext. Pure computation: the first half of storing a chunk.
 pub fn seal(secret: &VolumeSecret, plaintext: Vec<u8>) -> SealedChunk {
+    seal_in(secret, KeyScope::Shareable, plaintext)
+}
+
+/// [`seal`] with a key of `scope`.
+pub fn seal_in(secret: &VolumeSecret, scope: KeyScope, plaintext: Vec<u8>) -> SealedChunk {
     let len = plaintext.len() as u32;
-    let key = secret.chunk_key(&plaintext);
+    let key = secret.chunk_key_in(scope, &plaintext);
     let ciphertext = key.encrypt(plaintext);
     let id = ChunkId(*blake3::hash(&ciphertext).as_bytes());
     SealedChunk {
@@ -218,21 +223,40 @@ impl Repo {
         plaintext: Vec<u8>,
         coder: &mut ShardCoder,
     ) -> Result<ChunkRef, ChunkError> {
-        self.put_chunk_reusing(owner, plaintext, coder)
+        self.put_chunk_in(KeyScope::Shareable, owner, plaintext, coder)
+    }
+
+    /// [`Repo::put_chunk`] with a key of `scope`.
+    pub fn put_chunk_in(
+        &self,
+        scope: KeyScope,
+        owner: &OwnerId,
+        plaintext: Vec<u8>,
+        coder: &mut ShardCoder,
+    ) -> Result<ChunkRef, ChunkError> {
+        self.put_chunk_reusing(scope, owner, plaintext, coder)
             .map(|(chunk, _)| chunk)
     }
 
-    /// [`Repo::put_chunk`], also handing back the chunk's buffer for the next chunk to reuse.
+    /// [`Repo::put_chunk_in`], also handing back the chunk's buffer for the next chunk to reuse.
+    /// A chunk of [`KeyScope::Private`] is marked so (after its record; marked again whenever
+    /// it is reused, which mends a crash between the two).
     pub fn put_chunk_reusing(
         &self,
+        scope: KeyScope,
         owner: &OwnerId,
         plaintext: Vec<u8>,
         coder: &mut ShardCoder,
     ) -> Result<(ChunkRef, Vec<u8>), ChunkError> {
-        let SealedChunk { chunk, ciphertext } = seal(self.secret(), plaintext);
+        let SealedChunk { chunk, ciphertext } = seal_in(self.secret(), scope, plaintext);
+        let mark = |id: &ChunkId| match scope {
+            KeyScope::Private => self.meta().mark_private(id),
+            KeyScope::Shareable => Ok(()),
+        };
         if let Some(record) = self.meta().chunk(&chunk.id)? {
             if self.is_stored(&chunk.id, &record)? {
                 self.meta().add_ref(&chunk.id, owner)?;
+                mark(&chunk.id)?;
                 return Ok((chunk, ciphertext));
             }
         }
@@ -257,6 +281,7 @@ impl Repo {
                 self.meta().add_chunk(&chunk.id, &record, &hashes, owner)?;
             }
         }
+        mark(&chunk.id)?;
         Ok((chunk, coder.recycle(shards.encoded)))
     }
 
@@ -329,12 +354,8 @@ impl Repo {
                 _ => None,
             };
             if let Some((record, placed)) = known {
-                let ciphertext =
-                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder)?;
-                let plaintext = chunk
-                    .key
-                    .decrypt(ciphertext)
-                    .map_err(|_| ChunkError::WrongKey { id: chunk.id })?;
+                let plaintext =
+                    self.read_placed(remote.as_ref(), chunk, &record, &placed, coder)?;
                 let health = ChunkHealth {
                     id: chunk.id,
                     layout: Some(record.layout),
@@ -389,17 +410,7 @@ impl Repo {
                 None => None,
             };
             if let Some((record, placed)) = known {
-                // Every shard is checked before decoding (the writer's hash of it, or the
-                // chunk id): the AEAD tag alone proves nothing against a holder who knows the
-                // key, and a chunk's key is known to every member of a shared volume and
-                // every holder of a link to it (convergent keys: to anyone who stored the
-                // same content in the same volume, too).
-                let ciphertext =
-                    self.read_placed(remote.as_ref(), &chunk.id, &record, &placed, coder)?;
-                return chunk
-                    .key
-                    .decrypt(ciphertext)
-                    .map_err(|_| ChunkError::WrongKey { id: chunk.id });
+                return self.read_placed(remote.as_ref(), chunk, &record, &placed, coder);
             }
         }
         if let Some(plain) = self.read_chunk_fast(chunk)? {
@@ -413,20 +424,26 @@ impl Repo {
             .map_err(|_| ChunkError::WrongKey { id: chunk.id })
     }
 
-    /// The ciphertext of a chunk whose shards are on peers: any k shards gathered in parallel
-    /// (data shards preferred, so usually no decode) and the result checked against the chunk
-    /// id, which is all a read needs: k shards that give the chunk back are right. Only when
-    /// they do not are the shards checked one by one ([`Repo::read_checking_shards`]).
+    /// The plaintext of a chunk whose shards are on peers: any k shards gathered in parallel
+    /// (data shards preferred, so usually no decode), decoded, and checked. The AEAD tag alone
+    /// proves nothing against a holder who knows the key, and a chunk's key is known to every
+    /// member of a shared volume and every holder of a link to it; so the decoded ciphertext is
+    /// checked against the chunk id, which is all a read needs (k shards that give the chunk
+    /// back are right). Only a chunk of this peer's private key scope, whose key no one else
+    /// has, is opened on its tag alone ([`crate::crypto::KeyScope`]). When the check fails the
+    /// shards are checked one by one ([`Repo::read_checking_shards`]).
     fn read_placed(
         &self,
         remote: &dyn crate::cluster::Remote,
-        id: &ChunkId,
+        chunk: &ChunkRef,
         record: &crate::meta::ChunkRecord,
         placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
     ) -> Result<Vec<u8>, ChunkError> {
+        let id = &chunk.id;
+        let wrong_key = |_| ChunkError::WrongKey { id: *id };
         if let Some(ciphertext) = remote.cached(id) {
-            return Ok(ciphertext);
+            return chunk.key.decrypt(ciphertext).map_err(wrong_key);
         }
         let layout = record.layout;
         let gathered = remote.gather(
@@ -439,14 +456,20 @@ impl Repo {
         );
         if gathered.count() >= layout.needed() {
             if let Ok(ciphertext) = coder.decode(layout, record.len as usize, &gathered.bodies()) {
-                if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+                if self.meta().is_private(id)? {
                     remote.remember(id, &ciphertext);
-                    return Ok(ciphertext);
+                    if let Ok(plaintext) = chunk.key.decrypt(ciphertext) {
+                        return Ok(plaintext);
+                    }
+                } else if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
+                    remote.remember(id, &ciphertext);
+                    return chunk.key.decrypt(ciphertext).map_err(wrong_key);
                 }
             }
             tracing::info!(chunk = %id.short(), "the shards gathered do not give the chunk back; checking them one by one");
         }
-        self.read_checking_shards(remote, id, record, placed, coder)
+        let ciphertext = self.read_checking_shards(remote, id, record, placed, coder)?;
+        chunk.key.decrypt(ciphertext).map_err(wrong_key)
     }
 
     /// [`Repo::read_placed`] when k shards fetched unchecked did not give the chunk back (or

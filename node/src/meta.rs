@@ -37,6 +37,9 @@ use crate::crypto::ChunkKey;
 
 const CF_CHUNKS: &str = "chunks";
 const CF_SHARD_HASHES: &str = "shard_hashes";
+/// Chunks sealed under this peer's private key scope ([`crate::crypto::KeyScope::Private`]):
+/// no one else knows their keys, so a read may trust their AEAD tag.
+const CF_PRIVATE_CHUNKS: &str = "private_chunks";
 const CF_REFS: &str = "refs";
 const CF_PUTS: &str = "puts";
 const CF_HELD: &str = "held";
@@ -215,6 +218,7 @@ impl MetaDb {
         let cfs = [
             CF_CHUNKS,
             CF_SHARD_HASHES,
+            CF_PRIVATE_CHUNKS,
             CF_REFS,
             CF_PUTS,
             CF_HELD,
@@ -256,6 +260,22 @@ impl MetaDb {
             Some(v) => decode("shard hashes", &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Record that chunk `id` was sealed under this peer's private key scope. Written after the
+    /// chunk's own record: a crash between the two leaves a chunk read the checked way.
+    pub fn mark_private(&self, id: &ChunkId) -> Result<(), MetaError> {
+        self.db
+            .put_cf(self.cf(CF_PRIVATE_CHUNKS)?, id.as_bytes(), [])?;
+        Ok(())
+    }
+
+    /// Whether chunk `id` was sealed under this peer's private key scope.
+    pub fn is_private(&self, id: &ChunkId) -> Result<bool, MetaError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_PRIVATE_CHUNKS)?, id.as_bytes())?
+            .is_some())
     }
 
     /// Record that `chunk` is stored and used by `owner`.
@@ -400,6 +420,7 @@ impl MetaDb {
         }
         batch.delete_cf(self.cf(CF_CHUNKS)?, id.as_bytes());
         batch.delete_cf(self.cf(CF_SHARD_HASHES)?, id.as_bytes());
+        batch.delete_cf(self.cf(CF_PRIVATE_CHUNKS)?, id.as_bytes());
         self.db.write(batch)?;
         Ok(queued)
     }

@@ -11,6 +11,7 @@ use dfs_placement::ChunkId;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkError, ChunkHealth, ChunkRef};
+use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
 use crate::repo::Repo;
 
@@ -107,6 +108,8 @@ pub enum TreeError {
 pub struct TreeBuilder<'r> {
     repo: &'r Repo,
     owner: OwnerId,
+    /// The key scope of the nodes it stores.
+    scope: KeyScope,
     fanout: usize,
     /// `levels[i]` holds the children of the level-`i + 1` node being filled.
     levels: Vec<Vec<Child>>,
@@ -114,10 +117,17 @@ pub struct TreeBuilder<'r> {
 }
 
 impl<'r> TreeBuilder<'r> {
+    /// A builder whose nodes' keys may be given out (a link's tree).
     pub fn new(repo: &'r Repo, owner: OwnerId) -> Self {
+        Self::new_in(repo, owner, KeyScope::Shareable)
+    }
+
+    /// A builder whose nodes are stored with keys of `scope`.
+    pub fn new_in(repo: &'r Repo, owner: OwnerId, scope: KeyScope) -> Self {
         Self {
             repo,
             owner,
+            scope,
             fanout: repo.config().storage.tree_fanout.max(2) as usize,
             levels: vec![Vec::new()],
             coder: ShardCoder::default(),
@@ -157,7 +167,9 @@ impl<'r> TreeBuilder<'r> {
         };
         // Serialising a plain struct into a Vec cannot fail.
         let encoded = postcard::to_stdvec(&node).unwrap_or_default();
-        let chunk = self.repo.put_chunk(&self.owner, encoded, &mut self.coder)?;
+        let chunk = self
+            .repo
+            .put_chunk_in(self.scope, &self.owner, encoded, &mut self.coder)?;
         self.push(level + 1, Child { chunk, bytes })
     }
 

@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use dfs_placement::erasure::ShardCoder;
 
 use crate::chunk::{ChunkError, ChunkRef};
+use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
 use crate::repo::Repo;
 
@@ -22,6 +23,7 @@ pub type Pending<T> = Receiver<Result<T, ChunkError>>;
 enum Job {
     Store {
         owner: OwnerId,
+        scope: KeyScope,
         plaintext: Vec<u8>,
         reply: Sender<Result<ChunkRef, ChunkError>>,
     },
@@ -35,11 +37,18 @@ enum Job {
 pub struct ChunkWorkers {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// The key scope of the chunks they store.
+    scope: KeyScope,
 }
 
 impl ChunkWorkers {
-    /// Start `threads` workers (at least one).
+    /// Start `threads` workers (at least one) that store chunks whose keys may be given out.
     pub fn start(repo: Arc<Repo>, threads: usize) -> Self {
+        Self::start_in(repo, threads, KeyScope::Shareable)
+    }
+
+    /// Start `threads` workers (at least one) that store chunks with keys of `scope`.
+    pub fn start_in(repo: Arc<Repo>, threads: usize, scope: KeyScope) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = bounded::<Job>(2 * threads);
         let handles = (0..threads)
@@ -54,7 +63,13 @@ impl ChunkWorkers {
         Self {
             jobs: Some(tx),
             threads: handles,
+            scope,
         }
+    }
+
+    /// The key scope of the chunks these workers store.
+    pub fn scope(&self) -> KeyScope {
+        self.scope
     }
 
     fn submit(&self, job: Job) {
@@ -69,6 +84,7 @@ impl ChunkWorkers {
         let (reply, rx) = bounded(1);
         self.submit(Job::Store {
             owner,
+            scope: self.scope,
             plaintext,
             reply,
         });
@@ -109,10 +125,11 @@ fn work(repo: &Repo, jobs: &Receiver<Job>) {
         match job {
             Job::Store {
                 owner,
+                scope,
                 plaintext,
                 reply,
             } => {
-                let _ = reply.send(repo.put_chunk(&owner, plaintext, &mut coder));
+                let _ = reply.send(repo.put_chunk_in(scope, &owner, plaintext, &mut coder));
             }
             Job::Fetch { chunk, reply } => {
                 let _ = reply.send(repo.read_chunk(&chunk, &mut coder));

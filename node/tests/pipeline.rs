@@ -354,3 +354,81 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
     let err = repo.get_chunk(&chunk, &mut coder, false).unwrap_err();
     assert!(matches!(err, ChunkError::Mismatch { .. }), "{err}");
 }
+
+/// A chunk of the private key scope (the own volume's) is opened on its AEAD tag alone, with
+/// no hash of the chunk: no one else has its key, so no one else can make shards that pass
+/// the tag. A forged shard fails the tag, and the read goes the checked way.
+#[test]
+fn a_private_chunk_is_opened_on_its_tag_and_a_forged_shard_is_still_read_around() {
+    use dfs_node::crypto::KeyScope;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 11 % 251) as u8).collect();
+    let mut coder = dfs_placement::erasure::ShardCoder::default();
+    let peers = std::sync::Arc::new(ForgingPeers::new(2));
+    repo.set_remote(Some(peers.clone()));
+    let private = repo
+        .put_chunk_in(KeyScope::Private, &[3; 16], plaintext.clone(), &mut coder)
+        .unwrap();
+    assert!(repo.meta().is_private(&private.id).unwrap());
+    let read = repo.read_chunk(&private, &mut coder).unwrap();
+    assert!(read == plaintext, "the read returned other bytes");
+    assert_eq!(*peers.reported.lock().unwrap(), vec![(2, peers.holders[2])]);
+    // The same content put for a link is another chunk under another key, never marked.
+    let shareable = repo
+        .put_chunk(&[4; 16], plaintext.clone(), &mut coder)
+        .unwrap();
+    assert_ne!(shareable.id, private.id);
+    assert_ne!(shareable.key, private.key);
+    assert!(!repo.meta().is_private(&shareable.id).unwrap());
+}
+
+/// Whoever holds a chunk's key (a link holder, a member of a shared volume) can seal other
+/// bytes that pass its AEAD tag, and encode them into shards with valid checksums under the
+/// chunk's id. A reader never returns them: the decoded chunk is not the chunk id, and the
+/// writer's hashes (or, for a reader without them, every subset of k shards) say so.
+#[test]
+fn shards_of_other_bytes_sealed_under_the_chunk_key_are_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 13 % 241) as u8).collect();
+    let mut coder = dfs_placement::erasure::ShardCoder::default();
+    let peers = std::sync::Arc::new(ForgingPeers::new(u8::MAX));
+    repo.set_remote(Some(peers.clone()));
+    let chunk = repo
+        .put_chunk(&[3; 16], plaintext.clone(), &mut coder)
+        .unwrap();
+    let record = repo.meta().chunk(&chunk.id).unwrap().unwrap();
+    // The key holder's forgery: other bytes of the same length, sealed under the chunk's key
+    // (so the tag verifies), cut into shards that name the chunk and carry valid checksums.
+    let evil: Vec<u8> = plaintext.iter().map(|b| b ^ 0x42).collect();
+    let sealed = chunk.key.encrypt(evil.clone());
+    assert_eq!(chunk.key.decrypt(sealed.clone()).unwrap(), evil);
+    let forged =
+        dfs_node::chunk::encode_shards(&chunk.id, sealed, record.layout, &mut coder).unwrap();
+    let mut images = peers.images.lock().unwrap();
+    for index in 0..forged.encoded.shard_count() {
+        let mut image = forged.headers[index].to_vec();
+        image.extend_from_slice(forged.encoded.shard(index));
+        images.insert(index as u8, image);
+    }
+    drop(images);
+    // (Never unwrap_err: a failure would print a mebibyte of forged bytes.)
+    let read = repo
+        .read_chunk(&chunk, &mut coder)
+        .map(|_| "the forged bytes");
+    assert!(
+        matches!(read, Err(ChunkError::Unreachable { .. })),
+        "the writer's hashes turn every forged shard away: {read:?}"
+    );
+    let blind = std::sync::Arc::new(ForgingPeers {
+        images: std::sync::Mutex::new(peers.images.lock().unwrap().clone()),
+        ignore_hashes: true,
+        ..ForgingPeers::new(u8::MAX)
+    });
+    repo.set_remote(Some(blind));
+    let read = repo
+        .get_chunk(&chunk, &mut coder, false)
+        .map(|_| "the forged bytes");
+    assert!(matches!(read, Err(ChunkError::Mismatch { .. })), "{read:?}");
+}

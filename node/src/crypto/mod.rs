@@ -21,9 +21,26 @@ pub use aead::{backend, use_crate_only, Backend};
 /// Bytes the AEAD adds to each chunk.
 pub const TAG_LEN: usize = 16;
 
-/// The secret of a volume: 32 random bytes kept in the data directory.
+/// The secret of a volume: 32 random bytes kept in the data directory, used through two
+/// subkeys, one per [`KeyScope`].
 #[derive(Clone)]
-pub struct VolumeSecret([u8; 32]);
+pub struct VolumeSecret {
+    shareable: [u8; 32],
+    private: [u8; 32],
+}
+
+/// Who may come to know the keys of the chunks a writer seals. The two scopes derive keys
+/// under different subkeys, so equal content sealed in each is two chunks with two keys: a key
+/// that has left this peer (in a link, or a shared volume's records) never opens a private
+/// chunk, and a reader may trust the AEAD tag of a private chunk (no one else can make one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Keys that may leave this peer: `dfs put` (they travel in the link) and shared volumes
+    /// (their members read them).
+    Shareable,
+    /// Keys that never leave this peer: the chunks of its own volume.
+    Private,
+}
 
 /// The key of one chunk. Whoever holds it can read the chunk; it travels inside share links and
 /// inside the (encrypted) tree nodes that reference the chunk.
@@ -37,20 +54,29 @@ pub struct DecryptError;
 
 impl VolumeSecret {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        // Chunk keys come from a subkey, so the stored secret is never used directly as a key.
-        Self(blake3::derive_key(
-            "dfs 2026 chunk key derivation v1",
-            &bytes,
-        ))
+        // Chunk keys come from subkeys, so the stored secret is never used directly as a key.
+        Self {
+            shareable: blake3::derive_key("dfs 2026 chunk key derivation v1", &bytes),
+            private: blake3::derive_key("dfs 2026 private chunk key derivation v1", &bytes),
+        }
     }
 
     pub fn generate() -> [u8; 32] {
         rand::random()
     }
 
-    /// The convergent key of a chunk with this plaintext.
+    /// The convergent key of a chunk with this plaintext, whose key may be given out.
     pub fn chunk_key(&self, plaintext: &[u8]) -> ChunkKey {
-        ChunkKey(*blake3::keyed_hash(&self.0, plaintext).as_bytes())
+        self.chunk_key_in(KeyScope::Shareable, plaintext)
+    }
+
+    /// The convergent key of a chunk with this plaintext in `scope`.
+    pub fn chunk_key_in(&self, scope: KeyScope, plaintext: &[u8]) -> ChunkKey {
+        let subkey = match scope {
+            KeyScope::Shareable => &self.shareable,
+            KeyScope::Private => &self.private,
+        };
+        ChunkKey(*blake3::keyed_hash(subkey, plaintext).as_bytes())
     }
 }
 
@@ -273,5 +299,19 @@ mod tests {
             b.chunk_key(&data).encrypt(data.clone())
         );
         assert_eq!(ChunkKey::decrypt(&ka, vec![1, 2, 3]), Err(DecryptError));
+    }
+
+    #[test]
+    fn a_private_key_is_never_the_shareable_key_of_the_same_content() {
+        let secret = VolumeSecret::from_bytes([1; 32]);
+        let data = b"same content".to_vec();
+        let private = secret.chunk_key_in(KeyScope::Private, &data);
+        let shareable = secret.chunk_key(&data);
+        assert_ne!(private, shareable);
+        assert_eq!(private, secret.chunk_key_in(KeyScope::Private, &data));
+        // What a link gives out does not open the private chunk.
+        let sealed = private.encrypt(data.clone());
+        assert_eq!(shareable.decrypt(sealed.clone()), Err(DecryptError));
+        assert_eq!(private.decrypt(sealed), Ok(data));
     }
 }
