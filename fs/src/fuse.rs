@@ -18,7 +18,7 @@ use fuser::{
 
 use crate::dotdfs::{self, is_virtual, DotDfs};
 use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, ROOT};
-use crate::quiesce::Requests;
+use crate::quiesce::{Active, Requests};
 use crate::volume::Volume;
 use dfs_node::metrics::{metrics, FuseTimer};
 
@@ -169,22 +169,17 @@ impl Filesystem for DfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _timer = FuseTimer::start("lookup");
-        let _active = self.requests.enter();
+        let _call = self.begin("lookup");
         let found = if read_only(parent, name) {
             self.dot.lookup(&self.vol, parent.0, name.as_bytes())
         } else {
             self.vol.lookup(parent.0, name.as_bytes())
         };
-        match found {
-            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.entry(reply, found)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _timer = FuseTimer::start("getattr");
-        let _active = self.requests.enter();
+        let _call = self.begin("getattr");
         match self.attr_any(ino.0) {
             Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
             Err(e) => reply.error(errno(&e)),
@@ -209,9 +204,7 @@ impl Filesystem for DfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _timer = FuseTimer::start("setattr");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("setattr", req);
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -231,8 +224,7 @@ impl Filesystem for DfsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _timer = FuseTimer::start("readlink");
-        let _active = self.requests.enter();
+        let _call = self.begin("readlink");
         match self.attr_any(ino.0) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -250,9 +242,7 @@ impl Filesystem for DfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = FuseTimer::start("mknod");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("mknod", req);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -263,19 +253,19 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EINVAL);
         }
         let perm = (mode & !umask & 0o7777) as u16;
-        match self.vol.ns.create(
-            &self.vol.repo,
-            parent.0,
-            name.as_bytes(),
-            kind,
-            perm,
-            caller(req),
-            rdev,
-            &[],
-        ) {
-            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.entry(
+            reply,
+            self.vol.ns.create(
+                &self.vol.repo,
+                parent.0,
+                name.as_bytes(),
+                kind,
+                perm,
+                caller(req),
+                rdev,
+                &[],
+            ),
+        )
     }
 
     fn mkdir(
@@ -287,52 +277,40 @@ impl Filesystem for DfsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = FuseTimer::start("mkdir");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("mkdir", req);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
         let perm = (mode & !umask & 0o7777) as u16;
-        match self.vol.ns.create(
-            &self.vol.repo,
-            parent.0,
-            name.as_bytes(),
-            Kind::Dir,
-            perm,
-            caller(req),
-            0,
-            &[],
-        ) {
-            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.entry(
+            reply,
+            self.vol.ns.create(
+                &self.vol.repo,
+                parent.0,
+                name.as_bytes(),
+                Kind::Dir,
+                perm,
+                caller(req),
+                0,
+                &[],
+            ),
+        )
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = FuseTimer::start("unlink");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("unlink", req);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
-        match self.vol.remove(parent.0, name.as_bytes(), false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vol.remove(parent.0, name.as_bytes(), false))
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = FuseTimer::start("rmdir");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("rmdir", req);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
-        match self.vol.remove(parent.0, name.as_bytes(), true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vol.remove(parent.0, name.as_bytes(), true))
     }
 
     fn symlink(
@@ -343,9 +321,7 @@ impl Filesystem for DfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _timer = FuseTimer::start("symlink");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("symlink", req);
         if read_only(parent, link_name) {
             return reply.error(Errno::EROFS);
         }
@@ -353,19 +329,19 @@ impl Filesystem for DfsFs {
         if target.len() > libc::PATH_MAX as usize {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        match self.vol.ns.create(
-            &self.vol.repo,
-            parent.0,
-            link_name.as_bytes(),
-            Kind::Symlink,
-            0o777,
-            caller(req),
-            0,
-            target,
-        ) {
-            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.entry(
+            reply,
+            self.vol.ns.create(
+                &self.vol.repo,
+                parent.0,
+                link_name.as_bytes(),
+                Kind::Symlink,
+                0o777,
+                caller(req),
+                0,
+                target,
+            ),
+        )
     }
 
     fn rename(
@@ -378,26 +354,24 @@ impl Filesystem for DfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("rename");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("rename", req);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
         if read_only(parent, name) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
-        match self.vol.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.contains(RenameFlags::RENAME_NOREPLACE),
-            flags.contains(RenameFlags::RENAME_EXCHANGE),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vol.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.contains(RenameFlags::RENAME_NOREPLACE),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            ),
+        )
     }
 
     fn link(
@@ -408,25 +382,20 @@ impl Filesystem for DfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _timer = FuseTimer::start("link");
-        let _active = self.requests.enter();
+        let _call = self.begin("link");
         if is_virtual(ino.0) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
-        match self
+        let linked = self
             .vol
             .ns
             .link(&self.vol.repo, ino.0, newparent.0, newname.as_bytes())
-            .and_then(|_| self.vol.attr(ino.0))
-        {
-            Ok(inode) => reply.entry(&self.ttl, &attr(ino.0, &inode), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+            .and_then(|_| Ok((ino.0, self.vol.attr(ino.0)?)));
+        self.entry(reply, linked)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = FuseTimer::start("open");
-        let _active = self.requests.enter();
+        let _call = self.begin("open");
         if is_virtual(ino.0) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 reply.error(Errno::EROFS)
@@ -461,8 +430,7 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timer = FuseTimer::start("read");
-        let _active = self.requests.enter();
+        let _call = self.begin("read");
         let data = if is_virtual(ino.0) {
             self.dot.read(&self.vol, ino.0, offset, size as usize)
         } else {
@@ -492,8 +460,7 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _timer = FuseTimer::start("write");
-        let _active = self.requests.enter();
+        let _call = self.begin("write");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -515,15 +482,11 @@ impl Filesystem for DfsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("flush");
-        let _active = self.requests.enter();
+        let _call = self.begin("flush");
         if is_virtual(ino.0) {
             return reply.ok();
         }
-        match self.vol.flush(ino.0, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vol.flush(ino.0, false))
     }
 
     fn release(
@@ -536,8 +499,7 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("release");
-        let _active = self.requests.enter();
+        let _call = self.begin("release");
         if is_virtual(ino.0) {
             return reply.ok();
         }
@@ -547,10 +509,7 @@ impl Filesystem for DfsFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ino.0);
-        match self.vol.release(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vol.release(ino.0))
     }
 
     fn fsync(
@@ -561,20 +520,15 @@ impl Filesystem for DfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("fsync");
-        let _active = self.requests.enter();
+        let _call = self.begin("fsync");
         if is_virtual(ino.0) {
             return reply.ok();
         }
-        match self.vol.flush(ino.0, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vol.flush(ino.0, true))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = FuseTimer::start("opendir");
-        let _active = self.requests.enter();
+        let _call = self.begin("opendir");
         let listing = if is_virtual(ino.0) {
             self.dot.list(&self.vol, ino.0)
         } else {
@@ -601,8 +555,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _timer = FuseTimer::start("readdir");
-        let _active = self.requests.enter();
+        let _call = self.begin("readdir");
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -642,8 +595,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _timer = FuseTimer::start("readdirplus");
-        let _active = self.requests.enter();
+        let _call = self.begin("readdirplus");
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -692,8 +644,7 @@ impl Filesystem for DfsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("releasedir");
-        let _active = self.requests.enter();
+        let _call = self.begin("releasedir");
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -709,17 +660,12 @@ impl Filesystem for DfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("fsyncdir");
-        let _active = self.requests.enter();
-        match self.vol.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let _call = self.begin("fsyncdir");
+        empty(reply, self.vol.sync())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _timer = FuseTimer::start("statfs");
-        let _active = self.requests.enter();
+        let _call = self.begin("statfs");
         match nix::sys::statvfs::statvfs(self.vol.repo.path()) {
             Ok(st) => {
                 let storage = &self.vol.repo.config().storage;
@@ -755,8 +701,7 @@ impl Filesystem for DfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("setxattr");
-        let _active = self.requests.enter();
+        let _call = self.begin("setxattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -767,22 +712,21 @@ impl Filesystem for DfsFs {
         }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
-        match self.vol.ns.set_xattr(
-            &self.vol.repo,
-            ino.0,
-            name.as_bytes(),
-            value,
-            create,
-            replace,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vol.ns.set_xattr(
+                &self.vol.repo,
+                ino.0,
+                name.as_bytes(),
+                value,
+                create,
+                replace,
+            ),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _timer = FuseTimer::start("getxattr");
-        let _active = self.requests.enter();
+        let _call = self.begin("getxattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::ENODATA);
         }
@@ -799,8 +743,7 @@ impl Filesystem for DfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _timer = FuseTimer::start("listxattr");
-        let _active = self.requests.enter();
+        let _call = self.begin("listxattr");
         if is_virtual(ino.0) {
             return reply.size(0);
         }
@@ -824,24 +767,20 @@ impl Filesystem for DfsFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = FuseTimer::start("removexattr");
-        let _active = self.requests.enter();
+        let _call = self.begin("removexattr");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
-        match self
-            .vol
-            .ns
-            .remove_xattr(&self.vol.repo, ino.0, name.as_bytes())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vol
+                .ns
+                .remove_xattr(&self.vol.repo, ino.0, name.as_bytes()),
+        )
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _timer = FuseTimer::start("access");
-        let _active = self.requests.enter();
+        let _call = self.begin("access");
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         match self.attr_any(ino.0) {
             Ok(_) => reply.ok(),
@@ -859,9 +798,7 @@ impl Filesystem for DfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _timer = FuseTimer::start("create");
-        let _active = self.requests.enter();
-        self.usage(req, None, false, 0, 0);
+        let _call = self.begin_change("create", req);
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
@@ -905,8 +842,7 @@ impl Filesystem for DfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _timer = FuseTimer::start("fallocate");
-        let _active = self.requests.enter();
+        let _call = self.begin("fallocate");
         if is_virtual(ino.0) {
             return reply.error(Errno::EROFS);
         }
@@ -926,10 +862,7 @@ impl Filesystem for DfsFs {
             }
             Ok(())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, result)
     }
 
     fn lseek(
@@ -941,8 +874,7 @@ impl Filesystem for DfsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _timer = FuseTimer::start("lseek");
-        let _active = self.requests.enter();
+        let _call = self.begin("lseek");
         match self.seek(ino.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),
@@ -950,8 +882,46 @@ impl Filesystem for DfsFs {
     }
 }
 
+/// What every callback holds while it runs: its latency timer (the FUSE histogram) and its place
+/// among the requests in progress (a remote change waits for earlier requests before it is
+/// invalidated: [`Requests`]).
+struct Call<'a> {
+    _timer: FuseTimer,
+    _active: Active<'a>,
+}
+
+/// Reply to a callback whose answer is nothing: ok, or the error's errno ([`errno`]).
+fn empty(reply: ReplyEmpty, done: Result<(), FsError>) {
+    match done {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 impl DfsFs {
-    /// Attributes of a real or virtual inode.
+    /// Begin callback `op` (see [`Call`]).
+    fn begin(&self, op: &'static str) -> Call<'_> {
+        Call {
+            _timer: FuseTimer::start(op),
+            _active: self.requests.enter(),
+        }
+    }
+
+    /// Begin callback `op`, a change made by `req`'s user (counted for usage analytics).
+    fn begin_change(&self, op: &'static str, req: &Request) -> Call<'_> {
+        let call = self.begin(op);
+        self.usage(req, None, false, 0, 0);
+        call
+    }
+
+    /// Reply with the entry of a node found or made, or the error's errno.
+    fn entry(&self, reply: ReplyEntry, found: Result<(Ino, Inode), FsError>) {
+        match found {
+            Ok((ino, inode)) => reply.entry(&self.ttl, &attr(ino, &inode), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     /// Count an operation of `req`'s user for usage analytics, with bytes of file `ino`.
     fn usage(&self, req: &Request, ino: Option<Ino>, opened: bool, read: u64, written: u64) {
         let path = ino.and_then(|ino| {
@@ -970,6 +940,7 @@ impl DfsFs {
             .count_usage(req.uid(), path.as_deref(), opened, read, written);
     }
 
+    /// Attributes of a real or virtual inode.
     fn attr_any(&self, ino: Ino) -> Result<Inode, FsError> {
         if is_virtual(ino) {
             self.dot.attr(&self.vol, ino)
