@@ -82,6 +82,24 @@ pub trait Remote: Send + Sync {
     fn locate(&self, repo: &Repo, id: &ChunkId) -> Option<(crate::meta::ChunkRecord, Placed)>;
 }
 
+/// Why a piece of background work on a chunk (storing a shard, rebuilding a chunk's shards,
+/// recording where they went) was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("cannot decode from the shards left: {0}")]
+    Decode(#[from] dfs_placement::DecodeError),
+    #[error("the shards decode to bytes that do not match the chunk id")]
+    Mismatch,
+    #[error("cannot encode the shards again: {0}")]
+    Encode(#[from] dfs_placement::EncodeError),
+}
+
 /// Counters of shard traffic caused by reads and writes.
 #[derive(Debug, Default)]
 pub struct TransferCounters {

@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::transfer::{fetch_counted, fetch_from, gather, image, store_on, ShardCheck};
-use super::{peer_from_bytes, Cluster, Members};
+use super::{peer_from_bytes, Cluster, ClusterError, Members};
 use crate::chunk::{encode_shards, ChunkError};
 use crate::meta::{ChunkRecord, Placed};
 use crate::net::{NetError, Refusal};
@@ -410,7 +410,7 @@ fn carry_out(
     id: &ChunkId,
     record: &ChunkRecord,
     actions: &[Action],
-) -> Result<u64, String> {
+) -> Result<u64, ClusterError> {
     let peer = |i: usize| members.list[i].id;
     let needs_decode = actions.iter().any(|a| matches!(a, Action::Rebuild { .. }));
     let mut rebuilt = None;
@@ -436,7 +436,7 @@ fn carry_out(
             Action::Move {
                 index, from, to, ..
             } => {
-                let hashes = repo.meta().shard_hashes(id).map_err(|e| e.to_string())?;
+                let hashes = repo.meta().shard_hashes(id)?;
                 let expected = hashes.as_ref().and_then(|h| h.of(index));
                 let fetched = block(
                     cluster,
@@ -483,12 +483,8 @@ fn rebuild_shards(
     coder: &mut ShardCoder,
     id: &ChunkId,
     record: &ChunkRecord,
-) -> Result<crate::chunk::ShardSet, String> {
-    let placed = repo
-        .meta()
-        .placed(id)
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+) -> Result<crate::chunk::ShardSet, ClusterError> {
+    let placed = repo.meta().placed(id)?.unwrap_or_default();
     rebuild_from(cluster, repo, coder, id, record, &placed)
 }
 
@@ -501,9 +497,9 @@ pub(super) fn rebuild_from(
     id: &ChunkId,
     record: &ChunkRecord,
     placed: &Placed,
-) -> Result<crate::chunk::ShardSet, String> {
+) -> Result<crate::chunk::ShardSet, ClusterError> {
     let layout = record.layout;
-    let hashes = repo.meta().shard_hashes(id).map_err(|e| e.to_string())?;
+    let hashes = repo.meta().shard_hashes(id)?;
     let gathered = block(
         cluster,
         gather(
@@ -516,13 +512,11 @@ pub(super) fn rebuild_from(
             ShardCheck::Checksum(hashes.as_ref()),
         ),
     );
-    let ciphertext = coder
-        .decode(layout, record.len as usize, &gathered.bodies())
-        .map_err(|e| format!("cannot decode from the shards left: {e}"))?;
+    let ciphertext = coder.decode(layout, record.len as usize, &gathered.bodies())?;
     if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
-        return Err("the shards decode to bytes that do not match the chunk id".into());
+        return Err(ClusterError::Mismatch);
     }
-    encode_shards(id, ciphertext, layout, coder).map_err(|e| e.to_string())
+    Ok(encode_shards(id, ciphertext, layout, coder)?)
 }
 
 fn add_holder(
@@ -531,20 +525,17 @@ fn add_holder(
     id: &ChunkId,
     index: u8,
     peer: PeerId,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let bytes = peer.to_bytes();
     // A delete still queued for this very shard (the peer held it before) must not follow.
-    repo.meta()
-        .unqueue_deletes(id, &[(index, bytes.clone())])
-        .map_err(|e| e.to_string())?;
-    cluster
-        .update_placed(repo, id, |p| {
-            if !p.holders.iter().any(|(i, b)| *i == index && *b == bytes) {
-                p.holders.push((index, bytes));
-                p.holders.sort();
-            }
-        })
-        .map_err(|e| e.to_string())
+    repo.meta().unqueue_deletes(id, &[(index, bytes.clone())])?;
+    cluster.update_placed(repo, id, |p| {
+        if !p.holders.iter().any(|(i, b)| *i == index && *b == bytes) {
+            p.holders.push((index, bytes));
+            p.holders.sort();
+        }
+    })?;
+    Ok(())
 }
 
 /// Delete shard `index` on `peer` and strike it from the record; a delete that cannot be done
@@ -555,17 +546,13 @@ fn drop_holder(
     id: &ChunkId,
     index: u8,
     peer: PeerId,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let bytes = peer.to_bytes();
-    cluster
-        .update_placed(repo, id, |p| {
-            p.holders.retain(|(i, b)| !(*i == index && *b == bytes))
-        })
-        .map_err(|e| e.to_string())?;
+    cluster.update_placed(repo, id, |p| {
+        p.holders.retain(|(i, b)| !(*i == index && *b == bytes))
+    })?;
     if !delete_shard(cluster, repo, peer, id, index) {
-        repo.meta()
-            .queue_deletes(id, &[(index, bytes)])
-            .map_err(|e| e.to_string())?;
+        repo.meta().queue_deletes(id, &[(index, bytes)])?;
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ use libp2p::PeerId;
 
 use super::repair::rebuild_from;
 use super::transfer::{image, store_on};
-use super::{Cluster, Members};
+use super::{Cluster, ClusterError, Members};
 use crate::meta::{ChunkRecord, Placed};
 use crate::repo::Repo;
 
@@ -323,7 +323,7 @@ fn rebuild(
     record: &ChunkRecord,
     present: &Placed,
     plan: &[(u8, PeerId)],
-) -> Result<u64, String> {
+) -> Result<u64, ClusterError> {
     let shards = rebuild_from(cluster, repo, coder, id, record, present)?;
     let mut bytes = 0;
     for &(index, to) in plan {

@@ -22,7 +22,7 @@ use dfs_placement::{hrw, ChunkId, Layout};
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 
-use super::{peer_from_bytes, Cluster, Members};
+use super::{peer_from_bytes, Cluster, ClusterError, Members};
 use crate::chunk::{ChunkError, ShardSet};
 use crate::meta::{Placed, ShardHashes};
 use crate::net::Holding;
@@ -44,18 +44,18 @@ pub async fn store_on(
     id: &ChunkId,
     index: u8,
     image: &[&[u8]],
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let len: u64 = image.iter().map(|part| part.len() as u64).sum();
     let result = if peer == cluster.local {
         repo.store()
             .write(id, index, image)
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::from)
     } else {
         cluster
             .network
             .store_shard(peer, *id, index, image)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::from)
     };
     match &result {
         Ok(()) => {
@@ -246,18 +246,27 @@ impl<'a> ShardCheck<'a> {
     }
 }
 
+/// What is wrong with a shard image ([`verify_image`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BadShard {
+    #[error("is corrupt: {0}")]
+    Corrupt(#[from] crate::shard::ShardDefect),
+    #[error("is not the shard its writer made (its hash differs from the recorded one)")]
+    NotTheWritersShard,
+}
+
 /// Whether `image` is shard `index` of `id` with a valid checksum and, when `expected` is
 /// given, the very image its writer made.
-pub fn verify_image(
+fn verify_image(
     image: &[u8],
     id: &ChunkId,
     index: u8,
     expected: Option<&[u8; 32]>,
-) -> Result<(), String> {
-    ShardHeader::decode_expected(image, *id, index).map_err(|e| format!("is corrupt: {e}"))?;
+) -> Result<(), BadShard> {
+    ShardHeader::decode_expected(image, *id, index)?;
     match expected {
         Some(hash) if ShardHeader::carried_hash(image).as_ref() != Some(hash) => {
-            Err("is not the shard its writer made (its hash differs from the recorded one)".into())
+            Err(BadShard::NotTheWritersShard)
         }
         _ => Ok(()),
     }
