@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dfs_benches::{random_bytes, scratch_dir, stamp, CHUNK};
-use dfs_node::{blob, Repo};
+use dfs_node::{blob, Pipeline, Repo};
 use dfs_placement::Layout;
 use tempfile::TempDir;
 
@@ -27,7 +27,7 @@ const SIZE: usize = 256 << 20;
 /// A repository in its own scratch directory. Field order matters: the repo (and its lock and
 /// database) is dropped before the directory is removed.
 struct Scratch {
-    repo: Repo,
+    pipeline: Pipeline,
     _dir: TempDir,
 }
 
@@ -41,14 +41,21 @@ impl Scratch {
             config.storage.workers = workers;
             repo.set_config(config).expect("valid configuration");
         }
-        Self { repo, _dir: dir }
+        Self {
+            pipeline: Pipeline::local(std::sync::Arc::new(repo)),
+            _dir: dir,
+        }
     }
 
     fn write(&self, data: &[u8]) -> (blob::BlobRef, Duration) {
-        let put = self.repo.begin_put("bench").expect("begin a put");
+        let put = self
+            .pipeline
+            .repo()
+            .begin_put("bench")
+            .expect("begin a put");
         let mut reader = data;
         let start = Instant::now();
-        let blob = blob::write_blob(&self.repo, put.owner(), &mut reader).expect("write_blob");
+        let blob = blob::write_blob(&self.pipeline, put.owner(), &mut reader).expect("write_blob");
         let elapsed = start.elapsed();
         assert_eq!(blob.size, data.len() as u64);
         (blob, elapsed)
@@ -136,7 +143,8 @@ fn pipeline(c: &mut Criterion) {
                     total += elapsed;
                     // Proof that nothing was skipped: every chunk was stored as 4+2 shards.
                     let written = scratch
-                        .repo
+                        .pipeline
+                        .repo()
                         .store()
                         .counters()
                         .shard_bytes_written
@@ -154,20 +162,16 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 
     let mut g = group(c, "pipeline_256MiB", 10);
-    let mut scratch = Scratch::new(0);
-    let (stored, _) = scratch.write(&data);
     for workers in [0, 1] {
-        let mut config = scratch.repo.config().clone();
-        config.storage.workers = workers;
-        scratch
-            .repo
-            .set_config(config)
-            .expect("valid configuration");
-        let repo = &scratch.repo;
+        // A repository per worker count (its configuration is fixed once it is shared).
+        let scratch = Scratch::new(workers);
+        let (stored, _) = scratch.write(&data);
+        let pipeline = &scratch.pipeline;
         g.bench_function(format!("read_blob/{}", label(workers)), |b| {
             b.iter(|| {
-                let report = blob::read_blob(repo, black_box(&stored), &mut std::io::sink(), false)
-                    .expect("read_blob");
+                let report =
+                    blob::read_blob(pipeline, black_box(&stored), &mut std::io::sink(), false)
+                        .expect("read_blob");
                 assert_eq!(report.bytes, SIZE as u64);
                 assert_eq!(report.degraded_chunks, 0);
             })
@@ -178,7 +182,7 @@ fn pipeline(c: &mut Criterion) {
 
 /// The computing half of the write pipeline on every core, without the store: each worker seals
 /// (convergent key, encrypt, chunk id) and encodes (4+2 Reed-Solomon, shard checksums) whole
-/// 4 MiB chunks through the same functions `Repo::put_chunk` uses, recycling buffers as it does.
+/// 4 MiB chunks through the same functions `Pipeline::put_chunk` uses, recycling buffers as it does.
 /// Compare with the single-core kernels in `kernels.rs`: this is what the pipeline itself costs.
 fn pipeline_cpu(c: &mut Criterion) {
     use dfs_node::chunk::{encode_shards, seal};

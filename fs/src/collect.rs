@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use dfs_node::repo::VOLUME_OWNER;
 use dfs_node::tree::LeafWalker;
-use dfs_node::{BlobRef, GcReport, Repo};
+use dfs_node::{BlobRef, GcReport, Pipeline};
 use dfs_placement::ChunkId;
 
 use dfs_node::repo::GcError;
@@ -48,12 +48,12 @@ pub struct CollectReport {
 }
 
 /// Mark every chunk of `blob`'s tree as live.
-fn mark(repo: &Repo, blob: &BlobRef, live: &mut HashSet<ChunkId>) -> Result<(), TreeError> {
+fn mark(pipeline: &Pipeline, blob: &BlobRef, live: &mut HashSet<ChunkId>) -> Result<(), TreeError> {
     let Some(root) = blob.root else {
         return Ok(());
     };
     live.insert(root.id);
-    let mut walker = LeafWalker::new(repo, blob, false)?;
+    let mut walker = LeafWalker::new(pipeline, blob, false)?;
     while let Some((leaf, _)) = walker.next_leaf()? {
         if !leaf.is_hole() {
             live.insert(leaf.id);
@@ -66,11 +66,12 @@ fn mark(repo: &Repo, blob: &BlobRef, live: &mut HashSet<ChunkId>) -> Result<(), 
 /// Expire versions, then drop the volume's references to chunks no file or version uses, and
 /// sweep. Runs with the data directory locked (not while mounted).
 pub fn collect(
-    repo: &Repo,
+    pipeline: &Pipeline,
     ns: &Namespace,
     shared: &[BlobRef],
     now: Time,
 ) -> Result<CollectReport, CollectError> {
+    let repo = pipeline.repo();
     let mut report = CollectReport::default();
     let inodes = ns.all_inodes(repo)?;
     let exists: HashSet<u64> = inodes.iter().map(|(ino, _)| *ino).collect();
@@ -89,20 +90,20 @@ pub fn collect(
     let mut live = HashSet::new();
     for (ino, inode) in &inodes {
         if let Some(blob) = &inode.content {
-            mark(repo, blob, &mut live).map_err(|source| CollectError::Tree {
+            mark(pipeline, blob, &mut live).map_err(|source| CollectError::Tree {
                 what: format!("file {ino}"),
                 source,
             })?;
         }
     }
     for (i, blob) in shared.iter().enumerate() {
-        mark(repo, blob, &mut live).map_err(|source| CollectError::Tree {
+        mark(pipeline, blob, &mut live).map_err(|source| CollectError::Tree {
             what: format!("shared-volume write {i}"),
             source,
         })?;
     }
     for v in versions::all(repo)? {
-        mark(repo, &v.record.content, &mut live).map_err(|source| CollectError::Tree {
+        mark(pipeline, &v.record.content, &mut live).map_err(|source| CollectError::Tree {
             what: format!("a version of file {}", v.ino),
             source,
         })?;

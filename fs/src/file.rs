@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use dfs_node::repo::VOLUME_OWNER;
 use dfs_node::tree::{LeafWalker, TreeBuilder};
 use dfs_node::workers::{wait, ChunkWorkers, Pending};
-use dfs_node::{BlobRef, ChunkRef, Repo};
+use dfs_node::{BlobRef, ChunkRef, Pipeline};
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::ChunkId;
 use lru::LruCache;
@@ -39,7 +39,7 @@ const READ_AHEAD: usize = 6;
 /// What file content operations need from the volume.
 #[derive(Clone, Copy)]
 pub struct Io<'a> {
-    pub repo: &'a Repo,
+    pub pipeline: &'a Pipeline,
     pub cache: &'a ChunkCache,
     pub workers: &'a ChunkWorkers,
 }
@@ -114,7 +114,7 @@ impl ChunkCache {
 
     /// The plaintext of `chunk`, from the cache, a fetch under way, or read (verified,
     /// repaired) from the store now.
-    pub fn get(&self, repo: &Repo, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+    pub fn get(&self, pipeline: &Pipeline, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.lock().0.get(&chunk.id) {
             dfs_node::metrics::metrics().memory_cache_hits.inc();
             return Ok(hit.clone());
@@ -124,7 +124,7 @@ impl ChunkCache {
         let plain = match pending.map(|p| wait(&p)) {
             Some(Ok(plain)) => plain,
             // A failed prefetch is retried here, so the error reported is the real read's.
-            _ => repo.read_chunk(chunk, &mut ShardCoder::default())?,
+            _ => pipeline.read_chunk(chunk, &mut ShardCoder::default())?,
         };
         let plain = Arc::new(plain);
         let mut guard = self.lock();
@@ -199,11 +199,11 @@ impl FileContent {
         self.size.saturating_sub(start).min(self.chunk) as usize
     }
 
-    fn leaves(&mut self, repo: &Repo) -> Result<&mut Vec<ChunkRef>> {
+    fn leaves(&mut self, pipeline: &Pipeline) -> Result<&mut Vec<ChunkRef>> {
         if self.leaves.is_none() {
             let mut leaves = Vec::new();
             if let Some(base) = &self.base {
-                let mut walker = LeafWalker::new(repo, base, true)
+                let mut walker = LeafWalker::new(pipeline, base, true)
                     .map_err(|e| FsError::Corrupt(format!("file tree: {e}")))?;
                 while let Some((leaf, _)) = walker
                     .next_leaf()
@@ -218,8 +218,8 @@ impl FileContent {
     }
 
     /// Record a stored chunk as leaf `index`.
-    fn set_leaf(&mut self, repo: &Repo, index: usize, leaf: ChunkRef) -> Result<()> {
-        let leaves = self.leaves(repo)?;
+    fn set_leaf(&mut self, pipeline: &Pipeline, index: usize, leaf: ChunkRef) -> Result<()> {
+        let leaves = self.leaves(pipeline)?;
         if leaves.len() <= index {
             leaves.resize(index + 1, ChunkRef::hole(0));
         }
@@ -228,10 +228,10 @@ impl FileContent {
     }
 
     /// Wait for the background store of chunk `index` and record its leaf.
-    fn settle(&mut self, repo: &Repo, index: usize) -> Result<()> {
+    fn settle(&mut self, pipeline: &Pipeline, index: usize) -> Result<()> {
         if let Some((_, pending)) = self.inflight.remove(&index) {
             let leaf = wait(&pending)?;
-            self.set_leaf(repo, index, leaf)?;
+            self.set_leaf(pipeline, index, leaf)?;
         }
         Ok(())
     }
@@ -244,11 +244,11 @@ impl FileContent {
         self.touched.remove(&index);
         self.dirty_bytes -= buf.len().min(self.dirty_bytes);
         if buf.iter().all(|&b| b == 0) {
-            return self.set_leaf(io.repo, index, ChunkRef::hole(buf.len() as u32));
+            return self.set_leaf(io.pipeline, index, ChunkRef::hole(buf.len() as u32));
         }
         while self.inflight.len() >= MAX_INFLIGHT {
             let oldest = *self.inflight.keys().next().unwrap_or(&index);
-            self.settle(io.repo, oldest)?;
+            self.settle(io.pipeline, oldest)?;
         }
         let pending = io.workers.store(VOLUME_OWNER, buf.clone());
         self.inflight.insert(index, (buf, pending));
@@ -257,9 +257,9 @@ impl FileContent {
 
     /// The chunk's bytes as last committed or stored (not a dirty or in-flight buffer).
     fn stored_chunk(&mut self, io: Io, index: usize) -> Result<Vec<u8>> {
-        let leaf = self.leaves(io.repo)?.get(index).copied();
+        let leaf = self.leaves(io.pipeline)?.get(index).copied();
         Ok(match leaf {
-            Some(leaf) if !leaf.is_hole() => io.cache.get(io.repo, &leaf)?.as_ref().clone(),
+            Some(leaf) if !leaf.is_hole() => io.cache.get(io.pipeline, &leaf)?.as_ref().clone(),
             Some(leaf) => vec![0; leaf.len as usize],
             None => Vec::new(),
         })
@@ -300,7 +300,10 @@ impl FileContent {
         };
         // Load the old partial last chunk before its length changes.
         if let Some(last) = last {
-            let is_hole = self.leaves(io.repo)?.get(last).is_some_and(|l| l.is_hole())
+            let is_hole = self
+                .leaves(io.pipeline)?
+                .get(last)
+                .is_some_and(|l| l.is_hole())
                 && !self.inflight.contains_key(&last);
             if !self.dirty.contains_key(&last) && !is_hole {
                 self.dirty_chunk(io, last, false)?;
@@ -387,7 +390,7 @@ impl FileContent {
             } else {
                 match self.leaf_prefetching(io, index)? {
                     Some(leaf) if !leaf.is_hole() => {
-                        let plain = io.cache.get(io.repo, &leaf)?;
+                        let plain = io.cache.get(io.pipeline, &leaf)?;
                         let avail = plain.len().saturating_sub(within).min(take);
                         out.extend_from_slice(&plain[within..within + avail]);
                         out.resize(out.len() + take - avail, 0);
@@ -403,7 +406,7 @@ impl FileContent {
     /// The stored chunk at `index` (none past the end of the tree), asking the workers to
     /// fetch the next [`READ_AHEAD`] chunks meanwhile.
     fn leaf_prefetching(&mut self, io: Io, index: usize) -> Result<Option<ChunkRef>> {
-        let leaves = self.leaves(io.repo)?;
+        let leaves = self.leaves(io.pipeline)?;
         for ahead in leaves.iter().skip(index + 1).take(READ_AHEAD) {
             io.cache.prefetch(io.workers, ahead);
         }
@@ -423,7 +426,7 @@ impl FileContent {
         let Some(leaf) = self.leaf_prefetching(io, index)?.filter(|l| !l.is_hole()) else {
             return Ok(None);
         };
-        let plain = io.cache.get(io.repo, &leaf)?;
+        let plain = io.cache.get(io.pipeline, &leaf)?;
         let start = (offset % self.chunk) as usize;
         let stop = start + (end - offset) as usize;
         Ok((stop <= plain.len()).then_some(ReadBytes::Shared(plain, start..stop)))
@@ -445,11 +448,14 @@ impl FileContent {
                 .sum::<usize>()
                 .min(self.dirty_bytes);
             drop(self.inflight.split_off(&count));
-            self.leaves(io.repo)?.truncate(count);
+            self.leaves(io.pipeline)?.truncate(count);
             if !new_size.is_multiple_of(self.chunk) {
                 let last = count - 1;
                 let partial = (new_size - last as u64 * self.chunk) as usize;
-                let is_hole = self.leaves(io.repo)?.get(last).is_some_and(|l| l.is_hole())
+                let is_hole = self
+                    .leaves(io.pipeline)?
+                    .get(last)
+                    .is_some_and(|l| l.is_hole())
                     && !self.inflight.contains_key(&last);
                 if !self.dirty.contains_key(&last) && !is_hole {
                     self.dirty_chunk(io, last, false)?;
@@ -483,10 +489,10 @@ impl FileContent {
         }
         let inflight: Vec<usize> = self.inflight.keys().copied().collect();
         for index in inflight {
-            self.settle(io.repo, index)?;
+            self.settle(io.pipeline, index)?;
         }
         let lens: Vec<usize> = (0..count).map(|i| self.chunk_len(i)).collect();
-        let leaves = self.leaves(io.repo)?;
+        let leaves = self.leaves(io.pipeline)?;
         leaves.resize(count, ChunkRef::hole(0));
         for (leaf, &len) in leaves.iter_mut().zip(&lens) {
             if leaf.is_hole() {
@@ -499,7 +505,7 @@ impl FileContent {
                 )));
             }
         }
-        let mut tree = TreeBuilder::new_in(io.repo, VOLUME_OWNER, io.workers.scope());
+        let mut tree = TreeBuilder::new_in(io.pipeline, VOLUME_OWNER, io.workers.scope());
         for leaf in leaves.iter() {
             tree.push_leaf(*leaf)?;
         }
@@ -516,7 +522,7 @@ impl FileContent {
     }
 
     /// Whether byte `offset` is in a hole (for SEEK_DATA/SEEK_HOLE), at chunk granularity.
-    pub fn is_hole_at(&mut self, repo: &Repo, offset: u64) -> Result<bool> {
+    pub fn is_hole_at(&mut self, pipeline: &Pipeline, offset: u64) -> Result<bool> {
         let index = (offset / self.chunk) as usize;
         let buffered = self
             .dirty
@@ -525,7 +531,10 @@ impl FileContent {
         if let Some(buf) = buffered {
             return Ok(buf.iter().all(|&b| b == 0));
         }
-        Ok(self.leaves(repo)?.get(index).is_none_or(|l| l.is_hole()))
+        Ok(self
+            .leaves(pipeline)?
+            .get(index)
+            .is_none_or(|l| l.is_hole()))
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -542,7 +551,9 @@ mod tests {
     #[test]
     fn memory_cache_stays_within_its_byte_limit() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let repo = Repo::open(dir.path()).expect("open repo");
+        let repo = Pipeline::local(Arc::new(
+            dfs_node::Repo::open(dir.path()).expect("open repo"),
+        ));
         let mut coder = ShardCoder::default();
         let chunks: Vec<ChunkRef> = (0..12u8)
             .map(|i| {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use dfs_node::blob::check_blob;
 use dfs_node::tree::LeafWalker;
-use dfs_node::Repo;
+use dfs_node::Pipeline;
 
 use crate::model::{FsError, Ino, Inode, Kind, Namespace, ROOT};
 
@@ -31,7 +31,8 @@ impl FsckReport {
 }
 
 /// Check the volume of `repo` (not mounted: the data directory is locked by the caller).
-pub fn fsck(repo: &Repo, ns: &Namespace, deep: bool) -> Result<FsckReport, FsError> {
+pub fn fsck(pipeline: &Pipeline, ns: &Namespace, deep: bool) -> Result<FsckReport, FsError> {
+    let repo = pipeline.repo();
     let mut report = FsckReport::default();
     let inodes: HashMap<Ino, Inode> = ns.all_inodes(repo)?.into_iter().collect();
     report.inodes = inodes.len();
@@ -135,7 +136,7 @@ pub fn fsck(repo: &Repo, ns: &Namespace, deep: bool) -> Result<FsckReport, FsErr
         }
         if deep {
             let mut damaged = 0;
-            let walked = check_blob(repo, &blob, false, &mut |health| {
+            let walked = check_blob(pipeline, &blob, false, &mut |health| {
                 report.chunks += 1;
                 damaged += usize::from(!health.is_healthy());
             });
@@ -147,7 +148,7 @@ pub fn fsck(repo: &Repo, ns: &Namespace, deep: bool) -> Result<FsckReport, FsErr
                 ));
             }
         } else {
-            let walked = LeafWalker::new(repo, &blob, false).and_then(|mut walker| {
+            let walked = LeafWalker::new(pipeline, &blob, false).and_then(|mut walker| {
                 while let Some((leaf, _)) = walker.next_leaf()? {
                     report.chunks += 1;
                     if !leaf.is_hole() && repo.meta().chunk(&leaf.id).ok().flatten().is_none() {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use dfs_node::crypto::KeyScope;
 use dfs_node::events::EventKind;
-use dfs_node::Repo;
+use dfs_node::Pipeline;
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -127,11 +127,11 @@ pub fn prepare_signals() -> UnmountSignals {
     UnmountSignals(signals)
 }
 
-/// Mount the volume of `repo` at `mountpoint` and serve it until it is unmounted (by
+/// Mount the volume of the data directory under `pipeline` at `mountpoint` and serve it until it is unmounted (by
 /// `dfs umount`, `fusermount3 -u`, or SIGINT/SIGTERM to this process). `ready` is called once
 /// the mount is in place.
 pub fn mount(
-    repo: Arc<Repo>,
+    pipeline: Pipeline,
     mountpoint: &Path,
     options: &MountOptions,
     signals: UnmountSignals,
@@ -149,10 +149,13 @@ pub fn mount(
         Some(shared) => {
             // Its chunks are written under the volume owner, like the own volume's, with keys
             // the other members read.
-            repo.ensure_volume_owner().map_err(FsError::from)?;
-            Volume::with_backend(repo, Box::new(shared.clone()), KeyScope::Shareable)
+            pipeline
+                .repo()
+                .ensure_volume_owner()
+                .map_err(FsError::from)?;
+            Volume::with_backend(pipeline, Box::new(shared.clone()), KeyScope::Shareable)
         }
-        None => Volume::open(repo, owner)?,
+        None => Volume::open(pipeline, owner)?,
     });
 
     let mut config = Config::default();

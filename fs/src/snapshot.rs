@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use dfs_node::blob::{check_blob, read_blob, read_blob_to_vec, write_blob};
 use dfs_node::chunk::ChunkHealth;
 use dfs_node::meta::OwnerId;
-use dfs_node::{BlobError, BlobRef, ChunkError, ChunkRef, ReadReport, Repo};
+use dfs_node::{BlobError, BlobRef, ChunkError, ChunkRef, Pipeline, ReadReport};
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::ChunkId;
 use serde::{Deserialize, Serialize};
@@ -138,14 +138,16 @@ pub struct PutOutcome {
 }
 
 /// Store the tree at `path` and commit it; on any failure nothing of it stays in the store.
-pub fn put_path(repo: &Repo, path: &Path) -> Result<PutOutcome, SnapshotError> {
+pub fn put_path(pipeline: &Pipeline, path: &Path) -> Result<PutOutcome, SnapshotError> {
     let meta = fs::symlink_metadata(path).map_err(SnapshotError::io(path))?;
     let name = entry_name(path, &meta);
-    let session = repo.begin_put(&String::from_utf8_lossy(&name))?;
+    let session = pipeline.repo().begin_put(&String::from_utf8_lossy(&name))?;
     let mut ctx = PutContext {
-        repo,
+        pipeline,
         owner: *session.owner(),
-        data_dir: fs::metadata(repo.path()).map(|m| (m.dev(), m.ino())).ok(),
+        data_dir: fs::metadata(pipeline.repo().path())
+            .map(|m| (m.dev(), m.ino()))
+            .ok(),
         stats: PutStats::default(),
     };
     let owner = ctx.owner;
@@ -157,12 +159,15 @@ pub fn put_path(repo: &Repo, path: &Path) -> Result<PutOutcome, SnapshotError> {
         };
         let bytes =
             postcard::to_stdvec(&record).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        repo.put_chunk(&owner, bytes, &mut ShardCoder::default())
+        pipeline
+            .put_chunk(&owner, bytes, &mut ShardCoder::default())
             .map_err(|e| SnapshotError::blob(path)(BlobError::Chunk(e)))
     })();
     match stored {
         Ok(root) => {
-            repo.commit_put(session, (root.id, root.key), ctx.stats.bytes)?;
+            pipeline
+                .repo()
+                .commit_put(session, (root.id, root.key), ctx.stats.bytes)?;
             Ok(PutOutcome {
                 link: ShareLink {
                     root: root.id,
@@ -172,7 +177,7 @@ pub fn put_path(repo: &Repo, path: &Path) -> Result<PutOutcome, SnapshotError> {
             })
         }
         Err(e) => {
-            if let Err(gc) = repo.abort_put(session) {
+            if let Err(gc) = pipeline.repo().abort_put(session) {
                 tracing::warn!(error = %gc, "cleaning up after a failed put");
             }
             Err(e)
@@ -194,7 +199,7 @@ fn entry_name(path: &Path, meta: &fs::Metadata) -> Vec<u8> {
 
 /// State of one put while it walks the tree.
 struct PutContext<'r> {
-    repo: &'r Repo,
+    pipeline: &'r Pipeline,
     owner: OwnerId,
     /// (device, inode) of the data directory, which a put never descends into: storing the store
     /// inside itself would never end.
@@ -208,11 +213,11 @@ fn put_entry(
     name: Vec<u8>,
     meta: &fs::Metadata,
 ) -> Result<Entry, SnapshotError> {
-    let (repo, owner) = (ctx.repo, ctx.owner);
+    let (pipeline, owner) = (ctx.pipeline, ctx.owner);
     let file_type = meta.file_type();
     let kind = if file_type.is_file() {
         let mut file = File::open(path).map_err(SnapshotError::io(path))?;
-        let blob = write_blob(repo, &owner, &mut file).map_err(SnapshotError::blob(path))?;
+        let blob = write_blob(pipeline, &owner, &mut file).map_err(SnapshotError::blob(path))?;
         ctx.stats.files += 1;
         ctx.stats.bytes += blob.size;
         EntryKind::File(blob)
@@ -246,8 +251,8 @@ fn put_entry(
         };
         let bytes =
             postcard::to_stdvec(&listing).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        let blob =
-            write_blob(repo, &owner, &mut Cursor::new(bytes)).map_err(SnapshotError::blob(path))?;
+        let blob = write_blob(pipeline, &owner, &mut Cursor::new(bytes))
+            .map_err(SnapshotError::blob(path))?;
         ctx.stats.dirs += 1;
         EntryKind::Dir(blob)
     } else if file_type.is_symlink() {
@@ -274,7 +279,7 @@ fn put_entry(
 
 /// Read and decode the root entry of a link.
 pub fn read_root(
-    repo: &Repo,
+    pipeline: &Pipeline,
     link: &ShareLink,
     repair: bool,
 ) -> Result<(Entry, ChunkHealth), SnapshotError> {
@@ -283,7 +288,7 @@ pub fn read_root(
         key: link.key,
         len: 0,
     };
-    let (plain, health) = repo
+    let (plain, health) = pipeline
         .get_chunk(&root, &mut ShardCoder::default(), repair)
         .map_err(|e| SnapshotError::Blob {
             path: "link root".into(),
@@ -308,7 +313,7 @@ pub fn decode_root(plain: &[u8]) -> Result<Entry, SnapshotError> {
 }
 
 fn read_listing(
-    repo: &Repo,
+    pipeline: &Pipeline,
     blob: &BlobRef,
     path: &Path,
     repair: bool,
@@ -321,7 +326,7 @@ fn read_listing(
         )));
     }
     let (bytes, report) =
-        read_blob_to_vec(repo, blob, repair).map_err(SnapshotError::blob(path))?;
+        read_blob_to_vec(pipeline, blob, repair).map_err(SnapshotError::blob(path))?;
     Ok((decode_listing(&bytes, path)?, report))
 }
 
@@ -394,12 +399,12 @@ pub fn destination(
 
 /// Restore the tree behind `link` at (or into) `out`.
 pub fn get_link(
-    repo: &Repo,
+    pipeline: &Pipeline,
     link: &ShareLink,
     out: &Path,
     force: bool,
 ) -> Result<GetOutcome, SnapshotError> {
-    let (root, _) = read_root(repo, link, true)?;
+    let (root, _) = read_root(pipeline, link, true)?;
     let dest = destination(
         out,
         &root.name,
@@ -412,7 +417,7 @@ pub fn get_link(
     };
     let tmp = parent.join(format!(".dfs-partial-{:016x}", rand_u64()));
     let mut report = ReadReport::default();
-    let restored = restore_entry(repo, &root, &tmp, &mut report)
+    let restored = restore_entry(pipeline, &root, &tmp, &mut report)
         .and_then(|()| fs::rename(&tmp, &dest).map_err(SnapshotError::io(&dest)));
     if let Err(e) = restored {
         let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
@@ -423,14 +428,14 @@ pub fn get_link(
 
 /// Stream a file link's content to `out` (e.g. stdout); fails for directories.
 pub fn cat_link(
-    repo: &Repo,
+    pipeline: &Pipeline,
     link: &ShareLink,
     out: &mut dyn Write,
 ) -> Result<ReadReport, SnapshotError> {
-    let (root, _) = read_root(repo, link, true)?;
+    let (root, _) = read_root(pipeline, link, true)?;
     match &root.kind {
         EntryKind::File(blob) => {
-            read_blob(repo, blob, out, true).map_err(SnapshotError::blob(Path::new("-")))
+            read_blob(pipeline, blob, out, true).map_err(SnapshotError::blob(Path::new("-")))
         }
         EntryKind::Dir(_) => Err(SnapshotError::NotAFile { kind: "directory" }),
         EntryKind::Symlink(_) => Err(SnapshotError::NotAFile { kind: "symlink" }),
@@ -445,7 +450,7 @@ fn rand_u64() -> u64 {
 }
 
 fn restore_entry(
-    repo: &Repo,
+    pipeline: &Pipeline,
     entry: &Entry,
     path: &Path,
     report: &mut ReadReport,
@@ -458,18 +463,19 @@ fn restore_entry(
                 .mode(0o600)
                 .open(path)
                 .map_err(SnapshotError::io(path))?;
-            let got = read_blob(repo, blob, &mut file, true).map_err(SnapshotError::blob(path))?;
+            let got =
+                read_blob(pipeline, blob, &mut file, true).map_err(SnapshotError::blob(path))?;
             report.merge(&got);
             file.set_permissions(fs::Permissions::from_mode(entry.mode))
                 .map_err(SnapshotError::io(path))?;
         }
         EntryKind::Dir(blob) => {
             fs::create_dir(path).map_err(SnapshotError::io(path))?;
-            let (entries, got) = read_listing(repo, blob, path, true)?;
+            let (entries, got) = read_listing(pipeline, blob, path, true)?;
             report.merge(&got);
             for child in &entries {
                 restore_entry(
-                    repo,
+                    pipeline,
                     child,
                     &path.join(OsStr::from_bytes(&child.name)),
                     report,
@@ -566,12 +572,12 @@ impl VerifyReport {
 
 /// Check every shard of every chunk under `link`; with `repair`, rewrite what can be rebuilt.
 pub fn verify_link(
-    repo: &Repo,
+    pipeline: &Pipeline,
     link: &ShareLink,
     repair: bool,
 ) -> Result<VerifyReport, SnapshotError> {
     let mut report = VerifyReport::default();
-    let root = match read_root(repo, link, repair) {
+    let root = match read_root(pipeline, link, repair) {
         Ok((entry, health)) => {
             report.record("/", health);
             entry
@@ -580,7 +586,7 @@ pub fn verify_link(
             source: BlobError::Chunk(e),
             ..
         }) if is_loss(&e) => {
-            let (_, health) = repo
+            let (_, health) = pipeline
                 .inspect_chunk(&link.root, &mut ShardCoder::default(), false)
                 .map_err(|e| SnapshotError::blob(Path::new("/"))(BlobError::Chunk(e)))?;
             report.record("/", health);
@@ -588,7 +594,7 @@ pub fn verify_link(
         }
         Err(e) => return Err(e),
     };
-    verify_entry(repo, &root, "", repair, &mut report)?;
+    verify_entry(pipeline, &root, "", repair, &mut report)?;
     Ok(report)
 }
 
@@ -597,7 +603,7 @@ fn is_loss(e: &ChunkError) -> bool {
 }
 
 fn verify_entry(
-    repo: &Repo,
+    pipeline: &Pipeline,
     entry: &Entry,
     parent: &str,
     repair: bool,
@@ -608,7 +614,7 @@ fn verify_entry(
         EntryKind::File(blob) | EntryKind::Dir(blob) => blob,
         EntryKind::Symlink(_) => return Ok(()),
     };
-    let walked = check_blob(repo, blob, repair, &mut |health| {
+    let walked = check_blob(pipeline, blob, repair, &mut |health| {
         report.record(&path, health)
     });
     match walked {
@@ -620,10 +626,10 @@ fn verify_entry(
         Err(e) => return Err(SnapshotError::Blob { path, source: e }),
     }
     if let EntryKind::Dir(blob) = &entry.kind {
-        match read_listing(repo, blob, Path::new(&path), false) {
+        match read_listing(pipeline, blob, Path::new(&path), false) {
             Ok((children, _)) => {
                 for child in &children {
-                    verify_entry(repo, child, &path, repair, report)?;
+                    verify_entry(pipeline, child, &path, repair, report)?;
                 }
             }
             Err(SnapshotError::Blob {
@@ -648,7 +654,9 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        let repo = Repo::open(&data).expect("open repo");
+        let repo = Pipeline::local(std::sync::Arc::new(
+            dfs_node::Repo::open(&data).expect("open repo"),
+        ));
         // A link's author can claim any size: a tree of holes costs it nothing to store, and
         // reading it would cost the reader that much memory.
         let blob = BlobRef {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::crypto::KeyScope;
-use dfs_node::Repo;
+use dfs_node::{Pipeline, Repo};
 
 use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
@@ -35,7 +35,10 @@ pub struct OpenFile {
 
 /// One volume, ready to serve filesystem operations.
 pub struct Volume {
+    /// The data directory's storage (the namespace's metadata lives there).
     pub repo: Arc<Repo>,
+    /// Chunks in and out, over the network when a peer runs.
+    pub pipeline: Arc<Pipeline>,
     pub ns: Box<dyn NamespaceBackend>,
     pub cache: ChunkCache,
     workers: ChunkWorkers,
@@ -52,8 +55,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Volume {
-    /// Open the volume of `repo`; the root directory is created for `owner` on first use.
-    pub fn open(repo: Arc<Repo>, owner: Caller) -> Result<Self> {
+    /// Open the own volume of the data directory under `pipeline`; the root directory is
+    /// created for `owner` on first use.
+    pub fn open(pipeline: Pipeline, owner: Caller) -> Result<Self> {
+        let repo = pipeline.repo().clone();
         repo.ensure_volume_owner()?;
         let ns = Namespace::open(&repo, owner)?;
         let reaped = ns.reap_orphans(&repo)?;
@@ -64,18 +69,29 @@ impl Volume {
             );
         }
         // No one else reads this volume: its chunks' keys never leave the peer.
-        Ok(Self::with_backend(repo, Box::new(ns), KeyScope::Private))
+        Ok(Self::with_backend(
+            pipeline,
+            Box::new(ns),
+            KeyScope::Private,
+        ))
     }
 
     /// A volume over any namespace backend (a shared volume's, say), whose chunks are sealed
     /// with keys of `scope`: [`KeyScope::Shareable`] when anyone else reads the volume.
-    pub fn with_backend(repo: Arc<Repo>, ns: Box<dyn NamespaceBackend>, scope: KeyScope) -> Self {
+    pub fn with_backend(
+        pipeline: Pipeline,
+        ns: Box<dyn NamespaceBackend>,
+        scope: KeyScope,
+    ) -> Self {
+        let repo = pipeline.repo().clone();
+        let pipeline = Arc::new(pipeline);
         // Twice the cores: fetch jobs wait on the disk as much as they compute, and more
         // threads keep both the disk and the cores busy (measured: +20% cold sequential reads).
         let threads = 2 * repo.config().storage.worker_count();
         let memory_cache = usize::try_from(repo.config().cache.memory_bytes).unwrap_or(usize::MAX);
         Self {
-            workers: ChunkWorkers::start_in(repo.clone(), threads, scope),
+            workers: ChunkWorkers::start_in(pipeline.clone(), threads, scope),
+            pipeline,
             repo,
             ns,
             cache: ChunkCache::new(memory_cache),
@@ -86,7 +102,7 @@ impl Volume {
 
     fn io(&self) -> Io<'_> {
         Io {
-            repo: &self.repo,
+            pipeline: &self.pipeline,
             cache: &self.cache,
             workers: &self.workers,
         }
@@ -451,11 +467,11 @@ impl Volume {
 
     /// Whether byte `offset` of `ino` lies in a hole.
     pub fn is_hole_at(&self, ino: Ino, offset: u64) -> Result<bool> {
-        match self.with_open(ino, |st| st.content.is_hole_at(&self.repo, offset)) {
+        match self.with_open(ino, |st| st.content.is_hole_at(&self.pipeline, offset)) {
             Some(result) => result,
             None => {
                 let inode = self.ns.inode(&self.repo, ino)?;
-                FileContent::new(&inode).is_hole_at(&self.repo, offset)
+                FileContent::new(&inode).is_hole_at(&self.pipeline, offset)
             }
         }
     }
@@ -479,7 +495,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Arc::new(Repo::open(dir.path()).unwrap());
         let root = Caller { uid: 0, gid: 0 };
-        let vol = Volume::open(repo, root).unwrap();
+        let vol = Volume::open(Pipeline::local(repo), root).unwrap();
         let (ino, _) = vol
             .ns
             .create(
@@ -523,11 +539,11 @@ mod tests {
             let repo = Arc::new(Repo::open(dir.path()).unwrap());
             let root = Caller { uid: 0, gid: 0 };
             let vol = match scope {
-                None => Volume::open(repo.clone(), root).unwrap(),
+                None => Volume::open(Pipeline::local(repo.clone()), root).unwrap(),
                 Some(scope) => {
                     repo.ensure_volume_owner().unwrap();
                     let ns = Namespace::open(&repo, root).unwrap();
-                    Volume::with_backend(repo.clone(), Box::new(ns), scope)
+                    Volume::with_backend(Pipeline::local(repo.clone()), Box::new(ns), scope)
                 }
             };
             let (ino, _) = vol

@@ -81,8 +81,9 @@ proptest! {
         let repo = Arc::new(Repo::open(dir.path()).unwrap());
         repo.ensure_volume_owner().unwrap();
         let cache = ChunkCache::new(8 * CHUNK as usize);
-        let workers = ChunkWorkers::start(repo.clone(), 2);
-        let io = Io { repo: &repo, cache: &cache, workers: &workers };
+        let pipeline = Arc::new(dfs_node::Pipeline::local(repo.clone()));
+        let workers = ChunkWorkers::start(pipeline.clone(), 2);
+        let io = Io { pipeline: &pipeline, cache: &cache, workers: &workers };
         let mut model: Vec<u8> = Vec::new();
         let mut file = FileContent::new(&inode(None, 0));
         // The last committed root, as the inode would hold it.

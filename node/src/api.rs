@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::Path as UrlPath;
 use axum::extract::State;
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::Cluster;
 use crate::net::{NetError, Network};
 use crate::repo::write_private_file;
 
@@ -44,7 +46,18 @@ impl ApiEndpoint {
 #[derive(Clone)]
 struct ApiState {
     network: Network,
+    /// The network side of the chunk pipeline, for its placement health.
+    cluster: Option<Arc<Cluster>>,
     token: String,
+}
+
+impl ApiState {
+    /// The peer's status with its placement health.
+    async fn status(&self) -> Result<crate::net::NodeStatus, NetError> {
+        let mut status = self.network.status().await?;
+        status.placement = self.cluster.as_ref().map(|c| c.status());
+        Ok(status)
+    }
 }
 
 /// A JSON error body: `{"error": "..."}`.
@@ -88,7 +101,7 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(state.network.status().await?))
+    Ok(Json(state.status().await?))
 }
 
 async fn peers(
@@ -199,7 +212,7 @@ async fn prometheus_metrics(State(state): State<ApiState>) -> impl IntoResponse 
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state.network).await,
+        crate::metrics::render(&state.network, state.status().await.ok()).await,
     )
 }
 
@@ -266,7 +279,7 @@ async fn not_found() -> ApiError {
 }
 
 /// The routes of the control API.
-pub fn router(network: Network, token: String) -> Router {
+pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(prometheus_metrics))
@@ -279,7 +292,11 @@ pub fn router(network: Network, token: String) -> Router {
         .route("/v1/volumes/{name}/invite", post(invite_volume))
         .route("/v1/volumes/{name}/log", get(volume_log))
         .fallback(not_found)
-        .with_state(ApiState { network, token })
+        .with_state(ApiState {
+            network,
+            cluster,
+            token,
+        })
 }
 
 /// A bound, not yet serving, API listener and the discovery file it wrote.
@@ -296,6 +313,7 @@ impl ApiServer {
         data: &Path,
         addr: Option<SocketAddr>,
         network: Network,
+        cluster: Option<Arc<Cluster>>,
     ) -> std::io::Result<Self> {
         let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -319,7 +337,7 @@ impl ApiServer {
         write_private_file(&file, &json)?;
         Ok(Self {
             listener,
-            router: router(network, token),
+            router: router(network, cluster, token),
             file,
             endpoint,
         })

@@ -16,7 +16,7 @@ use dfs_placement::erasure::ShardCoder;
 use crate::chunk::{ChunkError, ChunkHealth, ChunkRef};
 use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
-use crate::repo::Repo;
+use crate::pipeline::Pipeline;
 pub use crate::tree::BlobRef;
 use crate::tree::{LeafWalker, MalformedTree, TreeBuilder, TreeError};
 
@@ -104,12 +104,12 @@ fn read_chunk(reader: &mut dyn Read, want: usize, buf: Option<Vec<u8>>) -> io::R
 
 /// Store everything `reader` yields under the put `owner`; returns the stream's root.
 pub fn write_blob(
-    repo: &Repo,
+    pipeline: &Pipeline,
     owner: &OwnerId,
     reader: &mut dyn Read,
 ) -> Result<BlobRef, BlobError> {
-    let workers = repo.config().storage.worker_count();
-    let chunk_size = repo.config().storage.chunk_size as usize;
+    let workers = pipeline.repo().config().storage.worker_count();
+    let chunk_size = pipeline.repo().config().storage.chunk_size as usize;
     let (job_tx, job_rx) = bounded::<(u64, Vec<u8>)>(workers);
     let (done_tx, done_rx) = unbounded::<(u64, Result<ChunkRef, ChunkError>)>();
     // Chunk buffers come back from the workers to be filled again.
@@ -120,7 +120,7 @@ pub fn write_blob(
             scope.spawn(move || {
                 let mut coder = ShardCoder::default();
                 for (seq, plain) in job_rx {
-                    let done = repo
+                    let done = pipeline
                         .put_chunk_reusing(KeyScope::Shareable, owner, plain, &mut coder)
                         .map(|(chunk, buf)| {
                             let _ = spare_tx.send(buf);
@@ -134,7 +134,7 @@ pub fn write_blob(
         }
         drop(spare_tx);
         drop((job_rx, done_tx));
-        let mut tree = TreeBuilder::new(repo, *owner);
+        let mut tree = TreeBuilder::new(pipeline, *owner);
         let mut reorder = BTreeMap::new();
         let (mut sent, mut next) = (0u64, 0u64);
         let accept = |reorder: &mut BTreeMap<u64, Result<ChunkRef, ChunkError>>,
@@ -184,17 +184,17 @@ pub fn write_blob(
 /// Restore the stream `blob` into `out`, verifying every shard and chunk; with `repair`, bad
 /// shards met on the way are rewritten.
 pub fn read_blob(
-    repo: &Repo,
+    pipeline: &Pipeline,
     blob: &BlobRef,
     out: &mut dyn Write,
     repair: bool,
 ) -> Result<ReadReport, BlobError> {
-    let workers = repo.config().storage.worker_count();
+    let workers = pipeline.repo().config().storage.worker_count();
     /// A fetched chunk with the stream bytes the tree says it holds.
     type Done = (u64, Result<(Vec<u8>, ChunkHealth), ChunkError>);
     let (job_tx, job_rx) = bounded::<(u64, ChunkRef, u64)>(workers);
     let (done_tx, done_rx) = unbounded::<(u64, Done)>();
-    let mut walker = LeafWalker::new(repo, blob, repair)?;
+    let mut walker = LeafWalker::new(pipeline, blob, repair)?;
     let mut report = ReadReport::default();
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -202,7 +202,7 @@ pub fn read_blob(
             scope.spawn(move || {
                 let mut coder = ShardCoder::default();
                 for (seq, chunk, bytes) in job_rx {
-                    let got = repo.get_chunk(&chunk, &mut coder, repair);
+                    let got = pipeline.get_chunk(&chunk, &mut coder, repair);
                     if done_tx.send((seq, (bytes, got))).is_err() {
                         break;
                     }
@@ -267,28 +267,28 @@ pub fn read_blob(
 
 /// Read a whole (small) stream into memory, e.g. a directory listing.
 pub fn read_blob_to_vec(
-    repo: &Repo,
+    pipeline: &Pipeline,
     blob: &BlobRef,
     repair: bool,
 ) -> Result<(Vec<u8>, ReadReport), BlobError> {
     let mut out = Vec::with_capacity(blob.size.min(64 << 20) as usize);
-    let report = read_blob(repo, blob, &mut out, repair)?;
+    let report = read_blob(pipeline, blob, &mut out, repair)?;
     Ok((out, report))
 }
 
 /// Visit every chunk of a stream (interior nodes decrypted to find their children, data chunks
 /// only inspected, not decrypted) and report each one's health.
 pub fn check_blob(
-    repo: &Repo,
+    pipeline: &Pipeline,
     blob: &BlobRef,
     repair: bool,
     visit: &mut dyn FnMut(ChunkHealth),
 ) -> Result<(), BlobError> {
-    let mut walker = LeafWalker::new(repo, blob, repair)?;
+    let mut walker = LeafWalker::new(pipeline, blob, repair)?;
     let mut coder = ShardCoder::default();
     while let Some((chunk, _)) = walker.next_leaf()? {
         if !chunk.is_hole() {
-            let (_, health) = repo.inspect_chunk(&chunk.id, &mut coder, repair)?;
+            let (_, health) = pipeline.inspect_chunk(&chunk.id, &mut coder, repair)?;
             visit(health);
         }
         for interior in walker.interior.drain(..) {

@@ -19,7 +19,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::net::Network;
+use crate::net::{Network, NodeStatus};
 
 /// The event series of this process.
 pub struct Metrics {
@@ -267,9 +267,9 @@ impl Family {
     }
 }
 
-/// The state series of the peer behind `net`, read now.
-async fn state_families(net: &Network) -> Vec<MetricFamily> {
-    state(net).await.into_iter().map(|f| f.0).collect()
+/// The state series of the peer behind `net` whose status is `status` (`None`: not to be had).
+async fn state_families(net: &Network, status: Option<NodeStatus>) -> Vec<MetricFamily> {
+    state(net, status).await.into_iter().map(|f| f.0).collect()
 }
 
 /// Single-sample series: (name, help, kind, value).
@@ -280,9 +280,9 @@ const COUNTER: MetricType = MetricType::COUNTER;
 
 /// The state series (tables of one sample each are kept one per line).
 #[rustfmt::skip]
-async fn state(net: &Network) -> Vec<Family> {
+async fn state(net: &Network, status: Option<NodeStatus>) -> Vec<Family> {
     let mut out = Vec::new();
-    let Ok(status) = net.status().await else {
+    let Some(status) = status else {
         return out;
     };
     let s = &status.storage;
@@ -475,10 +475,11 @@ async fn state(net: &Network) -> Vec<Family> {
     out
 }
 
-/// The `/metrics` page: every series in the Prometheus text format.
-pub async fn render(net: &Network) -> String {
+/// The `/metrics` page: every series in the Prometheus text format (`status`: the peer's
+/// status with its placement health, read by the caller).
+pub async fn render(net: &Network, status: Option<NodeStatus>) -> String {
     let mut families = metrics().registry.gather();
-    families.extend(state_families(net).await);
+    families.extend(state_families(net, status).await);
     // An empty family (no volume, no peer with an RTT yet) is not valid in the text format.
     families.retain(|f| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.name().cmp(b.name()));

@@ -19,12 +19,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dfs_placement::ChunkId;
 
-use crate::cluster::Remote;
 use crate::config::{Config, ConfigError};
 use crate::crypto::{ChunkKey, VolumeSecret};
 use crate::meta::{MetaDb, MetaError, OwnerId, PutRecord, PutState};
@@ -85,19 +83,8 @@ pub struct Repo {
     _lock: File,
     /// Set when opening had to clean up after an interrupted put.
     recovered: Option<GcReport>,
-    /// The network, while a peer runs: chunks are then spread over it ([`crate::cluster`]).
-    remote: RemoteSlot,
     events: crate::events::EventLog,
     analytics: crate::analytics::Analytics,
-}
-
-#[derive(Default)]
-struct RemoteSlot(RwLock<Option<Arc<dyn Remote>>>);
-
-impl std::fmt::Debug for RemoteSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RemoteSlot")
-    }
 }
 
 /// The owner of every chunk written through a mounted volume: a permanently committed put, so
@@ -192,7 +179,6 @@ impl Repo {
             meta,
             _lock: lock,
             recovered: None,
-            remote: RemoteSlot::default(),
             events: crate::events::EventLog::new(),
             analytics: crate::analytics::Analytics::default(),
         };
@@ -260,20 +246,6 @@ impl Repo {
 
     pub(crate) fn secret(&self) -> &VolumeSecret {
         &self.secret
-    }
-
-    /// Spread chunks over the network from now on (`None`: keep them local again).
-    pub fn set_remote(&self, remote: Option<Arc<dyn Remote>>) {
-        *self.remote.0.write().unwrap_or_else(|p| p.into_inner()) = remote;
-    }
-
-    /// The network, if a peer is running.
-    pub fn remote(&self) -> Option<Arc<dyn Remote>> {
-        self.remote
-            .0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     pub fn store(&self) -> &ShardStore {

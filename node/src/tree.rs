@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkError, ChunkHealth, ChunkRef};
 use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
-use crate::repo::Repo;
+use crate::pipeline::Pipeline;
 
 const NODE_FORMAT_V1: u8 = 1;
 /// Deepest tree we accept when reading: 2^64 bytes need far fewer levels at any sane fanout.
@@ -106,7 +106,7 @@ pub enum TreeError {
 
 /// Builds a chunk tree from leaf references pushed in stream order.
 pub struct TreeBuilder<'r> {
-    repo: &'r Repo,
+    pipeline: &'r Pipeline,
     owner: OwnerId,
     /// The key scope of the nodes it stores.
     scope: KeyScope,
@@ -118,17 +118,17 @@ pub struct TreeBuilder<'r> {
 
 impl<'r> TreeBuilder<'r> {
     /// A builder whose nodes' keys may be given out (a link's tree).
-    pub fn new(repo: &'r Repo, owner: OwnerId) -> Self {
-        Self::new_in(repo, owner, KeyScope::Shareable)
+    pub fn new(pipeline: &'r Pipeline, owner: OwnerId) -> Self {
+        Self::new_in(pipeline, owner, KeyScope::Shareable)
     }
 
     /// A builder whose nodes are stored with keys of `scope`.
-    pub fn new_in(repo: &'r Repo, owner: OwnerId, scope: KeyScope) -> Self {
+    pub fn new_in(pipeline: &'r Pipeline, owner: OwnerId, scope: KeyScope) -> Self {
         Self {
-            repo,
+            pipeline,
             owner,
             scope,
-            fanout: repo.config().storage.tree_fanout.max(2) as usize,
+            fanout: pipeline.repo().config().storage.tree_fanout.max(2) as usize,
             levels: vec![Vec::new()],
             coder: ShardCoder::default(),
         }
@@ -167,9 +167,9 @@ impl<'r> TreeBuilder<'r> {
         };
         // Serialising a plain struct into a Vec cannot fail.
         let encoded = postcard::to_stdvec(&node).unwrap_or_default();
-        let chunk = self
-            .repo
-            .put_chunk_in(self.scope, &self.owner, encoded, &mut self.coder)?;
+        let chunk =
+            self.pipeline
+                .put_chunk_in(self.scope, &self.owner, encoded, &mut self.coder)?;
         self.push(level + 1, Child { chunk, bytes })
     }
 
@@ -202,7 +202,7 @@ impl<'r> TreeBuilder<'r> {
 
 /// Walks a chunk tree depth-first and yields its data chunks in stream order.
 pub struct LeafWalker<'r> {
-    repo: &'r Repo,
+    pipeline: &'r Pipeline,
     coder: ShardCoder,
     repair: bool,
     /// (children, next index, level of the node holding them)
@@ -214,9 +214,9 @@ pub struct LeafWalker<'r> {
 }
 
 impl<'r> LeafWalker<'r> {
-    pub fn new(repo: &'r Repo, blob: &BlobRef, repair: bool) -> Result<Self, TreeError> {
+    pub fn new(pipeline: &'r Pipeline, blob: &BlobRef, repair: bool) -> Result<Self, TreeError> {
         let mut walker = Self {
-            repo,
+            pipeline,
             coder: ShardCoder::default(),
             repair,
             stack: Vec::new(),
@@ -243,9 +243,9 @@ impl<'r> LeafWalker<'r> {
         if level > MAX_LEVEL {
             return Err(malformed(format!("tree deeper than {MAX_LEVEL} levels")).into());
         }
-        let (plain, health) = self
-            .repo
-            .get_chunk(&child.chunk, &mut self.coder, self.repair)?;
+        let (plain, health) =
+            self.pipeline
+                .get_chunk(&child.chunk, &mut self.coder, self.repair)?;
         self.interior.push(health);
         let children = decode_node(&plain, id, level, child.bytes)?;
         self.stack.push((children, 0, level));

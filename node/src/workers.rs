@@ -15,7 +15,7 @@ use dfs_placement::erasure::ShardCoder;
 use crate::chunk::{ChunkError, ChunkRef};
 use crate::crypto::KeyScope;
 use crate::meta::OwnerId;
-use crate::repo::Repo;
+use crate::pipeline::Pipeline;
 
 /// The eventual result of a background job.
 pub type Pending<T> = Receiver<Result<T, ChunkError>>;
@@ -33,7 +33,7 @@ enum Job {
     },
 }
 
-/// Background chunk workers over one repository.
+/// Background chunk workers over one chunk pipeline.
 pub struct ChunkWorkers {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
@@ -43,20 +43,20 @@ pub struct ChunkWorkers {
 
 impl ChunkWorkers {
     /// Start `threads` workers (at least one) that store chunks whose keys may be given out.
-    pub fn start(repo: Arc<Repo>, threads: usize) -> Self {
-        Self::start_in(repo, threads, KeyScope::Shareable)
+    pub fn start(pipeline: Arc<Pipeline>, threads: usize) -> Self {
+        Self::start_in(pipeline, threads, KeyScope::Shareable)
     }
 
     /// Start `threads` workers (at least one) that store chunks with keys of `scope`.
-    pub fn start_in(repo: Arc<Repo>, threads: usize, scope: KeyScope) -> Self {
+    pub fn start_in(pipeline: Arc<Pipeline>, threads: usize, scope: KeyScope) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = bounded::<Job>(2 * threads);
         let handles = (0..threads)
             .map(|i| {
-                let (repo, rx) = (repo.clone(), rx.clone());
+                let (pipeline, rx) = (pipeline.clone(), rx.clone());
                 std::thread::Builder::new()
                     .name(format!("dfs-chunk-{i}"))
-                    .spawn(move || work(&repo, &rx))
+                    .spawn(move || work(&pipeline, &rx))
                     .unwrap_or_else(|e| panic!("cannot start a chunk worker thread: {e}"))
             })
             .collect();
@@ -91,7 +91,7 @@ impl ChunkWorkers {
         rx
     }
 
-    /// Fetch a chunk in the background ([`Repo::read_chunk`]: the shards it takes, verified,
+    /// Fetch a chunk in the background ([`Pipeline::read_chunk`]: the shards it takes, verified,
     /// repaired, decrypted).
     pub fn fetch(&self, chunk: ChunkRef) -> Pending<Vec<u8>> {
         let (reply, rx) = bounded(1);
@@ -119,7 +119,7 @@ impl Drop for ChunkWorkers {
     }
 }
 
-fn work(repo: &Repo, jobs: &Receiver<Job>) {
+fn work(pipeline: &Pipeline, jobs: &Receiver<Job>) {
     let mut coder = ShardCoder::default();
     for job in jobs {
         match job {
@@ -129,10 +129,10 @@ fn work(repo: &Repo, jobs: &Receiver<Job>) {
                 plaintext,
                 reply,
             } => {
-                let _ = reply.send(repo.put_chunk_in(scope, &owner, plaintext, &mut coder));
+                let _ = reply.send(pipeline.put_chunk_in(scope, &owner, plaintext, &mut coder));
             }
             Job::Fetch { chunk, reply } => {
-                let _ = reply.send(repo.read_chunk(&chunk, &mut coder));
+                let _ = reply.send(pipeline.read_chunk(&chunk, &mut coder));
             }
         }
     }

@@ -6,12 +6,14 @@ use std::io::Cursor;
 use std::path::Path;
 
 use dfs_node::blob::{read_blob, write_blob};
+use dfs_node::pipeline::Pipeline;
 use dfs_node::{BlobError, BlobRef, ChunkError, Repo};
 use proptest::prelude::*;
+use std::sync::Arc;
 
 const CHUNK: usize = 4096;
 
-fn small_repo(dir: &Path, data: u8, parity: u8) -> Repo {
+fn small_repo(dir: &Path, data: u8, parity: u8) -> Pipeline {
     // A data directory with content must be private (Repo::open refuses it otherwise).
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -23,12 +25,13 @@ fn small_repo(dir: &Path, data: u8, parity: u8) -> Repo {
         ),
     )
     .unwrap();
-    Repo::open(dir).unwrap()
+    Pipeline::local(Arc::new(Repo::open(dir).unwrap()))
 }
 
-fn put(repo: &Repo, bytes: &[u8]) -> BlobRef {
+fn put(pipeline: &Pipeline, bytes: &[u8]) -> BlobRef {
+    let repo = pipeline.repo();
     let session = repo.begin_put("t").unwrap();
-    let blob = write_blob(repo, session.owner(), &mut Cursor::new(bytes)).unwrap();
+    let blob = write_blob(pipeline, session.owner(), &mut Cursor::new(bytes)).unwrap();
     let root = blob
         .root
         .map_or(([0; 32], dfs_node::ChunkKey([0; 32])), |r| (r.id.0, r.key));
@@ -37,9 +40,9 @@ fn put(repo: &Repo, bytes: &[u8]) -> BlobRef {
     blob
 }
 
-fn get(repo: &Repo, blob: &BlobRef) -> Result<Vec<u8>, BlobError> {
+fn get(pipeline: &Pipeline, blob: &BlobRef) -> Result<Vec<u8>, BlobError> {
     let mut out = Vec::new();
-    read_blob(repo, blob, &mut out, true)?;
+    read_blob(pipeline, blob, &mut out, true)?;
     Ok(out)
 }
 
@@ -81,11 +84,11 @@ proptest! {
     #[test]
     fn round_trip_at_any_size(size in interesting_sizes(), seed in any::<u64>(), k in 1u8..6, m in 1u8..4) {
         let dir = tempfile::tempdir().unwrap();
-        let repo = small_repo(dir.path(), k, m);
+        let pipeline = small_repo(dir.path(), k, m);
         let bytes: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(seed | 1).to_le_bytes()[3]).collect();
-        let blob = put(&repo, &bytes);
+        let blob = put(&pipeline, &bytes);
         prop_assert_eq!(blob.size, size as u64);
-        prop_assert!(get(&repo, &blob).unwrap() == bytes);
+        prop_assert!(get(&pipeline, &blob).unwrap() == bytes);
     }
 
     /// Delete any `lose` shards of every chunk: up to m always recovers the exact bytes; more
@@ -97,21 +100,21 @@ proptest! {
         pick in any::<u64>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let repo = small_repo(dir.path(), 3, 2);
+        let pipeline = small_repo(dir.path(), 3, 2);
         let bytes: Vec<u8> = (0..size).map(|i| (i as u64 ^ pick).to_le_bytes()[0]).collect();
-        let blob = put(&repo, &bytes);
+        let blob = put(&pipeline, &bytes);
         for shards in shards_by_chunk(dir.path()) {
             for j in 0..lose.min(shards.len()) {
                 let victim = (pick as usize + j * 7) % shards.len();
                 let _ = std::fs::remove_file(&shards[victim]);
             }
         }
-        let result = get(&repo, &blob);
+        let result = get(&pipeline, &blob);
         let distinct = (0..lose).map(|j| (pick as usize + j * 7) % 5).collect::<std::collections::HashSet<_>>().len();
         if lose <= 2 {
             prop_assert!(result.unwrap() == bytes);
             // And the read repaired everything: a second read finds all shards.
-            prop_assert!(get(&repo, &blob).unwrap() == bytes);
+            prop_assert!(get(&pipeline, &blob).unwrap() == bytes);
         } else if distinct > 2 {
             let lost = matches!(
                 result,
@@ -129,10 +132,10 @@ proptest! {
     #[test]
     fn any_flipped_bit_is_detected(size in 1usize..6 * CHUNK, which in any::<usize>(), pos in any::<usize>(), bit in 0u8..8) {
         let dir = tempfile::tempdir().unwrap();
-        let repo = small_repo(dir.path(), 4, 2);
+        let pipeline = small_repo(dir.path(), 4, 2);
         // Non-repeating content, so no two chunks dedup into one (which would be read twice).
         let bytes: Vec<u8> = (0..size as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
-        let blob = put(&repo, &bytes);
+        let blob = put(&pipeline, &bytes);
         let all: Vec<_> = shards_by_chunk(dir.path()).into_iter().flatten().collect();
         let victim = &all[which % all.len()];
         let mut content = std::fs::read(victim).unwrap();
@@ -140,7 +143,7 @@ proptest! {
         content[i] ^= 1 << bit;
         std::fs::write(victim, &content).unwrap();
         let mut out = Vec::new();
-        let report = read_blob(&repo, &blob, &mut out, true).unwrap();
+        let report = read_blob(&pipeline, &blob, &mut out, true).unwrap();
         prop_assert!(out == bytes);
         prop_assert_eq!(report.repaired_shards, 1, "the flipped shard must be found and rewritten");
         prop_assert!(std::fs::read(victim).unwrap() != content);
@@ -153,13 +156,14 @@ proptest! {
 fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
     use dfs_node::chunk::ChunkRef;
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::open(dir.path()).unwrap();
+    let repo = Arc::new(Repo::open(dir.path()).unwrap());
+    let pipeline = Pipeline::local(repo.clone());
     let session = repo.begin_put("t").unwrap();
     let bytes: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let mut coder = dfs_placement::erasure::ShardCoder::default();
-    let chunk: ChunkRef = repo
+    let chunk: ChunkRef = pipeline
         .put_chunk(session.owner(), bytes.clone(), &mut coder)
         .unwrap();
     let shard = |i: u8| repo.store().path(&chunk.id, i);
@@ -171,7 +175,7 @@ fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
         .counters()
         .shard_bytes_read
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == bytes);
+    assert!(pipeline.read_chunk(&chunk, &mut coder).unwrap() == bytes);
     let read = repo
         .store()
         .counters()
@@ -185,12 +189,12 @@ fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
     );
     // A full read (what dfs get and verify do) restores the parity; then a corrupt data shard
     // is read around and rewritten by the fast path.
-    let (_, health) = repo.get_chunk(&chunk, &mut coder, true).unwrap();
+    let (_, health) = pipeline.get_chunk(&chunk, &mut coder, true).unwrap();
     assert_eq!(health.repaired, vec![4, 5]);
     let mut b = std::fs::read(shard(1)).unwrap();
     b[500] ^= 1;
     std::fs::write(shard(1), &b).unwrap();
-    assert!(repo.read_chunk(&chunk, &mut coder).unwrap() == bytes);
+    assert!(pipeline.read_chunk(&chunk, &mut coder).unwrap() == bytes);
     assert!(
         std::fs::read(shard(1)).unwrap() != b,
         "the corrupt shard was rewritten"
@@ -317,17 +321,17 @@ impl dfs_node::cluster::Remote for ForgingPeers {
 #[test]
 fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::open(dir.path()).unwrap();
+    let repo = Arc::new(Repo::open(dir.path()).unwrap());
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 253) as u8).collect();
     let mut coder = dfs_placement::erasure::ShardCoder::default();
     // The writer's hashes catch it before decoding: the shard is skipped and reported.
     let peers = std::sync::Arc::new(ForgingPeers::new(1));
-    repo.set_remote(Some(peers.clone()));
-    let chunk = repo
+    let pipeline = Pipeline::with_remote(repo.clone(), peers.clone());
+    let chunk = pipeline
         .put_chunk(&[3; 16], plaintext.clone(), &mut coder)
         .unwrap();
     assert!(repo.meta().shard_hashes(&chunk.id).unwrap().is_some());
-    let read = repo.read_chunk(&chunk, &mut coder).unwrap();
+    let read = pipeline.read_chunk(&chunk, &mut coder).unwrap();
     assert!(read == plaintext, "the read returned other bytes");
     assert_eq!(*peers.reported.lock().unwrap(), vec![(1, peers.holders[1])]);
     // A reader without them (a link holder) decodes the wrong bytes first, then finds k
@@ -338,8 +342,8 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
         ..ForgingPeers::new(1)
     };
     let blind = std::sync::Arc::new(blind);
-    repo.set_remote(Some(blind.clone()));
-    let (read, _) = repo.get_chunk(&chunk, &mut coder, false).unwrap();
+    let pipeline = Pipeline::with_remote(repo.clone(), blind.clone());
+    let (read, _) = pipeline.get_chunk(&chunk, &mut coder, false).unwrap();
     assert!(read == plaintext, "the read returned other bytes");
     assert_eq!(*blind.reported.lock().unwrap(), vec![(1, blind.holders[1])]);
     // Forged beyond what the parity can cover (three of 4+2): a clear error, no bytes.
@@ -351,7 +355,7 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
         images.insert(index, header.encode(&body));
     }
     drop(images);
-    let err = repo.get_chunk(&chunk, &mut coder, false).unwrap_err();
+    let err = pipeline.get_chunk(&chunk, &mut coder, false).unwrap_err();
     assert!(matches!(err, ChunkError::Mismatch { .. }), "{err}");
 }
 
@@ -362,20 +366,20 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
 fn a_private_chunk_is_opened_on_its_tag_and_a_forged_shard_is_still_read_around() {
     use dfs_node::crypto::KeyScope;
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::open(dir.path()).unwrap();
+    let repo = Arc::new(Repo::open(dir.path()).unwrap());
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 11 % 251) as u8).collect();
     let mut coder = dfs_placement::erasure::ShardCoder::default();
     let peers = std::sync::Arc::new(ForgingPeers::new(2));
-    repo.set_remote(Some(peers.clone()));
-    let private = repo
+    let pipeline = Pipeline::with_remote(repo.clone(), peers.clone());
+    let private = pipeline
         .put_chunk_in(KeyScope::Private, &[3; 16], plaintext.clone(), &mut coder)
         .unwrap();
     assert!(repo.meta().is_private(&private.id).unwrap());
-    let read = repo.read_chunk(&private, &mut coder).unwrap();
+    let read = pipeline.read_chunk(&private, &mut coder).unwrap();
     assert!(read == plaintext, "the read returned other bytes");
     assert_eq!(*peers.reported.lock().unwrap(), vec![(2, peers.holders[2])]);
     // The same content put for a link is another chunk under another key, never marked.
-    let shareable = repo
+    let shareable = pipeline
         .put_chunk(&[4; 16], plaintext.clone(), &mut coder)
         .unwrap();
     assert_ne!(shareable.id, private.id);
@@ -390,12 +394,12 @@ fn a_private_chunk_is_opened_on_its_tag_and_a_forged_shard_is_still_read_around(
 #[test]
 fn shards_of_other_bytes_sealed_under_the_chunk_key_are_never_returned() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::open(dir.path()).unwrap();
+    let repo = Arc::new(Repo::open(dir.path()).unwrap());
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 13 % 241) as u8).collect();
     let mut coder = dfs_placement::erasure::ShardCoder::default();
     let peers = std::sync::Arc::new(ForgingPeers::new(u8::MAX));
-    repo.set_remote(Some(peers.clone()));
-    let chunk = repo
+    let pipeline = Pipeline::with_remote(repo.clone(), peers.clone());
+    let chunk = pipeline
         .put_chunk(&[3; 16], plaintext.clone(), &mut coder)
         .unwrap();
     let record = repo.meta().chunk(&chunk.id).unwrap().unwrap();
@@ -414,7 +418,7 @@ fn shards_of_other_bytes_sealed_under_the_chunk_key_are_never_returned() {
     }
     drop(images);
     // (Never unwrap_err: a failure would print a mebibyte of forged bytes.)
-    let read = repo
+    let read = pipeline
         .read_chunk(&chunk, &mut coder)
         .map(|_| "the forged bytes");
     assert!(
@@ -426,8 +430,8 @@ fn shards_of_other_bytes_sealed_under_the_chunk_key_are_never_returned() {
         ignore_hashes: true,
         ..ForgingPeers::new(u8::MAX)
     });
-    repo.set_remote(Some(blind));
-    let read = repo
+    let pipeline = Pipeline::with_remote(repo.clone(), blind);
+    let read = pipeline
         .get_chunk(&chunk, &mut coder, false)
         .map(|_| "the forged bytes");
     assert!(matches!(read, Err(ChunkError::Mismatch { .. })), "{read:?}");

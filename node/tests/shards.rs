@@ -11,6 +11,7 @@ use common::tcp_address;
 use dfs_node::config::NetworkConfig;
 use dfs_node::net::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
 use dfs_node::net::{NetError, NetOptions, Network, Refusal};
+use dfs_node::pipeline::Pipeline;
 use dfs_node::shard::{ShardHeader, HEADER_LEN};
 use dfs_node::Repo;
 use dfs_placement::{ChunkId, Layout};
@@ -111,6 +112,11 @@ async fn start_cluster(
     })
     .await
     .expect("start cluster")
+}
+
+/// The chunk pipeline of `peer` over `cluster`.
+fn networked(peer: &TestPeer, cluster: &dfs_node::cluster::ClusterHandle) -> Pipeline {
+    Pipeline::with_remote(peer.repo.clone(), cluster.cluster.clone())
 }
 
 /// Wait until `net` finds `provider` among the DHT providers of `chunk`.
@@ -637,8 +643,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    let repo = a.repo.clone();
-    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+    tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .expect("stop cluster");
 }
@@ -727,7 +732,7 @@ async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
     })
     .await;
     let plaintext: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
-    let repo = a.repo.clone();
+    let repo = networked(&a, &cluster);
     let written = plaintext.clone();
     let chunk = tokio::task::spawn_blocking(move || {
         let mut coder = dfs_placement::erasure::ShardCoder::default();
@@ -746,7 +751,7 @@ async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
     bytes[last] ^= 0xff;
     std::fs::write(&rotten, &bytes).expect("rot the shard");
 
-    let repo = a.repo.clone();
+    let repo = networked(&a, &cluster);
     let read = tokio::task::spawn_blocking(move || {
         let mut coder = dfs_placement::erasure::ShardCoder::default();
         repo.read_chunk(&chunk, &mut coder)
@@ -755,8 +760,7 @@ async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
     .expect("join")
     .expect("read around the rotten shard");
     assert!(read == plaintext, "the read returned other bytes");
-    let repo = a.repo.clone();
-    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+    tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .expect("stop cluster");
 }
@@ -768,12 +772,12 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
     // local store: the repair thread must not delete it from under the new record.
     let a = start(0).await;
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
-    let (repo, written) = (a.repo.clone(), plaintext.clone());
+    let (repo, written) = (Pipeline::local(a.repo.clone()), plaintext.clone());
     let chunk = tokio::task::spawn_blocking(move || {
         let mut coder = dfs_placement::erasure::ShardCoder::default();
         let chunk = repo.put_chunk(&[1; 16], written, &mut coder).expect("put");
         // No put refers to it: gc removes it, leaving only its id known.
-        repo.gc().expect("gc");
+        repo.repo().gc().expect("gc");
         chunk
     })
     .await
@@ -791,7 +795,7 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
         ..Default::default()
     };
     let cluster = start_cluster(&a, placement).await;
-    let (repo, written) = (a.repo.clone(), plaintext.clone());
+    let (repo, written) = (networked(&a, &cluster), plaintext.clone());
     let again = tokio::task::spawn_blocking(move || {
         let mut coder = dfs_placement::erasure::ShardCoder::default();
         repo.put_chunk(&[1; 16], written, &mut coder)
@@ -809,7 +813,7 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
         .expect("meta")
         .holders
         .is_empty());
-    let repo = a.repo.clone();
+    let repo = networked(&a, &cluster);
     let read = tokio::task::spawn_blocking(move || {
         let mut coder = dfs_placement::erasure::ShardCoder::default();
         repo.read_chunk(&again, &mut coder)
@@ -818,8 +822,7 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
     .expect("join")
     .expect("the chunk reads back");
     assert!(read == plaintext, "the read returned other bytes");
-    let repo = a.repo.clone();
-    tokio::task::spawn_blocking(move || cluster.stop(&repo))
+    tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .expect("stop cluster");
 }

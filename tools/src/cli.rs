@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dfs_fs::snapshot::{self, VerifyReport};
 use dfs_fs::ShareLink;
-use dfs_node::{Config, Repo};
+use dfs_node::{Config, Pipeline, Repo};
 
 use crate::peer::{NetArgs, Role, RunningPeer};
 use crate::progress::IoCounter;
@@ -387,7 +387,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             let repo = Arc::new(repo);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
-            let result = put(&repo, &path, peer.as_ref());
+            let result = put(&pipeline_of(&repo, peer.as_ref()), &path, peer.as_ref());
             if let Some(peer) = peer {
                 peer.stop();
             }
@@ -402,7 +402,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let link = parse_link(&link)?;
             let repo = Arc::new(open_repo(args.data)?);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
-            let result = get(&repo, &link, output.as_deref(), force);
+            let pipeline = pipeline_of(&repo, peer.as_ref());
+            let result = get(&pipeline, &link, output.as_deref(), force);
             if let Some(peer) = peer {
                 peer.stop();
             }
@@ -417,7 +418,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 IoCounter::Read,
                 || None,
             );
-            let report = snapshot::verify_link(&repo, &link, repair);
+            let report = snapshot::verify_link(&pipeline_of(&repo, peer.as_ref()), &link, repair);
             progress.finish();
             if let Some(peer) = peer {
                 peer.stop();
@@ -484,13 +485,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     }
                 }
             }
-            let mounted = dfs_fs::mount::mount(repo, &mountpoint, &options, signals, || {
-                crate::notice!(
-                    "mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
-                    mountpoint.display(),
-                    mountpoint.display()
-                );
-            });
+            let mounted =
+                dfs_fs::mount::mount(peer.pipeline(), &mountpoint, &options, signals, || {
+                    crate::notice!(
+                        "mounted {data} at {}; Ctrl-C or `dfs umount {}` unmounts",
+                        mountpoint.display(),
+                        mountpoint.display()
+                    );
+                });
             peer.stop();
             mounted?;
             crate::notice!("unmounted {}", mountpoint.display());
@@ -577,7 +579,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fsck { deep } => {
-            let repo = open_repo(args.data)?;
+            let repo = Arc::new(open_repo(args.data)?);
             // SAFETY: getuid/getgid have no preconditions.
             let owner = unsafe {
                 dfs_fs::model::Caller {
@@ -586,7 +588,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             };
             let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
-            let report = dfs_fs::fsck::fsck(&repo, &ns, deep)?;
+            let report = dfs_fs::fsck::fsck(&Pipeline::local(repo), &ns, deep)?;
             for p in &report.problems {
                 println!("PROBLEM: {p}");
             }
@@ -630,8 +632,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
                 // Chunks that shared volumes' logs refer to are written under this owner too.
                 let shared = dfs_fs::shared::referenced_content(&repo)?;
-                let collected =
-                    dfs_fs::collect::collect(&repo, &ns, &shared, dfs_fs::model::Time::now())?;
+                let collected = dfs_fs::collect::collect(
+                    &Pipeline::local(repo.clone()),
+                    &ns,
+                    &shared,
+                    dfs_fs::model::Time::now(),
+                )?;
                 println!(
                     "volume: {} versions expired, {} chunks in use, {} no longer needed",
                     collected.versions_expired,
@@ -696,13 +702,19 @@ fn network_key(file: &Path) -> Result<ExitCode> {
 /// How long `dfs put` with a network waits for every shard to reach the storage peers.
 const PUT_SETTLE: std::time::Duration = std::time::Duration::from_secs(120);
 
-fn put(repo: &Repo, path: &Path, peer: Option<&RunningPeer>) -> Result<ExitCode> {
+/// The chunk pipeline of `repo`: over the network of `peer` when one runs.
+fn pipeline_of(repo: &Arc<Repo>, peer: Option<&RunningPeer>) -> Pipeline {
+    peer.map_or_else(|| Pipeline::local(repo.clone()), RunningPeer::pipeline)
+}
+
+fn put(pipeline: &Pipeline, path: &Path, peer: Option<&RunningPeer>) -> Result<ExitCode> {
+    let repo = pipeline.repo();
     let started = std::time::Instant::now();
     let input = path.to_path_buf();
     let progress = crate::progress::IoProgress::start("storing", IoCounter::Read, move || {
         Some(crate::progress::tree_bytes(&input))
     });
-    let outcome = snapshot::put_path(repo, path);
+    let outcome = snapshot::put_path(pipeline, path);
     progress.finish();
     let outcome = outcome.map_err(|e| {
         let hint = if e.is_disk_full() {
@@ -742,23 +754,28 @@ fn put(repo: &Repo, path: &Path, peer: Option<&RunningPeer>) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(repo: &Repo, link: &ShareLink, output: Option<&Path>, force: bool) -> Result<ExitCode> {
+fn get(
+    pipeline: &Pipeline,
+    link: &ShareLink,
+    output: Option<&Path>,
+    force: bool,
+) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let total = if crate::progress::visible() {
-        link_bytes(repo, link)
+        link_bytes(pipeline, link)
     } else {
         None
     };
     let (report, dest) = if output == Some(Path::new("-")) {
         let bar = crate::progress::Bar::bytes("restoring", total);
-        let report = snapshot::cat_link(repo, link, &mut bar.wrap_write(io::stdout().lock()));
+        let report = snapshot::cat_link(pipeline, link, &mut bar.wrap_write(io::stdout().lock()));
         bar.finish();
         (report?, "stdout".to_string())
     } else {
         let out = output.unwrap_or(Path::new("."));
         let progress =
             crate::progress::IoProgress::start("restoring", IoCounter::Written, move || total);
-        let outcome = snapshot::get_link(repo, link, out, force);
+        let outcome = snapshot::get_link(pipeline, link, out, force);
         progress.finish();
         let outcome = outcome.map_err(|e| {
             let hint = if e.is_disk_full() {
@@ -789,14 +806,19 @@ fn get(repo: &Repo, link: &ShareLink, output: Option<&Path>, force: bool) -> Res
 
 /// Bytes of file content behind `link`, for a progress bar: from this data directory's record
 /// of the put, or the root entry when it is a file; `None` for another peer's directory.
-fn link_bytes(repo: &Repo, link: &ShareLink) -> Option<u64> {
-    let recorded = repo.list_puts().ok()?.into_iter().find_map(|(_, put)| {
-        put.root
-            .filter(|(root, _)| *root == link.root)
-            .map(|_| put.bytes)
-    });
+fn link_bytes(pipeline: &Pipeline, link: &ShareLink) -> Option<u64> {
+    let recorded = pipeline
+        .repo()
+        .list_puts()
+        .ok()?
+        .into_iter()
+        .find_map(|(_, put)| {
+            put.root
+                .filter(|(root, _)| *root == link.root)
+                .map(|_| put.bytes)
+        });
     recorded.or_else(
-        || match snapshot::read_root(repo, link, false).ok()?.0.kind {
+        || match snapshot::read_root(pipeline, link, false).ok()?.0.kind {
             snapshot::EntryKind::File(blob) => Some(blob.size),
             _ => None,
         },

@@ -12,7 +12,7 @@ use dfs_node::api::{ApiEndpoint, ApiServer};
 use dfs_node::cluster::{Cluster, ClusterHandle};
 use dfs_node::config::NetworkConfig;
 use dfs_node::net::{NetOptions, Network, NodeStatus, PeerView};
-use dfs_node::Repo;
+use dfs_node::{Pipeline, Repo};
 
 use crate::cache::parse_size;
 use crate::cli::human_bytes;
@@ -145,22 +145,30 @@ impl RunningPeer {
         let mut placement = repo.config().placement.clone();
         placement.store_here &= role == Role::Storage;
         placement.transient = role == Role::OneShot;
-        let (network, api) = runtime.block_on(async {
-            let network = Network::start(repo.clone(), options).await?;
-            let api = ApiServer::bind(&data, api_addr, network.clone()).await?;
-            anyhow::Ok((network, api))
-        })?;
-        let (stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
-        let api_task = runtime.spawn(api.serve(async {
-            let _ = stopped.await;
-        }));
+        let network = runtime.block_on(Network::start(repo.clone(), options))?;
         let cluster = Cluster::start(
             repo.clone(),
             network.clone(),
             runtime.handle().clone(),
             placement,
         );
-        network.attach_cluster(&cluster.cluster);
+        let bound = runtime.block_on(ApiServer::bind(
+            &data,
+            api_addr,
+            network.clone(),
+            Some(cluster.cluster.clone()),
+        ));
+        let api = match bound {
+            Ok(api) => api,
+            Err(e) => {
+                cluster.stop();
+                return Err(e.into());
+            }
+        };
+        let (stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = runtime.spawn(api.serve(async {
+            let _ = stopped.await;
+        }));
         Ok(Self {
             runtime,
             network,
@@ -183,6 +191,14 @@ impl RunningPeer {
         let peer = Self::start(Arc::clone(repo), args, Role::OneShot)?;
         peer.wait_for_a_peer(std::time::Duration::from_secs(10));
         Ok(Some(peer))
+    }
+
+    /// The chunk pipeline of the data directory over this peer's network.
+    pub fn pipeline(&self) -> Pipeline {
+        match &self.cluster {
+            Some(cluster) => Pipeline::with_remote(self.repo.clone(), cluster.cluster.clone()),
+            None => Pipeline::local(self.repo.clone()),
+        }
     }
 
     /// Wait until the peer listens, and return its status.
@@ -321,7 +337,7 @@ impl RunningPeer {
     /// Stop the API (removing DATA/api.json) and the peer.
     pub fn stop(mut self) {
         if let Some(cluster) = self.cluster.take() {
-            cluster.stop(&self.repo);
+            cluster.stop();
         }
         if let Some(stop) = self.stop_api.take() {
             let _ = stop.send(());

@@ -2,7 +2,7 @@
 //! and the background work that keeps them healthy.
 //!
 //! A [`Cluster`] joins a [`Repo`] (chunk index, local shard store) to a running [`Network`].
-//! Once installed with [`Repo::set_remote`], every chunk the repo stores is cut into its k+m
+//! Given to a [`crate::pipeline::Pipeline`] as its [`Remote`], every chunk stored is cut into its k+m
 //! shards and sent to the targets that rendezvous hashing picks among the live peers
 //! ([`transfer`]), and every read gathers any k shards from their holders in parallel. Where
 //! each shard went is the chunk's [`Placed`] record in RocksDB; the peer that wrote a chunk owns
@@ -154,8 +154,9 @@ pub struct ClusterHandle {
 }
 
 impl Cluster {
-    /// Join `repo` to `network` (installing the cluster as the repo's remote) and start the
-    /// membership refresh and the repair thread. `runtime` is the network's runtime.
+    /// Join `repo` to `network` and start the membership refresh and the repair thread;
+    /// chunks go over the network through a [`crate::pipeline::Pipeline`] made with the
+    /// cluster as its [`Remote`]. `runtime` is the network's runtime.
     pub fn start(
         repo: Arc<Repo>,
         network: Network,
@@ -191,7 +192,6 @@ impl Cluster {
             Err(e) => tracing::error!("cannot recover interrupted writes: {e}"),
         }
         cluster.refresh_members();
-        repo.set_remote(Some(cluster.clone()));
         let mut threads = Vec::new();
         let c = cluster.clone();
         threads.extend(
@@ -466,9 +466,8 @@ impl Cluster {
 }
 
 impl ClusterHandle {
-    /// Stop the background threads and detach from `repo`.
-    pub fn stop(mut self, repo: &Repo) {
-        repo.set_remote(None);
+    /// Stop the background threads (the pipelines made with this cluster must be done with).
+    pub fn stop(mut self) {
         self.cluster.stopping.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();

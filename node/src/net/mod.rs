@@ -342,7 +342,6 @@ pub struct Network {
     local: PeerId,
     outbound: Arc<Semaphore>,
     started: Instant,
-    cluster: Arc<std::sync::Mutex<Option<std::sync::Weak<crate::cluster::Cluster>>>>,
     hub: Arc<sync::OpsHub>,
     held: Arc<held::HeldShards>,
     bulk: Option<Arc<bulk::Bulk>>,
@@ -390,7 +389,6 @@ impl Network {
             local,
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
             started,
-            cluster: Arc::default(),
             hub,
             held,
             bulk,
@@ -473,21 +471,10 @@ impl Network {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
+    /// The peer's status as the network sees it (`placement` is the cluster's to fill in:
+    /// the control API does).
     pub async fn status(&self) -> Result<NodeStatus, NetError> {
-        let mut status = self.ask(Command::Status).await?;
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|w| w.upgrade());
-        status.placement = cluster.map(|c| c.status());
-        Ok(status)
-    }
-
-    /// Report this cluster's placement health in [`Network::status`].
-    pub fn attach_cluster(&self, cluster: &Arc<crate::cluster::Cluster>) {
-        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(cluster));
+        self.ask(Command::Status).await
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerView>, NetError> {
