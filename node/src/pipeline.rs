@@ -16,11 +16,29 @@ use crate::chunk::{
     decode_any, encode_shards, lost_error, seal_in, ChunkError, ChunkHealth, ChunkRef, SealedChunk,
     ShardSet, ShardState, MAX_PROBE,
 };
+use crate::cluster::Gathered;
 use crate::cluster::{Remote, ShardCheck};
 use crate::crypto::KeyScope;
-use crate::meta::{ChunkRecord, OwnerId};
+use crate::meta::{ChunkRecord, OwnerId, Placed};
 use crate::repo::Repo;
 use crate::shard::{ShardDefect, ShardHeader};
+
+/// A chunk on the peers of the network: how to reach them, its layout and length, and which
+/// peer holds which shard.
+struct OnPeers<'a> {
+    remote: &'a dyn Remote,
+    record: &'a ChunkRecord,
+    placed: &'a Placed,
+}
+
+impl OnPeers<'_> {
+    /// At least `want` shards of chunk `id` (fewer when not enough can be had), each checked
+    /// as `check` says.
+    fn gather(&self, repo: &Repo, id: &ChunkId, want: usize, check: ShardCheck<'_>) -> Gathered {
+        self.remote
+            .gather(repo, id, self.record.layout, self.placed, want, check)
+    }
+}
 
 /// Chunks in and out of one data directory, over the network when a peer runs.
 #[derive(Clone)]
@@ -205,7 +223,7 @@ impl Pipeline {
             };
             if let Some((record, placed)) = known {
                 let plaintext =
-                    self.read_placed(remote.as_ref(), chunk, &record, &placed, coder)?;
+                    self.read_on_peers(remote.as_ref(), &record, &placed, chunk, coder)?;
                 let health = ChunkHealth {
                     id: chunk.id,
                     layout: Some(record.layout),
@@ -262,7 +280,7 @@ impl Pipeline {
                 None => None,
             };
             if let Some((record, placed)) = known {
-                return self.read_placed(remote.as_ref(), chunk, &record, &placed, coder);
+                return self.read_on_peers(remote.as_ref(), &record, &placed, chunk, coder);
             }
         }
         if let Some(plain) = self.read_chunk_fast(chunk)? {
@@ -276,6 +294,23 @@ impl Pipeline {
             .map_err(|_| ChunkError::WrongKey { id: chunk.id })
     }
 
+    /// [`Pipeline::read_placed`] of the chunk `record` describes, whose shards `placed` names.
+    fn read_on_peers(
+        &self,
+        remote: &dyn Remote,
+        record: &ChunkRecord,
+        placed: &Placed,
+        chunk: &ChunkRef,
+        coder: &mut ShardCoder,
+    ) -> Result<Vec<u8>, ChunkError> {
+        let at = OnPeers {
+            remote,
+            record,
+            placed,
+        };
+        self.read_placed(&at, chunk, coder)
+    }
+
     /// The plaintext of a chunk whose shards are on peers: any k shards gathered in parallel
     /// (data shards preferred, so usually no decode), decoded, and checked. The AEAD tag alone
     /// proves nothing against a holder who knows the key, and a chunk's key is known to every
@@ -286,41 +321,35 @@ impl Pipeline {
     /// shards are checked one by one ([`Pipeline::read_checking_shards`]).
     fn read_placed(
         &self,
-        remote: &dyn crate::cluster::Remote,
+        at: &OnPeers,
         chunk: &ChunkRef,
-        record: &crate::meta::ChunkRecord,
-        placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
     ) -> Result<Vec<u8>, ChunkError> {
         let id = &chunk.id;
         let wrong_key = |_| ChunkError::WrongKey { id: *id };
-        if let Some(ciphertext) = remote.cached(id) {
+        if let Some(ciphertext) = at.remote.cached(id) {
             return chunk.key.decrypt(ciphertext).map_err(wrong_key);
         }
-        let layout = record.layout;
-        let gathered = remote.gather(
-            &self.repo,
-            id,
-            layout,
-            placed,
-            layout.needed(),
-            ShardCheck::Header,
-        );
+        let layout = at.record.layout;
+        let gathered = at.gather(&self.repo, id, layout.needed(), ShardCheck::Header);
         if gathered.count() >= layout.needed() {
-            if let Ok(ciphertext) = coder.decode(layout, record.len as usize, &gathered.bodies()) {
+            if let Ok(ciphertext) = coder.decode(layout, at.record.len as usize, &gathered.bodies())
+            {
                 if self.repo.meta().is_private(id)? {
-                    remote.remember(id, &ciphertext);
+                    at.remote.remember(id, &ciphertext);
                     if let Ok(plaintext) = chunk.key.decrypt(ciphertext) {
                         return Ok(plaintext);
                     }
                 } else if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
-                    remote.remember(id, &ciphertext);
+                    at.remote.remember(id, &ciphertext);
                     return chunk.key.decrypt(ciphertext).map_err(wrong_key);
                 }
             }
-            tracing::info!(chunk = %id.short(), "the shards gathered do not give the chunk back; checking them one by one");
+            // Nobody is blamed yet: bytes may have changed in flight on a bulk link (whose
+            // bodies are not authenticated), or rotted on a holder's disk unknown to it.
+            tracing::warn!(chunk = %id.short(), "the shards gathered do not give the chunk back (changed in flight, or a bad holder): fetching them again, each checked");
         }
-        let ciphertext = self.read_checking_shards(remote, id, record, placed, coder)?;
+        let ciphertext = self.read_checking_shards(at, id, coder)?;
         chunk.key.decrypt(ciphertext).map_err(wrong_key)
     }
 
@@ -333,16 +362,14 @@ impl Pipeline {
     /// ([`Pipeline::read_around_forgery`]).
     fn read_checking_shards(
         &self,
-        remote: &dyn crate::cluster::Remote,
+        at: &OnPeers,
         id: &ChunkId,
-        record: &crate::meta::ChunkRecord,
-        placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
     ) -> Result<Vec<u8>, ChunkError> {
-        let layout = record.layout;
+        let layout = at.record.layout;
         let hashes = self.repo.meta().shard_hashes(id)?;
         let check = ShardCheck::Checksum(hashes.as_ref());
-        let gathered = remote.gather(&self.repo, id, layout, placed, layout.needed(), check);
+        let gathered = at.gather(&self.repo, id, layout.needed(), check);
         let got = gathered.count();
         let unreachable = ChunkError::Unreachable {
             id: *id,
@@ -353,19 +380,20 @@ impl Pipeline {
             return Err(unreachable);
         }
         let ciphertext = coder
-            .decode(layout, record.len as usize, &gathered.bodies())
+            .decode(layout, at.record.len as usize, &gathered.bodies())
             .map_err(|_| unreachable)?;
         let ciphertext = if blake3::hash(&ciphertext).as_bytes() == id.as_bytes() {
             if !gathered.forged.is_empty() {
                 let shards = encode_shards(id, ciphertext.clone(), layout, coder)?;
-                remote.replace_forged(&self.repo, id, &shards, &gathered.forged);
+                at.remote
+                    .replace_forged(&self.repo, id, &shards, &gathered.forged);
             }
             ciphertext
         } else {
-            self.read_around_forgery(remote, id, record, placed, coder, hashes.as_ref())?
+            self.read_around_forgery(at, id, coder, hashes.as_ref())?
         };
         // The cache checks the id itself before it keeps a ciphertext.
-        remote.remember(id, &ciphertext);
+        at.remote.remember(id, &ciphertext);
         Ok(ciphertext)
     }
 
@@ -374,18 +402,16 @@ impl Pipeline {
     /// against their holders and replaced ([`crate::cluster::Remote::replace_forged`]).
     fn read_around_forgery(
         &self,
-        remote: &dyn crate::cluster::Remote,
+        at: &OnPeers,
         id: &ChunkId,
-        record: &crate::meta::ChunkRecord,
-        placed: &crate::meta::Placed,
         coder: &mut ShardCoder,
         hashes: Option<&crate::meta::ShardHashes>,
     ) -> Result<Vec<u8>, ChunkError> {
         tracing::warn!(chunk = %id.short(), "shards that pass their checksums decode to bytes that are not the chunk: a holder forged one; trying the others");
-        let layout = record.layout;
+        let layout = at.record.layout;
         let check = ShardCheck::Checksum(hashes);
-        let all = remote.gather(&self.repo, id, layout, placed, layout.shard_count(), check);
-        let Some(ciphertext) = decode_any(coder, layout, record.len as usize, &all.bodies(), id)
+        let all = at.gather(&self.repo, id, layout.shard_count(), check);
+        let Some(ciphertext) = decode_any(coder, layout, at.record.len as usize, &all.bodies(), id)
         else {
             return Err(ChunkError::Mismatch { id: *id });
         };
@@ -402,7 +428,7 @@ impl Pipeline {
                 bad.push((index, *peer));
             }
         }
-        remote.replace_forged(&self.repo, id, &shards, &bad);
+        at.remote.replace_forged(&self.repo, id, &shards, &bad);
         Ok(ciphertext)
     }
 

@@ -738,7 +738,9 @@ fn a_byte_flipped_in_transit_on_a_bulk_link_is_fetched_again_and_blames_nobody()
         proxy.flipped.load(Ordering::SeqCst),
         "nothing passed the flip point"
     );
-    // The reader noticed, asked again over libp2p, and blamed nobody.
+    // The reader noticed (the shards did not give the chunk back, or a shard failed its check),
+    // fetched again (each shard checked; over libp2p when the bulk link changed it again), and
+    // blamed nobody.
     assert!(
         run.stderr.contains("changed in flight"),
         "the reader did not notice: {}",
