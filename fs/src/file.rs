@@ -300,14 +300,7 @@ impl FileContent {
         };
         // Load the old partial last chunk before its length changes.
         if let Some(last) = last {
-            let is_hole = self
-                .leaves(io.pipeline)?
-                .get(last)
-                .is_some_and(|l| l.is_hole())
-                && !self.inflight.contains_key(&last);
-            if !self.dirty.contains_key(&last) && !is_hole {
-                self.dirty_chunk(io, last, false)?;
-            }
+            self.load_for_edit(io, last)?;
         }
         self.size = new_size;
         if let Some(buf) = last.and_then(|l| self.dirty.get_mut(&l)) {
@@ -433,6 +426,20 @@ impl FileContent {
     }
 
     /// Set the size, cutting or zero-extending.
+    /// Load chunk `index` into a buffer of its own before it is edited, unless it has one
+    /// already or is a hole not being stored (zeros: nothing to load).
+    fn load_for_edit(&mut self, io: Io, index: usize) -> Result<()> {
+        let is_hole = self
+            .leaves(io.pipeline)?
+            .get(index)
+            .is_some_and(|l| l.is_hole())
+            && !self.inflight.contains_key(&index);
+        if !self.dirty.contains_key(&index) && !is_hole {
+            self.dirty_chunk(io, index, false)?;
+        }
+        Ok(())
+    }
+
     pub fn truncate(&mut self, io: Io, new_size: u64) -> Result<()> {
         if new_size > MAX_FILE_SIZE {
             return Err(FsError::TooLarge);
@@ -452,14 +459,7 @@ impl FileContent {
             if !new_size.is_multiple_of(self.chunk) {
                 let last = count - 1;
                 let partial = (new_size - last as u64 * self.chunk) as usize;
-                let is_hole = self
-                    .leaves(io.pipeline)?
-                    .get(last)
-                    .is_some_and(|l| l.is_hole())
-                    && !self.inflight.contains_key(&last);
-                if !self.dirty.contains_key(&last) && !is_hole {
-                    self.dirty_chunk(io, last, false)?;
-                }
+                self.load_for_edit(io, last)?;
                 if let Some(buf) = self.dirty.get_mut(&last) {
                     let before = buf.len();
                     buf.truncate(partial.min(before));
