@@ -110,16 +110,16 @@ impl Dfs {
         self.dir.path().join(name)
     }
 
-    /// Write `config.toml` into the data directory, with no disk reserve unless `toml` sets
-    /// one (see [`without_disk_reserve`]).
+    /// Write `config.toml` into the data directory, with what keeps a test's peers independent
+    /// of the host's disk (see [`test_peer_config`]).
     pub fn configure(&self, toml: &str) {
         create_data_dir(&self.data());
-        std::fs::write(self.data().join("config.toml"), without_disk_reserve(toml))
+        std::fs::write(self.data().join("config.toml"), test_peer_config(toml))
             .expect("write config");
     }
 
     /// Before a peer that takes others' shards starts: a data directory that has no
-    /// config.toml gets one with no disk reserve.
+    /// config.toml gets the one of [`test_peer_config`].
     fn configure_if_unset(&self) {
         if !self.data().join("config.toml").exists() {
             self.configure("");
@@ -184,26 +184,40 @@ impl Dfs {
 
 /// Create a data directory as dfs does: readable by its owner only (dfs refuses one that
 /// others can read).
-/// `toml` with `[network] reserve_percent = 0` unless it sets a reserve itself. A peer keeps the
-/// last 5% of its disk free of others' shards by default; the peers of a test share the host's
-/// disk, and how full that disk is must not decide whether a test passes (a CI machine with
-/// less than 5% free refused every store as "peer is full"). The tests of the reserve set it.
-pub fn without_disk_reserve(toml: &str) -> String {
-    if toml.contains("reserve_percent") {
+/// `toml` with what makes a test's peers independent of the host's disk, for every key the
+/// test does not set itself: `[network] reserve_percent = 0` (a peer keeps the last 5% of its
+/// disk free of others' shards by default; a CI machine with less than that free refused every
+/// store as "peer is full") and `capacity` = 8 GiB (by default a peer offers the disk's free
+/// space, which every test peer shares and which moves as other tests write: the rendezvous
+/// weights followed it, and shards moved in a test that counts moves). The tests of the reserve
+/// and of capacity set their own.
+pub fn test_peer_config(toml: &str) -> String {
+    let mut settings = Vec::new();
+    if !toml.contains("reserve_percent") {
+        settings.push("reserve_percent = 0");
+    }
+    if !toml.contains("capacity") {
+        settings.push("capacity = 8589934592");
+    }
+    if settings.is_empty() {
         return toml.to_string();
     }
-    let mut out = String::with_capacity(toml.len() + 40);
+    let settings = settings.join("\n");
+    let mut out = String::with_capacity(toml.len() + 80);
     let mut placed = false;
     for line in toml.lines() {
         out.push_str(line);
         out.push('\n');
         if !placed && line.trim() == "[network]" {
-            out.push_str("reserve_percent = 0\n");
+            out.push_str(&settings);
+            out.push('\n');
             placed = true;
         }
     }
     if !placed {
-        out.push_str("\n[network]\nreserve_percent = 0\n");
+        out.push_str("\n[network]\n");
+        out.push_str(&settings);
+        out.push('\n');
     }
     out
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use dfs_tests::{cannot_run, create_data_dir, is_root, without_disk_reserve};
+use dfs_tests::{cannot_run, create_data_dir, is_root, test_peer_config};
 use serde_json::Value;
 
 /// Seconds of silence before a peer is declared dead (`--grace`).
@@ -329,8 +329,7 @@ fn start(name: &'static str, side: &Side, extra: &[&str]) -> Node {
         id: String::new(),
     };
     create_data_dir(&node.data());
-    std::fs::write(node.data().join("config.toml"), without_disk_reserve(""))
-        .expect("write config");
+    std::fs::write(node.data().join("config.toml"), test_peer_config("")).expect("write config");
     let stderr = std::fs::File::create(node.log()).expect("create node log");
     let log = std::env::var("DFS_LOG").unwrap_or_else(|_| "info,libp2p_kad=error".into());
     let child = Node::command(&node.ns, &node.data(), &args)
