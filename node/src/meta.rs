@@ -662,15 +662,77 @@ impl MetaDb {
     }
 }
 
-/// A shard this peer keeps for another peer: who stored it and how large it is.
+/// A shard this peer keeps for other peers: who stored it and how large it is.
+///
+/// Every peer that stored the image holds a claim on it: the first in `owner`, any that
+/// stored the same bytes later (a second writer of the same content in a shared volume, a
+/// steward's repair onto a peer the writer then repairs onto too) in `co_owners`. A delete
+/// drops the sender's claim only; the file goes with the last claim. With one owner, the
+/// first writer to collect the chunk deleted the shard that a second writer still placed
+/// there, and the second writer could never delete it at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldRecord {
-    /// The storing peer's id (libp2p PeerId bytes); only it may delete the shard.
+    /// The first storing peer's id (libp2p PeerId bytes).
     pub owner: Vec<u8>,
     pub len: u64,
+    /// Other peers that stored the same image since (absent in records written before).
+    pub co_owners: Vec<Vec<u8>>,
 }
 
-/// Shards held for others: (count, bytes, bytes by owner peer id).
+/// The record as written before shards could have several owners (a strict prefix of
+/// [`HeldRecord`]'s encoding).
+#[derive(Deserialize)]
+struct SoleOwnerRecord {
+    owner: Vec<u8>,
+    len: u64,
+}
+
+impl HeldRecord {
+    pub fn new(owner: Vec<u8>, len: u64) -> Self {
+        Self {
+            owner,
+            len,
+            co_owners: Vec::new(),
+        }
+    }
+
+    /// Every peer with a claim on the shard, the first owner first.
+    pub fn claimants(&self) -> impl Iterator<Item = &Vec<u8>> {
+        std::iter::once(&self.owner).chain(&self.co_owners)
+    }
+
+    pub fn is_claimed_by(&self, peer: &[u8]) -> bool {
+        self.claimants().any(|c| c == peer)
+    }
+
+    /// Add `peer`'s claim (once).
+    pub fn claim(&mut self, peer: Vec<u8>) {
+        if !self.is_claimed_by(&peer) {
+            self.co_owners.push(peer);
+        }
+    }
+
+    /// Drop `peer`'s claim; `None` when it was the last one (the shard is nobody's).
+    pub fn without_claim(mut self, peer: &[u8]) -> Option<Self> {
+        self.co_owners.retain(|c| c != peer);
+        if self.owner == peer {
+            if self.co_owners.is_empty() {
+                return None;
+            }
+            self.owner = self.co_owners.remove(0);
+        }
+        Some(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
+        decode("held shard", bytes).or_else(|e| {
+            let old: SoleOwnerRecord = decode("held shard", bytes).map_err(|_| e)?;
+            Ok(Self::new(old.owner, old.len))
+        })
+    }
+}
+
+/// Shards held for others: (count, bytes, bytes claimed by each owner peer id).
 pub type HeldTotals = (u64, u64, std::collections::HashMap<Vec<u8>, u64>);
 
 fn held_key(id: &ChunkId, index: u8) -> [u8; 33] {
@@ -683,7 +745,7 @@ fn held_key(id: &ChunkId, index: u8) -> [u8; 33] {
 impl MetaDb {
     pub fn held(&self, id: &ChunkId, index: u8) -> Result<Option<HeldRecord>, MetaError> {
         match self.db.get_cf(self.cf(CF_HELD)?, held_key(id, index))? {
-            Some(v) => decode("held shard", &v).map(Some),
+            Some(v) => HeldRecord::decode(&v).map(Some),
             None => Ok(None),
         }
     }
@@ -746,10 +808,12 @@ impl MetaDb {
         let mut owners = std::collections::HashMap::<Vec<u8>, u64>::new();
         for item in self.db.iterator_cf(self.cf(CF_HELD)?, IteratorMode::Start) {
             let (_, v) = item?;
-            let record: HeldRecord = decode("held shard", &v)?;
+            let record = HeldRecord::decode(&v)?;
             count += 1;
             bytes += record.len;
-            *owners.entry(record.owner).or_default() += record.len;
+            for claimant in record.claimants() {
+                *owners.entry(claimant.clone()).or_default() += record.len;
+            }
         }
         Ok((count, bytes, owners))
     }
@@ -911,6 +975,32 @@ mod tests {
     fn sorted(mut p: Placed) -> Vec<(u8, Vec<u8>)> {
         p.holders.sort();
         p.holders
+    }
+
+    #[test]
+    fn held_records_of_one_owner_still_read_and_claims_go_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(dir.path()).unwrap();
+        let id = ChunkId([7; 32]);
+        // A record as written before shards had several owners.
+        let old = encode(&(vec![1u8; 4], 100u64));
+        db.db
+            .put_cf(db.cf(CF_HELD).unwrap(), held_key(&id, 2), old)
+            .unwrap();
+        let mut record = db.held(&id, 2).unwrap().expect("old record");
+        assert_eq!(record, HeldRecord::new(vec![1; 4], 100));
+        record.claim(vec![2; 4]);
+        record.claim(vec![2; 4]);
+        db.set_held(&id, 2, &record).unwrap();
+        let (count, bytes, owners) = db.held_totals().unwrap();
+        assert_eq!((count, bytes), (1, 100));
+        assert_eq!(owners.get(&vec![2; 4]), Some(&100));
+        let record = db.held(&id, 2).unwrap().expect("record");
+        assert!(record.is_claimed_by(&[1; 4]) && record.is_claimed_by(&[2; 4]));
+        let rest = record.without_claim(&[1; 4]).expect("2 still claims it");
+        assert_eq!(rest.claimants().collect::<Vec<_>>(), vec![&vec![2u8; 4]]);
+        assert!(rest.clone().without_claim(&[9; 4]).is_some());
+        assert!(rest.without_claim(&[2; 4]).is_none());
     }
 
     #[test]

@@ -174,8 +174,8 @@ async fn store_fetch_check_delete_between_two_peers() {
         (true, image.len() as u64)
     );
     // A shard is taken once: another peer's image of the same shard, forged with a valid
-    // checksum, is refused and counted against it; the same bytes again are fine, and change
-    // neither the file nor its owner.
+    // checksum, is refused and counted against it; the same bytes again are fine, change
+    // nothing on disk, and give the sender a claim of its own.
     let forged = {
         let (header, body) = ShardHeader::decode(&image).expect("decode");
         let mut body = body.to_vec();
@@ -204,6 +204,19 @@ async fn store_fetch_check_delete_between_two_peers() {
         .await
         .expect("the same image again");
     assert_eq!(std::fs::read(&on_disk).expect("held shard file"), image);
+    // c's delete drops its own claim only: a, which stored it first, still has it.
+    assert_eq!(
+        c.net
+            .delete_shard(bid, chunk, 2)
+            .await
+            .expect("c drops its claim"),
+        0
+    );
+    assert_eq!(std::fs::read(&on_disk).expect("held shard file"), image);
+    assert_eq!(
+        a.net.fetch_shard(bid, chunk, 2).await.expect("fetch"),
+        image
+    );
     let err = c.net.delete_shard(bid, chunk, 2).await.unwrap_err();
     assert_eq!(refused(err), Refusal::NotOwner);
     let cid = c.net.local_id().to_string();
@@ -276,6 +289,27 @@ async fn store_fetch_check_delete_between_two_peers() {
     let view = b.net.peers().await.expect("peers");
     let seen = view.iter().find(|p| p.id == aid).expect("a in b's table");
     assert!(seen.bad_data >= 2, "{seen:?}");
+
+    // Two writers of the same content: the first to collect it leaves the shard to the other.
+    let (chunk, image) = shard(6, 3);
+    for writer in [&a, &c] {
+        writer
+            .net
+            .store_shard(bid, chunk, 3, &[&image])
+            .await
+            .expect("store");
+    }
+    assert_eq!(a.net.delete_shard(bid, chunk, 3).await.expect("delete"), 0);
+    assert_eq!(
+        c.net.fetch_shard(bid, chunk, 3).await.expect("still there"),
+        image
+    );
+    assert_eq!(
+        c.net.delete_shard(bid, chunk, 3).await.expect("delete"),
+        image.len() as u64
+    );
+    let err = c.net.fetch_shard(bid, chunk, 3).await.unwrap_err();
+    assert_eq!(refused(err), Refusal::NotFound);
 
     // A shard that rots on the holder's disk is reported, never served.
     let (chunk, image) = shard(5, 1);

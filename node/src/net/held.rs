@@ -3,8 +3,9 @@
 //! verified header); nothing here can decrypt them.
 //!
 //! Every image is verified against the chunk id and index it is stored under before it is
-//! written, and again when checked; only the peer that stored a shard may delete it, and a
-//! shard once taken is never replaced by other bytes. Admission: others' shards never fill
+//! written, and again when checked; only a peer that stored a shard may delete it (each such
+//! peer holds a claim, and the file goes with the last; see [`HeldRecord`]), and a shard once
+//! taken is never replaced by other bytes. Admission: others' shards never fill
 //! the last [`Admission::reserve_percent`] of the disk, and no one peer fills more than
 //! [`Admission::peer_quota_percent`] of the capacity (counted per owner, from the `held`
 //! table at start). Fetches and `Holding` queries also see the shards of this peer's own chunks in
@@ -218,7 +219,7 @@ impl HeldShards {
             tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused a shard: {refusal}");
             return Ok(Response::Refused(refusal));
         }
-        let record = HeldRecord { owner, len };
+        let record = HeldRecord::new(owner, len);
         let written = self
             .store
             .write_grouped(&chunk, index, &[image])
@@ -240,6 +241,18 @@ impl HeldShards {
         if len > capacity.saturating_sub(used) {
             return Some(Refusal::Full);
         }
+        self.charge(owner, len, capacity)
+    }
+
+    /// Charge `len` bytes of a shard already on disk to `owner`, a further claimant: only its
+    /// quota counts (the disk holds the bytes once).
+    fn admit_claim(&self, owner: &[u8], len: u64) -> Option<Refusal> {
+        let (capacity, _, _) = self.real_usage();
+        self.charge(owner, len, capacity)
+    }
+
+    /// Count `len` more bytes against `owner`'s quota of `capacity`, or refuse.
+    fn charge(&self, owner: &[u8], len: u64, capacity: u64) -> Option<Refusal> {
         let quota = capacity / 100 * u64::from(self.admission.peer_quota_percent);
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let held = owners.entry(owner.to_vec()).or_default();
@@ -262,10 +275,11 @@ impl HeldShards {
     }
 
     /// A store of a shard already held: a shard is taken once. The same image again (a
-    /// retry, another writer of the same content, a repair) is answered `Stored` without
-    /// changing its owner, and rewrites the file only where it has rotted; other bytes under the same name are refused and counted as bad
+    /// retry, another writer of the same content, a repair) is answered `Stored`, adds the
+    /// sender's claim (charged to its quota; see [`HeldRecord`]) and rewrites the file only
+    /// where it has rotted; other bytes under the same name are refused and counted as bad
     /// data: whoever sends them is trying to replace what another peer stored. A file lost
-    /// from the disk under its record is written again, for its owner only.
+    /// from the disk under its record is written again, for an owner only.
     fn store_again(
         &self,
         from: PeerId,
@@ -290,9 +304,21 @@ impl HeldShards {
                     tracing::warn!(peer = %from, chunk = %chunk.short(), index, "rewrote a held shard that had rotted on disk");
                     self.store.write_grouped(&chunk, index, &[image])?;
                 }
+                let sender = from.to_bytes();
+                if !existing.is_claimed_by(&sender) {
+                    if let Some(refusal) = self.admit_claim(&sender, existing.len) {
+                        return Ok(Response::Refused(refusal));
+                    }
+                    let mut record = existing.clone();
+                    record.claim(sender.clone());
+                    if let Err(e) = self.meta().set_held(&chunk, index, &record) {
+                        self.release(&sender, existing.len);
+                        return Err(e.into());
+                    }
+                }
                 Ok(Response::Stored)
             }
-            None if existing.owner == from.to_bytes() => {
+            None if existing.is_claimed_by(&from.to_bytes()) => {
                 self.store.write_grouped(&chunk, index, &[image])?;
                 Ok(Response::Stored)
             }
@@ -426,15 +452,23 @@ impl HeldShards {
         let Some(record) = self.meta().held(&chunk, index)? else {
             return Ok(Response::Refused(Refusal::NotFound));
         };
-        if record.owner != from.to_bytes() {
+        let sender = from.to_bytes();
+        if !record.is_claimed_by(&sender) {
             tracing::warn!(peer = %from, chunk = %chunk.short(), index, "refused to delete another peer's shard");
             return Ok(Response::Refused(Refusal::NotOwner));
         }
+        let len = record.len;
+        if let Some(rest) = record.without_claim(&sender) {
+            // Others still claim it: only the sender's claim goes.
+            self.meta().set_held(&chunk, index, &rest)?;
+            self.release(&sender, len);
+            return Ok(Response::Deleted { freed: 0 });
+        }
         let freed = self.store.remove(&chunk, index)?;
         self.meta().delete_held(&chunk, index)?;
-        self.release(&record.owner, record.len);
+        self.release(&sender, len);
         self.used.fetch_sub(
-            record.len.min(self.used.load(Ordering::Relaxed)),
+            len.min(self.used.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
         self.count.fetch_sub(1, Ordering::Relaxed);

@@ -110,7 +110,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotFound => "shard not found",
             Refusal::Invalid => "shard did not verify",
             Refusal::Full => "peer is full",
-            Refusal::NotOwner => "only the peer that stored a shard may delete it",
+            Refusal::NotOwner => "only a peer that stored a shard may delete it",
             Refusal::Busy => "peer is busy",
             Refusal::Internal => "peer failed to access its store",
             Refusal::NoStorage => "peer holds no shards for others (it is a client)",
