@@ -8,12 +8,15 @@
 //! 1. When the peer table declares a peer dead, the steward waits `steward_delay_secs` (the
 //!    writer, if it is still around, has usually repaired by then), then goes through the
 //!    chunks it holds, a page at a time. It also does so every hour, for anything missed.
-//! 2. For each chunk it ranks the storage members as every peer does
+//! 2. A chunk whose writer (a peer that stored one of the shards held here) is a live member
+//!    is left to it: the writer repairs from its own records, and a steward rebuilding too
+//!    would race it onto the same targets.
+//! 3. For each other chunk it ranks the storage members as every peer does
 //!    ([`super::Members::rank_candidates`]: where writers and repairs put shards) and asks the
 //!    live peers ranked above itself which shards they hold. If any of them holds one, that
 //!    peer is the steward of the chunk, not this one: exactly one live holder, the best-ranked,
 //!    acts, and the others spend a few small requests.
-//! 3. The steward asks the rest of the well-ranked peers and hands what they hold to the same
+//! 4. The steward asks the rest of the well-ranked peers and hands what they hold to the same
 //!    planner the writer's repair uses ([`dfs_placement::planner`], same candidates), so a
 //!    writer that is still around rebuilds a missing shard onto the same peer (same bytes)
 //!    rather than scatter a second copy. For each missing shard it gathers any k (each
@@ -25,12 +28,13 @@
 //! While a well-ranked peer is suspect (it may be back in a moment), its chunks wait for the
 //! next pass. Rebuilds are paced at `max_bytes_per_sec`, like the repair thread's.
 //!
-//! The rebuilt shards are owned (for deletion) by the steward; the writer's own records do
+//! The rebuilt shards are claimed (for deletion) by the steward; the writer's own records do
 //! not learn of them, so a writer that comes back may rebuild a shard once more onto the same
-//! target (the same bytes: harmless) or keep a surplus copy.
+//! target (the same bytes: it then holds a claim too, and its deletes drop only its own) or
+//! keep a surplus copy. The steward never drops its claims: a shard it rebuilt outlives the
+//! writer's collection of the chunk (space, never data, is what that costs).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,21 +146,22 @@ fn pass(cluster: &Cluster, repo: &Repo) -> Result<u64, crate::meta::MetaError> {
     let mut coder = ShardCoder::default();
     let mut after: Option<ChunkId> = None;
     loop {
-        if cluster.stopping.load(Ordering::Relaxed) {
+        if cluster.stopping() {
             break;
         }
         let page = repo.meta().held_chunks(after.as_ref(), PAGE)?;
         let Some(last) = page.last() else { break };
         after = Some(*last);
-        let verdicts: Vec<(ChunkId, Verdict)> = cluster.runtime.block_on(
+        let examined_page = cluster.wait_for(
             futures::stream::iter(page)
                 .map(|id| {
                     let members = &members;
-                    async move { (id, examine(cluster, members, &id).await) }
+                    async move { (id, examine(cluster, repo, members, &id).await) }
                 })
                 .buffer_unordered(EXAMINE_AT_ONCE)
-                .collect(),
+                .collect::<Vec<(ChunkId, Verdict)>>(),
         );
+        let Some(verdicts) = examined_page else { break };
         for (id, verdict) in verdicts {
             examined += 1;
             match verdict {
@@ -208,7 +213,7 @@ fn pass(cluster: &Cluster, repo: &Repo) -> Result<u64, crate::meta::MetaError> {
 }
 
 /// Decide what chunk `id` needs (see the module doc).
-async fn examine(cluster: &Cluster, members: &Members, id: &ChunkId) -> Verdict {
+async fn examine(cluster: &Cluster, repo: &Repo, members: &Members, id: &ChunkId) -> Verdict {
     let Ok(mine) = cluster.network.holding(cluster.local, *id).await else {
         return Verdict::Defer;
     };
@@ -216,6 +221,9 @@ async fn examine(cluster: &Cluster, members: &Members, id: &ChunkId) -> Verdict 
         // Nothing readable here (deleted meanwhile, or rotten: scrubbing's business).
         return Verdict::Fine;
     };
+    if writer_is_around(cluster, repo, members, id, &mine.indices) {
+        return Verdict::Fine;
+    }
     let layout = header.layout;
     let count = layout.shard_count();
     let ranked = hrw::rank(id, &members.rank_candidates());
@@ -313,6 +321,31 @@ async fn examine(cluster: &Cluster, members: &Members, id: &ChunkId) -> Verdict 
     }
 }
 
+/// Whether a peer that stored one of the shards of `id` held here (its writer, as a rule) is
+/// a live member: it repairs the chunk itself, from its own records, and a steward acting
+/// too would race it (two rebuilds of one shard, and stand-in copies the writer never learns
+/// of). A record that cannot be read counts as no writer.
+fn writer_is_around(
+    cluster: &Cluster,
+    repo: &Repo,
+    members: &Members,
+    id: &ChunkId,
+    held: &[u8],
+) -> bool {
+    held.iter().any(|&index| {
+        let Ok(Some(record)) = repo.meta().held(id, index) else {
+            return false;
+        };
+        let live = |c: &Vec<u8>| {
+            PeerId::from_bytes(c).is_ok_and(|peer| {
+                peer != cluster.local && members.get(&peer).is_some_and(|m| m.alive)
+            })
+        };
+        let around = record.claimants().any(live);
+        around
+    })
+}
+
 /// Rebuild the shards of `plan` from the ones `present` names and store them; returns the
 /// bytes written.
 fn rebuild(
@@ -330,8 +363,8 @@ fn rebuild(
         let img = image(&shards, usize::from(index));
         let len: u64 = img.iter().map(|part| part.len() as u64).sum();
         let stored = cluster
-            .runtime
-            .block_on(store_on(cluster, repo, to, id, index, &img));
+            .wait_for(store_on(cluster, repo, to, id, index, &img))
+            .unwrap_or_else(|| Err(crate::net::NetError::Stopped.into()));
         match stored {
             Ok(()) => {
                 bytes += len;
