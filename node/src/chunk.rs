@@ -125,6 +125,8 @@ pub enum ChunkError {
     },
     #[error("the chunk worker stopped before finishing")]
     WorkerGone,
+    #[error("chunk {id}: the peer is stopping")]
+    PeerStopping { id: ChunkId },
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("encoding chunk: {0}")]

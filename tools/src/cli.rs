@@ -11,8 +11,9 @@ use dfs_fs::snapshot::{self, VerifyReport};
 use dfs_fs::ShareLink;
 use dfs_node::{Config, Pipeline, Repo};
 
-use crate::peer::{NetArgs, Role, RunningPeer};
+use crate::peer::{NetArgs, RunningPeer};
 use crate::progress::IoCounter;
+use dfs_node::Role;
 
 /// Exit code of `dfs verify` when shards are damaged but every chunk can still be rebuilt.
 const EXIT_DAMAGED: u8 = 1;

@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dfs_node::api::{ApiEndpoint, ApiServer};
-use dfs_node::cluster::{Cluster, ClusterHandle};
+use dfs_node::api::ApiEndpoint;
 use dfs_node::config::NetworkConfig;
-use dfs_node::net::{NetOptions, Network, NodeStatus, PeerView};
-use dfs_node::{Pipeline, Repo};
+use dfs_node::net::{NodeStatus, PeerView};
+use dfs_node::{Peer, PeerHandle, PeerTasks, Pipeline, Repo, Role};
 
 use crate::cache::parse_size;
 use crate::cli::human_bytes;
@@ -90,29 +89,11 @@ impl NetArgs {
     }
 }
 
-/// What a peer is to the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Holds shards for others (`dfs node`, a mount without `--no-store`).
-    Storage,
-    /// Holds nothing for others and is never a target for them; keeps its own shards only
-    /// when too few other peers exist (`--no-store`).
-    Client,
-    /// A client run for one command (`dfs put/get/verify`): never a target, not even of its
-    /// own shards, so nothing it wrote is needed from its data directory once it exits.
-    OneShot,
-}
-
-/// A running peer with its API, on a tokio runtime of its own.
+/// A running peer with its API: the node's [`PeerHandle`] and the [`PeerTasks`] this command
+/// stops when it is done, with what the CLI says about them.
 pub struct RunningPeer {
-    runtime: tokio::runtime::Runtime,
-    network: Network,
-    repo: Arc<Repo>,
-    cluster: Option<ClusterHandle>,
-    /// Bootstrap peers or trackers were given.
-    bootstrap: bool,
-    stop_api: Option<tokio::sync::oneshot::Sender<()>>,
-    api_task: Option<tokio::task::JoinHandle<()>>,
+    handle: PeerHandle,
+    tasks: PeerTasks,
 }
 
 impl RunningPeer {
@@ -126,58 +107,8 @@ impl RunningPeer {
         if let Some(api) = args.api {
             config.api = api.to_string();
         }
-        let mut options = NetOptions::from_config(&config)?;
-        options.client = role != Role::Storage;
-        let bootstrap = !options.peers.is_empty() || !options.rendezvous.is_empty();
-        let api_addr = match config.api.as_str() {
-            "" => None,
-            s => Some(s.parse::<SocketAddr>().with_context(|| {
-                format!("network.api {s:?} is not an address like 127.0.0.1:7070")
-            })?),
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("dfs-net")
-            .enable_all()
-            .build()
-            .context("cannot start the network runtime")?;
-        let data = repo.path().to_path_buf();
-        let mut placement = repo.config().placement.clone();
-        placement.store_here &= role == Role::Storage;
-        placement.transient = role == Role::OneShot;
-        let network = runtime.block_on(Network::start(repo.clone(), options))?;
-        let cluster = Cluster::start(
-            repo.clone(),
-            network.clone(),
-            runtime.handle().clone(),
-            placement,
-        );
-        let bound = runtime.block_on(ApiServer::bind(
-            &data,
-            api_addr,
-            network.clone(),
-            Some(cluster.cluster.clone()),
-        ));
-        let api = match bound {
-            Ok(api) => api,
-            Err(e) => {
-                cluster.stop();
-                return Err(e.into());
-            }
-        };
-        let (stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
-        let api_task = runtime.spawn(api.serve(async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            runtime,
-            network,
-            repo,
-            cluster: Some(cluster),
-            bootstrap,
-            stop_api: Some(stop_api),
-            api_task: Some(api_task),
-        })
+        let (handle, tasks) = Peer::start(repo, &config, role)?;
+        Ok(Self { handle, tasks })
     }
 
     /// For one-shot commands (`put`, `get`, `verify`): start the peer only when there is a
@@ -195,24 +126,7 @@ impl RunningPeer {
 
     /// The chunk pipeline of the data directory over this peer's network.
     pub fn pipeline(&self) -> Pipeline {
-        match &self.cluster {
-            Some(cluster) => Pipeline::with_remote(self.repo.clone(), cluster.cluster.clone()),
-            None => Pipeline::local(self.repo.clone()),
-        }
-    }
-
-    /// Wait until the peer listens, and return its status.
-    pub fn wait_listening(&self) -> Result<NodeStatus> {
-        self.runtime.block_on(async {
-            for _ in 0..200 {
-                let status = self.network.status().await?;
-                if !status.addresses.is_empty() {
-                    return Ok(status);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            bail!("the peer did not start listening within 5 s")
-        })
+        self.handle.pipeline()
     }
 
     /// Before `dfs put` exits: give the repair thread up to `timeout` to put every shard of
@@ -220,10 +134,7 @@ impl RunningPeer {
     /// so that the writer may leave at once and nothing is needed from its data directory.
     /// Fails, saying how many chunks are complete, when that could not be done.
     pub fn settle(&self, timeout: std::time::Duration) -> Result<()> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(());
-        };
-        let s = cluster.cluster.settle(timeout);
+        let s = self.handle.settle(timeout);
         if s.degraded > 0 || s.pending > 0 || s.lost > 0 {
             let complete = s.chunks.saturating_sub(s.degraded + s.lost);
             bail!(
@@ -235,7 +146,7 @@ impl RunningPeer {
                 s.degraded,
                 s.lost,
                 s.pending,
-                cluster.cluster.members().live_others()
+                self.handle.live_storage_peers()
             );
         }
         if s.crowded > 0 {
@@ -248,36 +159,10 @@ impl RunningPeer {
         Ok(())
     }
 
-    /// Wait (at most `timeout`) until peers that announced themselves are alive, when
-    /// bootstrap peers were given, and the count has been steady for a second: a mount or a
-    /// put then starts with the network it will spread shards over.
+    /// Wait (at most `timeout`) for the network to form when bootstrap peers were given; say
+    /// so when nobody answered.
     pub fn wait_for_a_peer(&self, timeout: std::time::Duration) {
-        if !self.bootstrap {
-            return;
-        }
-        let network = self.network.clone();
-        let found = self.runtime.block_on(async {
-            let started = tokio::time::Instant::now();
-            let (mut seen, mut since) = (0, started);
-            while started.elapsed() < timeout {
-                let peers = network.peers().await.unwrap_or_default();
-                let alive = peers
-                    .iter()
-                    .filter(|p| p.state == dfs_node::net::PeerState::Alive && p.capacity.is_some())
-                    .count();
-                if alive != seen {
-                    (seen, since) = (alive, tokio::time::Instant::now());
-                } else if alive > 0 && since.elapsed() >= std::time::Duration::from_secs(1) {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            seen
-        });
-        if let Some(cluster) = &self.cluster {
-            cluster.cluster.refresh_members();
-        }
-        if found == 0 {
+        if self.handle.wait_for_peers(timeout) == Some(0) {
             crate::notice!(
                 "no other peer answered within {} s; going on alone for now",
                 timeout.as_secs()
@@ -288,7 +173,8 @@ impl RunningPeer {
     /// The namespace of shared volume `name` for a mount, once this peer is a member (a join
     /// waits up to 15 s for a member to take it).
     pub fn shared_volume(&self, name: &str) -> Result<dfs_fs::shared::SharedNamespace> {
-        let hub = Arc::clone(self.network.ops());
+        let network = self.handle.network();
+        let hub = Arc::clone(network.ops());
         let (volume, record) = dfs_node::volumes::by_name(&hub, name)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !hub.oplog().is_member(&volume, &hub.author())? {
@@ -307,12 +193,12 @@ impl RunningPeer {
                 gid: libc::getgid(),
             }
         };
-        let network = self.network.clone();
+        let network = network.clone();
         let shared = dfs_fs::shared::SharedNamespace::open(
             hub,
             volume,
             &record.secret,
-            self.repo.config().storage.chunk_size,
+            self.handle.repo().config().storage.chunk_size,
             owner,
             Box::new(move |op| network.publish_op_blocking(op)),
         )
@@ -322,7 +208,7 @@ impl RunningPeer {
 
     /// Run until SIGINT or SIGTERM.
     pub fn wait_for_signal(&self) -> Result<()> {
-        self.runtime.block_on(async {
+        self.handle.block_on(async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("cannot watch SIGTERM")?;
@@ -335,28 +221,15 @@ impl RunningPeer {
     }
 
     /// Stop the API (removing DATA/api.json) and the peer.
-    pub fn stop(mut self) {
-        if let Some(cluster) = self.cluster.take() {
-            cluster.stop();
-        }
-        if let Some(stop) = self.stop_api.take() {
-            let _ = stop.send(());
-        }
-        let network = self.network.clone();
-        let api_task = self.api_task.take();
-        self.runtime.block_on(async {
-            if let Some(task) = api_task {
-                let _ = task.await;
-            }
-            network.shutdown().await;
-        });
+    pub fn stop(self) {
+        self.tasks.stop();
     }
 }
 
 /// `dfs node`: a storage peer in the foreground until SIGINT/SIGTERM.
 pub fn run_node(repo: Repo, args: &NetArgs) -> Result<()> {
     let peer = RunningPeer::start(Arc::new(repo), args, Role::Storage)?;
-    let status = peer.wait_listening()?;
+    let status = peer.handle.wait_listening()?;
     crate::notice!("peer {} is running; Ctrl-C stops it", status.id);
     for addr in &status.addresses {
         crate::notice!("listening on {addr}");

@@ -17,6 +17,7 @@
 //! The membership view (who is alive, their zones and weights) is refreshed from the peer
 //! table twice a second ([`Members`]); writes and reads use the latest snapshot.
 
+mod gate;
 mod members;
 pub mod repair;
 pub mod steward;
@@ -117,7 +118,8 @@ pub struct TransferCounters {
 /// The network side of a repo's chunks.
 pub struct Cluster {
     network: Network,
-    runtime: tokio::runtime::Handle,
+    /// Work on the network's runtime, refused once the cluster stops.
+    gate: gate::Gate,
     local: PeerId,
     settings: PlacementConfig,
     members: Mutex<Arc<Members>>,
@@ -138,7 +140,6 @@ pub struct Cluster {
     passes_begun: AtomicU64,
     /// Set to end the repair thread's sleep early.
     wake: AtomicBool,
-    stopping: AtomicBool,
     /// Chunks fetched from other peers, kept on disk (`DATA/cache`, written by a fill
     /// thread); `None` when disabled.
     disk_cache: Option<Filler>,
@@ -166,7 +167,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             local: network.local_id(),
             network,
-            runtime,
+            gate: gate::Gate::new(runtime),
             settings,
             members: Mutex::new(Arc::new(Members::default())),
             fetch_micros: AtomicU64::new(5_000),
@@ -178,7 +179,6 @@ impl Cluster {
             changes: AtomicU64::new(0),
             passes_begun: AtomicU64::new(0),
             wake: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
             disk_cache: open_disk_cache(&repo),
             foreign: Mutex::new(lru::LruCache::new(FOREIGN_CHUNKS)),
         });
@@ -240,11 +240,13 @@ impl Cluster {
     /// Take a fresh membership snapshot now (it is refreshed twice a second anyway).
     pub fn refresh_members(&self) {
         let network = self.network.clone();
-        let seen = self.runtime.block_on(async move {
+        let Some(seen) = self.gate.run(async move {
             let status = network.status().await?;
             let peers = network.peers().await?;
             Ok::<_, crate::net::NetError>((status, peers))
-        });
+        }) else {
+            return;
+        };
         match seen {
             Ok((status, peers)) => {
                 let role = if self.settings.transient {
@@ -291,7 +293,7 @@ impl Cluster {
             self.changed();
             self.wake.store(true, Ordering::Relaxed);
             while self.status().full_passes < target {
-                if std::time::Instant::now() >= deadline || self.stopping.load(Ordering::Relaxed) {
+                if std::time::Instant::now() >= deadline || self.gate.is_closed() {
                     return self.status();
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -314,7 +316,7 @@ impl Cluster {
         let step = Duration::from_millis(10);
         let mut left = d;
         while !left.is_zero() {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.gate.is_closed() {
                 return false;
             }
             if wakeable && self.wake.swap(false, Ordering::Relaxed) {
@@ -324,16 +326,18 @@ impl Cluster {
             std::thread::sleep(s);
             left -= s;
         }
-        !self.stopping.load(Ordering::Relaxed)
+        !self.gate.is_closed()
     }
 
     /// Run `work` on the network's runtime and wait for it from a plain thread (a chunk
-    /// worker, FUSE); from inside a runtime (not expected) without starving it.
-    fn wait_for<F: std::future::Future>(&self, work: F) -> F::Output {
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
-            Err(_) => self.runtime.block_on(work),
-        }
+    /// worker, FUSE, the cluster's own threads); `None` once the cluster stops.
+    fn wait_for<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        self.gate.run(work)
+    }
+
+    /// Whether the cluster is stopping (or stopped).
+    fn stopping(&self) -> bool {
+        self.gate.is_closed()
     }
 
     /// Record how long a shard fetch took (for the hedge delay).
@@ -468,7 +472,9 @@ impl Cluster {
 impl ClusterHandle {
     /// Stop the background threads (the pipelines made with this cluster must be done with).
     pub fn stop(mut self) {
-        self.cluster.stopping.store(true, Ordering::Relaxed);
+        if !self.cluster.gate.close(STOP_GRACE) {
+            tracing::warn!("work on the network was still under way {STOP_GRACE:?} after the stop");
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -477,6 +483,10 @@ impl ClusterHandle {
         }
     }
 }
+
+/// How long a stop waits for the waits on the network to end once cancelled (each ends at its
+/// next await, so this is only reached by a thread stuck elsewhere).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Cache puts waiting for the fill thread (4 MiB chunks: at most 32 MiB of copies).
 const CACHE_FILL_DEPTH: usize = 8;
@@ -537,7 +547,7 @@ impl Remote for Cluster {
             return Some(found.clone());
         }
         loop {
-            let found = self.wait_for(transfer::locate(self, repo, id));
+            let found = self.wait_for(transfer::locate(self, repo, id)).flatten();
             let enough = found
                 .as_ref()
                 .is_some_and(|(record, placed)| transfer::enough(record, placed));
@@ -564,7 +574,7 @@ impl Remote for Cluster {
     ) -> Gathered {
         loop {
             let work = transfer::gather(self, repo, id, layout, placed, want, check);
-            let gathered = self.wait_for(work);
+            let gathered = self.wait_for(work).unwrap_or_default();
             // Just after start the holders may not be known yet: wait for the peer table
             // rather than fail the read.
             if gathered.count() >= want

@@ -150,8 +150,15 @@ impl RepairEvents {
     }
 }
 
-fn block<F: std::future::Future>(cluster: &Cluster, f: F) -> F::Output {
-    cluster.runtime.block_on(f)
+/// Wait for a network request from the repair thread; once the cluster stops, the request
+/// is not sent (or is cancelled) and fails as [`NetError::Stopped`].
+fn block<T, E: From<NetError>>(
+    cluster: &Cluster,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    cluster
+        .wait_for(f)
+        .unwrap_or_else(|| Err(NetError::Stopped.into()))
 }
 
 /// Inventory of every chunk this peer looks after, in the planner's terms.
@@ -346,9 +353,7 @@ fn full_pass(
             scope.spawn(|| {
                 let mut coder = ShardCoder::default();
                 loop {
-                    if spent.load(Ordering::Relaxed) >= budget
-                        || cluster.stopping.load(Ordering::Relaxed)
-                    {
+                    if spent.load(Ordering::Relaxed) >= budget || cluster.stopping() {
                         return;
                     }
                     let next = super::lock(&queue).next();
@@ -500,9 +505,8 @@ pub(super) fn rebuild_from(
 ) -> Result<crate::chunk::ShardSet, ClusterError> {
     let layout = record.layout;
     let hashes = repo.meta().shard_hashes(id)?;
-    let gathered = block(
-        cluster,
-        gather(
+    let gathered = cluster
+        .wait_for(gather(
             cluster,
             repo,
             id,
@@ -510,8 +514,8 @@ pub(super) fn rebuild_from(
             placed,
             layout.needed(),
             ShardCheck::Checksum(hashes.as_ref()),
-        ),
-    );
+        ))
+        .ok_or(NetError::Stopped)?;
     let ciphertext = coder.decode(layout, record.len as usize, &gathered.bodies())?;
     if blake3::hash(&ciphertext).as_bytes() != id.as_bytes() {
         return Err(ClusterError::Mismatch);
@@ -677,7 +681,7 @@ fn scrub(cluster: &Cluster, repo: &Repo, state: &mut ScrubState) -> Result<(), C
             if peer != cluster.local && !members.get(&peer).is_some_and(|m| m.alive) {
                 continue;
             }
-            if cluster.stopping.load(Ordering::Relaxed) {
+            if cluster.stopping() {
                 return Ok(());
             }
             budget = budget.saturating_sub(1);
@@ -689,23 +693,21 @@ fn scrub(cluster: &Cluster, repo: &Repo, state: &mut ScrubState) -> Result<(), C
                 // With the writer's hash at hand the shard itself is fetched and checked: a
                 // holder's own word (`Check`) is worth nothing from one that forged it.
                 let fetch = fetch_counted(cluster, repo, peer, id, *index, expected, false);
-                match block(cluster, async {
-                    tokio::time::timeout(CHECK_TIMEOUT, fetch).await
-                }) {
-                    Ok(Ok(_)) => Some(true),
-                    Ok(Err(e)) if e.forged || e.missing || peer == cluster.local => Some(false),
+                match cluster.wait_for(async { tokio::time::timeout(CHECK_TIMEOUT, fetch).await }) {
+                    Some(Ok(Ok(_))) => Some(true),
+                    Some(Ok(Err(e))) if e.forged || e.missing || peer == cluster.local => {
+                        Some(false)
+                    }
                     _ => None,
                 }
             } else {
                 let check = cluster.network.check_shard(peer, *id, *index);
-                match block(cluster, async {
-                    tokio::time::timeout(CHECK_TIMEOUT, check).await
-                }) {
-                    Ok(Ok((intact, _))) => Some(intact),
-                    Ok(Err(NetError::Refused {
+                match cluster.wait_for(async { tokio::time::timeout(CHECK_TIMEOUT, check).await }) {
+                    Some(Ok(Ok((intact, _)))) => Some(intact),
+                    Some(Ok(Err(NetError::Refused {
                         refusal: Refusal::NotFound,
                         ..
-                    })) => Some(false),
+                    }))) => Some(false),
                     _ => None,
                 }
             };

@@ -25,7 +25,7 @@ use libp2p::PeerId;
 use super::{peer_from_bytes, Cluster, ClusterError, Members};
 use crate::chunk::{ChunkError, ShardSet};
 use crate::meta::{Placed, ShardHashes};
-use crate::net::Holding;
+use crate::net::{Holding, NetError};
 use crate::repo::Repo;
 use crate::shard::ShardHeader;
 
@@ -83,6 +83,12 @@ pub struct FetchFailure {
     /// The holder says it does not have the shard.
     pub missing: bool,
     pub reason: String,
+}
+
+impl From<NetError> for FetchFailure {
+    fn from(e: NetError) -> Self {
+        Self::failed(e)
+    }
 }
 
 impl FetchFailure {
@@ -308,7 +314,10 @@ pub fn place(
     };
     cluster.begin_placing(repo, id, &intent)?;
     let work = place_all(cluster, repo, id, shards, &members, &ranked, &targets);
-    let holders = cluster.wait_for(work);
+    let Some(holders) = cluster.wait_for(work) else {
+        repo.meta().abandon_placing(id)?;
+        return Err(ChunkError::PeerStopping { id: *id });
+    };
     let distinct: HashSet<&PeerId> = holders.iter().map(|(_, p)| p).collect();
     let usable = ranked.len();
     let required = match cluster.settings.durable_peers {
@@ -410,7 +419,10 @@ pub fn replace_forged(
         for peer in targets {
             let parts = image(shards, usize::from(index));
             let work = store_on(cluster, repo, peer, id, index, &parts);
-            match cluster.wait_for(work) {
+            match cluster
+                .wait_for(work)
+                .unwrap_or(Err(NetError::Stopped.into()))
+            {
                 Ok(()) => {
                     tracing::info!(chunk = %id.short(), index, to = %peer, "stored a good copy of a forged shard");
                     added.push((index, peer.to_bytes()));
