@@ -179,28 +179,74 @@ pub fn mount(
     if options.read_ahead_kb > 0 {
         set_read_ahead(mountpoint, options.read_ahead_kb);
     }
-    if let Some(shared) = &options.shared {
-        follow_shared(shared, &session, volume.clone(), requests);
-    }
-    let mut unmounter = session.unmount_callable();
-    std::thread::spawn(move || {
-        if let Ok(signal) = signals.0.wait() {
-            tracing::info!(%signal, "unmounting");
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!(error = %e, "unmount after signal failed");
-            }
-        }
-    });
+    let resender = match &options.shared {
+        Some(shared) => Some(follow_shared(shared, &session, volume.clone(), requests)?),
+        None => None,
+    };
+    let watcher = SignalWatcher::start(signals, session.unmount_callable());
     let at = mountpoint.display().to_string();
     let events = volume.repo.clone();
     events.record_event(EventKind::UserAction, &at, "mounted");
     ready();
     let ran = session.run();
     let flushed = volume.flush_all();
+    // Every thread the mount started ends here: the shared volume's publisher (after
+    // publishing the last ops) and follower, the resender (its queue closes with the
+    // follower), the signal watcher.
+    if let Some(shared) = &options.shared {
+        shared.close();
+    }
+    if let Some(resender) = resender {
+        let _ = resender.join();
+    }
+    watcher.stop();
     events.flush_usage();
     events.record_event(EventKind::UserAction, &at, "unmounted");
     ran.map_err(MountError::Session)?;
     flushed.map_err(MountError::Flush)
+}
+
+/// The thread that unmounts on SIGINT, SIGTERM or SIGHUP (blocked in every thread by
+/// [`prepare_signals`], so only its `sigwait` takes them).
+struct SignalWatcher {
+    thread: std::thread::JoinHandle<()>,
+    /// Set when the mount ended otherwise: the signal [`SignalWatcher::stop`] sends the thread
+    /// then only wakes it.
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SignalWatcher {
+    fn start(signals: UnmountSignals, mut unmounter: fuser::SessionUnmounter) -> Self {
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = ended.clone();
+        let thread = std::thread::spawn(move || {
+            if let Ok(signal) = signals.0.wait() {
+                if seen.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                tracing::info!(%signal, "unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!(error = %e, "unmount after signal failed");
+                }
+            }
+        });
+        Self { thread, ended }
+    }
+
+    /// End the thread (if no signal ended it) and wait for it.
+    fn stop(self) {
+        use std::os::unix::thread::JoinHandleExt;
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !self.thread.is_finished() {
+            // SAFETY: the thread has not been joined, so its id is valid; SIGTERM is blocked in
+            // it and waited for by its sigwait, which takes it (no handler runs, nothing else
+            // of the process sees it).
+            unsafe {
+                libc::pthread_kill(self.thread.as_pthread_t(), libc::SIGTERM);
+            }
+        }
+        let _ = self.thread.join();
+    }
 }
 
 /// Set the kernel's read-ahead for the FUSE mount at `mountpoint` (its backing device info in
@@ -280,7 +326,7 @@ fn follow_shared(
     session: &fuser::Session<DfsFs>,
     volume: Arc<Volume>,
     requests: Arc<Requests>,
-) {
+) -> Result<std::thread::JoinHandle<()>, MountError> {
     let notifier = session.notifier();
     let send = move |inval: &Inval| {
         let done = match inval {
@@ -298,7 +344,8 @@ fn follow_shared(
     };
     let send = Arc::new(send);
     let (retry, retries) = std::sync::mpsc::channel::<(Instant, Vec<Inval>)>();
-    {
+    // Ends when the follower (and with it `retry`) is gone.
+    let resender = {
         let send = send.clone();
         std::thread::spawn(move || {
             for (sent, batch) in retries {
@@ -307,8 +354,8 @@ fn follow_shared(
                     send(inval);
                 }
             }
-        });
-    }
+        })
+    };
     shared.follow(move |invals| {
         requests.wait_for_earlier();
         // Open files first (an open that read the old inode has finished by now), so the
@@ -323,7 +370,8 @@ fn follow_shared(
             send(inval);
         }
         let _ = retry.send((Instant::now(), invals));
-    });
+    })?;
+    Ok(resender)
 }
 
 /// How long after a batch of invalidations it is sent again.

@@ -22,6 +22,7 @@
 //! (the merged state knows files, directories and symlinks): both are refused with EPERM.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use dfs_node::crypto::OpKey;
@@ -339,6 +340,12 @@ struct Inner {
     /// Local ops appended but not yet synced, so not yet published ([`Inner::publish_ready`]).
     outbox: Mutex<Vec<SignedOp>>,
     outbox_ready: Condvar,
+    /// Set (under the outbox lock) by [`SharedNamespace::close`]: the publisher empties the
+    /// outbox and ends; `stop_following` ends the follower.
+    closing: AtomicBool,
+    stop_following: tokio::sync::Notify,
+    /// The publisher and follower threads, joined by [`SharedNamespace::close`].
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -362,18 +369,27 @@ impl Inner {
     }
 
     /// The publisher thread: group commit of local ops, then gossip.
-    fn publish_forever(&self) {
+    /// Sync and publish what the outbox holds, as it fills, until the namespace closes (with
+    /// an empty outbox).
+    fn publish_until_closed(&self) {
         loop {
             {
                 let mut outbox = lock(&self.outbox);
-                while outbox.is_empty() {
+                while outbox.is_empty() && !self.closing.load(Ordering::SeqCst) {
                     outbox = self
                         .outbox_ready
                         .wait(outbox)
                         .unwrap_or_else(|p| p.into_inner());
                 }
+                if outbox.is_empty() {
+                    return;
+                }
             }
             if let Err(e) = self.publish_ready() {
+                if self.closing.load(Ordering::SeqCst) {
+                    tracing::error!(error = %e, "cannot sync the volume's op log while closing: its last ops are in the log, and go out when the volume is mounted again");
+                    return;
+                }
                 tracing::warn!(error = %e, "cannot sync the volume's op log; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -430,13 +446,17 @@ impl SharedNamespace {
                 }),
                 outbox: Mutex::new(Vec::new()),
                 outbox_ready: Condvar::new(),
+                closing: AtomicBool::new(false),
+                stop_following: tokio::sync::Notify::new(),
+                threads: Mutex::new(Vec::new()),
             }),
         };
         let inner = ns.inner.clone();
-        std::thread::Builder::new()
+        let publisher = std::thread::Builder::new()
             .name("dfs-volume-publish".into())
-            .spawn(move || inner.publish_forever())
+            .spawn(move || inner.publish_until_closed())
             .map_err(|e| FsError::Corrupt(format!("cannot start the publisher thread: {e}")))?;
+        lock(&ns.inner.threads).push(publisher);
         let taken = ns.rescan()?;
         tracing::info!(%volume, ops = taken, "shared volume state rebuilt from its log");
         Ok(ns)
@@ -499,14 +519,12 @@ impl SharedNamespace {
         }
     }
 
-    /// Apply ops as the peer takes them in, until the peer stops, handing `invalidate` what
-    /// the kernel must forget, a batch at a time (every op already waiting is applied first;
-    /// called outside the state lock: the kernel may call back into the mount while it
-    /// invalidates). Runs on a thread of its own.
-    pub fn follow(
-        &self,
-        invalidate: impl Fn(Vec<Inval>) + Send + 'static,
-    ) -> std::thread::JoinHandle<()> {
+    /// Apply ops as the peer takes them in, until the namespace closes or the peer stops,
+    /// handing `invalidate` what the kernel must forget, a batch at a time (every op already
+    /// waiting is applied first; called outside the state lock: the kernel may call back into
+    /// the mount while it invalidates). Runs on a thread of its own, which
+    /// [`SharedNamespace::close`] ends and joins.
+    pub fn follow(&self, invalidate: impl Fn(Vec<Inval>) + Send + 'static) -> Result<()> {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut rx = self.inner.hub.follow(&self.inner.volume);
         let ns = self.clone();
@@ -514,7 +532,12 @@ impl SharedNamespace {
         if let Err(e) = ns.rescan() {
             tracing::warn!(error = %e, "cannot read the volume's op log");
         }
-        std::thread::Builder::new()
+        // Waits on the op stream or the stop, whichever comes first: a runtime with no driver
+        // (neither needs one) and no thread of its own.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| FsError::Corrupt(format!("cannot start the volume follower: {e}")))?;
+        let follower = std::thread::Builder::new()
             .name("dfs-volume".into())
             .spawn(move || loop {
                 // Every op waiting is applied under one lock, so no request sees the moment
@@ -522,7 +545,15 @@ impl SharedNamespace {
                 // move, committed and published together).
                 let mut ops = Vec::new();
                 let mut lagged = false;
-                match rx.blocking_recv() {
+                let next = waiter.block_on(async {
+                    tokio::select! {
+                        biased;
+                        _ = ns.inner.stop_following.notified() => None,
+                        op = rx.recv() => Some(op),
+                    }
+                });
+                let Some(next) = next else { return };
+                match next {
                     Ok(op) => ops.push(op),
                     Err(RecvError::Lagged(missed)) => {
                         tracing::info!(missed, "volume stream lagged: reading the log again");
@@ -553,7 +584,27 @@ impl SharedNamespace {
                     invalidate(invals);
                 }
             })
-            .unwrap_or_else(|e| panic!("cannot start the volume follower thread: {e}"))
+            .map_err(|e| FsError::Corrupt(format!("cannot start the follower thread: {e}")))?;
+        lock(&self.inner.threads).push(follower);
+        Ok(())
+    }
+
+    /// End the publisher (once it has synced and published every op made so far) and the
+    /// follower, and wait for both; a mount calls it after its last request. Ops made after
+    /// this are appended to the log and published by the next open.
+    pub fn close(&self) {
+        {
+            let _outbox = lock(&self.inner.outbox);
+            self.inner.closing.store(true, Ordering::SeqCst);
+        }
+        self.inner.outbox_ready.notify_all();
+        self.inner.stop_following.notify_one();
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a thread of the shared volume panicked");
+            }
+        }
     }
 
     fn rescan_invalidating(&self) -> Vec<Inval> {

@@ -197,3 +197,57 @@ fn posix_errors_and_what_a_shared_tree_cannot_hold() {
     // Nothing refused reached the log.
     assert_eq!(f.hub.oplog().len(&f.volume).expect("len"), len);
 }
+
+/// The threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("list /proc/self/task")
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|n| n.trim() == name)
+        .count()
+}
+
+#[test]
+fn closing_publishes_what_is_left_and_ends_both_threads() {
+    let f = fixture();
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = published.clone();
+    let ns = SharedNamespace::open(
+        f.hub.clone(),
+        f.volume,
+        &f.secret,
+        1 << 16,
+        ME,
+        Box::new(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    )
+    .expect("open the shared namespace");
+    // The follower is this test's alone (the other tests of this binary open namespaces, each
+    // with a publisher, but follow none).
+    ns.follow(|_| {}).expect("follow");
+    // A thread names itself once it runs.
+    for _ in 0..100 {
+        if threads_named("dfs-volume") == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(threads_named("dfs-volume"), 1);
+    for i in 0..20u8 {
+        let name = [b'f', b'0' + i / 10, b'0' + i % 10];
+        ns.create(&f.repo, ROOT, &name, Kind::File, 0o644, ME, 0, &[])
+            .expect("create");
+    }
+    // Returns once both threads are joined; the publisher first published every op made.
+    ns.close();
+    assert_eq!(
+        published.load(std::sync::atomic::Ordering::SeqCst),
+        20,
+        "every op made before the close is published"
+    );
+    assert_eq!(threads_named("dfs-volume"), 0);
+    // Closing twice is harmless.
+    ns.close();
+}
