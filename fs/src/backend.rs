@@ -11,7 +11,7 @@
 use dfs_node::BlobRef;
 use dfs_node::Repo;
 
-use crate::model::{Caller, DirEntry, Ino, Inode, Kind, Namespace, Result, Time};
+use crate::model::{DirEntry, Ino, Inode, Namespace, NewEntry, Rename, Result, Time};
 
 /// The version of a file's content a writer started from, opaque to everything but the
 /// backend that issued it (a shared volume names the write it replaces; the local one has
@@ -29,19 +29,8 @@ pub trait NamespaceBackend: Send + Sync {
     /// Entries of a directory (without `.` and `..`), sorted by name.
     fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>>;
 
-    /// Create a file, directory, symlink or special file `name` in `parent`.
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        perm: u16,
-        caller: Caller,
-        rdev: u32,
-        target: &[u8],
-    ) -> Result<(Ino, Inode)>;
+    /// Create a file, directory, symlink or special file.
+    fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)>;
 
     /// Add a hard link `newparent/newname` to `ino`.
     fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode>;
@@ -58,16 +47,10 @@ pub trait NamespaceBackend: Send + Sync {
     ) -> Result<(Ino, bool)>;
 
     /// rename(2) with its `RENAME_NOREPLACE` and `RENAME_EXCHANGE` flags.
-    #[allow(clippy::too_many_arguments)]
     fn rename(
         &self,
         repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
+        rename: &Rename<'_>,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>>;
 
@@ -147,18 +130,8 @@ impl NamespaceBackend for Namespace {
         Namespace::list(self, repo, dir)
     }
 
-    fn create(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        perm: u16,
-        caller: Caller,
-        rdev: u32,
-        target: &[u8],
-    ) -> Result<(Ino, Inode)> {
-        Namespace::create(self, repo, parent, name, kind, perm, caller, rdev, target)
+    fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
+        Namespace::create(self, repo, entry)
     }
 
     fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
@@ -179,17 +152,10 @@ impl NamespaceBackend for Namespace {
     fn rename(
         &self,
         repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
+        rename: &Rename<'_>,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>> {
-        Namespace::rename(
-            self, repo, parent, name, newparent, newname, noreplace, exchange, is_open,
-        )
+        Namespace::rename(self, repo, rename, is_open)
     }
 
     fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {

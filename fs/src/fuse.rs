@@ -17,7 +17,9 @@ use fuser::{
 };
 
 use crate::dotdfs::{self, is_virtual, DotDfs};
-use crate::model::{Caller, DirEntry, FsError, Ino, Inode, Kind, SetAttr, Time, ROOT};
+use crate::model::{
+    Caller, DirEntry, FsError, Ino, Inode, Kind, NewEntry, Rename, SetAttr, Time, ROOT,
+};
 use crate::quiesce::{Active, Requests};
 use crate::volume::Volume;
 use dfs_node::metrics::{metrics, FuseTimer};
@@ -257,13 +259,10 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.create(
                 &self.vol.repo,
-                parent.0,
-                name.as_bytes(),
-                kind,
-                perm,
-                caller(req),
-                rdev,
-                &[],
+                &NewEntry {
+                    rdev,
+                    ..NewEntry::new(parent.0, name.as_bytes(), kind, perm, caller(req))
+                },
             ),
         )
     }
@@ -286,13 +285,7 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.create(
                 &self.vol.repo,
-                parent.0,
-                name.as_bytes(),
-                Kind::Dir,
-                perm,
-                caller(req),
-                0,
-                &[],
+                &NewEntry::new(parent.0, name.as_bytes(), Kind::Dir, perm, caller(req)),
             ),
         )
     }
@@ -333,13 +326,7 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.create(
                 &self.vol.repo,
-                parent.0,
-                link_name.as_bytes(),
-                Kind::Symlink,
-                0o777,
-                caller(req),
-                0,
-                target,
+                &NewEntry::symlink(parent.0, link_name.as_bytes(), target, caller(req)),
             ),
         )
     }
@@ -363,14 +350,11 @@ impl Filesystem for DfsFs {
         }
         empty(
             reply,
-            self.vol.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.contains(RenameFlags::RENAME_NOREPLACE),
-                flags.contains(RenameFlags::RENAME_EXCHANGE),
-            ),
+            self.vol.rename(&Rename {
+                noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+                exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+                ..Rename::new(parent.0, name.as_bytes(), newparent.0, newname.as_bytes())
+            }),
         )
     }
 
@@ -808,13 +792,7 @@ impl Filesystem for DfsFs {
             .ns
             .create(
                 &self.vol.repo,
-                parent.0,
-                name.as_bytes(),
-                Kind::File,
-                perm,
-                caller(req),
-                0,
-                &[],
+                &NewEntry::new(parent.0, name.as_bytes(), Kind::File, perm, caller(req)),
             )
             .and_then(|(ino, _)| {
                 self.vol.open_file(ino, flags & libc::O_TRUNC != 0)?;

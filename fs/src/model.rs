@@ -276,24 +276,6 @@ pub(crate) fn check_remove_kind(
     }
 }
 
-/// The checks every rename starts with: flags, `.`/`..`, the new name.
-pub(crate) fn check_rename(
-    name: &[u8],
-    newname: &[u8],
-    noreplace: bool,
-    exchange: bool,
-) -> Result<()> {
-    if noreplace && exchange {
-        return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
-    }
-    for n in [name, newname] {
-        if n == b"." || n == b".." {
-            return Err(FsError::Invalid("cannot rename . or .."));
-        }
-    }
-    check_name(newname)
-}
-
 pub(crate) fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(FsError::Invalid("bad file name"));
@@ -338,6 +320,82 @@ pub struct SetAttr {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// An entry to create: a file, directory, symlink or special file `name` in `parent`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEntry<'a> {
+    pub parent: Ino,
+    pub name: &'a [u8],
+    pub kind: Kind,
+    pub perm: u16,
+    pub caller: Caller,
+    /// The device number of a special file (0 otherwise).
+    pub rdev: u32,
+    /// A symlink's target (empty otherwise).
+    pub target: &'a [u8],
+}
+
+impl<'a> NewEntry<'a> {
+    /// `name` in `parent`, of `kind`, with no device number and no target.
+    pub fn new(parent: Ino, name: &'a [u8], kind: Kind, perm: u16, caller: Caller) -> Self {
+        Self {
+            parent,
+            name,
+            kind,
+            perm,
+            caller,
+            rdev: 0,
+            target: &[],
+        }
+    }
+
+    /// A symlink `name` in `parent` to `target`.
+    pub fn symlink(parent: Ino, name: &'a [u8], target: &'a [u8], caller: Caller) -> Self {
+        Self {
+            target,
+            ..Self::new(parent, name, Kind::Symlink, 0o777, caller)
+        }
+    }
+}
+
+/// One rename(2): `parent/name` to `newparent/newname`; with `noreplace` an existing target
+/// is an error, with `exchange` both must exist and swap places.
+#[derive(Debug, Clone, Copy)]
+pub struct Rename<'a> {
+    pub parent: Ino,
+    pub name: &'a [u8],
+    pub newparent: Ino,
+    pub newname: &'a [u8],
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+impl<'a> Rename<'a> {
+    /// The checks every rename starts with: flags, `.`/`..`, the new name.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.noreplace && self.exchange {
+            return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
+        }
+        for n in [self.name, self.newname] {
+            if n == b"." || n == b".." {
+                return Err(FsError::Invalid("cannot rename . or .."));
+            }
+        }
+        check_name(self.newname)
+    }
+
+    /// A plain rename that replaces what is at the target.
+    pub fn new(parent: Ino, name: &'a [u8], newparent: Ino, newname: &'a [u8]) -> Self {
+        Self {
+            parent,
+            name,
+            newparent,
+            newname,
+            noreplace: false,
+            exchange: false,
+        }
+    }
 }
 
 /// The path of `inode` from the volume root (`/a/b/c`), through its last-named parents as
@@ -512,19 +570,17 @@ impl Namespace {
         Ok(next)
     }
 
-    /// Create a file, directory, symlink or special file `name` in `parent`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        perm: u16,
-        caller: Caller,
-        rdev: u32,
-        target: &[u8],
-    ) -> Result<(Ino, Inode)> {
+    /// Create a file, directory, symlink or special file.
+    pub fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
+        let NewEntry {
+            parent,
+            name,
+            kind,
+            perm,
+            caller,
+            rdev,
+            target,
+        } = *entry;
         check_name(name)?;
         let _g = self.guard();
         let mut dir = self.dir_with_free_name(repo, parent, name)?;
@@ -765,19 +821,21 @@ impl Namespace {
 
     /// Rename `parent/name` to `newparent/newname` (`noreplace`: fail if the target exists;
     /// `exchange`: swap the two, both must exist). Returns the inode whose last link went, if any.
-    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
         repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
+        rename: &Rename<'_>,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>> {
-        check_rename(name, newname, noreplace, exchange)?;
+        rename.check()?;
+        let Rename {
+            parent,
+            name,
+            newparent,
+            newname,
+            noreplace,
+            exchange,
+        } = *rename;
         let _g = self.guard();
         let (ino, inode) = self.lookup(repo, parent, name)?;
         let target = match self.lookup(repo, newparent, newname) {

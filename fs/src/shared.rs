@@ -37,8 +37,8 @@ use crate::crdt::volume::{
 };
 use crate::crdt::NodeId;
 use crate::model::{
-    check_name, check_remove_kind, check_remove_name, check_rename, Caller, DirEntry, FsError, Ino,
-    Inode, Kind, Result, Time, NAME_MAX, ROOT,
+    check_name, check_remove_kind, check_remove_name, Caller, DirEntry, FsError, Ino, Inode, Kind,
+    NewEntry, Rename, Result, Time, NAME_MAX, ROOT,
 };
 
 /// A read-only extended attribute every node of a shared mount answers (and never lists):
@@ -823,17 +823,8 @@ impl NamespaceBackend for SharedNamespace {
             .collect())
     }
 
-    fn create(
-        &self,
-        _repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        perm: u16,
-        caller: Caller,
-        _rdev: u32,
-        target: &[u8],
-    ) -> Result<(Ino, Inode)> {
+    fn create(&self, _repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
+        let (name, kind, caller) = (entry.name, entry.kind, entry.caller);
         check_name(name)?;
         let crdt_kind = match kind {
             Kind::File => crdt::Kind::File,
@@ -843,7 +834,7 @@ impl NamespaceBackend for SharedNamespace {
             _ => return Err(FsError::NotPermitted),
         };
         let mut st = self.state();
-        let dir = st.node_of(parent)?;
+        let dir = st.node_of(entry.parent)?;
         let dir_attr = st.dir_attr(dir)?;
         if st.entry(dir, name)?.is_some() {
             return Err(FsError::Exists);
@@ -852,9 +843,9 @@ impl NamespaceBackend for SharedNamespace {
         let setgid_dir = dir_attr.mode & 0o2000 != 0;
         let gid = if setgid_dir { dir_attr.gid } else { caller.gid };
         let mode = if kind == Kind::Dir && setgid_dir {
-            perm | 0o2000
+            entry.perm | 0o2000
         } else {
-            perm
+            entry.perm
         };
         let node = NodeId(rand::random());
         self.commit(
@@ -868,7 +859,7 @@ impl NamespaceBackend for SharedNamespace {
                 uid: caller.uid,
                 gid,
                 mtime: from_time(Time::now()),
-                target: (kind == Kind::Symlink).then(|| target.to_vec()),
+                target: (kind == Kind::Symlink).then(|| entry.target.to_vec()),
             },
         )?;
         st.expose(dir, name, node);
@@ -914,15 +905,12 @@ impl NamespaceBackend for SharedNamespace {
     fn rename(
         &self,
         _repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
+        rename: &Rename<'_>,
         _is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>> {
-        check_rename(name, newname, noreplace, exchange)?;
+        rename.check()?;
+        let (parent, name) = (rename.parent, rename.name);
+        let (newparent, newname) = (rename.newparent, rename.newname);
         let mut st = self.state();
         let src = self.existing(&mut st, parent, name)?;
         if src.copy_of.is_some() {
@@ -936,7 +924,7 @@ impl NamespaceBackend for SharedNamespace {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
         let from_dir = st.node_of(parent)?;
-        if exchange {
+        if rename.exchange {
             let Some(target) = target else {
                 return Err(FsError::NotFound);
             };
@@ -968,7 +956,7 @@ impl NamespaceBackend for SharedNamespace {
         }
         let mut replaced = None;
         if let Some(target) = target {
-            if noreplace {
+            if rename.noreplace {
                 return Err(FsError::Exists);
             }
             if target.node == src.node {

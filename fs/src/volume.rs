@@ -10,7 +10,7 @@ use dfs_node::{Pipeline, Repo};
 
 use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
-use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Result, SetAttr, Time};
+use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Rename, Result, SetAttr, Time};
 use dfs_node::workers::ChunkWorkers;
 
 /// State of a file while at least one handle has it open.
@@ -449,19 +449,9 @@ impl Volume {
         Ok(())
     }
 
-    pub fn rename(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
-    ) -> Result<()> {
+    pub fn rename(&self, rename: &Rename<'_>) -> Result<()> {
         let is_open = |ino| self.is_open(ino);
-        self.ns.rename(
-            &self.repo, parent, name, newparent, newname, noreplace, exchange, &is_open,
-        )?;
+        self.ns.rename(&self.repo, rename, &is_open)?;
         Ok(())
     }
 
@@ -484,7 +474,7 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Caller, ROOT};
+    use crate::model::{Caller, NewEntry, ROOT};
 
     /// FUSE answers close(2) with a flush and sends the release afterwards, sometimes only after
     /// the program opened the file again: `for t in a b c; do echo $t > f; done` must still make
@@ -500,13 +490,7 @@ mod tests {
             .ns
             .create(
                 &vol.repo,
-                ROOT,
-                b"todo.txt",
-                Kind::File,
-                0o644,
-                root,
-                0,
-                b"",
+                &NewEntry::new(ROOT, b"todo.txt", Kind::File, 0o644, root),
             )
             .unwrap();
         let sizes = |vol: &Volume| -> Vec<u64> {
@@ -548,7 +532,10 @@ mod tests {
             };
             let (ino, _) = vol
                 .ns
-                .create(&vol.repo, ROOT, b"a", Kind::File, 0o644, root, 0, b"")
+                .create(
+                    &vol.repo,
+                    &NewEntry::new(ROOT, b"a", Kind::File, 0o644, root),
+                )
                 .unwrap();
             vol.open_file(ino, true).unwrap();
             vol.write(ino, 0, &[7u8; 300_000]).unwrap();

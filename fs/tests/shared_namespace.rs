@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use dfs_fs::backend::NamespaceBackend;
-use dfs_fs::model::{Caller, FsError, Kind, Time, ROOT};
+use dfs_fs::model::{Caller, FsError, Kind, NewEntry, Rename, Time, ROOT};
 use dfs_fs::shared::{SharedNamespace, ID_XATTR};
 use dfs_node::net::sync::OpsHub;
 use dfs_node::Repo;
@@ -87,15 +87,15 @@ fn every_change_is_an_op_and_the_log_rebuilds_the_same_tree() {
     let ops_before = f.hub.oplog().len(&f.volume).expect("len");
 
     let (docs, _) = ns
-        .create(repo, ROOT, b"docs", Kind::Dir, 0o755, ME, 0, &[])
+        .create(repo, &NewEntry::new(ROOT, b"docs", Kind::Dir, 0o755, ME))
         .expect("mkdir");
     let (file, inode) = ns
-        .create(repo, docs, b"a.txt", Kind::File, 0o644, ME, 0, &[])
+        .create(repo, &NewEntry::new(docs, b"a.txt", Kind::File, 0o644, ME))
         .expect("create");
     assert_eq!((inode.uid, inode.gid, inode.nlink), (1000, 100, 1));
-    ns.create(repo, docs, b"link", Kind::Symlink, 0o777, ME, 0, b"a.txt")
+    ns.create(repo, &NewEntry::symlink(docs, b"link", b"a.txt", ME))
         .expect("symlink");
-    ns.rename(repo, docs, b"a.txt", ROOT, b"b.txt", false, false, &|_| {
+    ns.rename(repo, &Rename::new(docs, b"a.txt", ROOT, b"b.txt"), &|_| {
         false
     })
     .expect("rename");
@@ -150,10 +150,10 @@ fn posix_errors_and_what_a_shared_tree_cannot_hold() {
     let ns = f.open();
     let repo = &f.repo;
     let (dir, _) = ns
-        .create(repo, ROOT, b"d", Kind::Dir, 0o755, ME, 0, &[])
+        .create(repo, &NewEntry::new(ROOT, b"d", Kind::Dir, 0o755, ME))
         .expect("mkdir");
     let (file, _) = ns
-        .create(repo, dir, b"f", Kind::File, 0o644, ME, 0, &[])
+        .create(repo, &NewEntry::new(dir, b"f", Kind::File, 0o644, ME))
         .expect("create");
     let len = f.hub.oplog().len(&f.volume).expect("len");
     let refused = |r: Result<(), FsError>, errno: i32| {
@@ -161,7 +161,7 @@ fn posix_errors_and_what_a_shared_tree_cannot_hold() {
         assert_eq!(e.errno(), errno, "{e}");
     };
     refused(
-        ns.create(repo, dir, b"f", Kind::File, 0o644, ME, 0, &[])
+        ns.create(repo, &NewEntry::new(dir, b"f", Kind::File, 0o644, ME))
             .map(drop),
         libc::EEXIST,
     );
@@ -174,18 +174,18 @@ fn posix_errors_and_what_a_shared_tree_cannot_hold() {
         libc::ENOTDIR,
     );
     refused(
-        ns.rename(repo, ROOT, b"d", dir, b"inside", false, false, &|_| false)
+        ns.rename(repo, &Rename::new(ROOT, b"d", dir, b"inside"), &|_| false)
             .map(drop),
         libc::EINVAL,
     );
     refused(
-        ns.create(repo, dir, b"x/y", Kind::File, 0o644, ME, 0, &[])
+        ns.create(repo, &NewEntry::new(dir, b"x/y", Kind::File, 0o644, ME))
             .map(drop),
         libc::EINVAL,
     );
     refused(ns.link(repo, file, ROOT, b"hard").map(drop), libc::EPERM);
     refused(
-        ns.create(repo, ROOT, b"fifo", Kind::Fifo, 0o644, ME, 0, &[])
+        ns.create(repo, &NewEntry::new(ROOT, b"fifo", Kind::Fifo, 0o644, ME))
             .map(drop),
         libc::EPERM,
     );
@@ -237,7 +237,7 @@ fn closing_publishes_what_is_left_and_ends_both_threads() {
     assert_eq!(threads_named("dfs-volume"), 1);
     for i in 0..20u8 {
         let name = [b'f', b'0' + i / 10, b'0' + i % 10];
-        ns.create(&f.repo, ROOT, &name, Kind::File, 0o644, ME, 0, &[])
+        ns.create(&f.repo, &NewEntry::new(ROOT, &name, Kind::File, 0o644, ME))
             .expect("create");
     }
     // Returns once both threads are joined; the publisher first published every op made.
