@@ -167,6 +167,11 @@ impl NetworkConfig {
     }
 }
 
+/// Provider records announced per second while the peer has been serving shard requests for
+/// a while, and while it has not (`[network] providers_per_sec_busy`/`_idle`).
+pub const PROVIDERS_PER_SEC_BUSY: u32 = 4;
+pub const PROVIDERS_PER_SEC_IDLE: u32 = 200;
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
@@ -187,8 +192,8 @@ impl Default for NetworkConfig {
             max_connections: 512,
             max_connections_per_peer: 4,
             api: String::new(),
-            providers_per_sec_busy: crate::net::AnnounceRate::default().busy,
-            providers_per_sec_idle: crate::net::AnnounceRate::default().idle,
+            providers_per_sec_busy: PROVIDERS_PER_SEC_BUSY,
+            providers_per_sec_idle: PROVIDERS_PER_SEC_IDLE,
             bulk_links: true,
             bulk_port: 0,
         }

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::events::EventKind;
 use crate::meta::{MetaError, CF_VOLUMES};
 use crate::net::sync::{IngestError, OpsHub};
-use crate::net::Network;
 use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
 use crate::oplog::{OpLogError, SignedOp, VolumeId};
 
@@ -93,10 +92,6 @@ pub enum VolumeError {
     Log(#[from] OpLogError),
     #[error(transparent)]
     Op(#[from] IngestError),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
-    #[error("volume task failed: {0}")]
-    Task(String),
 }
 
 impl Ticket {
@@ -361,72 +356,6 @@ pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
             })
         })
         .collect()
-}
-
-/// Run a volume command on the blocking pool (it writes RocksDB durably).
-async fn blocking<T: Send + 'static>(
-    net: &Network,
-    work: impl FnOnce(&OpsHub) -> Result<T, VolumeError> + Send + 'static,
-) -> Result<T, VolumeError> {
-    let hub = std::sync::Arc::clone(net.ops());
-    tokio::task::spawn_blocking(move || work(&hub))
-        .await
-        .map_err(|e| VolumeError::Task(e.to_string()))?
-}
-
-/// [`create`] on a running peer, which then follows the new volume.
-pub async fn create_on(net: &Network, name: String) -> Result<VolumeInfo, VolumeError> {
-    let volume = blocking(net, move |hub| create(hub, &name)).await?;
-    net.follow_volume(volume).await?;
-    info_of(net, volume).await
-}
-
-/// [`invite`] on a running peer: the ticket names the addresses it listens on.
-pub async fn invite_on(net: &Network, name: String) -> Result<Ticket, VolumeError> {
-    let addrs = net.status().await?.addresses;
-    blocking(net, move |hub| invite(hub, &name, addrs)).await
-}
-
-/// [`join`] on a running peer: it follows the volume and dials the ticket's addresses; the
-/// first member reached takes the join and sends the volume's ops.
-pub async fn join_on(
-    net: &Network,
-    ticket: Ticket,
-    name: Option<String>,
-) -> Result<VolumeInfo, VolumeError> {
-    let addrs = ticket.addrs.clone();
-    let volume = blocking(net, move |hub| join(hub, &ticket, name.as_deref())).await?;
-    net.follow_volume(volume).await?;
-    for addr in addrs {
-        match addr.parse() {
-            Ok(addr) => net.dial(addr).await?,
-            Err(e) => tracing::warn!(%addr, error = %e, "unusable address in the ticket"),
-        }
-    }
-    info_of(net, volume).await
-}
-
-/// [`log`] on a running peer.
-pub async fn log_on(
-    net: &Network,
-    name: String,
-    limit: usize,
-) -> Result<Vec<LogEntry>, VolumeError> {
-    blocking(net, move |hub| log(hub, &name, limit)).await
-}
-
-/// [`list`] on a running peer.
-pub async fn list_on(net: &Network) -> Result<Vec<VolumeInfo>, VolumeError> {
-    blocking(net, list).await
-}
-
-async fn info_of(net: &Network, volume: VolumeId) -> Result<VolumeInfo, VolumeError> {
-    let id = volume.to_string();
-    list_on(net)
-        .await?
-        .into_iter()
-        .find(|v| v.id == id)
-        .ok_or_else(|| VolumeError::Corrupt(format!("volume {id} vanished")))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 mod gate;
 mod members;
 pub mod repair;
+pub mod status;
 pub mod steward;
 mod transfer;
 

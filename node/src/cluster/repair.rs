@@ -27,8 +27,8 @@ use dfs_placement::erasure::ShardCoder;
 use dfs_placement::planner::{plan, Action, ChunkInventory};
 use dfs_placement::ChunkId;
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 
+pub use super::status::PlacementStatus;
 use super::transfer::{fetch_counted, fetch_from, gather, image, store_on, ShardCheck};
 use super::{peer_from_bytes, Cluster, ClusterError, Members};
 use crate::chunk::{encode_shards, ChunkError};
@@ -42,45 +42,6 @@ const REPAIR_THREADS: usize = 4;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of scrub credit a check costs at least (a request and a file read, however small).
 const MIN_SCRUB_COST: usize = 4096;
-
-/// What `dfs status` shows of placement and repair.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PlacementStatus {
-    /// Chunks this peer wrote and looks after.
-    pub chunks: u64,
-    /// Chunks missing shards or with shards off their targets, as of the last round.
-    pub degraded: u64,
-    /// Chunks with all shards but on fewer distinct peers than shards (too few peers).
-    pub crowded: u64,
-    /// Chunks with fewer than k shards left.
-    pub lost: u64,
-    /// Rebuilds, moves and drops left for later rounds.
-    pub pending: u64,
-    pub rebuilt: u64,
-    pub moved: u64,
-    pub dropped: u64,
-    /// Bytes written by rebuilds and moves.
-    pub repair_bytes: u64,
-    pub scrubbed: u64,
-    pub corrupt_found: u64,
-    pub orphans_deleted: u64,
-    pub rounds: u64,
-    /// Rounds that looked at every chunk (the others found nothing changed since).
-    #[serde(default)]
-    pub full_passes: u64,
-    pub last_round_ms: u64,
-    pub hedged_fetches: u64,
-    pub found_by_providers: u64,
-    pub bytes_sent: u64,
-    pub bytes_fetched: u64,
-    pub last_error: Option<String>,
-    /// The disk cache of fetched chunks, when enabled.
-    pub disk_cache: Option<crate::diskcache::CacheStats>,
-    /// Chunks held here for others that this peer looked after ([`super::steward`]).
-    #[serde(default)]
-    pub steward: super::steward::StewardStatus,
-}
 
 /// Run rounds until the cluster stops.
 pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {

@@ -45,6 +45,7 @@ use futures::stream::StreamExt;
 use libp2p::PeerId;
 
 use super::repair::rebuild_from;
+pub use super::status::StewardStatus;
 use super::transfer::{image, store_on};
 use super::{Cluster, ClusterError, Members};
 use crate::meta::{ChunkRecord, Placed};
@@ -58,23 +59,6 @@ const PAGE: usize = 256;
 const EXAMINE_AT_ONCE: usize = 8;
 /// Peers ranked below the steward that it asks, beyond the chunk's shard count.
 const SPARE: usize = 4;
-
-/// What the stewards of this peer found, for `dfs status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StewardStatus {
-    /// Passes over the held chunks made.
-    pub passes: u64,
-    /// Chunks examined in all passes, and of them those this peer was the steward of.
-    pub examined: u64,
-    pub stewarded: u64,
-    /// Shards rebuilt onto other peers, and their bytes.
-    pub rebuilt: u64,
-    pub rebuilt_bytes: u64,
-    /// Chunks found with fewer than k shards on live peers in the last pass.
-    pub lost: u64,
-    /// Chunks left for the next pass (a peer suspect or not answering).
-    pub deferred: u64,
-}
 
 /// Run until the cluster stops (on storage peers only).
 pub fn run(cluster: &Cluster, repo: &Arc<Repo>) {

@@ -46,7 +46,10 @@ pub struct AnnounceRate {
 
 impl Default for AnnounceRate {
     fn default() -> Self {
-        Self { busy: 4, idle: 200 }
+        Self {
+            busy: crate::config::PROVIDERS_PER_SEC_BUSY,
+            idle: crate::config::PROVIDERS_PER_SEC_IDLE,
+        }
     }
 }
 

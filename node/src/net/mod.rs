@@ -230,7 +230,7 @@ pub struct NodeStatus {
     pub bulk: Option<bulk::BulkStatus>,
     /// Health of the chunks this peer wrote, when it spreads chunks over the network.
     #[serde(default)]
-    pub placement: Option<crate::cluster::PlacementStatus>,
+    pub placement: Option<crate::cluster::status::PlacementStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

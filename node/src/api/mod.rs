@@ -5,6 +5,8 @@
 //! are written to `DATA/api.json` (mode 0600) once the listener is bound, so a CLI that can read
 //! the data directory finds the running peer; the file is removed at shutdown.
 
+mod volumes;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,7 +151,7 @@ async fn volumes(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(crate::volumes::list_on(&state.network).await?))
+    Ok(Json(volumes::list_on(&state.network).await?))
 }
 
 async fn create_volume(
@@ -158,7 +160,7 @@ async fn create_volume(
     Json(body): Json<CreateVolume>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    let info = crate::volumes::create_on(&state.network, body.name).await?;
+    let info = volumes::create_on(&state.network, body.name).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -168,7 +170,7 @@ async fn invite_volume(
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    let ticket = crate::volumes::invite_on(&state.network, name).await?;
+    let ticket = volumes::invite_on(&state.network, name).await?;
     Ok(Json(Invitation {
         ticket: ticket.encode(),
     }))
@@ -181,7 +183,7 @@ async fn join_volume(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let ticket = crate::volumes::Ticket::decode(&body.ticket)?;
-    let info = crate::volumes::join_on(&state.network, ticket, body.name).await?;
+    let info = volumes::join_on(&state.network, ticket, body.name).await?;
     Ok(Json(info))
 }
 
@@ -199,9 +201,7 @@ async fn volume_log(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let limit = query.limit.unwrap_or(100);
-    Ok(Json(
-        crate::volumes::log_on(&state.network, name, limit).await?,
-    ))
+    Ok(Json(volumes::log_on(&state.network, name, limit).await?))
 }
 
 /// `GET /metrics`: Prometheus text format, no token (like every exporter: it is on 127.0.0.1,
@@ -212,7 +212,7 @@ async fn prometheus_metrics(State(state): State<ApiState>) -> impl IntoResponse 
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state.network, state.status().await.ok()).await,
+        crate::metrics::state::render(&state.network, state.status().await.ok()).await,
     )
 }
 
