@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every check and test of dfs: formatting, clippy, and the whole workspace's tests
+# Run every check and test of dfs: import cycles, formatting, clippy, and the whole workspace's tests
 # (unit, property and end-to-end tests through the real `dfs` binary), then a short run of every
 # fuzz target (fuzz/smoke.sh; FUZZ_SECONDS=0 only builds them).
 # Tests that need root (tmpfs for full-disk cases, FUSE mounts, pjdfstest) run when this runs as
@@ -7,6 +7,8 @@
 # they fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== no import cycles among the modules of node and fs (tests/arch/import_cycles.py)"
+python3 tests/arch/import_cycles.py node/src fs/src
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -1,7 +1,7 @@
 //! Where a mounted volume's namespace lives: the calls [`crate::volume::Volume`] and the FUSE
 //! adapter make on inodes, directory entries and xattrs, as one trait with two implementations.
 //!
-//! - [`crate::model::Namespace`]: the peer's own volume, in its RocksDB tables, with local inode
+//! - [`crate::local::LocalNamespace`]: the peer's own volume, in its RocksDB tables, with local inode
 //!   numbers, hard links and recorded versions.
 //! - [`crate::shared::SharedNamespace`]: a shared volume, the merged state of its replicated op
 //!   log; every change is a signed op the other members apply too.
@@ -11,12 +11,10 @@
 use dfs_node::BlobRef;
 use dfs_node::Repo;
 
-use crate::model::{DirEntry, Ino, Inode, Namespace, NewEntry, Rename, Result, Time};
+use crate::local::LocalNamespace;
+use crate::model::{DirEntry, Ino, Inode, NewEntry, Rename, Result, Time};
 
-/// The version of a file's content a writer started from, opaque to everything but the
-/// backend that issued it (a shared volume names the write it replaces; the local one has
-/// none).
-pub type Base = Option<Vec<u8>>;
+pub use crate::model::Base;
 
 /// The namespace of a mounted volume. Every method takes the data directory's `repo` for the
 /// local backend's sake; the shared one holds what it needs.
@@ -117,25 +115,25 @@ pub trait NamespaceBackend: Send + Sync {
     }
 }
 
-impl NamespaceBackend for Namespace {
+impl NamespaceBackend for LocalNamespace {
     fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
-        Namespace::inode(self, repo, ino)
+        LocalNamespace::inode(self, repo, ino)
     }
 
     fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
-        Namespace::lookup(self, repo, parent, name)
+        LocalNamespace::lookup(self, repo, parent, name)
     }
 
     fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
-        Namespace::list(self, repo, dir)
+        LocalNamespace::list(self, repo, dir)
     }
 
     fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
-        Namespace::create(self, repo, entry)
+        LocalNamespace::create(self, repo, entry)
     }
 
     fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
-        Namespace::link(self, repo, ino, newparent, newname)
+        LocalNamespace::link(self, repo, ino, newparent, newname)
     }
 
     fn remove(
@@ -146,7 +144,7 @@ impl NamespaceBackend for Namespace {
         dir: bool,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<(Ino, bool)> {
-        Namespace::remove(self, repo, parent, name, dir, is_open)
+        LocalNamespace::remove(self, repo, parent, name, dir, is_open)
     }
 
     fn rename(
@@ -155,11 +153,11 @@ impl NamespaceBackend for Namespace {
         rename: &Rename<'_>,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<Option<Ino>> {
-        Namespace::rename(self, repo, rename, is_open)
+        LocalNamespace::rename(self, repo, rename, is_open)
     }
 
     fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
-        Namespace::reap_if_unlinked(self, repo, ino)
+        LocalNamespace::reap_if_unlinked(self, repo, ino)
     }
 
     fn commit_content(
@@ -172,11 +170,11 @@ impl NamespaceBackend for Namespace {
         version: bool,
         _base: &mut Base,
     ) -> Result<()> {
-        Namespace::commit_content(self, repo, ino, content, size, mtime, version)
+        LocalNamespace::commit_content(self, repo, ino, content, size, mtime, version)
     }
 
     fn versions_generation(&self) -> u64 {
-        Namespace::versions_generation(self)
+        LocalNamespace::versions_generation(self)
     }
 
     fn update(
@@ -185,11 +183,11 @@ impl NamespaceBackend for Namespace {
         ino: Ino,
         f: &mut dyn FnMut(&mut Inode) -> Result<()>,
     ) -> Result<Inode> {
-        Ok(Namespace::update(self, repo, ino, |inode| f(inode))?.0)
+        Ok(LocalNamespace::update(self, repo, ino, |inode| f(inode))?.0)
     }
 
     fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        Namespace::get_xattr(self, repo, ino, name)
+        LocalNamespace::get_xattr(self, repo, ino, name)
     }
 
     fn set_xattr(
@@ -201,18 +199,18 @@ impl NamespaceBackend for Namespace {
         create: bool,
         replace: bool,
     ) -> Result<()> {
-        Namespace::set_xattr(self, repo, ino, name, value, create, replace)
+        LocalNamespace::set_xattr(self, repo, ino, name, value, create, replace)
     }
 
     fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        Namespace::list_xattrs(self, repo, ino)
+        LocalNamespace::list_xattrs(self, repo, ino)
     }
 
     fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
-        Namespace::remove_xattr(self, repo, ino, name)
+        LocalNamespace::remove_xattr(self, repo, ino, name)
     }
 
     fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
-        Namespace::path_of(self, repo, inode)
+        LocalNamespace::path_of(self, repo, inode)
     }
 }

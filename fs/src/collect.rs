@@ -18,7 +18,8 @@ use dfs_placement::ChunkId;
 use dfs_node::repo::GcError;
 use dfs_node::tree::TreeError;
 
-use crate::model::{FsError, Namespace, Time};
+use crate::local::LocalNamespace;
+use crate::model::{FsError, Time};
 use crate::versions;
 
 /// Why a collection stopped (before removing anything, unless the sweep itself failed).
@@ -67,7 +68,7 @@ fn mark(pipeline: &Pipeline, blob: &BlobRef, live: &mut HashSet<ChunkId>) -> Res
 /// sweep. Runs with the data directory locked (not while mounted).
 pub fn collect(
     pipeline: &Pipeline,
-    ns: &Namespace,
+    ns: &LocalNamespace,
     shared: &[BlobRef],
     now: Time,
 ) -> Result<CollectReport, CollectError> {

@@ -12,7 +12,8 @@ use dfs_node::blob::check_blob;
 use dfs_node::tree::LeafWalker;
 use dfs_node::Pipeline;
 
-use crate::model::{FsError, Ino, Inode, Kind, Namespace, ROOT};
+use crate::local::LocalNamespace;
+use crate::model::{FsError, Ino, Inode, Kind, ROOT};
 
 /// What fsck found.
 #[derive(Debug, Default)]
@@ -31,7 +32,7 @@ impl FsckReport {
 }
 
 /// Check the volume of `repo` (not mounted: the data directory is locked by the caller).
-pub fn fsck(pipeline: &Pipeline, ns: &Namespace, deep: bool) -> Result<FsckReport, FsError> {
+pub fn fsck(pipeline: &Pipeline, ns: &LocalNamespace, deep: bool) -> Result<FsckReport, FsError> {
     let repo = pipeline.repo();
     let mut report = FsckReport::default();
     let inodes: HashMap<Ino, Inode> = ns.all_inodes(repo)?.into_iter().collect();

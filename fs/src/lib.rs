@@ -4,7 +4,8 @@
 //! chunk pipeline as a tree of entries (name, mode, mtime, content), named by a share link
 //! ([`link`]) that carries the root chunk id and its key.
 //!
-//! And the mounted volume: [`model`] (inodes, directories, xattrs in RocksDB), [`file`]
+//! And the mounted volume: [`model`] (the types of every namespace), [`local`] (the own
+//! volume's inodes, directories and xattrs in RocksDB), [`shared`] (a shared volume), [`file`]
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
@@ -16,6 +17,7 @@ pub mod file;
 pub mod fsck;
 pub mod fuse;
 pub mod link;
+pub mod local;
 pub mod model;
 pub mod mount;
 pub mod quiesce;

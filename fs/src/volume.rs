@@ -10,7 +10,8 @@ use dfs_node::{Pipeline, Repo};
 
 use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
-use crate::model::{Caller, FsError, Ino, Inode, Kind, Namespace, Rename, Result, SetAttr, Time};
+use crate::local::LocalNamespace;
+use crate::model::{Caller, FsError, Ino, Inode, Kind, Rename, Result, SetAttr, Time};
 use dfs_node::workers::ChunkWorkers;
 
 /// State of a file while at least one handle has it open.
@@ -60,7 +61,7 @@ impl Volume {
     pub fn open(pipeline: Pipeline, owner: Caller) -> Result<Self> {
         let repo = pipeline.repo().clone();
         repo.ensure_volume_owner()?;
-        let ns = Namespace::open(&repo, owner)?;
+        let ns = LocalNamespace::open(&repo, owner)?;
         let reaped = ns.reap_orphans(&repo)?;
         if reaped > 0 {
             tracing::info!(
@@ -526,7 +527,7 @@ mod tests {
                 None => Volume::open(Pipeline::local(repo.clone()), root).unwrap(),
                 Some(scope) => {
                     repo.ensure_volume_owner().unwrap();
-                    let ns = Namespace::open(&repo, root).unwrap();
+                    let ns = LocalNamespace::open(&repo, root).unwrap();
                     Volume::with_backend(Pipeline::local(repo.clone()), Box::new(ns), scope)
                 }
             };

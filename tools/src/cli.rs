@@ -588,7 +588,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     gid: libc::getgid(),
                 }
             };
-            let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
+            let ns = dfs_fs::local::LocalNamespace::open(&repo, owner)?;
             let report = dfs_fs::fsck::fsck(&Pipeline::local(repo), &ns, deep)?;
             for p in &report.problems {
                 println!("PROBLEM: {p}");
@@ -630,7 +630,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         gid: libc::getgid(),
                     }
                 };
-                let ns = dfs_fs::model::Namespace::open(&repo, owner)?;
+                let ns = dfs_fs::local::LocalNamespace::open(&repo, owner)?;
                 // Chunks that shared volumes' logs refer to are written under this owner too.
                 let shared = dfs_fs::shared::referenced_content(&repo)?;
                 let collected = dfs_fs::collect::collect(
