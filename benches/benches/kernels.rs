@@ -13,7 +13,7 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
 use dfs_benches::{random_bytes, CHUNK, MIB};
-use dfs_node::crypto::VolumeSecret;
+use dfs_node::VolumeSecret;
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::Layout;
 

@@ -1,5 +1,5 @@
-//! The whole write and read pipelines through the real code (`blob::write_blob`,
-//! `blob::read_blob`) on 256 MiB of random bytes, with every core and with one worker.
+//! The whole write and read pipelines through the real code (`dfs_node::write_blob`,
+//! `dfs_node::read_blob`) on 256 MiB of random bytes, with every core and with one worker.
 //!
 //! The repository lives on /dev/shm when it exists, so the numbers are CPU and memory bound.
 //! Every measured write goes to a fresh repository (fresh volume secret) with freshly stamped
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dfs_benches::{random_bytes, scratch_dir, stamp, CHUNK};
-use dfs_node::{blob, Pipeline, Repo};
+use dfs_node::{read_blob, write_blob, BlobRef, Pipeline, Repo};
 use dfs_placement::Layout;
 use tempfile::TempDir;
 
@@ -47,7 +47,7 @@ impl Scratch {
         }
     }
 
-    fn write(&self, data: &[u8]) -> (blob::BlobRef, Duration) {
+    fn write(&self, data: &[u8]) -> (BlobRef, Duration) {
         let put = self
             .pipeline
             .repo()
@@ -55,7 +55,7 @@ impl Scratch {
             .expect("begin a put");
         let mut reader = data;
         let start = Instant::now();
-        let blob = blob::write_blob(&self.pipeline, put.owner(), &mut reader).expect("write_blob");
+        let blob = write_blob(&self.pipeline, put.owner(), &mut reader).expect("write_blob");
         let elapsed = start.elapsed();
         assert_eq!(blob.size, data.len() as u64);
         (blob, elapsed)
@@ -169,9 +169,8 @@ fn pipeline(c: &mut Criterion) {
         let pipeline = &scratch.pipeline;
         g.bench_function(format!("read_blob/{}", label(workers)), |b| {
             b.iter(|| {
-                let report =
-                    blob::read_blob(pipeline, black_box(&stored), &mut std::io::sink(), false)
-                        .expect("read_blob");
+                let report = read_blob(pipeline, black_box(&stored), &mut std::io::sink(), false)
+                    .expect("read_blob");
                 assert_eq!(report.bytes, SIZE as u64);
                 assert_eq!(report.degraded_chunks, 0);
             })
@@ -185,7 +184,7 @@ fn pipeline(c: &mut Criterion) {
 /// 4 MiB chunks through the same functions `Pipeline::put_chunk` uses, recycling buffers as it does.
 /// Compare with the single-core kernels in `kernels.rs`: this is what the pipeline itself costs.
 fn pipeline_cpu(c: &mut Criterion) {
-    use dfs_node::chunk::{encode_shards, seal};
+    use dfs_node::testing::{encode_shards, seal};
     use dfs_node::VolumeSecret;
     use dfs_placement::erasure::ShardCoder;
     use std::sync::atomic::AtomicUsize;

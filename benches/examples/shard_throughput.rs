@@ -1,7 +1,7 @@
 //! Shard throughput between two peers on loopback against a plain TCP copy of the same bytes in
 //! the same run (issue 4).
 //!
-//! Two pairs of peers (`dfs_node::net::Network`, default options: TCP and QUIC on 127.0.0.1
+//! Two pairs of peers (`dfs_node::testing::Network`, default options: TCP and QUIC on 127.0.0.1
 //! ephemeral ports; one pair with `bulk_links` off, so shards go through libp2p streams with
 //! Noise and Yamux, the other over bulk links) run in this process, on one tokio runtime, on data directories under `/dev/shm` when
 //! there is one: the disk stays out of the numbers, and the `syncfs` the held-shard store makes
@@ -35,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use dfs_benches::{random_bytes, scratch_dir, CHUNK, MIB};
-use dfs_node::config::NetworkConfig;
-use dfs_node::net::{parse_addr, NetOptions, Network, PeerState};
-use dfs_node::shard::{ShardHeader, HEADER_LEN};
+use dfs_node::testing::{parse_addr, NetOptions, Network};
+use dfs_node::testing::{ShardHeader, HEADER_LEN};
+use dfs_node::NetworkConfig;
+use dfs_node::PeerState;
 use dfs_node::Repo;
 use dfs_placement::{ChunkId, Layout};
 use futures::stream::{self, StreamExt, TryStreamExt};

@@ -10,13 +10,10 @@
 
 use std::collections::HashSet;
 
-use dfs_node::repo::VOLUME_OWNER;
-use dfs_node::tree::LeafWalker;
-use dfs_node::{BlobRef, GcReport, Pipeline};
+use dfs_node::{BlobRef, GcReport, LeafWalker, Pipeline, VOLUME_OWNER};
 use dfs_placement::ChunkId;
 
-use dfs_node::repo::GcError;
-use dfs_node::tree::TreeError;
+use dfs_node::{GcError, TreeError};
 
 use crate::local::LocalNamespace;
 use crate::model::{FsError, Time};
@@ -28,7 +25,7 @@ pub enum CollectError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
-    Meta(#[from] dfs_node::meta::MetaError),
+    Meta(#[from] dfs_node::MetaError),
     #[error("cannot read the chunk tree of {what}: {source}; nothing was removed")]
     Tree {
         what: String,
@@ -76,7 +73,7 @@ pub fn collect(
     let mut report = CollectReport::default();
     let inodes = ns.all_inodes(repo)?;
     let exists: HashSet<u64> = inodes.iter().map(|(ino, _)| *ino).collect();
-    let mut batch = dfs_node::meta::FsBatch::default();
+    let mut batch = dfs_node::FsBatch::default();
     report.versions_expired = versions::expire_all(
         repo,
         |ino| exists.contains(&ino),

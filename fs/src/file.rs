@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use dfs_node::repo::VOLUME_OWNER;
-use dfs_node::tree::{LeafWalker, TreeBuilder};
-use dfs_node::workers::{wait, ChunkWorkers, Pending};
-use dfs_node::{BlobRef, ChunkRef, Pipeline};
+use dfs_node::{
+    wait_pending, BlobRef, ChunkRef, ChunkWorkers, LeafWalker, Pending, Pipeline, TreeBuilder,
+    VOLUME_OWNER,
+};
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::ChunkId;
 use lru::LruCache;
@@ -116,12 +116,12 @@ impl ChunkCache {
     /// repaired) from the store now.
     pub fn get(&self, pipeline: &Pipeline, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.lock().0.get(&chunk.id) {
-            dfs_node::metrics::metrics().memory_cache_hits.inc();
+            dfs_node::metrics().memory_cache_hits.inc();
             return Ok(hit.clone());
         }
-        dfs_node::metrics::metrics().memory_cache_misses.inc();
+        dfs_node::metrics().memory_cache_misses.inc();
         let pending = self.fetching().remove(&chunk.id);
-        let plain = match pending.map(|p| wait(&p)) {
+        let plain = match pending.map(|p| wait_pending(&p)) {
             Some(Ok(plain)) => plain,
             // A failed prefetch is retried here, so the error reported is the real read's.
             _ => pipeline.read_chunk(chunk, &mut ShardCoder::default())?,
@@ -139,9 +139,7 @@ impl ChunkCache {
                 None => break,
             }
         }
-        dfs_node::metrics::metrics()
-            .memory_cache_bytes
-            .set(*bytes as i64);
+        dfs_node::metrics().memory_cache_bytes.set(*bytes as i64);
         Ok(plain)
     }
 
@@ -230,7 +228,7 @@ impl FileContent {
     /// Wait for the background store of chunk `index` and record its leaf.
     fn settle(&mut self, pipeline: &Pipeline, index: usize) -> Result<()> {
         if let Some((_, pending)) = self.inflight.remove(&index) {
-            let leaf = wait(&pending)?;
+            let leaf = wait_pending(&pending)?;
             self.set_leaf(pipeline, index, leaf)?;
         }
         Ok(())

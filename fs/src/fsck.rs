@@ -8,9 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use dfs_node::blob::check_blob;
-use dfs_node::tree::LeafWalker;
-use dfs_node::Pipeline;
+use dfs_node::{check_blob, LeafWalker, Pipeline};
 
 use crate::local::LocalNamespace;
 use crate::model::{FsError, Ino, Inode, Kind, ROOT};

@@ -22,7 +22,7 @@ use crate::model::{
 };
 use crate::quiesce::{Active, Requests};
 use crate::volume::Volume;
-use dfs_node::metrics::{metrics, FuseTimer};
+use dfs_node::{metrics, FuseTimer};
 
 const BLOCK: u32 = 4096;
 

@@ -2,7 +2,7 @@
 //! RocksDB, and every namespace operation (create, link, unlink, rename, setattr, ...) as one
 //! atomic batch. The types it shares with the shared namespace are in [`crate::model`].
 //!
-//! Schema (tables of [`dfs_node::meta::FsTable`], keys big-endian so scans come out in order):
+//! Schema (tables of [`dfs_node::FsTable`], keys big-endian so scans come out in order):
 //! - `Inodes`: ino -> [`Inode`] (version byte + postcard).
 //! - `Dirents`: parent ino ++ name -> child ino ++ kind byte.
 //! - `Xattrs`: ino ++ name -> value.
@@ -14,8 +14,7 @@
 
 use std::sync::Mutex;
 
-use dfs_node::meta::{FsBatch, FsTable};
-use dfs_node::{BlobRef, Repo};
+use dfs_node::{BlobRef, FsBatch, FsTable, Repo};
 
 use crate::model::{
     check_name, check_remove_kind, check_remove_name, path_through, Caller, DirEntry, Entry,

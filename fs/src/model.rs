@@ -6,8 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dfs_node::meta::MetaError;
-use dfs_node::{BlobError, BlobRef, ChunkError};
+use dfs_node::{BlobError, BlobRef, ChunkError, MetaError};
 use serde::{Deserialize, Serialize};
 
 pub type Ino = u64;

@@ -9,9 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dfs_node::crypto::KeyScope;
-use dfs_node::events::EventKind;
-use dfs_node::Pipeline;
+use dfs_node::{EventKind, KeyScope, Pipeline};
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 

@@ -25,9 +25,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use dfs_node::crypto::OpKey;
-use dfs_node::net::sync::OpsHub;
-use dfs_node::oplog::{data_payload, AuthorId, OpId, Payload, SignedOp, VolumeId};
+use dfs_node::ops::{data_payload, AuthorId, OpId, OpsHub, Payload, SignedOp, VolumeId};
+use dfs_node::OpKey;
 use dfs_node::{BlobRef, Repo};
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +73,7 @@ impl Timestamp for OpId {
 
     fn least() -> Self {
         OpId {
-            hlc: dfs_node::oplog::Hlc::default(),
+            hlc: dfs_node::ops::Hlc::default(),
             author: AuthorId([0; 32]),
         }
     }
@@ -117,8 +116,8 @@ pub fn decode_op(key: &OpKey, op: &SignedOp) -> std::result::Result<Option<Op>, 
 /// know these chunks). Keeping every version is the safe side until shared volumes have a
 /// retention policy.
 pub fn referenced_content(repo: &Arc<Repo>) -> Result<Vec<BlobRef>> {
-    let log = dfs_node::oplog::OpLog::new(repo.clone());
-    let volumes = dfs_node::volumes::records_in(repo.meta())
+    let log = dfs_node::ops::OpLog::new(repo.clone());
+    let volumes = dfs_node::volume::records_in(repo.meta())
         .map_err(|e| FsError::Corrupt(format!("reading the volume table: {e}")))?;
     let mut out = Vec::new();
     for (volume, record) in volumes {

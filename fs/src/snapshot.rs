@@ -13,10 +13,10 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use dfs_node::blob::{check_blob, read_blob, read_blob_to_vec, write_blob};
-use dfs_node::chunk::ChunkHealth;
-use dfs_node::meta::OwnerId;
-use dfs_node::{BlobError, BlobRef, ChunkError, ChunkRef, Pipeline, ReadReport};
+use dfs_node::{
+    check_blob, read_blob, read_blob_to_vec, write_blob, BlobError, BlobRef, ChunkError,
+    ChunkHealth, ChunkRef, OwnerId, Pipeline, ReadReport,
+};
 use dfs_placement::erasure::ShardCoder;
 use dfs_placement::ChunkId;
 use serde::{Deserialize, Serialize};
@@ -84,9 +84,9 @@ pub enum SnapshotError {
     #[error("{path} already exists (use --force to replace a file)")]
     Exists { path: PathBuf },
     #[error("{0}")]
-    Meta(#[from] dfs_node::meta::MetaError),
+    Meta(#[from] dfs_node::MetaError),
     #[error("{0}")]
-    Gc(#[from] dfs_node::repo::GcError),
+    Gc(#[from] dfs_node::GcError),
 }
 
 impl SnapshotError {

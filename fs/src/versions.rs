@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use dfs_node::config::VersionsConfig;
-use dfs_node::meta::{FsBatch, FsTable};
-use dfs_node::{BlobRef, Repo};
+use dfs_node::{BlobRef, FsBatch, FsTable, Repo, VersionsConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{FsError, Ino, Result, Time};

@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_node::crypto::KeyScope;
-use dfs_node::{Pipeline, Repo};
+use dfs_node::{KeyScope, Pipeline, Repo};
 
 use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
 use crate::local::LocalNamespace;
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Rename, Result, SetAttr, Time};
-use dfs_node::workers::ChunkWorkers;
+use dfs_node::ChunkWorkers;
 
 /// State of a file while at least one handle has it open.
 pub struct OpenFile {
@@ -518,7 +517,7 @@ mod tests {
     /// tag alone); a volume others read (a shared one) seals with keys that may be given out.
     #[test]
     fn the_own_volume_seals_privately_and_a_volume_others_read_does_not() {
-        use dfs_node::repo::VOLUME_OWNER;
+        use dfs_node::VOLUME_OWNER;
         let written = |scope: Option<KeyScope>| {
             let dir = tempfile::tempdir().unwrap();
             let repo = Arc::new(Repo::open(dir.path()).unwrap());

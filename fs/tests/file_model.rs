@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use dfs_fs::file::{ChunkCache, FileContent, Io};
 use dfs_fs::model::{Inode, Kind, Time};
-use dfs_node::workers::ChunkWorkers;
-use dfs_node::Repo;
+use dfs_node::{ChunkWorkers, Repo};
 use proptest::prelude::*;
 
 const CHUNK: u32 = 4096;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dfs_fs::backend::NamespaceBackend;
 use dfs_fs::model::{Caller, FsError, Kind, NewEntry, Rename, Time, ROOT};
 use dfs_fs::shared::{SharedNamespace, ID_XATTR};
-use dfs_node::net::sync::OpsHub;
+use dfs_node::ops::OpsHub;
 use dfs_node::Repo;
 
 const ME: Caller = Caller {
@@ -18,7 +18,7 @@ const ME: Caller = Caller {
 struct Fixture {
     repo: Arc<Repo>,
     hub: Arc<OpsHub>,
-    volume: dfs_node::oplog::VolumeId,
+    volume: dfs_node::ops::VolumeId,
     secret: [u8; 32],
     _dir: tempfile::TempDir,
 }
@@ -26,13 +26,13 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = Arc::new(Repo::open(&dir.path().join("data")).expect("open repo"));
-    let key = dfs_node::net::identity::load_or_create(&dir.path().join("identity.key"))
+    let key = dfs_node::testing::load_or_create(&dir.path().join("identity.key"))
         .expect("identity")
         .try_into_ed25519()
         .expect("an ed25519 key");
     let hub = Arc::new(OpsHub::new(repo.clone(), key));
-    let volume = dfs_node::volumes::create(&hub, "team").expect("create volume");
-    let (_, record) = dfs_node::volumes::by_name(&hub, "team").expect("record");
+    let volume = dfs_node::volume::create(&hub, "team").expect("create volume");
+    let (_, record) = dfs_node::volume::by_name(&hub, "team").expect("record");
     Fixture {
         repo,
         hub,

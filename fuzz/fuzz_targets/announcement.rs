@@ -2,7 +2,7 @@
 //! `Announcement::decode`, which also refuses what no honest peer sends.
 #![no_main]
 
-use dfs_node::net::peers::Announcement;
+use dfs_node::testing::peers::Announcement;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Announcement::decode(&again).expect("re-decodes"), a);
         // The table dials what the addresses say.
         for addr in &a.addrs {
-            if let Ok(addr) = dfs_node::net::parse_addr("announced address", addr) {
-                let _ = dfs_node::net::peer_of(&addr);
+            if let Ok(addr) = dfs_node::testing::parse_addr("announced address", addr) {
+                let _ = dfs_node::testing::peer_of(&addr);
             }
         }
     }

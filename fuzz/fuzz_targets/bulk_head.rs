@@ -3,8 +3,8 @@
 //! the sealing around it (`open(seal(x)) == x`, a changed byte fails to open).
 #![no_main]
 
-use dfs_node::net::bulk::fuzzing::{decode_head, encode_head, open_head, seal_head, HeadFields};
-use dfs_node::net::wire::{Request, Response};
+use dfs_node::testing::bulk::fuzzing::{decode_head, encode_head, open_head, seal_head, HeadFields};
+use dfs_node::testing::wire::{Request, Response};
 use libfuzzer_sys::fuzz_target;
 
 const SESSION: [u8; 32] = [7; 32];

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use dfs_node::config::Config;
+use dfs_node::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
     );
     let n = &config.network;
     for addr in n.listen.iter().chain(&n.peers).chain(&n.rendezvous) {
-        if let Ok(addr) = dfs_node::net::parse_addr("address", addr) {
-            let _ = dfs_node::net::peer_of(&addr);
+        if let Ok(addr) = dfs_node::testing::parse_addr("address", addr) {
+            let _ = dfs_node::testing::peer_of(&addr);
         }
     }
     let s = &config.storage;

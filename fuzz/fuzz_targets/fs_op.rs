@@ -4,9 +4,9 @@
 #![no_main]
 
 use dfs_fs::shared::{decode_op, Op};
-use dfs_node::crypto::OpKey;
-use dfs_node::oplog::control::data_payload;
-use dfs_node::oplog::{AuthorId, Hlc, OpId, SignedOp, VolumeId};
+use dfs_node::OpKey;
+use dfs_node::testing::control::data_payload;
+use dfs_node::ops::{AuthorId, Hlc, OpId, SignedOp, VolumeId};
 use libfuzzer_sys::fuzz_target;
 
 const VOLUME: VolumeId = VolumeId([5; 16]);

@@ -1,13 +1,13 @@
 //! Fuzzes what a link's author chooses and a reader decodes after decrypting it: the root
 //! record (`dfs_fs::snapshot::decode_root`), directory listings (`decode_listing`) and the
-//! interior nodes of chunk trees (`dfs_node::tree::decode_node`). What decodes must be what the
+//! interior nodes of chunk trees (`dfs_node::testing::decode_node`). What decodes must be what the
 //! reader relies on: valid entry names, and children that are there and add up to the parent.
 #![no_main]
 
 use std::path::Path;
 
 use dfs_fs::snapshot::{decode_listing, decode_root, Entry};
-use dfs_node::tree::decode_node;
+use dfs_node::testing::decode_node;
 use dfs_placement::ChunkId;
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,7 @@
 //! link compares before it takes a body.
 #![no_main]
 
-use dfs_node::shard::{ShardHeader, HEADER_LEN};
+use dfs_node::testing::{ShardHeader, HEADER_LEN};
 use dfs_placement::ChunkId;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use dfs_fs::ShareLink;
-use dfs_node::oplog::{AuthorId, VolumeId};
+use dfs_node::ops::{AuthorId, VolumeId};
 use dfs_node::ChunkKey;
 use dfs_placement::ChunkId;
 use libfuzzer_sys::fuzz_target;

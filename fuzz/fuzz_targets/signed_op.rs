@@ -3,8 +3,9 @@
 //! control), a join proof check, and the clock observing the op's timestamp.
 #![no_main]
 
-use dfs_node::oplog::control::{verify_join, Control, Payload};
-use dfs_node::oplog::{HlcClock, SignedOp};
+use dfs_node::testing::control::{verify_join, Control, Payload};
+use dfs_node::testing::HlcClock;
+use dfs_node::ops::SignedOp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // The bytes as a payload on their own.
     if let Ok(Payload::Control(control)) = Payload::parse(data) {
-        let again = dfs_node::oplog::control::control_payload(&control);
+        let again = dfs_node::testing::control::control_payload(&control);
         assert_eq!(Payload::parse(&again), Ok(Payload::Control(control)));
     }
 });

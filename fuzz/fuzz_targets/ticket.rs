@@ -2,7 +2,7 @@
 //! user pastes, with the round trip `decode(encode(t)) == t`.
 #![no_main]
 
-use dfs_node::volumes::Ticket;
+use dfs_node::testing::Ticket;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 //! `node/src/net/wire.rs`): `Open` and `Opened`.
 #![no_main]
 
-use dfs_node::net::bulk::{Open, Opened};
-use dfs_node::net::wire::{decode, encode};
+use dfs_node::testing::bulk::{Open, Opened};
+use dfs_node::testing::wire::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! `Request` or a `Response`, with the round trip `decode(encode(decode(x))) == decode(x)`.
 #![no_main]
 
-use dfs_node::net::wire::{decode, encode, read_frame, Request, Response};
+use dfs_node::testing::wire::{decode, encode, read_frame, Request, Response};
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
 

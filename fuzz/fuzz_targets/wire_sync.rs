@@ -2,9 +2,9 @@
 //! `node/src/net/wire.rs`): `SyncRequest`, `SyncResponse` and the signed ops they carry.
 #![no_main]
 
-use dfs_node::net::sync::{SyncRequest, SyncResponse};
-use dfs_node::net::wire::{decode, encode};
-use dfs_node::oplog::SignedOp;
+use dfs_node::testing::sync::{SyncRequest, SyncResponse};
+use dfs_node::testing::wire::{decode, encode};
+use dfs_node::ops::SignedOp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

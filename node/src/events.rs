@@ -221,6 +221,7 @@ impl EventLog {
     }
 
     /// New events from now on.
+    #[cfg(test)]
     pub fn follow(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
     }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiServer;
 use crate::cluster::{Cluster, ClusterHandle, PlacementStatus};
 use crate::config::NetworkConfig;
+use crate::net::sync::OpsHub;
 use crate::net::{NetError, NetOptions, Network, NodeStatus, PeerState};
+use crate::oplog::SignedOp;
 use crate::pipeline::Pipeline;
 use crate::repo::Repo;
 
@@ -149,8 +151,17 @@ impl PeerHandle {
         &self.repo
     }
 
-    pub fn network(&self) -> &Network {
-        &self.network
+    /// The op log of the volumes this peer is in, and the hub that carries their ops.
+    pub fn ops(&self) -> Arc<OpsHub> {
+        Arc::clone(self.network.ops())
+    }
+
+    /// Something that sends a new op of this peer's to the network (a mount of a shared volume
+    /// publishes its changes through it); it waits for room from a plain thread and drops the
+    /// op when the network's queue is full inside the runtime (anti-entropy brings it later).
+    pub fn op_publisher(&self) -> Box<dyn Fn(SignedOp) + Send + Sync> {
+        let network = self.network.clone();
+        Box::new(move |op| network.publish_op_blocking(op))
     }
 
     /// Run `future` on the peer's runtime from a thread outside it.

@@ -139,6 +139,6 @@ fn work(pipeline: &Pipeline, jobs: &Receiver<Job>) {
 }
 
 /// Wait for a pending result.
-pub fn wait<T>(pending: &Pending<T>) -> Result<T, ChunkError> {
+pub fn wait_pending<T>(pending: &Pending<T>) -> Result<T, ChunkError> {
     pending.recv().unwrap_or(Err(ChunkError::WorkerGone))
 }

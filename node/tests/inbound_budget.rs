@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use dfs_node::net::wire::{
+use dfs_node::testing::wire::{
     read_inbound_frame, transfer_deadline, INBOUND_BUDGET_KIB, MAX_FRAME, SMALL_REQUEST,
 };
 use futures::{AsyncRead, FutureExt};

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::tcp_address;
-use dfs_node::config::NetworkConfig;
-use dfs_node::net::{NetOptions, Network};
-use dfs_node::oplog::{data_payload, AuthorId, SignedOp, VolumeId};
+use dfs_node::ops::{data_payload, AuthorId, SignedOp, VolumeId};
+use dfs_node::testing::{NetOptions, Network};
+use dfs_node::NetworkConfig;
 use dfs_node::Repo;
 use tokio::sync::broadcast;
 
@@ -110,9 +110,7 @@ async fn ops_reach_members_by_gossip_and_a_cut_off_member_catches_up() {
     let got = receive(&mut b_rx, 20).await;
     assert_eq!(got.len(), 20, "b got {} of a's 20 ops", got.len());
     // Each op taken from a peer is timed from its signing: the replication lag metric.
-    let delays = dfs_node::metrics::metrics()
-        .replication_delay
-        .get_sample_count();
+    let delays = dfs_node::metrics().replication_delay.get_sample_count();
     assert!(delays >= 20, "{delays} replication delays observed");
     let mut got_ids: Vec<_> = got.iter().map(|o| o.id).collect();
     got_ids.sort();

@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dfs_node::config::NetworkConfig;
-use dfs_node::{Peer, PeerHandle, PeerTasks, Repo, Role};
+use dfs_node::{NetworkConfig, Peer, PeerHandle, PeerTasks, Repo, Role};
 use dfs_placement::erasure::ShardCoder;
 
 /// The threads of this process, by name.

@@ -5,9 +5,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use dfs_node::blob::{read_blob, write_blob};
-use dfs_node::pipeline::Pipeline;
-use dfs_node::{BlobError, BlobRef, ChunkError, Repo};
+use dfs_node::{read_blob, write_blob, BlobError, BlobRef, ChunkError, Pipeline, Repo};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -154,7 +152,7 @@ proptest! {
 /// to replace a bad one, and repairs what it found bad.
 #[test]
 fn read_chunk_reads_only_what_it_needs_and_repairs_it() {
-    use dfs_node::chunk::ChunkRef;
+    use dfs_node::ChunkRef;
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(Repo::open(dir.path()).unwrap());
     let pipeline = Pipeline::local(repo.clone());
@@ -227,20 +225,20 @@ impl ForgingPeers {
     }
 }
 
-impl dfs_node::cluster::Remote for ForgingPeers {
+impl dfs_node::testing::Remote for ForgingPeers {
     fn place(
         &self,
         _: &Repo,
         _: &dfs_placement::ChunkId,
-        shards: &dfs_node::chunk::ShardSet,
-    ) -> Result<Option<dfs_node::meta::Placed>, ChunkError> {
+        shards: &dfs_node::testing::ShardSet,
+    ) -> Result<Option<dfs_node::testing::Placed>, ChunkError> {
         let mut images = self.images.lock().unwrap();
         let mut holders = Vec::new();
         for index in 0..shards.encoded.shard_count() {
             let mut image = shards.headers[index].to_vec();
             image.extend_from_slice(shards.encoded.shard(index));
             if index as u8 == self.forged {
-                let (header, body) = dfs_node::shard::ShardHeader::decode(&image).unwrap();
+                let (header, body) = dfs_node::testing::ShardHeader::decode(&image).unwrap();
                 let mut body = body.to_vec();
                 body[10] ^= 0x5A;
                 image = header.encode(&body);
@@ -248,7 +246,7 @@ impl dfs_node::cluster::Remote for ForgingPeers {
             images.insert(index as u8, image);
             holders.push((index as u8, self.holders[index].to_bytes()));
         }
-        Ok(Some(dfs_node::meta::Placed { holders }))
+        Ok(Some(dfs_node::testing::Placed { holders }))
     }
 
     fn cached(&self, _: &dfs_placement::ChunkId) -> Option<Vec<u8>> {
@@ -261,7 +259,7 @@ impl dfs_node::cluster::Remote for ForgingPeers {
         &self,
         _: &Repo,
         _: &dfs_placement::ChunkId,
-    ) -> Option<(dfs_node::meta::ChunkRecord, dfs_node::meta::Placed)> {
+    ) -> Option<(dfs_node::testing::ChunkRecord, dfs_node::testing::Placed)> {
         None
     }
 
@@ -270,18 +268,17 @@ impl dfs_node::cluster::Remote for ForgingPeers {
         _: &Repo,
         id: &dfs_placement::ChunkId,
         layout: dfs_placement::Layout,
-        _: &dfs_node::meta::Placed,
+        _: &dfs_node::testing::Placed,
         want: usize,
-        check: dfs_node::cluster::ShardCheck<'_>,
-    ) -> dfs_node::cluster::Gathered {
-        use dfs_node::cluster::ShardCheck;
-        use dfs_node::shard::ShardHeader;
+        check: dfs_node::testing::ShardCheck<'_>,
+    ) -> dfs_node::testing::Gathered {
+        use dfs_node::testing::{ShardCheck, ShardHeader};
         let (checksum, hashes) = match check {
             ShardCheck::Header => (false, None),
             ShardCheck::Checksum(hashes) => (true, hashes.filter(|_| !self.ignore_hashes)),
         };
         let images = self.images.lock().unwrap();
-        let mut out = dfs_node::cluster::Gathered {
+        let mut out = dfs_node::testing::Gathered {
             images: vec![None; layout.shard_count()],
             from: vec![None; layout.shard_count()],
             forged: Vec::new(),
@@ -311,7 +308,7 @@ impl dfs_node::cluster::Remote for ForgingPeers {
         &self,
         _: &Repo,
         _: &dfs_placement::ChunkId,
-        _: &dfs_node::chunk::ShardSet,
+        _: &dfs_node::testing::ShardSet,
         bad: &[(u8, libp2p::PeerId)],
     ) {
         self.reported.lock().unwrap().extend_from_slice(bad);
@@ -349,7 +346,7 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
     // Forged beyond what the parity can cover (three of 4+2): a clear error, no bytes.
     let mut images = blind.images.lock().unwrap();
     for index in [0u8, 2] {
-        let (header, body) = dfs_node::shard::ShardHeader::decode(&images[&index]).unwrap();
+        let (header, body) = dfs_node::testing::ShardHeader::decode(&images[&index]).unwrap();
         let mut body = body.to_vec();
         body[3] ^= 1;
         images.insert(index, header.encode(&body));
@@ -364,7 +361,7 @@ fn a_forged_shard_with_a_valid_checksum_is_read_around_and_reported() {
 /// the tag. A forged shard fails the tag, and the read goes the checked way.
 #[test]
 fn a_private_chunk_is_opened_on_its_tag_and_a_forged_shard_is_still_read_around() {
-    use dfs_node::crypto::KeyScope;
+    use dfs_node::KeyScope;
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(Repo::open(dir.path()).unwrap());
     let plaintext: Vec<u8> = (0..(1 << 20)).map(|i| (i * 11 % 251) as u8).collect();
@@ -409,7 +406,7 @@ fn shards_of_other_bytes_sealed_under_the_chunk_key_are_never_returned() {
     let sealed = chunk.key.encrypt(evil.clone());
     assert_eq!(chunk.key.decrypt(sealed.clone()).unwrap(), evil);
     let forged =
-        dfs_node::chunk::encode_shards(&chunk.id, sealed, record.layout, &mut coder).unwrap();
+        dfs_node::testing::encode_shards(&chunk.id, sealed, record.layout, &mut coder).unwrap();
     let mut images = peers.images.lock().unwrap();
     for index in 0..forged.encoded.shard_count() {
         let mut image = forged.headers[index].to_vec();

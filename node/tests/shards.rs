@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::tcp_address;
-use dfs_node::config::NetworkConfig;
-use dfs_node::net::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
-use dfs_node::net::{NetError, NetOptions, Network, Refusal};
-use dfs_node::pipeline::Pipeline;
-use dfs_node::shard::{ShardHeader, HEADER_LEN};
+use dfs_node::testing::wire::{self, read_frame, write_frame, MAX_FRAME, PROTOCOL};
+use dfs_node::testing::{NetError, NetOptions, Network, Refusal};
+use dfs_node::testing::{ShardHeader, HEADER_LEN};
+use dfs_node::NetworkConfig;
+use dfs_node::Pipeline;
 use dfs_node::Repo;
 use dfs_placement::{ChunkId, Layout};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -61,7 +61,7 @@ async fn start_with(config: NetworkConfig) -> TestPeer {
 
 /// Where `peer` keeps a shard it holds for others (the held store's own layout).
 fn held_path(peer: &TestPeer, chunk: &ChunkId, index: u8) -> std::path::PathBuf {
-    dfs_node::store::ShardStore::open(&peer.repo_path.join("held"))
+    dfs_node::testing::ShardStore::open(&peer.repo_path.join("held"))
         .expect("held store")
         .path(chunk, index)
 }
@@ -100,22 +100,22 @@ where
 /// from its own threads, so it starts outside it.
 async fn start_cluster(
     peer: &TestPeer,
-    settings: dfs_node::config::PlacementConfig,
-) -> dfs_node::cluster::ClusterHandle {
+    settings: dfs_node::PlacementConfig,
+) -> dfs_node::testing::ClusterHandle {
     let (repo, net, handle) = (
         peer.repo.clone(),
         peer.net.clone(),
         tokio::runtime::Handle::current(),
     );
     tokio::task::spawn_blocking(move || {
-        dfs_node::cluster::Cluster::start(repo, net, handle, settings)
+        dfs_node::testing::Cluster::start(repo, net, handle, settings)
     })
     .await
     .expect("start cluster")
 }
 
 /// The chunk pipeline of `peer` over `cluster`.
-fn networked(peer: &TestPeer, cluster: &dfs_node::cluster::ClusterHandle) -> Pipeline {
+fn networked(peer: &TestPeer, cluster: &dfs_node::testing::ClusterHandle) -> Pipeline {
     Pipeline::with_remote(peer.repo.clone(), cluster.cluster.clone())
 }
 
@@ -648,14 +648,14 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
         .expect("store on b");
     // Wait until b's provider record can be found.
     wait_for_provider(&a.net, chunk, b.net.local_id()).await;
-    let cluster = start_cluster(&a, dfs_node::config::PlacementConfig::default()).await;
+    let cluster = start_cluster(&a, dfs_node::PlacementConfig::default()).await;
     // The record says c holds shard 3; c has never seen it.
-    let wrong = dfs_node::meta::Placed {
+    let wrong = dfs_node::testing::Placed {
         holders: vec![(3, c.net.local_id().to_bytes())],
     };
     let (repo, remote) = (a.repo.clone(), cluster.cluster.clone());
     let images = tokio::task::spawn_blocking(move || {
-        use dfs_node::cluster::Remote;
+        use dfs_node::testing::Remote;
         let layout = Layout::Erasure { data: 4, parity: 2 };
         remote.gather(
             &repo,
@@ -663,7 +663,7 @@ async fn a_shard_whose_recorded_holder_lacks_it_is_found_through_provider_record
             layout,
             &wrong,
             1,
-            dfs_node::cluster::ShardCheck::Checksum(None),
+            dfs_node::testing::ShardCheck::Checksum(None),
         )
     })
     .await
@@ -746,7 +746,7 @@ async fn a_chunk_on_peers_reads_back_around_a_shard_rotten_on_disk() {
     connect(&a.net, &b.net).await;
     connect(&a.net, &c.net).await;
     connect(&b.net, &c.net).await;
-    let placement = dfs_node::config::PlacementConfig {
+    let placement = dfs_node::PlacementConfig {
         store_here: false,
         ..Default::default()
     };
@@ -824,7 +824,7 @@ async fn a_chunk_written_alone_again_after_a_failed_placement_keeps_its_shards()
         .queue_deletes(&chunk.id, &failed)
         .expect("queue the failed placement's deletes");
 
-    let placement = dfs_node::config::PlacementConfig {
+    let placement = dfs_node::PlacementConfig {
         repair_interval_ms: 100,
         ..Default::default()
     };
@@ -948,7 +948,7 @@ async fn garbage_on_a_bulk_listener_is_refused_and_the_peer_goes_on_serving() {
     assert!(closed(s).await.is_empty());
     // The right greeting with a ticket nobody granted: refused, then closed.
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut hello = dfs_node::net::bulk::MAGIC.to_vec();
+    let mut hello = dfs_node::testing::bulk::MAGIC.to_vec();
     hello.extend_from_slice(&[9; 32]);
     s.write_all(&hello).await.expect("write");
     assert_eq!(closed(s).await, [0]);

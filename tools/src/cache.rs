@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use dfs_node::diskcache;
+use dfs_node::cache as diskcache;
 use dfs_node::Config;
 use serde::Serialize;
 

@@ -299,7 +299,7 @@ created, invitations, joins). The log lives in the data directory's RocksDB and 
         /// Only these kinds (repeatable): peer_joined, peer_suspect, peer_lost,
         /// repair_started, repair_finished, error, user_action
         #[arg(long, value_parser = crate::events::parse_kind)]
-        kind: Vec<dfs_node::events::EventKind>,
+        kind: Vec<dfs_node::EventKind>,
         /// Keep printing new events as they happen
         #[arg(long)]
         follow: bool,
@@ -618,10 +618,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Gc => {
             let repo = Arc::new(open_repo(args.data)?);
-            let has_volume = repo
-                .meta()
-                .put_record(&dfs_node::repo::VOLUME_OWNER)?
-                .is_some();
+            let has_volume = repo.meta().put_record(&dfs_node::VOLUME_OWNER)?.is_some();
             let report = if has_volume {
                 // SAFETY: getuid/getgid have no preconditions.
                 let owner = unsafe {
@@ -681,7 +678,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// `dfs network-key FILE`: a new key, created 0600 and never over an existing file.
 fn network_key(file: &Path) -> Result<ExitCode> {
     use std::os::unix::fs::OpenOptionsExt;
-    let key = dfs_node::net::transport::new_network_key();
+    let key = dfs_node::new_network_key();
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

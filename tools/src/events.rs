@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use dfs_node::events::{Event, EventKind};
+use dfs_node::{Event, EventKind};
 
 use crate::peer::api_get;
 

@@ -24,8 +24,8 @@ use anyhow::{bail, Context, Result};
 use dfs_fs::crdt::volume::{Kind, Time, VolumeOp};
 use dfs_fs::crdt::NodeId;
 use dfs_fs::shared::{Op, ID_XATTR};
-use dfs_node::oplog::{OpId, VolumeId};
-use dfs_node::volumes::{LogEntry, VolumeInfo};
+use dfs_node::ops::{OpId, VolumeId};
+use dfs_node::volume::{LogEntry, VolumeInfo};
 use serde::Serialize;
 
 use crate::peer::api_get;
@@ -564,7 +564,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use dfs_node::oplog::{AuthorId, Hlc};
+    use dfs_node::ops::{AuthorId, Hlc};
 
     use super::*;
 

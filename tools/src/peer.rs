@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dfs_node::api::ApiEndpoint;
-use dfs_node::config::NetworkConfig;
-use dfs_node::net::{NodeStatus, PeerView};
+use dfs_node::{ApiEndpoint, NetworkConfig};
+use dfs_node::{NodeStatus, PeerView};
 use dfs_node::{Peer, PeerHandle, PeerTasks, Pipeline, Repo, Role};
 
 use crate::cache::parse_size;
@@ -173,9 +172,8 @@ impl RunningPeer {
     /// The namespace of shared volume `name` for a mount, once this peer is a member (a join
     /// waits up to 15 s for a member to take it).
     pub fn shared_volume(&self, name: &str) -> Result<dfs_fs::shared::SharedNamespace> {
-        let network = self.handle.network();
-        let hub = Arc::clone(network.ops());
-        let (volume, record) = dfs_node::volumes::by_name(&hub, name)?;
+        let hub = self.handle.ops();
+        let (volume, record) = dfs_node::volume::by_name(&hub, name)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !hub.oplog().is_member(&volume, &hub.author())? {
             if std::time::Instant::now() >= deadline {
@@ -193,14 +191,13 @@ impl RunningPeer {
                 gid: libc::getgid(),
             }
         };
-        let network = network.clone();
         let shared = dfs_fs::shared::SharedNamespace::open(
             hub,
             volume,
             &record.secret,
             self.handle.repo().config().storage.chunk_size,
             owner,
-            Box::new(move |op| network.publish_op_blocking(op)),
+            self.handle.op_publisher(),
         )
         .with_context(|| format!("cannot open volume {name}"))?;
         Ok(shared)
@@ -268,10 +265,7 @@ fn api_call<T: serde::de::DeserializeOwned>(
         ),
         Err(e) => {
             return Err(e).with_context(|| {
-                format!(
-                    "cannot read {}",
-                    data.join(dfs_node::api::API_FILE).display()
-                )
+                format!("cannot read {}", data.join(dfs_node::API_FILE).display())
             })
         }
     };
@@ -297,7 +291,7 @@ fn api_call<T: serde::de::DeserializeOwned>(
              that wrote {} has stopped)",
             data.display(),
             endpoint.url,
-            dfs_node::api::API_FILE
+            dfs_node::API_FILE
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot reach the peer's API at {url}")),
     };
@@ -414,7 +408,7 @@ pub fn peers(data: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_placement(p: &dfs_node::cluster::PlacementStatus) {
+fn print_placement(p: &dfs_node::PlacementStatus) {
     let healthy = p.chunks.saturating_sub(p.degraded + p.lost);
     println!(
         "chunks    {} written here: {healthy} healthy, {} degraded, {} lost{}",
@@ -447,7 +441,7 @@ fn print_placement(p: &dfs_node::cluster::PlacementStatus) {
 }
 
 /// What this peer did for chunks it holds for others (see `cluster::steward`).
-fn print_steward(st: &dfs_node::cluster::steward::StewardStatus) {
+fn print_steward(st: &dfs_node::StewardStatus) {
     if st.passes == 0 {
         return;
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dfs_node::analytics::Report;
+use dfs_node::AnalyticsReport as Report;
 
 use crate::cli::human_bytes;
 use crate::peer::api_get;

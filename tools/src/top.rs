@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dfs_node::api::ApiEndpoint;
-use dfs_node::net::NodeStatus;
+use dfs_node::ApiEndpoint;
+use dfs_node::NodeStatus;
 
 use crate::cli::human_bytes;
 
@@ -474,12 +474,8 @@ impl Drop for CursorGuard {
 /// One scrape: the status (which also says clearly when no peer runs) and the metrics page.
 fn scrape(data: &Path) -> Result<(NodeStatus, Page)> {
     let status: NodeStatus = crate::peer::api_get(data, "/v1/status")?;
-    let endpoint = ApiEndpoint::load(data).with_context(|| {
-        format!(
-            "cannot read {}",
-            data.join(dfs_node::api::API_FILE).display()
-        )
-    })?;
+    let endpoint = ApiEndpoint::load(data)
+        .with_context(|| format!("cannot read {}", data.join(dfs_node::API_FILE).display()))?;
     let url = format!("{}/metrics", endpoint.url);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))

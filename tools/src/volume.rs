@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use dfs_node::api::{CreateVolume, Invitation, JoinVolume};
-use dfs_node::volumes::{LogEntry, VolumeInfo};
+use dfs_node::volume::{LogEntry, VolumeInfo};
+use dfs_node::{CreateVolume, Invitation, JoinVolume};
 use serde::Serialize;
 
 use crate::peer::{api_get, api_post};

@@ -304,7 +304,6 @@ pub struct ApiServer {
     listener: tokio::net::TcpListener,
     router: Router,
     file: PathBuf,
-    pub endpoint: ApiEndpoint,
 }
 
 impl ApiServer {
@@ -339,7 +338,6 @@ impl ApiServer {
             listener,
             router: router(network, cluster, token),
             file,
-            endpoint,
         })
     }
 

@@ -39,8 +39,8 @@ use crate::diskcache::{DiskCache, Filler};
 use crate::meta::Placed;
 use crate::net::Network;
 use crate::repo::Repo;
-pub use members::{Member, Members, MembershipRules, SelfRole};
-pub use repair::PlacementStatus;
+pub use members::{Members, MembershipRules, SelfRole};
+pub use status::{PlacementStatus, StewardStatus};
 pub use transfer::{Gathered, ShardCheck};
 
 /// What the repo needs from the network to store and read chunks (implemented by [`Cluster`]).

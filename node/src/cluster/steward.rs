@@ -45,7 +45,6 @@ use futures::stream::StreamExt;
 use libp2p::PeerId;
 
 use super::repair::rebuild_from;
-pub use super::status::StewardStatus;
 use super::transfer::{image, store_on};
 use super::{Cluster, ClusterError, Members};
 use crate::meta::{ChunkRecord, Placed};

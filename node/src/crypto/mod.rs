@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 mod aead;
 mod poly1305;
 
-pub use aead::{backend, use_crate_only, Backend};
+#[cfg(test)]
+pub(crate) use aead::Backend;
+pub use aead::{backend, use_crate_only};
 
 /// Bytes the AEAD adds to each chunk.
 pub const TAG_LEN: usize = 16;

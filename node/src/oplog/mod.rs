@@ -30,7 +30,7 @@ pub mod hlc;
 pub mod op;
 pub mod store;
 
-pub use control::{data_payload, Control, Payload};
-pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock, DEFAULT_MAX_DRIFT};
-pub use op::{AuthorId, OpError, OpId, ParseIdError, SignedOp, VolumeId, MAX_ENCODED, MAX_PAYLOAD};
-pub use store::{Appended, MetaSource, OpLog, OpLogError};
+pub use control::{data_payload, Payload};
+pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock};
+pub use op::{AuthorId, OpError, OpId, SignedOp, VolumeId, MAX_ENCODED};
+pub use store::{Appended, OpLog, OpLogError};

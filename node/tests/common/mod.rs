@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dfs_node::net::Network;
+use dfs_node::testing::Network;
 use libp2p::Multiaddr;
 
 /// The TCP address `net` listens on, once it listens.

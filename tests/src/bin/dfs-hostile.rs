@@ -1,5 +1,5 @@
 //! `dfs-hostile`: a peer that lies, for the trust tests (tests/tests/hostile.rs). It runs the
-//! real network code of dfs (`dfs_node::net::Network`: libp2p, the shard protocol, bulk
+//! real network code of dfs (`dfs_node::testing::Network`: libp2p, the shard protocol, bulk
 //! links) from a process of its own, and misbehaves in one way per mode:
 //!
 //! - `forge`: a storage peer that takes shards like any other, then replaces every shard it
@@ -24,9 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfs_node::config::NetworkConfig;
-use dfs_node::net::{NetError, NetOptions, Network, Request, Response};
-use dfs_node::shard::ShardHeader;
+use dfs_node::testing::{NetError, NetOptions, Network, Request, Response, ShardHeader};
+use dfs_node::NetworkConfig;
 use dfs_node::Repo;
 use dfs_placement::{ChunkId, Layout};
 
@@ -118,7 +117,7 @@ async fn main() {
     let mut options = NetOptions::from_config(&config).expect("network options");
     options.client = args.mode != "forge";
     let net = Network::start(repo, options).await.expect("start the peer");
-    let target = dfs_node::net::peer_of(&args.peer.parse().expect("peer address"))
+    let target = dfs_node::testing::peer_of(&args.peer.parse().expect("peer address"))
         .expect("the peer address names no peer id");
     // Until the target answers (the connection and its protocols take a moment).
     for _ in 0..100 {
@@ -197,7 +196,7 @@ async fn forge_what_is_held(data: &std::path::Path) {
 /// `{"stored_bytes": N, "shards": N, "refusal": "..."}`.
 async fn flood(net: &Network, target: libp2p::PeerId, len: usize) {
     let layout = Layout::Replicated { copies: 1 };
-    let body_len = len.saturating_sub(dfs_node::shard::HEADER_LEN).max(1);
+    let body_len = len.saturating_sub(dfs_node::testing::HEADER_LEN).max(1);
     let mut stored = 0u64;
     let mut shards = 0u64;
     let refusal = loop {
@@ -233,7 +232,7 @@ async fn stall(net: &Network, target: libp2p::PeerId, links: usize) {
     let mut refused = 0;
     let mut error = String::new();
     for _ in 0..links {
-        match dfs_node::net::bulk::open_stalled_store(net, target, 4 << 20).await {
+        match dfs_node::testing::bulk::open_stalled_store(net, target, 4 << 20).await {
             Ok(stream) => open.push(stream),
             Err(e) => {
                 refused += 1;
@@ -319,10 +318,10 @@ mod streams {
 
     pub async fn run(peer: &str, connections: usize, secs: Duration) {
         let addr: Multiaddr = peer.parse().expect("peer address");
-        let target = dfs_node::net::peer_of(&addr).expect("the peer address names no peer id");
+        let target = dfs_node::testing::peer_of(&addr).expect("the peer address names no peer id");
         let behaviour = request_response::Behaviour::<Withholding>::new(
             [(
-                StreamProtocol::new(dfs_node::net::wire::PROTOCOL),
+                StreamProtocol::new(dfs_node::testing::wire::PROTOCOL),
                 ProtocolSupport::Outbound,
             )],
             request_response::Config::default()
@@ -354,7 +353,7 @@ mod streams {
         for _ in 0..connections.max(1) {
             dial(&mut swarm);
         }
-        let len = dfs_node::net::wire::MAX_FRAME - 1024;
+        let len = dfs_node::testing::wire::MAX_FRAME - 1024;
         let end = Instant::now() + secs;
         let (mut open, mut opened, mut cut) = (0usize, 0u64, 0u64);
         let mut connected = 0usize;
