@@ -7,8 +7,8 @@
 # they fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== no import cycles among the modules of node and fs (tests/arch/import_cycles.py)"
-python3 tests/arch/import_cycles.py node/src fs/src
+echo "== no import cycles among the modules of node, fs and tools (tests/arch/import_cycles.py)"
+python3 tests/arch/import_cycles.py node/src fs/src tools/src
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

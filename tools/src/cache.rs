@@ -11,7 +11,7 @@ use dfs_node::cache as diskcache;
 use dfs_node::Config;
 use serde::Serialize;
 
-use crate::cli::human_bytes;
+use crate::units::{human_bytes, parse_size};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -86,51 +86,4 @@ pub fn run(data: &Path, command: CacheCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A byte count with an optional binary unit: `1048576`, `512K`, `512M`, `1G`, `2GiB` (used
-/// by `--capacity` and `--keep`).
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a size like 512M or 1G, got {s:?}"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (give a whole number and K, M, G or T, \
-                 like 512M or 1G)"
-            ))
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("1234"), Ok(1234));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("2gib"), Ok(2 << 30));
-        assert_eq!(parse_size("3 KB"), Ok(3 << 10));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("12Q").unwrap_err().contains("unknown size unit"));
-        assert!(parse_size("99999999999T")
-            .unwrap_err()
-            .contains("too large"));
-    }
 }

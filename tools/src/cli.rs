@@ -13,6 +13,7 @@ use dfs_node::{Config, Pipeline, Repo};
 
 use crate::peer::{NetArgs, RunningPeer};
 use crate::progress::IoCounter;
+use crate::units::human_bytes;
 use dfs_node::Role;
 
 /// Exit code of `dfs verify` when shards are damaged but every chunk can still be rebuilt.
@@ -505,12 +506,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            crate::peer::status(&data_dir(args.data)?, json)?;
+            crate::status::status(&data_dir(args.data)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top { interval, once } => crate::top::run(&data_dir(args.data)?, interval, once),
         Command::Peers { json } => {
-            crate::peer::peers(&data_dir(args.data)?, json)?;
+            crate::status::peers(&data_dir(args.data)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Versions { path } => {
@@ -890,20 +891,4 @@ fn versions_dir(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{} is not inside a dfs mount", path.display())
-}
-
-/// Format a byte count for people (binary units).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

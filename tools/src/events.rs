@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use dfs_node::{Event, EventKind};
 
-use crate::peer::api_get;
+use crate::api_client::api_get;
 
 /// `--since`: a duration back from now (`90s`, `15m`, `2h`, `7d`) or milliseconds since the
 /// epoch.
@@ -52,7 +52,7 @@ pub fn run(
             } else {
                 println!(
                     "{}  {:<15} {:<24} {}",
-                    crate::volume::utc(e.at_ms),
+                    crate::units::utc(e.at_ms),
                     e.kind.name(),
                     e.subject,
                     e.detail

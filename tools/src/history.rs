@@ -28,8 +28,8 @@ use dfs_node::ops::{OpId, VolumeId};
 use dfs_node::volume::{LogEntry, VolumeInfo};
 use serde::Serialize;
 
-use crate::peer::api_get;
-use crate::volume::utc;
+use crate::api_client::api_get;
+use crate::units::utc;
 
 /// The `limit` that asks the API for every op of a log (its default is the newest 100).
 const WHOLE_LOG: usize = usize::MAX;

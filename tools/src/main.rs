@@ -21,6 +21,7 @@ macro_rules! notice {
 }
 pub(crate) use notice;
 
+mod api_client;
 mod cache;
 mod cli;
 mod events;
@@ -28,7 +29,9 @@ mod history;
 mod peer;
 mod progress;
 mod stats;
+mod status;
 mod top;
+mod units;
 mod volume;
 
 /// Keep memory that the process frees for its next allocations instead of handing it back to

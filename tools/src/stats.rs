@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use dfs_node::AnalyticsReport as Report;
 
-use crate::cli::human_bytes;
-use crate::peer::api_get;
+use crate::api_client::api_get;
+use crate::units::human_bytes;
 
 pub fn run(data: &Path, top: usize, json: bool) -> Result<ExitCode> {
     let r: Report = api_get(data, &format!("/v1/stats?top={top}"))?;

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use dfs_node::ApiEndpoint;
 use dfs_node::NodeStatus;
 
-use crate::cli::human_bytes;
+use crate::units::human_bytes;
 
 /// One sample line of a Prometheus text page.
 #[derive(Debug, Clone, PartialEq)]
@@ -473,7 +473,7 @@ impl Drop for CursorGuard {
 
 /// One scrape: the status (which also says clearly when no peer runs) and the metrics page.
 fn scrape(data: &Path) -> Result<(NodeStatus, Page)> {
-    let status: NodeStatus = crate::peer::api_get(data, "/v1/status")?;
+    let status: NodeStatus = crate::api_client::api_get(data, "/v1/status")?;
     let endpoint = ApiEndpoint::load(data)
         .with_context(|| format!("cannot read {}", data.join(dfs_node::API_FILE).display()))?;
     let url = format!("{}/metrics", endpoint.url);

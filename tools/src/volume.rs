@@ -11,7 +11,7 @@ use dfs_node::volume::{LogEntry, VolumeInfo};
 use dfs_node::{CreateVolume, Invitation, JoinVolume};
 use serde::Serialize;
 
-use crate::peer::{api_get, api_post};
+use crate::api_client::{api_get, api_post};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -130,23 +130,4 @@ struct LogRow<'a> {
     op: &'a str,
     detail: &'a str,
     version: &'a str,
-}
-
-/// The op time as the sortable UTC name versions have (`.dfs/versions`).
-pub(crate) fn utc(millis: u64) -> String {
-    dfs_fs::versions::time_name(dfs_fs::model::Time {
-        secs: (millis / 1000) as i64,
-        nsec: (millis % 1000) as u32 * 1_000_000,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn times_print_in_utc() {
-        assert_eq!(utc(0), "1970-01-01T00-00-00.000000000Z");
-        assert_eq!(utc(951_782_400_123), "2000-02-29T00-00-00.123000000Z");
-    }
 }
