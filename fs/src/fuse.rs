@@ -38,7 +38,7 @@ pub struct DfsFs {
     paths: Mutex<HashMap<Ino, String>>,
     /// Requests in progress, for the grace period before a remote change is invalidated.
     requests: Arc<Requests>,
-    /// How long the kernel may cache attributes and entries ([`crate::backend::NamespaceBackend::cache_ttl`]).
+    /// How long the kernel may cache attributes and entries ([`crate::namespace::Namespace::cache_ttl`]).
     ttl: Duration,
 }
 

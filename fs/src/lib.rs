@@ -9,7 +9,6 @@
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
 //! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
 
-pub mod backend;
 pub mod collect;
 pub mod crdt;
 pub mod dotdfs;
@@ -20,6 +19,7 @@ pub mod link;
 pub mod local;
 pub mod model;
 pub mod mount;
+pub mod namespace;
 pub mod quiesce;
 pub mod shared;
 pub mod snapshot;

@@ -151,7 +151,7 @@ pub fn mount(
                 .repo()
                 .ensure_volume_owner()
                 .map_err(FsError::from)?;
-            Volume::with_backend(pipeline, Box::new(shared.clone()), KeyScope::Shareable)
+            Volume::with_namespace(pipeline, Box::new(shared.clone()), KeyScope::Shareable)
         }
         None => Volume::open(pipeline, owner)?,
     });

@@ -17,8 +17,8 @@ use crate::model::{DirEntry, Ino, Inode, NewEntry, Rename, Result, Time};
 pub use crate::model::Base;
 
 /// The namespace of a mounted volume. Every method takes the data directory's `repo` for the
-/// local backend's sake; the shared one holds what it needs.
-pub trait NamespaceBackend: Send + Sync {
+/// local namespace's sake; the shared one holds what it needs.
+pub trait Namespace: Send + Sync {
     fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode>;
 
     /// Find `name` (also `.` and `..`) in directory `parent`.
@@ -115,7 +115,7 @@ pub trait NamespaceBackend: Send + Sync {
     }
 }
 
-impl NamespaceBackend for LocalNamespace {
+impl Namespace for LocalNamespace {
     fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
         LocalNamespace::inode(self, repo, ino)
     }

@@ -30,7 +30,6 @@ use dfs_node::OpKey;
 use dfs_node::{BlobRef, Repo};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Base, NamespaceBackend};
 use crate::crdt::volume::{
     self as crdt, Entry, Stamp, Timestamp, VersionVector, VolumeOp, VolumeState,
 };
@@ -39,6 +38,7 @@ use crate::model::{
     check_name, check_remove_kind, check_remove_name, Caller, DirEntry, FsError, Ino, Inode, Kind,
     NewEntry, Rename, Result, Time, NAME_MAX, ROOT,
 };
+use crate::namespace::{Base, Namespace};
 
 /// A read-only extended attribute every node of a shared mount answers (and never lists):
 /// `"<volume id> <node id>"` in hex, which `dfs log PATH` reads to find a path's history.
@@ -772,7 +772,7 @@ impl SharedNamespace {
     }
 }
 
-impl NamespaceBackend for SharedNamespace {
+impl Namespace for SharedNamespace {
     fn inode(&self, _repo: &Repo, ino: Ino) -> Result<Inode> {
         let mut st = self.state();
         self.inode_locked(&mut st, ino)

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dfs_node::{KeyScope, Pipeline, Repo};
 
-use crate::backend::{Base, NamespaceBackend};
 use crate::file::{ChunkCache, FileContent, Io, ReadBytes};
 use crate::local::LocalNamespace;
 use crate::model::{Caller, FsError, Ino, Inode, Kind, Rename, Result, SetAttr, Time};
+use crate::namespace::{Base, Namespace};
 use dfs_node::ChunkWorkers;
 
 /// State of a file while at least one handle has it open.
@@ -39,7 +39,7 @@ pub struct Volume {
     pub repo: Arc<Repo>,
     /// Chunks in and out, over the network when a peer runs.
     pub pipeline: Arc<Pipeline>,
-    pub ns: Box<dyn NamespaceBackend>,
+    pub ns: Box<dyn Namespace>,
     pub cache: ChunkCache,
     workers: ChunkWorkers,
     files: Mutex<HashMap<Ino, Arc<Mutex<OpenFile>>>>,
@@ -69,20 +69,16 @@ impl Volume {
             );
         }
         // No one else reads this volume: its chunks' keys never leave the peer.
-        Ok(Self::with_backend(
+        Ok(Self::with_namespace(
             pipeline,
             Box::new(ns),
             KeyScope::Private,
         ))
     }
 
-    /// A volume over any namespace backend (a shared volume's, say), whose chunks are sealed
+    /// A volume over any namespace (a shared volume's, say), whose chunks are sealed
     /// with keys of `scope`: [`KeyScope::Shareable`] when anyone else reads the volume.
-    pub fn with_backend(
-        pipeline: Pipeline,
-        ns: Box<dyn NamespaceBackend>,
-        scope: KeyScope,
-    ) -> Self {
+    pub fn with_namespace(pipeline: Pipeline, ns: Box<dyn Namespace>, scope: KeyScope) -> Self {
         let repo = pipeline.repo().clone();
         let pipeline = Arc::new(pipeline);
         // Twice the cores: fetch jobs wait on the disk as much as they compute, and more
@@ -527,7 +523,7 @@ mod tests {
                 Some(scope) => {
                     repo.ensure_volume_owner().unwrap();
                     let ns = LocalNamespace::open(&repo, root).unwrap();
-                    Volume::with_backend(Pipeline::local(repo.clone()), Box::new(ns), scope)
+                    Volume::with_namespace(Pipeline::local(repo.clone()), Box::new(ns), scope)
                 }
             };
             let (ino, _) = vol

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use dfs_fs::backend::NamespaceBackend;
 use dfs_fs::model::{Caller, FsError, Kind, NewEntry, Rename, Time, ROOT};
+use dfs_fs::namespace::Namespace;
 use dfs_fs::shared::{SharedNamespace, ID_XATTR};
 use dfs_node::ops::OpsHub;
 use dfs_node::Repo;
