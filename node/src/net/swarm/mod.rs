@@ -2,6 +2,18 @@
 //! the [`super::Network`] handle reaches it through a bounded command channel. Disk work for
 //! inbound shard requests runs on the blocking pool and comes back through another channel, so
 //! a slow disk never stalls pings, announcements or other peers' requests.
+//!
+//! The protocols' behaviours and their settings are in [`behaviour`]; what the loop does with
+//! shard requests and bulk sessions in [`shards`], with op-log pulls and gossip in [`ops`]; the
+//! rest (commands from the handle, the peer table, announcements, discovery) is here.
+
+mod behaviour;
+mod ops;
+mod shards;
+
+use behaviour::{behaviour, Behaviour, BehaviourEvent, CLIENT_AGENT_SUFFIX, IDENTIFY_PROTOCOL};
+use ops::SyncDone;
+use shards::Served;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,43 +21,27 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryId, QueryResult};
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    allow_block_list, connection_limits, dcutr, gossipsub, identify, mdns, noise, ping, relay,
-    rendezvous, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, mdns, noise, ping, rendezvous, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use super::announce::{self, Announcer};
-use super::bulk::{self, Bulk, BulkCodec};
+use super::bulk::{self, Bulk};
 use super::held::{disk_free, disk_total, HeldShards};
 use super::peers::{Announcement, PeerTable, PeerView, Transition};
-use super::sync::{self, OpsHub, SyncCodec, SyncRequest, SyncResponse, Syncing};
+use super::sync::{OpsHub, Syncing};
 use super::transport;
-use super::wire::{Refusal, Request, Response, ShardCodec, PROTOCOL};
-use super::{
-    peer_of, Command, NetError, NetOptions, NodeStatus, PeerCounts, StorageStatus, REQUEST_TIMEOUT,
-};
+use super::wire::Response;
+use super::{peer_of, Command, NetError, NetOptions, NodeStatus, PeerCounts, StorageStatus};
 
 const MEMBERSHIP_TOPIC: &str = "dfs/membership/1";
-const KAD_PROTOCOL: &str = "/dfs/kad/1";
-const IDENTIFY_PROTOCOL: &str = "/dfs/1";
 const RENDEZVOUS_NAMESPACE: &str = "dfs";
 /// Inbound shard requests served at once; more are answered `Busy`.
 const MAX_INBOUND: usize = 32;
-/// Ends the identify agent version of a client (see [`NetOptions::client`]).
-const CLIENT_AGENT_SUFFIX: &str = " client";
-
-/// The identify agent version: `dfs/<version>`, plus [`CLIENT_AGENT_SUFFIX`] for a client.
-fn agent_version(client: bool) -> String {
-    let suffix = if client { CLIENT_AGENT_SUFFIX } else { "" };
-    format!("dfs/{}{suffix}", env!("CARGO_PKG_VERSION"))
-}
 
 /// How long a stopping peer keeps its connections open for its goodbye to go out.
 const GOODBYE_FLUSH: Duration = Duration::from_millis(150);
@@ -60,41 +56,12 @@ const BUSY_FOR: Duration = Duration::from_millis(250);
 /// sweep reads the next page (so a sweep never holds the whole table in memory).
 const SWEEP_PAGE: usize = 1024;
 const SWEEP_LOW_WATER: usize = 4 * SWEEP_PAGE;
-/// Provider records (keys) a peer keeps, its own and others' (about 200 bytes each).
-const MAX_PROVIDER_KEYS: usize = 1 << 20;
-/// Ping interval, and how long an answer may take before the peer is suspect (a cut link
-/// does not close a TCP connection; only a ping that fails to come back shows it at once).
-const PING_EVERY: Duration = Duration::from_secs(2);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often rendezvous points are asked for new peers.
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
-/// Largest gossip message: an encoded op (membership announcements are far smaller).
-const MAX_GOSSIP: usize = crate::oplog::MAX_ENCODED + (1 << 10);
 /// How often every followed volume is pulled from every connected member (anti-entropy).
 const PULL_EVERY: Duration = Duration::from_secs(2);
 /// Addresses of our own put in an announcement, and taken from a peer's identify.
 const MAX_ANNOUNCED_ADDRS: usize = super::peers::MAX_ADDRS;
-
-#[derive(NetworkBehaviour)]
-pub(super) struct Behaviour {
-    /// A closed network (`[network] allow`): connections of any other peer are denied as they
-    /// are established, before a request of theirs is read.
-    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
-    limits: connection_limits::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
-    gossip: gossipsub::Behaviour,
-    shards: request_response::Behaviour<ShardCodec>,
-    bulk: request_response::Behaviour<BulkCodec>,
-    ops: request_response::Behaviour<SyncCodec>,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    rendezvous: rendezvous::client::Behaviour,
-    rendezvous_server: Toggle<rendezvous::server::Behaviour>,
-    relay_client: relay::client::Behaviour,
-    relay_server: Toggle<relay::Behaviour>,
-    dcutr: dcutr::Behaviour,
-}
 
 pub(super) struct Node {
     swarm: Swarm<Behaviour>,
@@ -134,128 +101,8 @@ pub(super) struct Node {
     sync_rx: mpsc::Receiver<SyncDone>,
 }
 
-/// Op-log work finished on the blocking pool.
-enum SyncDone {
-    /// Answer a pull.
-    Served {
-        peer: PeerId,
-        channel: ResponseChannel<SyncResponse>,
-        response: SyncResponse,
-    },
-    /// Ops are missing here: pull `volume` from `peer` (again).
-    Pull {
-        peer: PeerId,
-        volume: crate::oplog::VolumeId,
-    },
-}
-
-/// An inbound request served on the blocking pool.
-struct Served {
-    peer: PeerId,
-    /// The chunk a successful store was for: this peer becomes a provider of it in the DHT.
-    stored: Option<dfs_placement::ChunkId>,
-    channel: ResponseChannel<Response>,
-    response: Response,
-}
-
 fn start_error(e: impl std::fmt::Display) -> NetError {
     NetError::Start(e.to_string())
-}
-
-fn behaviour(
-    key: &Keypair,
-    relay_client: relay::client::Behaviour,
-    options: &NetOptions,
-) -> Result<Behaviour, NetError> {
-    let local = key.public().to_peer_id();
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(options.max_connections))
-        .with_max_established_per_peer(Some(options.max_connections_per_peer))
-        .with_max_pending_incoming(Some(128))
-        .with_max_pending_outgoing(Some(128));
-    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-    kad_config.set_query_timeout(Duration::from_secs(30));
-    // Our own sweep republishes provider records at a bounded rate (see `announce`); Kademlia's
-    // would restart every query at once.
-    kad_config.set_provider_publication_interval(None);
-    let store = MemoryStore::with_config(
-        local,
-        kad::store::MemoryStoreConfig {
-            max_provided_keys: MAX_PROVIDER_KEYS,
-            ..Default::default()
-        },
-    );
-    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
-    kad.set_mode(Some(kad::Mode::Server));
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .max_transmit_size(MAX_GOSSIP)
-        .build()
-        .map_err(start_error)?;
-    let gossip = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
-        gossip_config,
-    )
-    .map_err(start_error)?;
-    let shards = request_response::Behaviour::with_codec(
-        ShardCodec::default(),
-        [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(MAX_INBOUND * 2),
-    );
-    let bulk = request_response::Behaviour::with_codec(
-        bulk::codec(),
-        [(StreamProtocol::new(bulk::PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
-    );
-    let mdns = if options.mdns {
-        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local).map_err(start_error)?)
-    } else {
-        None
-    };
-    let ops = request_response::Behaviour::with_codec(
-        sync::codec(),
-        [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
-    );
-    let allowed = (!options.allow.is_empty()).then(|| {
-        let mut allowed = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
-        for &peer in &options.allow {
-            allowed.allow_peer(peer);
-        }
-        allowed
-    });
-    Ok(Behaviour {
-        allowed: allowed.into(),
-        limits: connection_limits::Behaviour::new(limits),
-        identify: identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                .with_agent_version(agent_version(options.client)),
-        ),
-        ping: ping::Behaviour::new(
-            ping::Config::new()
-                .with_interval(PING_EVERY)
-                .with_timeout(PING_TIMEOUT),
-        ),
-        kad,
-        gossip,
-        shards,
-        bulk,
-        ops,
-        mdns: mdns.into(),
-        rendezvous: rendezvous::client::Behaviour::new(key.clone()),
-        rendezvous_server: options
-            .rendezvous_server
-            .then(|| rendezvous::server::Behaviour::new(rendezvous::server::Config::default()))
-            .into(),
-        relay_client,
-        relay_server: options
-            .relay_server
-            .then(|| relay::Behaviour::new(local, relay::Config::default()))
-            .into(),
-        dcutr: dcutr::Behaviour::new(local),
-    })
 }
 
 impl Node {
@@ -518,148 +365,6 @@ impl Node {
         Ok(())
     }
 
-    /// Pull `volume` from `peer` unless a pull is in flight or the peer is not a member. While
-    /// this peer's own join waits to be taken, it asks every peer, with the join attached.
-    fn pull(&mut self, peer: PeerId, volume: crate::oplog::VolumeId) {
-        if !self.syncing.may_pull(peer, volume) {
-            return;
-        }
-        let join = crate::volumes::pending_join(&self.hub, &volume);
-        let member = sync::author_of(&peer)
-            .is_some_and(|a| self.hub.oplog().is_member(&volume, &a).unwrap_or(false));
-        if !member && join.is_none() {
-            return;
-        }
-        let heads = match self.hub.oplog().heads(&volume) {
-            Ok(heads) => heads,
-            Err(e) => {
-                tracing::warn!(%volume, error = %e, "cannot read the op log's heads");
-                return;
-            }
-        };
-        let request = SyncRequest::Pull {
-            volume,
-            heads,
-            join: join.map(|op| serde_bytes::ByteBuf::from(op.to_bytes())),
-        };
-        let id = self.swarm.behaviour_mut().ops.send_request(&peer, request);
-        self.syncing.started(id, peer, volume);
-    }
-
-    /// Anti-entropy: pull every followed volume from every connected peer that is a member.
-    fn pull_all(&mut self) {
-        let volumes = self.syncing.volumes();
-        if volumes.is_empty() {
-            return;
-        }
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for peer in peers {
-            for volume in &volumes {
-                self.pull(peer, *volume);
-            }
-        }
-    }
-
-    fn sync_done(&mut self, done: SyncDone) {
-        match done {
-            SyncDone::Served {
-                peer,
-                channel,
-                response,
-            } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .ops
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!(%peer, "puller left before the answer");
-                }
-            }
-            SyncDone::Pull { peer, volume } => self.pull(peer, volume),
-        }
-    }
-
-    /// Ops of a followed volume from gossip: taken on the blocking pool; a gap behind one
-    /// means gossip lost something, so the sender is pulled from at once.
-    fn gossiped_op(&mut self, volume: crate::oplog::VolumeId, from: PeerId, data: Vec<u8>) {
-        let hub = Arc::clone(&self.hub);
-        let done = self.sync_tx.clone();
-        tokio::task::spawn_blocking(move || match hub.ingest(&volume, &data) {
-            Ok((op, appended)) => {
-                if appended == crate::oplog::Appended::New {
-                    crate::metrics::metrics()
-                        .ops_received
-                        .with_label_values(&["gossip"])
-                        .inc();
-                }
-                if sync::gap_behind(&hub, &op) {
-                    let _ = done.blocking_send(SyncDone::Pull { peer: from, volume });
-                }
-            }
-            Err(e) => tracing::warn!(peer = %from, %volume, error = %e, "gossiped op refused"),
-        });
-    }
-
-    fn ops_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let hub = Arc::clone(&self.hub);
-                let done = self.sync_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let response = hub.serve(&peer, &request);
-                    let _ = done.blocking_send(SyncDone::Served {
-                        peer,
-                        channel,
-                        response,
-                    });
-                });
-            }
-            Event::Message {
-                peer,
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                let Some((_, volume)) = self.syncing.finished(&request_id) else {
-                    return;
-                };
-                let hub = Arc::clone(&self.hub);
-                let done = self.sync_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    if hub.ingest_page(&peer, &volume, response) {
-                        let _ = done.blocking_send(SyncDone::Pull { peer, volume });
-                    }
-                });
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                self.syncing.finished(&request_id);
-                tracing::debug!(%peer, error = %error, "pull failed");
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, error = %error, "bad inbound pull");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
     /// Start the provider announcements that are due, after topping the queue up from a
     /// sweep of the held table if one is running.
     fn announce_providers(&mut self) {
@@ -865,31 +570,6 @@ impl Node {
         }
     }
 
-    fn respond(&mut self, served: Served) {
-        self.inbound = self.inbound.saturating_sub(1);
-        if let Response::Shard { image } = &served.response {
-            crate::metrics::metrics()
-                .shard_sent_bytes
-                .with_label_values(&[&served.peer.to_string()])
-                .inc_by(image.len() as u64);
-        }
-        if let Some(chunk) = served.stored {
-            self.announcer.push(chunk);
-        }
-        if served.response.blames_asker() {
-            self.table.bad_data(served.peer, Instant::now());
-        }
-        if self
-            .swarm
-            .behaviour_mut()
-            .shards
-            .send_response(served.channel, served.response)
-            .is_err()
-        {
-            tracing::debug!(peer = %served.peer, "requester left before the response");
-        }
-    }
-
     fn learn(&mut self, peer: PeerId, addr: Multiaddr) {
         if peer == *self.swarm.local_peer_id() {
             return;
@@ -1085,131 +765,6 @@ impl Node {
                 }
             }
             other => tracing::trace!(event = ?other, "network event"),
-        }
-    }
-
-    fn bulk_event(&mut self, event: request_response::Event<bulk::Open, bulk::Opened>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let opened = match &self.bulk {
-                    Some(bulk) => bulk.grant(peer, request, &self.listen),
-                    None => bulk::Opened { addrs: Vec::new() },
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .bulk
-                    .send_response(channel, opened);
-            }
-            Event::Message {
-                connection_id,
-                message:
-                    Message::Response {
-                        request_id,
-                        mut response,
-                    },
-                ..
-            } => {
-                // Only where the libp2p connection goes: the peer names its listeners, and a
-                // liar could name anyone's.
-                let ip = self.connection_ips.get(&connection_id).copied();
-                response.addrs.retain(|a| Some(a.ip()) == ip);
-                reply_to(&mut self.opening, request_id, Ok(response))
-            }
-            Event::OutboundFailure {
-                request_id, error, ..
-            } => reply_to(&mut self.opening, request_id, Err(error)),
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, error = %error, "bad bulk session request");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn shard_event(&mut self, event: request_response::Event<Request, Response>, now: Instant) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                self.table.seen(peer, now);
-                self.last_inbound = Some(now);
-                if self.inbound >= MAX_INBOUND {
-                    let busy = Response::Refused(Refusal::Busy);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .shards
-                        .send_response(channel, busy);
-                    return;
-                }
-                self.inbound += 1;
-                if let Request::Store { image, .. } = &request {
-                    crate::metrics::metrics()
-                        .shard_received_bytes
-                        .with_label_values(&[&peer.to_string()])
-                        .inc_by(image.len() as u64);
-                }
-                let held = Arc::clone(&self.held);
-                let done = self.done_tx.clone();
-                tokio::spawn(async move {
-                    let (response, stored) = held.serve(peer, request).await;
-                    let _ = done
-                        .send(Served {
-                            peer,
-                            stored,
-                            channel,
-                            response,
-                        })
-                        .await;
-                });
-            }
-            Event::Message {
-                peer,
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                let change = self.table.succeeded(peer, 1, now);
-                self.log(change);
-                reply_to(&mut self.pending, request_id, Ok(response));
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let change = self.table.failed(peer, now);
-                self.log(change);
-                reply_to(&mut self.pending, request_id, Err(error));
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                // Includes messages that fail to decode: a malformed, oversized or
-                // wrong-version frame. The stream is dropped; the peer goes on serving.
-                tracing::warn!(%peer, error = %error, "bad inbound shard request");
-                if matches!(&error, request_response::InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
-                {
-                    self.table.bad_data(peer, now);
-                }
-            }
-            Event::ResponseSent { .. } => {}
         }
     }
 }
