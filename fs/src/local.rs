@@ -17,9 +17,10 @@ use std::sync::Mutex;
 use dfs_node::{BlobRef, FsBatch, FsTable, Repo};
 
 use crate::model::{
-    check_name, check_remove_kind, check_remove_name, path_through, Caller, DirEntry, Entry,
+    check_name, check_remove_kind, check_remove_name, path_through, Base, Caller, DirEntry, Entry,
     FsError, Ino, Inode, Kind, NewEntry, Rename, Result, Time, NAME_MAX, ROOT,
 };
+use crate::namespace::Namespace;
 
 const FORMAT_V1: u8 = 1;
 const NEXT_INO_KEY: &[u8] = b"next_ino";
@@ -123,13 +124,6 @@ impl LocalNamespace {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
-        match repo.meta().fs_get(FsTable::Inodes, &ino_key(ino))? {
-            Some(bytes) => decode_inode(ino, &bytes),
-            None => Err(FsError::NotFound),
-        }
-    }
-
     fn dir(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
         let inode = self.inode(repo, ino)?;
         if inode.kind != Kind::Dir {
@@ -154,43 +148,6 @@ impl LocalNamespace {
         Ok(dir)
     }
 
-    /// Find `name` in directory `parent`.
-    pub fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        let dir = self.dir(repo, parent)?;
-        let ino = match name {
-            b"." => parent,
-            b".." => dir.parent,
-            _ => match repo
-                .meta()
-                .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
-            {
-                Some(v) => decode_dirent(&v)?.0,
-                None => return Err(FsError::NotFound),
-            },
-        };
-        Ok((ino, self.inode(repo, ino)?))
-    }
-
-    /// Entries of a directory (without `.` and `..`), sorted by name.
-    pub fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
-        self.dir(repo, dir)?;
-        let mut out = Vec::new();
-        repo.meta()
-            .fs_for_each(FsTable::Dirents, &dir.to_be_bytes(), |k, v| {
-                let (ino, kind) = decode_dirent(v)?;
-                out.push(DirEntry {
-                    name: k[8..].to_vec(),
-                    ino,
-                    kind,
-                });
-                Ok::<(), FsError>(())
-            })?;
-        Ok(out)
-    }
-
     fn is_empty_dir(&self, repo: &Repo, dir: Ino) -> Result<bool> {
         Ok(repo
             .meta()
@@ -209,136 +166,6 @@ impl LocalNamespace {
         };
         batch.put(FsTable::Meta, NEXT_INO_KEY, (next + 1).to_be_bytes());
         Ok(next)
-    }
-
-    /// Create a file, directory, symlink or special file.
-    pub fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
-        let NewEntry {
-            parent,
-            name,
-            kind,
-            perm,
-            caller,
-            rdev,
-            target,
-        } = *entry;
-        check_name(name)?;
-        let _g = self.guard();
-        let mut dir = self.dir_with_free_name(repo, parent, name)?;
-        if kind == Kind::Dir && dir.nlink >= u32::MAX - 1 {
-            return Err(FsError::TooManyLinks);
-        }
-        let mut batch = FsBatch::default();
-        let ino = self.alloc_ino(repo, &mut batch)?;
-        let now = Time::now();
-        // A new entry in a setgid directory inherits its group (and subdirectories the bit).
-        let setgid_dir = dir.perm & 0o2000 != 0;
-        let gid = if setgid_dir { dir.gid } else { caller.gid };
-        let perm = if kind == Kind::Dir && setgid_dir {
-            perm | 0o2000
-        } else {
-            perm
-        };
-        let inode = Inode {
-            kind,
-            perm,
-            uid: caller.uid,
-            gid,
-            nlink: if kind == Kind::Dir { 2 } else { 1 },
-            size: if kind == Kind::Symlink {
-                target.len() as u64
-            } else {
-                0
-            },
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            rdev,
-            parent,
-            name: name.to_vec(),
-            content: None,
-            chunk_size: self.chunk_size,
-            target: target.to_vec(),
-            base: None,
-        };
-        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
-        batch.put(
-            FsTable::Dirents,
-            dirent_key(parent, name),
-            dirent_value(ino, kind),
-        );
-        dir.mtime = now;
-        dir.ctime = now;
-        dir.size += 1;
-        if kind == Kind::Dir {
-            dir.nlink += 1;
-        }
-        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&dir));
-        repo.meta().fs_write(batch, false)?;
-        Ok((ino, inode))
-    }
-
-    /// Add a hard link `newparent/newname` to `ino`.
-    pub fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
-        check_name(newname)?;
-        let _g = self.guard();
-        let mut inode = self.inode(repo, ino)?;
-        if inode.kind == Kind::Dir {
-            return Err(FsError::NotPermitted);
-        }
-        if inode.nlink >= 65000 {
-            return Err(FsError::TooManyLinks);
-        }
-        let mut dir = self.dir_with_free_name(repo, newparent, newname)?;
-        let now = Time::now();
-        inode.nlink += 1;
-        inode.ctime = now;
-        dir.mtime = now;
-        dir.ctime = now;
-        dir.size += 1;
-        let mut batch = FsBatch::default();
-        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
-        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&dir));
-        batch.put(
-            FsTable::Dirents,
-            dirent_key(newparent, newname),
-            dirent_value(ino, inode.kind),
-        );
-        repo.meta().fs_write(batch, false)?;
-        Ok(inode)
-    }
-
-    /// Remove the entry `name` from `parent`: `dir` says whether it must be a directory (rmdir)
-    /// or must not be (unlink). Returns the inode and whether its last link is gone.
-    pub fn remove(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        dir: bool,
-        is_open: &dyn Fn(Ino) -> bool,
-    ) -> Result<(Ino, bool)> {
-        check_remove_name(name)?;
-        let _g = self.guard();
-        let (ino, inode) = self.lookup(repo, parent, name)?;
-        check_remove_kind(dir, inode.kind == Kind::Dir, || {
-            self.is_empty_dir(repo, ino)
-        })?;
-        let mut batch = FsBatch::default();
-        let mut pdir = self.dir(repo, parent)?;
-        let now = Time::now();
-        pdir.mtime = now;
-        pdir.ctime = now;
-        pdir.size = pdir.size.saturating_sub(1);
-        if dir {
-            pdir.nlink = pdir.nlink.saturating_sub(1);
-        }
-        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&pdir));
-        batch.delete(FsTable::Dirents, dirent_key(parent, name));
-        let gone = self.drop_link(repo, ino, inode, now, is_open, &mut batch)?;
-        repo.meta().fs_write(batch, false)?;
-        Ok((ino, gone))
     }
 
     /// Drop one link of `inode` (a directory loses all of them): delete it when none is left and
@@ -375,21 +202,6 @@ impl LocalNamespace {
             batch.delete(FsTable::Xattrs, k);
         }
         Ok(())
-    }
-
-    /// Delete an inode whose last link went while it was open, now that it is closed.
-    pub fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
-        let _g = self.guard();
-        match self.inode(repo, ino) {
-            Ok(inode) if inode.nlink == 0 => {
-                let mut batch = FsBatch::default();
-                self.delete_inode(repo, ino, &mut batch)?;
-                repo.meta().fs_write(batch, false)?;
-                Ok(())
-            }
-            Ok(_) | Err(FsError::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// Every inode (for fsck).
@@ -460,9 +272,288 @@ impl LocalNamespace {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn finish_move(
+        &self,
+        repo: &Repo,
+        ino: Ino,
+        mut inode: Inode,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        now: Time,
+        moved_dir: i64,
+        size_delta_new: i64,
+        batch: &mut FsBatch,
+        newparent_override: Option<Inode>,
+    ) -> Result<()> {
+        batch.delete(FsTable::Dirents, dirent_key(parent, name));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(newparent, newname),
+            dirent_value(ino, inode.kind),
+        );
+        inode.ctime = now;
+        inode.parent = newparent;
+        inode.name = newname.to_vec();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        let mut old = self.dir(repo, parent)?;
+        old.mtime = now;
+        old.ctime = now;
+        if parent == newparent {
+            let mut d = newparent_override.unwrap_or(old);
+            d.mtime = now;
+            d.ctime = now;
+            d.size = (d.size as i64 + size_delta_new - 1).max(0) as u64;
+            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&d));
+            return Ok(());
+        }
+        old.size = old.size.saturating_sub(1);
+        old.nlink = (old.nlink as i64 - moved_dir).max(1) as u32;
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&old));
+        let mut new = match newparent_override {
+            Some(d) => d,
+            None => self.dir(repo, newparent)?,
+        };
+        new.mtime = now;
+        new.ctime = now;
+        new.size = (new.size as i64 + size_delta_new).max(0) as u64;
+        new.nlink = (new.nlink as i64 + moved_dir) as u32;
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&new));
+        Ok(())
+    }
+
+    /// Update both parents of an exchange: times, and `delta` directories moved from `newparent`
+    /// into `parent` (negative: the other way).
+    fn touch_parents(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        newparent: Ino,
+        delta: i64,
+        now: Time,
+        batch: &mut FsBatch,
+    ) -> Result<()> {
+        let mut a = self.dir(repo, parent)?;
+        a.mtime = now;
+        a.ctime = now;
+        if parent == newparent {
+            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
+            return Ok(());
+        }
+        let mut b = self.dir(repo, newparent)?;
+        b.mtime = now;
+        b.ctime = now;
+        a.nlink = (a.nlink as i64 + delta).max(1) as u32;
+        b.nlink = (b.nlink as i64 - delta).max(1) as u32;
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&b));
+        Ok(())
+    }
+
+    /// Store an inode as it is now (after a file commit, or setattr).
+    pub fn put_inode(&self, repo: &Repo, ino: Ino, inode: &Inode, durable: bool) -> Result<()> {
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(inode));
+        repo.meta().fs_write(batch, durable)?;
+        Ok(())
+    }
+}
+
+impl Namespace for LocalNamespace {
+    fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
+        match repo.meta().fs_get(FsTable::Inodes, &ino_key(ino))? {
+            Some(bytes) => decode_inode(ino, &bytes),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// Find `name` in directory `parent`.
+    fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let dir = self.dir(repo, parent)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => dir.parent,
+            _ => match repo
+                .meta()
+                .fs_get(FsTable::Dirents, &dirent_key(parent, name))?
+            {
+                Some(v) => decode_dirent(&v)?.0,
+                None => return Err(FsError::NotFound),
+            },
+        };
+        Ok((ino, self.inode(repo, ino)?))
+    }
+
+    /// Entries of a directory (without `.` and `..`), sorted by name.
+    fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
+        self.dir(repo, dir)?;
+        let mut out = Vec::new();
+        repo.meta()
+            .fs_for_each(FsTable::Dirents, &dir.to_be_bytes(), |k, v| {
+                let (ino, kind) = decode_dirent(v)?;
+                out.push(DirEntry {
+                    name: k[8..].to_vec(),
+                    ino,
+                    kind,
+                });
+                Ok::<(), FsError>(())
+            })?;
+        Ok(out)
+    }
+
+    /// Create a file, directory, symlink or special file.
+    fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
+        let NewEntry {
+            parent,
+            name,
+            kind,
+            perm,
+            caller,
+            rdev,
+            target,
+        } = *entry;
+        check_name(name)?;
+        let _g = self.guard();
+        let mut dir = self.dir_with_free_name(repo, parent, name)?;
+        if kind == Kind::Dir && dir.nlink >= u32::MAX - 1 {
+            return Err(FsError::TooManyLinks);
+        }
+        let mut batch = FsBatch::default();
+        let ino = self.alloc_ino(repo, &mut batch)?;
+        let now = Time::now();
+        // A new entry in a setgid directory inherits its group (and subdirectories the bit).
+        let setgid_dir = dir.perm & 0o2000 != 0;
+        let gid = if setgid_dir { dir.gid } else { caller.gid };
+        let perm = if kind == Kind::Dir && setgid_dir {
+            perm | 0o2000
+        } else {
+            perm
+        };
+        let inode = Inode {
+            kind,
+            perm,
+            uid: caller.uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: if kind == Kind::Symlink {
+                target.len() as u64
+            } else {
+                0
+            },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev,
+            parent,
+            name: name.to_vec(),
+            content: None,
+            chunk_size: self.chunk_size,
+            target: target.to_vec(),
+            base: None,
+        };
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(parent, name),
+            dirent_value(ino, kind),
+        );
+        dir.mtime = now;
+        dir.ctime = now;
+        dir.size += 1;
+        if kind == Kind::Dir {
+            dir.nlink += 1;
+        }
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&dir));
+        repo.meta().fs_write(batch, false)?;
+        Ok((ino, inode))
+    }
+
+    /// Add a hard link `newparent/newname` to `ino`.
+    fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        check_name(newname)?;
+        let _g = self.guard();
+        let mut inode = self.inode(repo, ino)?;
+        if inode.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if inode.nlink >= 65000 {
+            return Err(FsError::TooManyLinks);
+        }
+        let mut dir = self.dir_with_free_name(repo, newparent, newname)?;
+        let now = Time::now();
+        inode.nlink += 1;
+        inode.ctime = now;
+        dir.mtime = now;
+        dir.ctime = now;
+        dir.size += 1;
+        let mut batch = FsBatch::default();
+        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
+        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&dir));
+        batch.put(
+            FsTable::Dirents,
+            dirent_key(newparent, newname),
+            dirent_value(ino, inode.kind),
+        );
+        repo.meta().fs_write(batch, false)?;
+        Ok(inode)
+    }
+
+    /// Remove the entry `name` from `parent`: `dir` says whether it must be a directory (rmdir)
+    /// or must not be (unlink). Returns the inode and whether its last link is gone.
+    fn remove(
+        &self,
+        repo: &Repo,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<(Ino, bool)> {
+        check_remove_name(name)?;
+        let _g = self.guard();
+        let (ino, inode) = self.lookup(repo, parent, name)?;
+        check_remove_kind(dir, inode.kind == Kind::Dir, || {
+            self.is_empty_dir(repo, ino)
+        })?;
+        let mut batch = FsBatch::default();
+        let mut pdir = self.dir(repo, parent)?;
+        let now = Time::now();
+        pdir.mtime = now;
+        pdir.ctime = now;
+        pdir.size = pdir.size.saturating_sub(1);
+        if dir {
+            pdir.nlink = pdir.nlink.saturating_sub(1);
+        }
+        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&pdir));
+        batch.delete(FsTable::Dirents, dirent_key(parent, name));
+        let gone = self.drop_link(repo, ino, inode, now, is_open, &mut batch)?;
+        repo.meta().fs_write(batch, false)?;
+        Ok((ino, gone))
+    }
+
+    /// Delete an inode whose last link went while it was open, now that it is closed.
+    fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
+        let _g = self.guard();
+        match self.inode(repo, ino) {
+            Ok(inode) if inode.nlink == 0 => {
+                let mut batch = FsBatch::default();
+                self.delete_inode(repo, ino, &mut batch)?;
+                repo.meta().fs_write(batch, false)?;
+                Ok(())
+            }
+            Ok(_) | Err(FsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Rename `parent/name` to `newparent/newname` (`noreplace`: fail if the target exists;
     /// `exchange`: swap the two, both must exist). Returns the inode whose last link went, if any.
-    pub fn rename(
+    fn rename(
         &self,
         repo: &Repo,
         rename: &Rename<'_>,
@@ -567,102 +658,14 @@ impl LocalNamespace {
         Ok(reaped)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_move(
-        &self,
-        repo: &Repo,
-        ino: Ino,
-        mut inode: Inode,
-        parent: Ino,
-        name: &[u8],
-        newparent: Ino,
-        newname: &[u8],
-        now: Time,
-        moved_dir: i64,
-        size_delta_new: i64,
-        batch: &mut FsBatch,
-        newparent_override: Option<Inode>,
-    ) -> Result<()> {
-        batch.delete(FsTable::Dirents, dirent_key(parent, name));
-        batch.put(
-            FsTable::Dirents,
-            dirent_key(newparent, newname),
-            dirent_value(ino, inode.kind),
-        );
-        inode.ctime = now;
-        inode.parent = newparent;
-        inode.name = newname.to_vec();
-        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(&inode));
-        let mut old = self.dir(repo, parent)?;
-        old.mtime = now;
-        old.ctime = now;
-        if parent == newparent {
-            let mut d = newparent_override.unwrap_or(old);
-            d.mtime = now;
-            d.ctime = now;
-            d.size = (d.size as i64 + size_delta_new - 1).max(0) as u64;
-            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&d));
-            return Ok(());
-        }
-        old.size = old.size.saturating_sub(1);
-        old.nlink = (old.nlink as i64 - moved_dir).max(1) as u32;
-        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&old));
-        let mut new = match newparent_override {
-            Some(d) => d,
-            None => self.dir(repo, newparent)?,
-        };
-        new.mtime = now;
-        new.ctime = now;
-        new.size = (new.size as i64 + size_delta_new).max(0) as u64;
-        new.nlink = (new.nlink as i64 + moved_dir) as u32;
-        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&new));
-        Ok(())
-    }
-
-    /// Update both parents of an exchange: times, and `delta` directories moved from `newparent`
-    /// into `parent` (negative: the other way).
-    fn touch_parents(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        newparent: Ino,
-        delta: i64,
-        now: Time,
-        batch: &mut FsBatch,
-    ) -> Result<()> {
-        let mut a = self.dir(repo, parent)?;
-        a.mtime = now;
-        a.ctime = now;
-        if parent == newparent {
-            batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
-            return Ok(());
-        }
-        let mut b = self.dir(repo, newparent)?;
-        b.mtime = now;
-        b.ctime = now;
-        a.nlink = (a.nlink as i64 + delta).max(1) as u32;
-        b.nlink = (b.nlink as i64 - delta).max(1) as u32;
-        batch.put(FsTable::Inodes, ino_key(parent), encode_inode(&a));
-        batch.put(FsTable::Inodes, ino_key(newparent), encode_inode(&b));
-        Ok(())
-    }
-
-    /// Store an inode as it is now (after a file commit, or setattr).
-    pub fn put_inode(&self, repo: &Repo, ino: Ino, inode: &Inode, durable: bool) -> Result<()> {
-        let mut batch = FsBatch::default();
-        batch.put(FsTable::Inodes, ino_key(ino), encode_inode(inode));
-        repo.meta().fs_write(batch, durable)?;
-        Ok(())
-    }
-
     /// The path of an inode from the volume root (`/a/b/c`), through its last-named parents.
-    pub fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
+    fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
         path_through(inode, |dir| self.inode(repo, dir))
     }
 
     /// Install a file's new content (and the time of the writes that made it), and with
     /// `version` record the resulting content as a version, in one batch.
-    pub fn commit_content(
+    fn commit_content(
         &self,
         repo: &Repo,
         ino: Ino,
@@ -670,6 +673,7 @@ impl LocalNamespace {
         size: u64,
         mtime: Option<Time>,
         version: bool,
+        _base: &mut Base,
     ) -> Result<()> {
         let _g = self.guard();
         let mut inode = self.inode(repo, ino)?;
@@ -710,26 +714,26 @@ impl LocalNamespace {
     }
 
     /// Changes whenever a version is recorded.
-    pub fn versions_generation(&self) -> u64 {
+    fn versions_generation(&self) -> u64 {
         self.versions_generation
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Read-modify-write an inode under the namespace lock.
-    pub fn update<T>(
+    fn update(
         &self,
         repo: &Repo,
         ino: Ino,
-        f: impl FnOnce(&mut Inode) -> Result<T>,
-    ) -> Result<(Inode, T)> {
+        f: &mut dyn FnMut(&mut Inode) -> Result<()>,
+    ) -> Result<Inode> {
         let _g = self.guard();
         let mut inode = self.inode(repo, ino)?;
-        let out = f(&mut inode)?;
+        f(&mut inode)?;
         self.put_inode(repo, ino, &inode, false)?;
-        Ok((inode, out))
+        Ok(inode)
     }
 
-    pub fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+    fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         self.inode(repo, ino)?;
         repo.meta()
             .fs_get(FsTable::Xattrs, &dirent_key(ino, name))?
@@ -737,7 +741,7 @@ impl LocalNamespace {
     }
 
     /// Set an xattr; `create`: fail if it exists, `replace`: fail if it does not.
-    pub fn set_xattr(
+    fn set_xattr(
         &self,
         repo: &Repo,
         ino: Ino,
@@ -770,7 +774,7 @@ impl LocalNamespace {
         Ok(())
     }
 
-    pub fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
+    fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
         self.inode(repo, ino)?;
         Ok(repo
             .meta()
@@ -780,7 +784,7 @@ impl LocalNamespace {
             .collect())
     }
 
-    pub fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
+    fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
         let _g = self.guard();
         let mut inode = self.inode(repo, ino)?;
         let key = dirent_key(ino, name);

@@ -11,7 +11,6 @@
 use dfs_node::BlobRef;
 use dfs_node::Repo;
 
-use crate::local::LocalNamespace;
 use crate::model::{DirEntry, Ino, Inode, NewEntry, Rename, Result, Time};
 
 pub use crate::model::Base;
@@ -112,105 +111,5 @@ pub trait Namespace: Send + Sync {
     fn sync(&self, repo: &Repo) -> Result<()> {
         repo.meta().sync_wal()?;
         Ok(())
-    }
-}
-
-impl Namespace for LocalNamespace {
-    fn inode(&self, repo: &Repo, ino: Ino) -> Result<Inode> {
-        LocalNamespace::inode(self, repo, ino)
-    }
-
-    fn lookup(&self, repo: &Repo, parent: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
-        LocalNamespace::lookup(self, repo, parent, name)
-    }
-
-    fn list(&self, repo: &Repo, dir: Ino) -> Result<Vec<DirEntry>> {
-        LocalNamespace::list(self, repo, dir)
-    }
-
-    fn create(&self, repo: &Repo, entry: &NewEntry<'_>) -> Result<(Ino, Inode)> {
-        LocalNamespace::create(self, repo, entry)
-    }
-
-    fn link(&self, repo: &Repo, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
-        LocalNamespace::link(self, repo, ino, newparent, newname)
-    }
-
-    fn remove(
-        &self,
-        repo: &Repo,
-        parent: Ino,
-        name: &[u8],
-        dir: bool,
-        is_open: &dyn Fn(Ino) -> bool,
-    ) -> Result<(Ino, bool)> {
-        LocalNamespace::remove(self, repo, parent, name, dir, is_open)
-    }
-
-    fn rename(
-        &self,
-        repo: &Repo,
-        rename: &Rename<'_>,
-        is_open: &dyn Fn(Ino) -> bool,
-    ) -> Result<Option<Ino>> {
-        LocalNamespace::rename(self, repo, rename, is_open)
-    }
-
-    fn reap_if_unlinked(&self, repo: &Repo, ino: Ino) -> Result<()> {
-        LocalNamespace::reap_if_unlinked(self, repo, ino)
-    }
-
-    fn commit_content(
-        &self,
-        repo: &Repo,
-        ino: Ino,
-        content: Option<BlobRef>,
-        size: u64,
-        mtime: Option<Time>,
-        version: bool,
-        _base: &mut Base,
-    ) -> Result<()> {
-        LocalNamespace::commit_content(self, repo, ino, content, size, mtime, version)
-    }
-
-    fn versions_generation(&self) -> u64 {
-        LocalNamespace::versions_generation(self)
-    }
-
-    fn update(
-        &self,
-        repo: &Repo,
-        ino: Ino,
-        f: &mut dyn FnMut(&mut Inode) -> Result<()>,
-    ) -> Result<Inode> {
-        Ok(LocalNamespace::update(self, repo, ino, |inode| f(inode))?.0)
-    }
-
-    fn get_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        LocalNamespace::get_xattr(self, repo, ino, name)
-    }
-
-    fn set_xattr(
-        &self,
-        repo: &Repo,
-        ino: Ino,
-        name: &[u8],
-        value: &[u8],
-        create: bool,
-        replace: bool,
-    ) -> Result<()> {
-        LocalNamespace::set_xattr(self, repo, ino, name, value, create, replace)
-    }
-
-    fn list_xattrs(&self, repo: &Repo, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        LocalNamespace::list_xattrs(self, repo, ino)
-    }
-
-    fn remove_xattr(&self, repo: &Repo, ino: Ino, name: &[u8]) -> Result<()> {
-        LocalNamespace::remove_xattr(self, repo, ino, name)
-    }
-
-    fn path_of(&self, repo: &Repo, inode: &Inode) -> Vec<u8> {
-        LocalNamespace::path_of(self, repo, inode)
     }
 }
