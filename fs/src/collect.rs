@@ -16,7 +16,7 @@ use dfs_placement::ChunkId;
 use dfs_node::{GcError, TreeError};
 
 use crate::local::LocalNamespace;
-use crate::model::{FsError, Time};
+use crate::model::{FsError, Ino, Time};
 use crate::versions;
 
 /// Why a collection stopped (before removing anything, unless the sweep itself failed).
@@ -72,7 +72,7 @@ pub fn collect(
     let repo = pipeline.repo();
     let mut report = CollectReport::default();
     let inodes = ns.all_inodes(repo)?;
-    let exists: HashSet<u64> = inodes.iter().map(|(ino, _)| *ino).collect();
+    let exists: HashSet<Ino> = inodes.iter().map(|(ino, _)| *ino).collect();
     let mut batch = dfs_node::FsBatch::default();
     report.versions_expired = versions::expire_all(
         repo,

@@ -14,11 +14,11 @@ use crate::versions::{self, VersionNode, VersionTree};
 use crate::volume::Volume;
 
 /// First virtual inode number.
-pub const VIRTUAL_BASE: Ino = 1 << 62;
+pub const VIRTUAL_BASE: Ino = Ino(1 << 62);
 /// `/.dfs`.
 pub const DOT_DFS: Ino = VIRTUAL_BASE;
 /// `/.dfs/versions`, the root of the version tree.
-pub const VERSIONS: Ino = VIRTUAL_BASE + 1;
+pub const VERSIONS: Ino = Ino(VIRTUAL_BASE.0 + 1);
 /// The reserved name in the volume root.
 pub const NAME: &[u8] = b".dfs";
 
@@ -53,7 +53,7 @@ impl Default for DotDfs {
                 built: None,
                 paths,
                 inos,
-                next: VIRTUAL_BASE + 2,
+                next: Ino(VIRTUAL_BASE.0 + 2),
             }),
         }
     }
@@ -97,7 +97,7 @@ impl DotDfs {
             return ino;
         }
         let ino = st.next;
-        st.next += 1;
+        st.next = ino.next();
         st.inos.insert(path.clone(), ino);
         st.paths.insert(ino, path);
         ino

@@ -95,7 +95,7 @@ fn errno_name(code: i32) -> &'static str {
 
 /// Whether a change at `parent/name` touches the read-only `.dfs` tree.
 fn read_only(parent: INodeNo, name: &OsStr) -> bool {
-    is_virtual(parent.0) || (parent.0 == ROOT && name.as_bytes() == dotdfs::NAME)
+    is_virtual(Ino(parent.0)) || (Ino(parent.0) == ROOT && name.as_bytes() == dotdfs::NAME)
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -112,7 +112,7 @@ fn file_type(kind: Kind) -> FileType {
 
 fn attr(ino: Ino, inode: &Inode) -> FileAttr {
     FileAttr {
-        ino: INodeNo(ino),
+        ino: INodeNo(ino.0),
         size: inode.size,
         blocks: inode.size.div_ceil(512),
         atime: inode.atime.to_system(),
@@ -173,17 +173,17 @@ impl Filesystem for DfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _call = self.begin("lookup");
         let found = if read_only(parent, name) {
-            self.dot.lookup(&self.vol, parent.0, name.as_bytes())
+            self.dot.lookup(&self.vol, Ino(parent.0), name.as_bytes())
         } else {
-            self.vol.lookup(parent.0, name.as_bytes())
+            self.vol.lookup(Ino(parent.0), name.as_bytes())
         };
         self.entry(reply, found)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _call = self.begin("getattr");
-        match self.attr_any(ino.0) {
-            Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
+        match self.attr_any(Ino(ino.0)) {
+            Ok(inode) => reply.attr(&self.ttl, &attr(Ino(ino.0), &inode)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -207,7 +207,7 @@ impl Filesystem for DfsFs {
         reply: ReplyAttr,
     ) {
         let _call = self.begin_change("setattr", req);
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
         let set = SetAttr {
@@ -219,15 +219,15 @@ impl Filesystem for DfsFs {
             mtime: mtime.map(time),
             ctime: ctime.map(Time::from_system),
         };
-        match self.vol.setattr(ino.0, &set) {
-            Ok(inode) => reply.attr(&self.ttl, &attr(ino.0, &inode)),
+        match self.vol.setattr(Ino(ino.0), &set) {
+            Ok(inode) => reply.attr(&self.ttl, &attr(Ino(ino.0), &inode)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _call = self.begin("readlink");
-        match self.attr_any(ino.0) {
+        match self.attr_any(Ino(ino.0)) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(errno(&e)),
@@ -261,7 +261,7 @@ impl Filesystem for DfsFs {
                 &self.vol.repo,
                 &NewEntry {
                     rdev,
-                    ..NewEntry::new(parent.0, name.as_bytes(), kind, perm, caller(req))
+                    ..NewEntry::new(Ino(parent.0), name.as_bytes(), kind, perm, caller(req))
                 },
             ),
         )
@@ -285,7 +285,7 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.create(
                 &self.vol.repo,
-                &NewEntry::new(parent.0, name.as_bytes(), Kind::Dir, perm, caller(req)),
+                &NewEntry::new(Ino(parent.0), name.as_bytes(), Kind::Dir, perm, caller(req)),
             ),
         )
     }
@@ -295,7 +295,10 @@ impl Filesystem for DfsFs {
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
-        empty(reply, self.vol.remove(parent.0, name.as_bytes(), false))
+        empty(
+            reply,
+            self.vol.remove(Ino(parent.0), name.as_bytes(), false),
+        )
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -303,7 +306,7 @@ impl Filesystem for DfsFs {
         if read_only(parent, name) {
             return reply.error(Errno::EROFS);
         }
-        empty(reply, self.vol.remove(parent.0, name.as_bytes(), true))
+        empty(reply, self.vol.remove(Ino(parent.0), name.as_bytes(), true))
     }
 
     fn symlink(
@@ -326,7 +329,7 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.create(
                 &self.vol.repo,
-                &NewEntry::symlink(parent.0, link_name.as_bytes(), target, caller(req)),
+                &NewEntry::symlink(Ino(parent.0), link_name.as_bytes(), target, caller(req)),
             ),
         )
     }
@@ -353,7 +356,12 @@ impl Filesystem for DfsFs {
             self.vol.rename(&Rename {
                 noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
                 exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
-                ..Rename::new(parent.0, name.as_bytes(), newparent.0, newname.as_bytes())
+                ..Rename::new(
+                    Ino(parent.0),
+                    name.as_bytes(),
+                    Ino(newparent.0),
+                    newname.as_bytes(),
+                )
             }),
         )
     }
@@ -367,20 +375,25 @@ impl Filesystem for DfsFs {
         reply: ReplyEntry,
     ) {
         let _call = self.begin("link");
-        if is_virtual(ino.0) || read_only(newparent, newname) {
+        if is_virtual(Ino(ino.0)) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
         let linked = self
             .vol
             .ns
-            .link(&self.vol.repo, ino.0, newparent.0, newname.as_bytes())
-            .and_then(|_| Ok((ino.0, self.vol.attr(ino.0)?)));
+            .link(
+                &self.vol.repo,
+                Ino(ino.0),
+                Ino(newparent.0),
+                newname.as_bytes(),
+            )
+            .and_then(|_| Ok((Ino(ino.0), self.vol.attr(Ino(ino.0))?)));
         self.entry(reply, linked)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _call = self.begin("open");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 reply.error(Errno::EROFS)
             } else {
@@ -388,15 +401,15 @@ impl Filesystem for DfsFs {
             };
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.vol.open_file(ino.0, truncate) {
+        match self.vol.open_file(Ino(ino.0), truncate) {
             Ok(()) => {
                 // The path may have changed since the last open (a rename).
                 self.paths
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&ino.0);
+                    .remove(&Ino(ino.0));
                 let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
-                self.usage(req, Some(ino.0), reading, 0, 0);
+                self.usage(req, Some(Ino(ino.0)), reading, 0, 0);
                 reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),
@@ -415,16 +428,16 @@ impl Filesystem for DfsFs {
         reply: ReplyData,
     ) {
         let _call = self.begin("read");
-        let data = if is_virtual(ino.0) {
-            self.dot.read(&self.vol, ino.0, offset, size as usize)
+        let data = if is_virtual(Ino(ino.0)) {
+            self.dot.read(&self.vol, Ino(ino.0), offset, size as usize)
         } else {
-            self.vol.read(ino.0, offset, size as usize)
+            self.vol.read(Ino(ino.0), offset, size as usize)
         };
         match data {
             Ok(data) => {
                 metrics().fuse_read_bytes.inc_by(data.len() as u64);
-                if !is_virtual(ino.0) {
-                    self.usage(req, Some(ino.0), false, data.len() as u64, 0);
+                if !is_virtual(Ino(ino.0)) {
+                    self.usage(req, Some(Ino(ino.0)), false, data.len() as u64, 0);
                 }
                 reply.data(&data)
             }
@@ -445,13 +458,13 @@ impl Filesystem for DfsFs {
         reply: ReplyWrite,
     ) {
         let _call = self.begin("write");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
-        match self.vol.write(ino.0, offset, data) {
+        match self.vol.write(Ino(ino.0), offset, data) {
             Ok(()) => {
                 metrics().fuse_written_bytes.inc_by(data.len() as u64);
-                self.usage(req, Some(ino.0), false, 0, data.len() as u64);
+                self.usage(req, Some(Ino(ino.0)), false, 0, data.len() as u64);
                 reply.written(data.len() as u32)
             }
             Err(e) => reply.error(errno(&e)),
@@ -467,10 +480,10 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _call = self.begin("flush");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
-        empty(reply, self.vol.flush(ino.0, false))
+        empty(reply, self.vol.flush(Ino(ino.0), false))
     }
 
     fn release(
@@ -484,7 +497,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _call = self.begin("release");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
         // Forget the path kept for analytics: a mount that opens millions of files must not
@@ -492,8 +505,8 @@ impl Filesystem for DfsFs {
         self.paths
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&ino.0);
-        empty(reply, self.vol.release(ino.0))
+            .remove(&Ino(ino.0));
+        empty(reply, self.vol.release(Ino(ino.0)))
     }
 
     fn fsync(
@@ -505,18 +518,18 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _call = self.begin("fsync");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
-        empty(reply, self.vol.flush(ino.0, true))
+        empty(reply, self.vol.flush(Ino(ino.0), true))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _call = self.begin("opendir");
-        let listing = if is_virtual(ino.0) {
-            self.dot.list(&self.vol, ino.0)
+        let listing = if is_virtual(Ino(ino.0)) {
+            self.dot.list(&self.vol, Ino(ino.0))
         } else {
-            self.vol.ns.list(&self.vol.repo, ino.0)
+            self.vol.ns.list(&self.vol.repo, Ino(ino.0))
         };
         match listing {
             Ok(entries) => {
@@ -543,7 +556,7 @@ impl Filesystem for DfsFs {
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let parent = match self.parent_of(ino.0) {
+        let parent = match self.parent_of(Ino(ino.0)) {
             Ok(p) => p,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -552,11 +565,11 @@ impl Filesystem for DfsFs {
         while next < entries.len() as u64 + 2 {
             let full = match next {
                 0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                1 => reply.add(INodeNo(parent.0), 2, FileType::Directory, ".."),
                 n => {
                     let e = &entries[(n - 2) as usize];
                     reply.add(
-                        INodeNo(e.ino),
+                        INodeNo(e.ino.0),
                         n + 1,
                         file_type(e.kind),
                         OsStr::from_bytes(&e.name),
@@ -586,8 +599,8 @@ impl Filesystem for DfsFs {
         let mut next = offset;
         while next < entries.len() as u64 + 2 {
             let (child, name): (Ino, &[u8]) = match next {
-                0 => (ino.0, b"."),
-                1 => match self.parent_of(ino.0) {
+                0 => (Ino(ino.0), b"."),
+                1 => match self.parent_of(Ino(ino.0)) {
                     Ok(p) => (p, b".."),
                     Err(e) => return reply.error(errno(&e)),
                 },
@@ -606,7 +619,7 @@ impl Filesystem for DfsFs {
                 Err(e) => return reply.error(errno(&e)),
             };
             if reply.add(
-                INodeNo(child),
+                INodeNo(child.0),
                 next + 1,
                 OsStr::from_bytes(name),
                 &self.ttl,
@@ -686,7 +699,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _call = self.begin("setxattr");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
         if name.as_bytes().starts_with(b"system.posix_acl_") {
@@ -700,7 +713,7 @@ impl Filesystem for DfsFs {
             reply,
             self.vol.ns.set_xattr(
                 &self.vol.repo,
-                ino.0,
+                Ino(ino.0),
                 name.as_bytes(),
                 value,
                 create,
@@ -711,13 +724,13 @@ impl Filesystem for DfsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _call = self.begin("getxattr");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::ENODATA);
         }
         match self
             .vol
             .ns
-            .get_xattr(&self.vol.repo, ino.0, name.as_bytes())
+            .get_xattr(&self.vol.repo, Ino(ino.0), name.as_bytes())
         {
             Ok(value) if size == 0 => reply.size(value.len() as u32),
             Ok(value) if value.len() <= size as usize => reply.data(&value),
@@ -728,10 +741,10 @@ impl Filesystem for DfsFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _call = self.begin("listxattr");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.size(0);
         }
-        match self.vol.ns.list_xattrs(&self.vol.repo, ino.0) {
+        match self.vol.ns.list_xattrs(&self.vol.repo, Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -752,21 +765,21 @@ impl Filesystem for DfsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _call = self.begin("removexattr");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
         empty(
             reply,
             self.vol
                 .ns
-                .remove_xattr(&self.vol.repo, ino.0, name.as_bytes()),
+                .remove_xattr(&self.vol.repo, Ino(ino.0), name.as_bytes()),
         )
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         let _call = self.begin("access");
         // Permission checks are the kernel's (default_permissions); this only says it exists.
-        match self.attr_any(ino.0) {
+        match self.attr_any(Ino(ino.0)) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -792,7 +805,13 @@ impl Filesystem for DfsFs {
             .ns
             .create(
                 &self.vol.repo,
-                &NewEntry::new(parent.0, name.as_bytes(), Kind::File, perm, caller(req)),
+                &NewEntry::new(
+                    Ino(parent.0),
+                    name.as_bytes(),
+                    Kind::File,
+                    perm,
+                    caller(req),
+                ),
             )
             .and_then(|(ino, _)| {
                 self.vol.open_file(ino, flags & libc::O_TRUNC != 0)?;
@@ -803,7 +822,7 @@ impl Filesystem for DfsFs {
                 &self.ttl,
                 &attr(ino, &inode),
                 Generation(0),
-                FileHandle(ino),
+                FileHandle(ino.0),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(errno(&e)),
@@ -821,7 +840,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         let _call = self.begin("fallocate");
-        if is_virtual(ino.0) {
+        if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
         // Mode 0 (allocate, growing the file) and KEEP_SIZE are supported; space is not
@@ -830,13 +849,13 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let end = offset.saturating_add(length);
-        let result = self.vol.attr(ino.0).and_then(|inode| {
+        let result = self.vol.attr(Ino(ino.0)).and_then(|inode| {
             if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > inode.size {
                 let set = SetAttr {
                     size: Some(end),
                     ..SetAttr::default()
                 };
-                self.vol.setattr(ino.0, &set)?;
+                self.vol.setattr(Ino(ino.0), &set)?;
             }
             Ok(())
         });
@@ -853,7 +872,7 @@ impl Filesystem for DfsFs {
         reply: ReplyLseek,
     ) {
         let _call = self.begin("lseek");
-        match self.seek(ino.0, offset, whence) {
+        match self.seek(Ino(ino.0), offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),
         }

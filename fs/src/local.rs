@@ -62,7 +62,7 @@ fn decode_dirent(value: &[u8]) -> Result<(Ino, Kind)> {
     let ino = value
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes);
+        .map(Ino::from_be_bytes);
     let kind = value.get(8).and_then(|&c| Kind::from_code(c));
     ino.zip(kind)
         .ok_or_else(|| FsError::Corrupt(format!("directory entry of {} bytes", value.len())))
@@ -112,7 +112,7 @@ impl LocalNamespace {
             };
             let mut batch = FsBatch::default();
             batch.put(FsTable::Inodes, ino_key(ROOT), encode_inode(&root));
-            batch.put(FsTable::Meta, NEXT_INO_KEY, (ROOT + 1).to_be_bytes());
+            batch.put(FsTable::Meta, NEXT_INO_KEY, ROOT.next().to_be_bytes());
             repo.meta().fs_write(batch, true)?;
         }
         Ok(ns)
@@ -160,11 +160,11 @@ impl LocalNamespace {
             Some(b) => b
                 .as_slice()
                 .try_into()
-                .map(u64::from_be_bytes)
+                .map(Ino::from_be_bytes)
                 .map_err(|_| FsError::Corrupt("next inode counter".into()))?,
-            None => ROOT + 1,
+            None => ROOT.next(),
         };
-        batch.put(FsTable::Meta, NEXT_INO_KEY, (next + 1).to_be_bytes());
+        batch.put(FsTable::Meta, NEXT_INO_KEY, next.next().to_be_bytes());
         Ok(next)
     }
 
@@ -210,7 +210,7 @@ impl LocalNamespace {
         repo.meta().fs_for_each(FsTable::Inodes, &[], |k, v| {
             let ino = k
                 .try_into()
-                .map(u64::from_be_bytes)
+                .map(Ino::from_be_bytes)
                 .map_err(|_| FsError::Corrupt("inode key".into()))?;
             out.push((ino, decode_inode(ino, v)?));
             Ok::<(), FsError>(())
@@ -225,7 +225,7 @@ impl LocalNamespace {
             let parent = k
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
+                .map(Ino::from_be_bytes)
                 .ok_or_else(|| FsError::Corrupt("directory entry key".into()))?;
             let (ino, kind) = decode_dirent(v)?;
             out.push(Entry {

@@ -9,8 +9,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dfs_node::{BlobError, BlobRef, ChunkError, MetaError};
 use serde::{Deserialize, Serialize};
 
-pub type Ino = u64;
-pub const ROOT: Ino = 1;
+/// An inode number as the kernel knows it. The own volume's are given out once and kept in
+/// RocksDB; a shared volume's are given out per mount as its nodes are first seen. Encoded as
+/// the bare number (`serde(transparent)`), so records written before it was a type read back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The number as RocksDB keys hold it (big-endian, so keys sort by number).
+    pub fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+
+    pub fn from_be_bytes(bytes: [u8; 8]) -> Self {
+        Ino(u64::from_be_bytes(bytes))
+    }
+
+    /// The number given out after this one.
+    pub fn next(self) -> Self {
+        Ino(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Ino {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+pub const ROOT: Ino = Ino(1);
 pub const NAME_MAX: usize = 255;
 
 /// What an inode is.

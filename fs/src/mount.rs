@@ -329,9 +329,9 @@ fn follow_shared(
     let send = move |inval: &Inval| {
         let done = match inval {
             Inval::Entry { parent, name } => {
-                notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+                notifier.inval_entry(fuser::INodeNo(parent.0), std::ffi::OsStr::from_bytes(name))
             }
-            Inval::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+            Inval::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
         };
         // ENOENT: the kernel does not hold it, which is fine.
         if let Err(e) = done {

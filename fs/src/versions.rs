@@ -44,7 +44,7 @@ fn key(ino: Ino, time: Time) -> Vec<u8> {
 }
 
 fn parse_key(k: &[u8]) -> Option<(Ino, Time)> {
-    let ino = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let ino = Ino::from_be_bytes(k.get(..8)?.try_into().ok()?);
     let secs = (u64::from_be_bytes(k.get(8..16)?.try_into().ok()?) ^ (1 << 63)) as i64;
     let nsec = u32::from_be_bytes(k.get(16..20)?.try_into().ok()?);
     Some((ino, Time { secs, nsec }))
@@ -296,9 +296,9 @@ mod tests {
     #[test]
     fn keys_round_trip_and_sort_by_time() {
         for secs in [-5, 0, 1_795_690_798] {
-            let k = key(42, Time { secs, nsec: 7 });
-            assert_eq!(parse_key(&k), Some((42, Time { secs, nsec: 7 })));
+            let k = key(Ino(42), Time { secs, nsec: 7 });
+            assert_eq!(parse_key(&k), Some((Ino(42), Time { secs, nsec: 7 })));
         }
-        assert!(key(1, t(-1)) < key(1, t(0)));
+        assert!(key(Ino(1), t(-1)) < key(Ino(1), t(0)));
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use dfs_fs::file::{ChunkCache, FileContent, Io};
-use dfs_fs::model::{Inode, Kind, Time};
+use dfs_fs::model::{Inode, Kind, Time, ROOT};
 use dfs_node::{ChunkWorkers, Repo};
 use proptest::prelude::*;
 
@@ -55,7 +55,7 @@ fn inode(content: Option<dfs_node::BlobRef>, size: u64) -> Inode {
         ctime: now,
         crtime: now,
         rdev: 0,
-        parent: 1,
+        parent: ROOT,
         name: b"f".to_vec(),
         content,
         chunk_size: CHUNK,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use dfs_fs::model::{Caller, FsError, Kind, NewEntry, Rename, Time, ROOT};
+use dfs_fs::model::{Caller, FsError, Ino, Kind, NewEntry, Rename, Time, ROOT};
 use dfs_fs::namespace::Namespace;
 use dfs_fs::shared::{SharedNamespace, ID_XATTR};
 use dfs_node::ops::OpsHub;
@@ -61,7 +61,7 @@ fn tree(ns: &SharedNamespace, repo: &Repo) -> Vec<(String, Kind, u16, u64)> {
     fn walk(
         ns: &SharedNamespace,
         repo: &Repo,
-        dir: u64,
+        dir: Ino,
         prefix: &str,
         out: &mut Vec<(String, Kind, u16, u64)>,
     ) {

@@ -229,7 +229,7 @@ impl SharedNamespace {
                     seen: Seen::default(),
                     inos: HashMap::new(),
                     nodes: HashMap::new(),
-                    next_ino: ROOT + 1,
+                    next_ino: ROOT.next(),
                     listings: HashMap::new(),
                     exposed: HashMap::new(),
                     ghosts: HashMap::new(),

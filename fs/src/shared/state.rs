@@ -43,7 +43,7 @@ impl State {
             return *ino;
         }
         let ino = self.next_ino;
-        self.next_ino += 1;
+        self.next_ino = ino.next();
         self.inos.insert(node, ino);
         self.nodes.insert(ino, node);
         ino
