@@ -7,22 +7,28 @@
 # Workloads: sequential write (dd, 1 MiB blocks, fsync) and read with caches dropped; 4 KiB
 # random read/write (fio, 30 s budget each); 10,000 small files created, stat-ed (ls -lR),
 # removed; untar of a 5,000-file tree, then grep -r.
+# BASELINE_DFS=/path/to/an/older/dfs adds a mount run by that binary (its own data directory),
+# taking its turn in every round, and a second table of dfs against it: what the change between
+# the two binaries costs or gains.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 size_mib=${SIZE_MIB:-1024}
 files=${FILES:-10000}
 rounds=${ROUNDS:-3}
+baseline=${BASELINE_DFS:-}
+[ -z "$baseline" ] || [ -x "$baseline" ] || { echo "mount.sh: BASELINE_DFS=$baseline is not an executable" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "mount.sh: run as root (mounts, drop_caches)" >&2; exit 2; }
 for tool in bindfs fio; do command -v $tool >/dev/null || { echo "mount.sh: needs $tool (deploy/install-deps.sh)" >&2; exit 2; }; done
 cd "$root"
 cargo build -q --release -p dfs
 dfs=$root/target/release/dfs
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dfs-mount-bench.XXXXXX")
-pid=
+pid= base_pid=
 cleanup() {
-  for m in "$work/dfs" "$work/bindfs"; do grep -q " $m " /proc/self/mountinfo && umount -l "$m"; done
+  for m in "$work/dfs" "$work/bindfs" "$work/base"; do grep -q " $m " /proc/self/mountinfo && umount -l "$m"; done
   [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  [ -n "$base_pid" ] && wait "$base_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -30,6 +36,11 @@ mkdir -p "$work/dfs" "$work/bindfs" "$work/bindfs-src" "$work/local" "$work/data
 "$dfs" --data "$work/data" mount "$work/dfs" 2>"$work/dfs.log" & pid=$!
 bindfs "$work/bindfs-src" "$work/bindfs"
 for _ in $(seq 200); do grep -q " $work/dfs " /proc/self/mountinfo && break; sleep 0.05; done
+if [ -n "$baseline" ]; then
+  mkdir -p "$work/base" "$work/data-base"
+  "$baseline" --data "$work/data-base" mount "$work/base" 2>"$work/base.log" & base_pid=$!
+  for _ in $(seq 200); do grep -q " $work/base " /proc/self/mountinfo && break; sleep 0.05; done
+fi
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
@@ -76,6 +87,7 @@ for round in $(seq "$rounds"); do
   run local "$work/local"
   run bindfs "$work/bindfs"
   run dfs "$work/dfs"
+  [ -z "$baseline" ] || run base "$work/base"
 done
 
 printf '%-28s %12s %12s %12s %10s\n' workload local bindfs dfs "dfs/bindfs"
@@ -95,3 +107,22 @@ row "remove files/s" remove 1
 row "untar 5k files s" untar 0
 row "grep -r s (cold)" grep 0
 echo "(medians of $rounds rounds; MB = MiB here; ratio > 1 means dfs is better; $size_mib MiB sequential, $files small files)"
+[ -n "$baseline" ] || exit 0
+echo
+printf '%-28s %12s %12s %10s\n' workload baseline dfs "dfs/base"
+base_row() { # base_row LABEL KEY HIGHER_IS_BETTER
+  local b d ratio
+  b=$(median "${result[base,$2]}") d=$(median "${result[dfs,$2]}")
+  if [ "$3" = 1 ]; then ratio=$(echo "$d / $b" | bc -l); else ratio=$(echo "$b / $d" | bc -l); fi
+  printf '%-28s %12.1f %12.1f %10.2f\n' "$1" "$b" "$d" "$ratio"
+}
+base_row "seq write MB/s (fsync)" write 1
+base_row "seq read MB/s (cold)" read 1
+base_row "4k rand read KB/s" randread 1
+base_row "4k rand write KB/s" randwrite 1
+base_row "create files/s" create 1
+base_row "ls -lR files/s (cold)" stat 1
+base_row "remove files/s" remove 1
+base_row "untar 5k files s" untar 0
+base_row "grep -r s (cold)" grep 0
+echo "(baseline: $baseline; ratio > 1 means this build is better)"
