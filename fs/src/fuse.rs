@@ -1,5 +1,7 @@
 //! The FUSE adapter: the only module that knows fuser. Each callback calls the [`Volume`] once
-//! and replies; every [`FsError`] becomes its errno in one place ([`errno`]).
+//! and replies; every [`FsError`] becomes its errno in one place ([`errno`]). [`Session`] is the
+//! mount's handle on fuser's session (start, serve, unmount, and the kernel cache
+//! invalidations of a shared volume), so `mount` stays free of fuser's types.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -21,6 +23,7 @@ use crate::model::{
     Caller, DirEntry, FsError, Ino, Inode, Kind, NewEntry, Rename, SetAttr, Time, ROOT,
 };
 use crate::quiesce::{Active, Requests};
+use crate::shared::Inval;
 use crate::volume::Volume;
 use dfs_node::{metrics, FuseTimer};
 
@@ -52,6 +55,73 @@ impl DfsFs {
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             paths: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A FUSE session serving a [`DfsFs`]: mounted when made, unmounted when [`Session::run`]
+/// returns.
+pub(crate) struct Session(fuser::Session<DfsFs>);
+
+impl Session {
+    /// Mount `fs` at `mountpoint` (default permissions, no atime; `allow_other` lets other users
+    /// in) with `threads` threads serving requests.
+    pub(crate) fn mount(
+        fs: DfsFs,
+        mountpoint: &Path,
+        allow_other: bool,
+        threads: usize,
+    ) -> std::io::Result<Self> {
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName("dfs".into()),
+            fuser::MountOption::Subtype("dfs".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoAtime,
+        ];
+        if allow_other {
+            config.acl = fuser::SessionACL::All;
+        }
+        config.n_threads = Some(threads.max(1));
+        fuser::Session::new(fs, mountpoint, &config).map(Self)
+    }
+
+    /// Something another thread can unmount this session with (ending [`Session::run`]).
+    pub(crate) fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.0.unmount_callable())
+    }
+
+    /// Something another thread can make the kernel forget cached entries and inodes with.
+    pub(crate) fn invalidator(&self) -> Invalidator {
+        Invalidator(self.0.notifier())
+    }
+
+    /// Serve requests until the file system is unmounted.
+    pub(crate) fn run(self) -> std::io::Result<()> {
+        self.0.run()
+    }
+}
+
+/// Unmounts a [`Session`] from another thread.
+pub(crate) struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub(crate) fn unmount(&mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+/// Tells the kernel of a [`Session`] to drop what it caches of an entry or an inode.
+pub(crate) struct Invalidator(fuser::Notifier);
+
+impl Invalidator {
+    /// Send one invalidation; `ENOENT` means the kernel does not hold it.
+    pub(crate) fn invalidate(&self, inval: &Inval) -> std::io::Result<()> {
+        match inval {
+            Inval::Entry { parent, name } => self
+                .0
+                .inval_entry(INodeNo(parent.0), OsStr::from_bytes(name)),
+            Inval::Inode(ino) => self.0.inval_inode(INodeNo(ino.0), 0, 0),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! And the mounted volume: [`model`] (the types of every namespace), [`local`] (the own
 //! volume's inodes, directories and xattrs in RocksDB), [`shared`] (a shared volume), [`file`]
 //! (buffered file content over chunk trees), [`volume`] (open files, the operations), [`fuse`]
-//! (the adapter, the only module that imports fuser) and [`mount`] (mounting and unmounting).
+//! (the adapter and its session, the only module that imports fuser) and [`mount`] (mounting and
+//! unmounting, through `fuse::Session`).
 
 pub mod collect;
 pub mod crdt;

@@ -1,4 +1,4 @@
-//! Mounting a volume: checks on the mount point, the fuser session in the foreground, and a
+//! Mounting a volume: checks on the mount point, the FUSE session in the foreground, and a
 //! clean unmount on SIGINT/SIGTERM or `dfs umount` (every open file committed, everything
 //! synced).
 
@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dfs_node::{EventKind, KeyScope, Pipeline};
-use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::fuse::DfsFs;
+use crate::fuse::{DfsFs, Invalidator, Session, Unmounter};
 use crate::model::{Caller, FsError};
 use crate::quiesce::Requests;
 use crate::shared::{Inval, SharedNamespace};
@@ -156,21 +155,10 @@ pub fn mount(
         None => Volume::open(pipeline, owner)?,
     });
 
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("dfs".into()),
-        MountOption::Subtype("dfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    if options.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(options.threads.max(1));
     let requests = Arc::new(Requests::default());
     let fs = DfsFs::new(volume.clone(), requests.clone());
-    let mut session =
-        fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Mount {
+    let mut session = Session::mount(fs, mountpoint, options.allow_other, options.threads)
+        .map_err(|source| MountError::Mount {
             path: mountpoint.to_path_buf(),
             source,
         })?;
@@ -178,10 +166,15 @@ pub fn mount(
         set_read_ahead(mountpoint, options.read_ahead_kb);
     }
     let resender = match &options.shared {
-        Some(shared) => Some(follow_shared(shared, &session, volume.clone(), requests)?),
+        Some(shared) => Some(follow_shared(
+            shared,
+            session.invalidator(),
+            volume.clone(),
+            requests,
+        )?),
         None => None,
     };
-    let watcher = SignalWatcher::start(signals, session.unmount_callable());
+    let watcher = SignalWatcher::start(signals, session.unmounter());
     let at = mountpoint.display().to_string();
     let events = volume.repo.clone();
     events.record_event(EventKind::UserAction, &at, "mounted");
@@ -214,7 +207,7 @@ struct SignalWatcher {
 }
 
 impl SignalWatcher {
-    fn start(signals: UnmountSignals, mut unmounter: fuser::SessionUnmounter) -> Self {
+    fn start(signals: UnmountSignals, mut unmounter: Unmounter) -> Self {
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = ended.clone();
         let thread = std::thread::spawn(move || {
@@ -321,20 +314,13 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
 /// a little later ([`RESEND_AFTER`]).
 fn follow_shared(
     shared: &SharedNamespace,
-    session: &fuser::Session<DfsFs>,
+    invalidator: Invalidator,
     volume: Arc<Volume>,
     requests: Arc<Requests>,
 ) -> Result<std::thread::JoinHandle<()>, MountError> {
-    let notifier = session.notifier();
     let send = move |inval: &Inval| {
-        let done = match inval {
-            Inval::Entry { parent, name } => {
-                notifier.inval_entry(fuser::INodeNo(parent.0), std::ffi::OsStr::from_bytes(name))
-            }
-            Inval::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
-        };
         // ENOENT: the kernel does not hold it, which is fine.
-        if let Err(e) = done {
+        if let Err(e) = invalidator.invalidate(inval) {
             if e.raw_os_error() != Some(libc::ENOENT) {
                 tracing::debug!(?inval, error = %e, "kernel cache invalidation failed");
             }
