@@ -35,6 +35,7 @@ mod repo;
 mod shard;
 mod store;
 mod tree;
+mod users;
 mod volumes;
 mod workers;
 
@@ -65,6 +66,7 @@ pub use meta::{FsBatch, FsTable, MetaError, OwnerId};
 pub use pipeline::Pipeline;
 pub use repo::{GcError, GcReport, OpenError, PutSession, Repo, VOLUME_OWNER};
 pub use tree::{LeafWalker, TreeBuilder, TreeError};
+pub use users::{KdfParams, SealedUser, SessionInfo, Sessions, UserError, UserKey, UserStore};
 pub use workers::{wait_pending, ChunkWorkers, Pending};
 
 /// The signed op log of volumes and the hub that carries its ops between peers.
