@@ -240,8 +240,8 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _call = self.begin("lookup");
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _call = self.begin("lookup", req);
         let found = if read_only(parent, name) {
             self.dot.lookup(&self.vol, Ino(parent.0), name.as_bytes())
         } else {
@@ -250,8 +250,8 @@ impl Filesystem for DfsFs {
         self.entry(reply, found)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _call = self.begin("getattr");
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _call = self.begin("getattr", req);
         match self.attr_any(Ino(ino.0)) {
             Ok(inode) => reply.attr(&self.ttl, &attr(Ino(ino.0), &inode)),
             Err(e) => reply.error(errno(&e)),
@@ -295,8 +295,8 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _call = self.begin("readlink");
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _call = self.begin("readlink", req);
         match self.attr_any(Ino(ino.0)) {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -438,13 +438,13 @@ impl Filesystem for DfsFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _call = self.begin("link");
+        let _call = self.begin("link", req);
         if is_virtual(Ino(ino.0)) || read_only(newparent, newname) {
             return reply.error(Errno::EROFS);
         }
@@ -462,7 +462,7 @@ impl Filesystem for DfsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _call = self.begin("open");
+        let _call = self.begin("open", req);
         if is_virtual(Ino(ino.0)) {
             return if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
                 reply.error(Errno::EROFS)
@@ -497,7 +497,7 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _call = self.begin("read");
+        let _call = self.begin("read", req);
         let data = if is_virtual(Ino(ino.0)) {
             self.dot.read(&self.vol, Ino(ino.0), offset, size as usize)
         } else {
@@ -527,7 +527,7 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _call = self.begin("write");
+        let _call = self.begin("write", req);
         if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
@@ -543,13 +543,13 @@ impl Filesystem for DfsFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("flush");
+        let _call = self.begin("flush", req);
         if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
@@ -558,7 +558,7 @@ impl Filesystem for DfsFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
@@ -566,7 +566,7 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("release");
+        let _call = self.begin("release", req);
         if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
@@ -581,21 +581,21 @@ impl Filesystem for DfsFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("fsync");
+        let _call = self.begin("fsync", req);
         if is_virtual(Ino(ino.0)) {
             return reply.ok();
         }
         empty(reply, self.vol.flush(Ino(ino.0), true))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _call = self.begin("opendir");
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _call = self.begin("opendir", req);
         let listing = if is_virtual(Ino(ino.0)) {
             self.dot.list(&self.vol, Ino(ino.0))
         } else {
@@ -616,13 +616,13 @@ impl Filesystem for DfsFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _call = self.begin("readdir");
+        let _call = self.begin("readdir", req);
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -656,13 +656,13 @@ impl Filesystem for DfsFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _call = self.begin("readdirplus");
+        let _call = self.begin("readdirplus", req);
         let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -705,13 +705,13 @@ impl Filesystem for DfsFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("releasedir");
+        let _call = self.begin("releasedir", req);
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -721,18 +721,18 @@ impl Filesystem for DfsFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("fsyncdir");
+        let _call = self.begin("fsyncdir", req);
         empty(reply, self.vol.sync())
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _call = self.begin("statfs");
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _call = self.begin("statfs", req);
         match nix::sys::statvfs::statvfs(self.vol.repo.path()) {
             Ok(st) => {
                 let storage = &self.vol.repo.config().storage;
@@ -760,7 +760,7 @@ impl Filesystem for DfsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -768,7 +768,7 @@ impl Filesystem for DfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("setxattr");
+        let _call = self.begin("setxattr", req);
         if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
@@ -792,8 +792,8 @@ impl Filesystem for DfsFs {
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _call = self.begin("getxattr");
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _call = self.begin("getxattr", req);
         if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::ENODATA);
         }
@@ -809,8 +809,8 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _call = self.begin("listxattr");
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _call = self.begin("listxattr", req);
         if is_virtual(Ino(ino.0)) {
             return reply.size(0);
         }
@@ -833,8 +833,8 @@ impl Filesystem for DfsFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _call = self.begin("removexattr");
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _call = self.begin("removexattr", req);
         if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
@@ -846,8 +846,8 @@ impl Filesystem for DfsFs {
         )
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _call = self.begin("access");
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _call = self.begin("access", req);
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         match self.attr_any(Ino(ino.0)) {
             Ok(_) => reply.ok(),
@@ -901,7 +901,7 @@ impl Filesystem for DfsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -909,7 +909,7 @@ impl Filesystem for DfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _call = self.begin("fallocate");
+        let _call = self.begin("fallocate", req);
         if is_virtual(Ino(ino.0)) {
             return reply.error(Errno::EROFS);
         }
@@ -934,14 +934,14 @@ impl Filesystem for DfsFs {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _call = self.begin("lseek");
+        let _call = self.begin("lseek", req);
         match self.seek(Ino(ino.0), offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),
@@ -955,6 +955,8 @@ impl Filesystem for DfsFs {
 struct Call<'a> {
     _timer: FuseTimer,
     _active: Active<'a>,
+    /// The request's uid, acted for while the callback runs ([`crate::acting`]).
+    _acting: crate::acting::Scope,
 }
 
 /// Reply to a callback whose answer is nothing: ok, or the error's errno ([`errno`]).
@@ -966,17 +968,18 @@ fn empty(reply: ReplyEmpty, done: Result<(), FsError>) {
 }
 
 impl DfsFs {
-    /// Begin callback `op` (see [`Call`]).
-    fn begin(&self, op: &'static str) -> Call<'_> {
+    /// Begin callback `op` of `req` (see [`Call`]).
+    fn begin(&self, op: &'static str, req: &Request) -> Call<'_> {
         Call {
             _timer: FuseTimer::start(op),
             _active: self.requests.enter(),
+            _acting: crate::acting::scope(Some(req.uid())),
         }
     }
 
     /// Begin callback `op`, a change made by `req`'s user (counted for usage analytics).
     fn begin_change(&self, op: &'static str, req: &Request) -> Call<'_> {
-        let call = self.begin(op);
+        let call = self.begin(op, req);
         self.usage(req, None, false, 0, 0);
         call
     }

@@ -10,6 +10,7 @@
 //! (the adapter and its session, the only module that imports fuser) and [`mount`] (mounting and
 //! unmounting, through `fuse::Session`).
 
+pub mod acting;
 pub mod collect;
 pub mod crdt;
 pub mod dotdfs;

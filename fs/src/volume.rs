@@ -31,6 +31,9 @@ pub struct OpenFile {
     /// The version the buffered content started from (shared volumes: a concurrent write by
     /// another member becomes a conflict, not a silent overwrite).
     pub base: Base,
+    /// The uid that last opened the file: its content is committed as that uid's user
+    /// ([`crate::acting`]).
+    pub opener: Option<u32>,
 }
 
 /// One volume, ready to serve filesystem operations.
@@ -162,6 +165,7 @@ impl Volume {
                         written: false,
                         closed: false,
                         base: inode.base,
+                        opener: None,
                     }));
                     files.insert(ino, state.clone());
                     state
@@ -170,6 +174,9 @@ impl Volume {
             *lock(&self.opens).entry(ino).or_default() += 1;
             state
         };
+        if let Some(uid) = crate::acting::uid() {
+            lock(&state).opener = Some(uid);
+        }
         if truncate {
             let mut st = lock(&state);
             if st.content.size != 0 {
@@ -259,6 +266,7 @@ impl Volume {
     /// through), at the last release and at fsync, not at every flush: a shell's `echo x > f`
     /// flushes once with the file just truncated, and that is not a version anyone wants.
     fn commit(&self, ino: Ino, st: &mut OpenFile, durable: bool, version: bool) -> Result<()> {
+        let _acting = crate::acting::scope(st.opener.or(crate::acting::uid()));
         let blob = st.content.commit(self.io())?;
         let mtime = st.mtime.take();
         let record = version && (blob.is_some() || st.unversioned);

@@ -31,7 +31,8 @@ fn fixture() -> Fixture {
         .try_into_ed25519()
         .expect("an ed25519 key");
     let hub = Arc::new(OpsHub::new(repo.clone(), key));
-    let volume = dfs_node::volume::create(&hub, "team").expect("create volume");
+    let volume = dfs_node::volume::create(&hub, &dfs_node::ops::Acting::PEER, "team")
+        .expect("create volume");
     let (_, record) = dfs_node::volume::by_name(&hub, "team").expect("record");
     Fixture {
         repo,

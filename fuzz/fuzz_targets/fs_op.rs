@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             seq: u64::from(*seq),
             payload: data_payload(&key.seal(&VOLUME.0, plain)),
             signature: [0; 64],
+            user: None,
         };
         let Ok(Some(decoded)) = decode_op(&key, &op) else {
             continue;
@@ -55,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         seq: 1,
         payload: data_payload(&key.seal(&VOLUME.0, data)),
         signature: [0; 64],
+        user: None,
     };
     let _ = decode_op(&key, &whole);
     let raw = SignedOp {

@@ -53,7 +53,10 @@ pub use events::{Event, EventKind};
 pub use metrics::{metrics, FuseTimer};
 pub use net::{NodeStatus, PeerState, PeerView};
 // The control API's address file and request bodies, for its clients.
-pub use api::{ApiEndpoint, CreateVolume, Invitation, JoinVolume, API_FILE};
+pub use api::{
+    ApiEndpoint, CreateVolume, Invitation, JoinVolume, LoggedOut, Login, Logout, API_FILE,
+    UID_HEADER,
+};
 
 // A data directory and the chunks in it: open, store, read, check, collect.
 pub use blob::{
@@ -66,13 +69,18 @@ pub use meta::{FsBatch, FsTable, MetaError, OwnerId};
 pub use pipeline::Pipeline;
 pub use repo::{GcError, GcReport, OpenError, PutSession, Repo, VOLUME_OWNER};
 pub use tree::{LeafWalker, TreeBuilder, TreeError};
-pub use users::{KdfParams, SealedUser, SessionInfo, Sessions, UserError, UserKey, UserStore};
+pub use users::{
+    check_name as check_user_name, KdfParams, SealedUser, SessionInfo, Sessions, UserError,
+    UserKey, UserStore,
+};
 pub use workers::{wait_pending, ChunkWorkers, Pending};
 
 /// The signed op log of volumes and the hub that carries its ops between peers.
 pub mod ops {
-    pub use crate::net::sync::OpsHub;
-    pub use crate::oplog::{data_payload, AuthorId, Hlc, OpId, OpLog, Payload, SignedOp, VolumeId};
+    pub use crate::net::sync::{Acting, OpsHub};
+    pub use crate::oplog::{
+        data_payload, AuthorId, Hlc, OpId, OpLog, Payload, SignedOp, UserSignature, VolumeId,
+    };
 }
 
 /// The volumes this peer is a member of: create one, find one by name, list their records.

@@ -55,6 +55,7 @@ pub(crate) const CF_OPLOG: &str = "oplog";
 pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
 pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
 pub(crate) const CF_VOLUME_INVITES: &str = "volume_invites";
+pub(crate) const CF_VOLUME_DEVICES: &str = "volume_devices";
 pub(crate) const CF_VOLUMES: &str = "volumes";
 pub(crate) const CF_EVENTS: &str = "events";
 pub(crate) const CF_ANALYTICS: &str = "analytics";
@@ -229,6 +230,7 @@ impl MetaDb {
             CF_OPLOG_SEQ,
             CF_VOLUME_MEMBERS,
             CF_VOLUME_INVITES,
+            CF_VOLUME_DEVICES,
             CF_VOLUMES,
             CF_EVENTS,
             CF_ANALYTICS,

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::EventKind;
 use crate::meta::{MetaError, CF_VOLUMES};
-use crate::net::sync::{IngestError, OpsHub};
+use crate::net::sync::{Acting, IngestError, OpsHub};
 use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
-use crate::oplog::{OpLogError, SignedOp, VolumeId};
+use crate::oplog::{AuthorId, OpLogError, SignedOp, VolumeId};
 
 const RECORD_V1: u8 = 1;
 const TICKET_PREFIX: &str = "dfs-ticket-";
@@ -40,6 +40,10 @@ pub struct LogEntry {
     pub millis: u64,
     pub counter: u32,
     pub author: String,
+    /// The user who co-signed the op (hex key), if any: the op is that user's, made on the
+    /// `author` peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub seq: u64,
     /// `genesis`, `invite`, `join` or `data`.
     pub kind: String,
@@ -82,6 +86,8 @@ pub enum VolumeError {
     AlreadyMember(VolumeId, String),
     #[error("this peer has not been admitted to volume {0:?} yet: it waits for a member to sync")]
     NotYetMember(String),
+    #[error("{who} is not a member of volume {name:?}: log in as a member user (`dfs login`)")]
+    NotAMember { name: String, who: String },
     #[error("not a valid join ticket: {0}")]
     BadTicket(String),
     #[error("the volume table is corrupt: {0}")]
@@ -198,12 +204,21 @@ fn name_free(hub: &OpsHub, name: &str) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Create a volume named `name` with this peer as its first member.
-pub fn create(hub: &OpsHub, name: &str) -> Result<VolumeId, VolumeError> {
+/// Who `acting` is in a volume's membership: the user, or this peer when no user acts.
+fn principal(hub: &OpsHub, acting: &Acting) -> AuthorId {
+    acting.user().map_or(hub.author(), |u| u.id())
+}
+
+/// Create a volume named `name` with `acting` (a user, or this peer) as its first member.
+pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, VolumeError> {
     name_free(hub, name)?;
     let nonce: [u8; 16] = rand::random();
-    let volume = volume_id_of(&hub.author(), &nonce);
-    hub.commit(&volume, control_payload(&Control::Genesis { nonce }))?;
+    let volume = volume_id_of(&principal(hub, acting), &nonce);
+    hub.commit(
+        acting,
+        &volume,
+        control_payload(&Control::Genesis { nonce }),
+    )?;
     let record = VolumeRecord {
         name: name.to_string(),
         secret: rand::random(),
@@ -219,13 +234,28 @@ pub fn create(hub: &OpsHub, name: &str) -> Result<VolumeId, VolumeError> {
 }
 
 /// A ticket that lets its holder join volume `name`, dialling `addrs` to reach this peer.
-pub fn invite(hub: &OpsHub, name: &str, addrs: Vec<String>) -> Result<Ticket, VolumeError> {
+pub fn invite(
+    hub: &OpsHub,
+    acting: &Acting,
+    name: &str,
+    addrs: Vec<String>,
+) -> Result<Ticket, VolumeError> {
     let (volume, record) = by_name(hub, name)?;
-    if !hub.oplog().is_member(&volume, &hub.author())? {
+    if !hub.is_in(&volume)? {
         return Err(VolumeError::NotYetMember(name.to_string()));
+    }
+    if !hub.oplog().is_member(&volume, &principal(hub, acting))? {
+        return Err(VolumeError::NotAMember {
+            name: name.to_string(),
+            who: match acting.user() {
+                Some(user) => format!("user {}", user.name()),
+                None => "this peer (no user logged in)".to_string(),
+            },
+        });
     }
     let invite = libp2p::identity::ed25519::Keypair::generate();
     hub.commit(
+        acting,
         &volume,
         control_payload(&Control::Invite {
             invite: invite.public().to_bytes(),
@@ -249,7 +279,12 @@ pub fn invite(hub: &OpsHub, name: &str, addrs: Vec<String>) -> Result<Ticket, Vo
 
 /// Join the volume of `ticket` under `name` (default: the ticket's). The join op is kept here
 /// and handed to members with every pull until one takes it ([`pending_join`]).
-pub fn join(hub: &OpsHub, ticket: &Ticket, name: Option<&str>) -> Result<VolumeId, VolumeError> {
+pub fn join(
+    hub: &OpsHub,
+    acting: &Acting,
+    ticket: &Ticket,
+    name: Option<&str>,
+) -> Result<VolumeId, VolumeError> {
     let name = name.unwrap_or(&ticket.name);
     let volume = ticket.volume;
     if let Some((_, r)) = records(hub)?.into_iter().find(|(id, _)| *id == volume) {
@@ -260,12 +295,12 @@ pub fn join(hub: &OpsHub, ticket: &Ticket, name: Option<&str>) -> Result<VolumeI
     let invite = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut secret)
         .map(libp2p::identity::ed25519::Keypair::from)
         .map_err(|e| VolumeError::BadTicket(format!("bad invitation key ({e})")))?;
-    let me = hub.author();
+    let me = principal(hub, acting);
     let control = Control::Join {
         invite: invite.public().to_bytes(),
         proof: join_proof(&invite, &volume, &me),
     };
-    let op = hub.sign_unlogged(&volume, control_payload(&control))?;
+    let op = hub.sign_unlogged(acting, &volume, control_payload(&control))?;
     let record = VolumeRecord {
         name: name.to_string(),
         secret: ticket.secret,
@@ -282,11 +317,7 @@ pub fn join(hub: &OpsHub, ticket: &Ticket, name: Option<&str>) -> Result<VolumeI
 
 /// This peer's join op of `volume`, while it is not a member there yet.
 pub fn pending_join(hub: &OpsHub, volume: &VolumeId) -> Option<SignedOp> {
-    if hub
-        .oplog()
-        .is_member(volume, &hub.author())
-        .unwrap_or(false)
-    {
+    if hub.is_in(volume).unwrap_or(false) {
         return None;
     }
     let bytes = hub.oplog().db().cf_get(CF_VOLUMES, &volume.0).ok()??;
@@ -333,6 +364,7 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                 millis: op.id.hlc.millis,
                 counter: op.id.hlc.counter,
                 author: op.id.author.to_string(),
+                user: op.user.map(|u| u.user.to_string()),
                 seq: op.seq,
                 kind: kind.into(),
                 data,
@@ -352,7 +384,7 @@ pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
                 name: r.name,
                 members: hub.oplog().members(&id)?.len(),
                 ops: hub.oplog().len(&id)?,
-                joined: hub.oplog().is_member(&id, &hub.author())?,
+                joined: hub.is_in(&id)?,
             })
         })
         .collect()

@@ -47,11 +47,19 @@ fn api_call<T: serde::de::DeserializeOwned>(
         .build()
         .into();
     let auth = format!("Bearer {}", endpoint.token);
+    // The peer acts as the user logged in for this uid (`dfs login`), if any.
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() }.to_string();
     let sent = match post {
-        None => agent.get(&url).header("Authorization", &auth).call(),
+        None => agent
+            .get(&url)
+            .header("Authorization", &auth)
+            .header(dfs_node::UID_HEADER, &uid)
+            .call(),
         Some(body) => agent
             .post(&url)
             .header("Authorization", &auth)
+            .header(dfs_node::UID_HEADER, &uid)
             .content_type("application/json")
             .send(body.as_bytes()),
     };
@@ -76,7 +84,12 @@ fn api_call<T: serde::de::DeserializeOwned>(
             .ok()
             .and_then(|v| v.get("error")?.as_str().map(String::from))
             .unwrap_or(body);
-        bail!("the peer's API answered {status}: {message}");
+        let message = format!("the peer's API answered {status}: {message}");
+        // A refusal of what was asked (4xx) is the user's to fix; anything else failed.
+        if status.is_client_error() {
+            return Err(crate::BadInput(message).into());
+        }
+        bail!(message);
     }
     serde_json::from_str(&body).with_context(|| format!("unexpected answer from {url}"))
 }

@@ -277,6 +277,35 @@ itself when dfs opens a data directory after an interrupted put."
         #[command(subcommand)]
         command: crate::volume::VolumeCommand,
     },
+    /// Make, list, export and import users (people, apart from this peer's key)
+    User {
+        #[command(subcommand)]
+        command: crate::user::UserCommand,
+    },
+    /// Log a user in on the running peer: the ops of this uid are signed as the user's
+    Login {
+        /// The user (see `dfs user list`)
+        name: String,
+        /// Log in for this uid instead of your own (root only): the mount signs its ops
+        #[arg(long)]
+        uid: Option<u32>,
+        #[command(flatten)]
+        passphrase: crate::user::PassphraseArgs,
+    },
+    /// Log the user of this uid out of the running peer
+    Logout {
+        /// Log out this uid instead of your own (root only)
+        #[arg(long)]
+        uid: Option<u32>,
+    },
+    /// Show which user this uid acts as on the running peer
+    Whoami {
+        /// Every logged-in user of the peer
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show usage analytics: the most read files and the users of the mount
     Stats {
         /// How many of the most read files to show
@@ -665,6 +694,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Cache { command } => crate::cache::run(&data_dir(args.data)?, command),
         Command::Volume { command } => crate::volume::run(&data_dir(args.data)?, command),
+        Command::User { command } => crate::user::run(&data_dir(args.data)?, command),
+        Command::Login {
+            name,
+            uid,
+            passphrase,
+        } => crate::user::login(&data_dir(args.data)?, name, uid, &passphrase),
+        Command::Logout { uid } => crate::user::logout(&data_dir(args.data)?, uid),
+        Command::Whoami { all, json } => crate::user::whoami(&data_dir(args.data)?, all, json),
         Command::Stats { top, json } => crate::stats::run(&data_dir(args.data)?, top, json),
         Command::Events {
             since,

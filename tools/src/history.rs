@@ -14,7 +14,7 @@
 //! tracked here are a plain last-writer-wins reading of it: a delete that lost against a
 //! concurrent edit (and so did nothing) is still shown as a delete.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -43,8 +43,11 @@ pub struct HistoryLine {
     /// The op's clock time, UTC.
     pub time: String,
     pub millis: u64,
-    /// The author's key, hex.
+    /// The author's key, hex: the peer that made the op.
     pub author: String,
+    /// The user who signed the op along with the peer (hex key), if any: the op is theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The author's sequence number of the op.
     pub seq: u64,
     /// A one-word kind: create, rename, delete, write, chmod, chown, touch, setattr,
@@ -151,6 +154,7 @@ impl Describer {
             time: utc(entry.millis),
             millis: entry.millis,
             author: entry.author.clone(),
+            user: entry.user.clone(),
             seq: entry.seq,
             op,
             detail,
@@ -397,27 +401,55 @@ pub fn history_of(entries: &[LogEntry], node: NodeId) -> Vec<HistoryLine> {
     out
 }
 
-/// Print lines as a table: time, author (first 8 hex digits), what happened, version.
-pub fn print_lines(lines: &[HistoryLine]) {
+/// Print lines as a table: time, author, what happened, version. The author is the user who
+/// signed (by name where `names`, user key to name, knows it, with the first 8 hex digits of
+/// the key), or else the peer (first 8 hex digits).
+pub fn print_lines(lines: &[HistoryLine], names: &BTreeMap<String, String>) {
     let width = lines
         .iter()
         .map(|l| l.detail.chars().count())
         .max()
         .unwrap_or(0)
         .clamp(6, 72);
+    let authors: Vec<String> = lines.iter().map(|l| author_label(l, names)).collect();
+    let author_width = authors
+        .iter()
+        .map(|a| a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<30}  {:<8}  {:<width$}  VERSION",
+        "{:<30}  {:<author_width$}  {:<width$}  VERSION",
         "TIME (UTC)", "AUTHOR", "CHANGE"
     );
-    for l in lines {
+    for (l, author) in lines.iter().zip(&authors) {
         println!(
-            "{:<30}  {:<8}  {:<width$}  {}",
-            l.time,
-            short(&l.author),
-            l.detail,
-            l.version
+            "{:<30}  {:<author_width$}  {:<width$}  {}",
+            l.time, author, l.detail, l.version
         );
     }
+}
+
+/// Who made an op, for people: `alice (1a2b3c4d)` for a user known here, `user 1a2b3c4d` for
+/// one that is not, the peer's short key for an op no user signed.
+fn author_label(line: &HistoryLine, names: &BTreeMap<String, String>) -> String {
+    match &line.user {
+        Some(user) => match names.get(user) {
+            Some(name) => format!("{name} ({})", short(user)),
+            None => format!("user {}", short(user)),
+        },
+        None => short(&line.author).to_string(),
+    }
+}
+
+/// The users of this data directory, key (hex) to name, for [`print_lines`].
+pub fn local_user_names(data: &Path) -> BTreeMap<String, String> {
+    dfs_node::UserStore::new(data)
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.id().to_string(), u.name().to_string()))
+        .collect()
 }
 
 /// `dfs log PATH`.
@@ -492,7 +524,7 @@ pub fn run(data: &Path, path: &Path, json: bool, limit: Option<usize>) -> Result
             path.display()
         );
     } else {
-        print_lines(&lines);
+        print_lines(&lines, &local_user_names(data));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -592,6 +624,7 @@ mod tests {
             millis,
             counter: 0,
             author: author(a).to_string(),
+            user: None,
             seq,
             kind: "data".into(),
             data: dfs_placement::ids::to_hex(&bytes),
@@ -864,6 +897,7 @@ mod tests {
             millis: 5,
             counter: 2,
             author: "c0ffee".repeat(10) + "abcd",
+            user: None,
             seq: 1,
             kind: kind.into(),
             data: data.into(),

@@ -32,6 +32,7 @@ mod stats;
 mod status;
 mod top;
 mod units;
+mod user;
 mod volume;
 
 /// Keep memory that the process frees for its next allocations instead of handing it back to
@@ -82,10 +83,27 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dfs: error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.chain().any(|cause| cause.is::<BadInput>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// An error in what the user gave (a wrong passphrase, an unknown user, a malformed ticket, a
+/// request the peer's API refused as bad): `dfs` exits with status 2 for it, 1 for failures.
+#[derive(Debug)]
+pub(crate) struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
 
 /// The error and its causes on one line, skipping causes whose text the message already holds
 /// (many errors quote their source).

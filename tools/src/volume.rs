@@ -107,7 +107,7 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                crate::history::print_lines(&lines);
+                crate::history::print_lines(&lines, &crate::history::local_user_names(data));
             }
         }
         VolumeCommand::Join { ticket, name } => {

@@ -432,10 +432,13 @@ impl SharedNamespace {
         let sealed = self.inner.key.seal(&self.inner.volume.0, &plain);
         // Appended without waiting for the disk, like the own volume's metadata: the
         // publisher thread syncs and gossips it within moments, and fsync(2) syncs at once.
-        let signed = self
-            .inner
-            .hub
-            .commit_deferred(&self.inner.volume, data_payload(&sealed))
+        let hub = &self.inner.hub;
+        let signed = hub
+            .commit_deferred(
+                &hub.acting(crate::acting::uid()),
+                &self.inner.volume,
+                data_payload(&sealed),
+            )
             .map_err(|e| FsError::Corrupt(format!("appending to the volume's op log: {e}")))?;
         st.seen.mark(signed.id.author, signed.seq);
         let stamp = Stamp {

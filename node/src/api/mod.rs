@@ -5,7 +5,10 @@
 //! are written to `DATA/api.json` (mode 0600) once the listener is bound, so a CLI that can read
 //! the data directory finds the running peer; the file is removed at shutdown.
 
+mod users;
 mod volumes;
+
+pub use users::{LoggedOut, Login, Logout, UID_HEADER};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,6 +124,7 @@ impl From<crate::volumes::VolumeError> for ApiError {
             V::NameTaken(_) | V::AlreadyMember(..) => StatusCode::CONFLICT,
             V::Unknown(_) => StatusCode::NOT_FOUND,
             V::BadName(_) | V::BadTicket(_) | V::NotYetMember(_) => StatusCode::BAD_REQUEST,
+            V::NotAMember { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -160,7 +164,8 @@ async fn create_volume(
     Json(body): Json<CreateVolume>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    let info = volumes::create_on(&state.network, body.name).await?;
+    let uid = users::uid_of(&headers)?;
+    let info = volumes::create_on(&state.network, uid, body.name).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -170,7 +175,8 @@ async fn invite_volume(
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    let ticket = volumes::invite_on(&state.network, name).await?;
+    let uid = users::uid_of(&headers)?;
+    let ticket = volumes::invite_on(&state.network, uid, name).await?;
     Ok(Json(Invitation {
         ticket: ticket.encode(),
     }))
@@ -183,7 +189,8 @@ async fn join_volume(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let ticket = crate::volumes::Ticket::decode(&body.ticket)?;
-    let info = volumes::join_on(&state.network, ticket, body.name).await?;
+    let uid = users::uid_of(&headers)?;
+    let info = volumes::join_on(&state.network, uid, ticket, body.name).await?;
     Ok(Json(info))
 }
 
@@ -270,6 +277,32 @@ async fn stats(
     Ok(Json(report))
 }
 
+async fn login(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<Login>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(users::login(&state.network, body).await?))
+}
+
+async fn logout(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<Logout>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(users::logout(&state.network, body.uid)))
+}
+
+async fn sessions(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(users::sessions(&state.network)))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -291,6 +324,9 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/volumes/join", post(join_volume))
         .route("/v1/volumes/{name}/invite", post(invite_volume))
         .route("/v1/volumes/{name}/log", get(volume_log))
+        .route("/v1/login", post(login))
+        .route("/v1/logout", post(logout))
+        .route("/v1/sessions", get(sessions))
         .fallback(not_found)
         .with_state(ApiState {
             network,

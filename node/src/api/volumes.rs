@@ -30,27 +30,41 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// [`volumes::create`] on a running peer, which then follows the new volume.
-pub async fn create_on(net: &Network, name: String) -> Result<VolumeInfo, ApiError> {
-    let volume = blocking(net, move |hub| volumes::create(hub, &name)).await?;
+pub async fn create_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+) -> Result<VolumeInfo, ApiError> {
+    let volume = blocking(net, move |hub| {
+        volumes::create(hub, &hub.acting(uid), &name)
+    })
+    .await?;
     net.follow_volume(volume).await.map_err(failed)?;
     info_of(net, volume).await
 }
 
 /// [`volumes::invite`] on a running peer: the ticket names the addresses it listens on.
-pub async fn invite_on(net: &Network, name: String) -> Result<Ticket, ApiError> {
+pub async fn invite_on(net: &Network, uid: Option<u32>, name: String) -> Result<Ticket, ApiError> {
     let addrs = net.status().await.map_err(failed)?.addresses;
-    blocking(net, move |hub| volumes::invite(hub, &name, addrs)).await
+    blocking(net, move |hub| {
+        volumes::invite(hub, &hub.acting(uid), &name, addrs)
+    })
+    .await
 }
 
 /// [`volumes::join`] on a running peer: it follows the volume and dials the ticket's addresses; the
 /// first member reached takes the join and sends the volume's ops.
 pub async fn join_on(
     net: &Network,
+    uid: Option<u32>,
     ticket: Ticket,
     name: Option<String>,
 ) -> Result<VolumeInfo, ApiError> {
     let addrs = ticket.addrs.clone();
-    let volume = blocking(net, move |hub| volumes::join(hub, &ticket, name.as_deref())).await?;
+    let volume = blocking(net, move |hub| {
+        volumes::join(hub, &hub.acting(uid), &ticket, name.as_deref())
+    })
+    .await?;
     net.follow_volume(volume).await.map_err(failed)?;
     for addr in addrs {
         match addr.parse() {

@@ -435,9 +435,10 @@ impl Network {
     ) -> Result<crate::oplog::SignedOp, sync::IngestError> {
         let hub = Arc::clone(&self.hub);
         let payload = crate::oplog::data_payload(&payload);
-        let op = tokio::task::spawn_blocking(move || hub.commit(&volume, payload))
-            .await
-            .map_err(|e| sync::IngestError::Task(e.to_string()))??;
+        let op =
+            tokio::task::spawn_blocking(move || hub.commit(&sync::Acting::PEER, &volume, payload))
+                .await
+                .map_err(|e| sync::IngestError::Task(e.to_string()))??;
         // A stopped peer cannot gossip; the op is in the log and anti-entropy carries it.
         let _ = self.commands.send(Command::PublishOp(op.clone())).await;
         Ok(op)

@@ -104,6 +104,8 @@ pub struct OpsHub {
     oplog: OpLog<Arc<Repo>>,
     key: libp2p::identity::ed25519::Keypair,
     author: AuthorId,
+    /// The users logged in on this peer: ops made for one of their uids are co-signed.
+    sessions: Arc<crate::users::Sessions>,
     /// Held across clock tick, seq choice, signing and append, so two local ops never take
     /// the same seq.
     clock: Mutex<HlcClock>,
@@ -117,6 +119,21 @@ impl std::fmt::Debug for OpsHub {
         f.debug_struct("OpsHub")
             .field("author", &self.author)
             .finish_non_exhaustive()
+    }
+}
+
+/// On whose behalf this peer signs an op ([`OpsHub::acting`]): a logged-in user, who
+/// co-signs, or nobody (the peer alone).
+#[derive(Debug, Clone, Default)]
+pub struct Acting(Option<Arc<crate::users::UserKey>>);
+
+impl Acting {
+    /// The peer alone.
+    pub const PEER: Acting = Acting(None);
+
+    /// The user's name and key, if a user acts.
+    pub fn user(&self) -> Option<&crate::users::UserKey> {
+        self.0.as_deref()
     }
 }
 
@@ -143,6 +160,7 @@ impl OpsHub {
             repo,
             key,
             author,
+            sessions: Arc::default(),
             clock: Mutex::new(HlcClock::new()),
             followers: Mutex::new(HashMap::new()),
             unsynced: std::sync::atomic::AtomicBool::new(false),
@@ -160,6 +178,22 @@ impl OpsHub {
     /// The key this peer signs ops with (its identity key).
     pub fn author(&self) -> AuthorId {
         self.author
+    }
+
+    /// The users logged in on this peer.
+    pub fn sessions(&self) -> &Arc<crate::users::Sessions> {
+        &self.sessions
+    }
+
+    /// Who an op made now for the local `uid` is made by: its logged-in user, else (no uid,
+    /// or nobody logged in for it) this peer.
+    pub fn acting(&self, uid: Option<u32>) -> Acting {
+        Acting(uid.and_then(|uid| self.sessions.user_of(uid)))
+    }
+
+    /// Whether this peer holds `volume` as a member: itself, or through a user it acts for.
+    pub fn is_in(&self, volume: &VolumeId) -> Result<bool, OpLogError> {
+        self.oplog.may_sync(volume, &self.author)
     }
 
     fn clock(&self) -> MutexGuard<'_, HlcClock> {
@@ -187,11 +221,16 @@ impl OpsHub {
 
     /// Sign `payload` as this peer's next op on `volume`, append it, and hand it to the
     /// volume's followers. The caller publishes it ([`super::Network::publish_op`]).
-    pub fn commit(&self, volume: &VolumeId, payload: Vec<u8>) -> Result<SignedOp, IngestError> {
+    pub fn commit(
+        &self,
+        acting: &Acting,
+        volume: &VolumeId,
+        payload: Vec<u8>,
+    ) -> Result<SignedOp, IngestError> {
         let op = {
             // Held from the seq choice to the append: two local ops never take one seq.
             let mut clock = self.clock();
-            let op = self.sign_next(&mut clock, volume, payload)?;
+            let op = self.sign_next(&mut clock, acting, volume, payload)?;
             self.oplog.append(&op)?;
             op
         };
@@ -206,12 +245,13 @@ impl OpsHub {
     /// answered only after a sync for that reason.
     pub fn commit_deferred(
         &self,
+        acting: &Acting,
         volume: &VolumeId,
         payload: Vec<u8>,
     ) -> Result<SignedOp, IngestError> {
         let op = {
             let mut clock = self.clock();
-            let op = self.sign_next(&mut clock, volume, payload)?;
+            let op = self.sign_next(&mut clock, acting, volume, payload)?;
             self.oplog.append_with(&op, false)?;
             self.unsynced
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -238,16 +278,18 @@ impl OpsHub {
     /// which only a member can take).
     pub(crate) fn sign_unlogged(
         &self,
+        acting: &Acting,
         volume: &VolumeId,
         payload: Vec<u8>,
     ) -> Result<SignedOp, IngestError> {
         let mut clock = self.clock();
-        self.sign_next(&mut clock, volume, payload)
+        self.sign_next(&mut clock, acting, volume, payload)
     }
 
     fn sign_next(
         &self,
         clock: &mut HlcClock,
+        acting: &Acting,
         volume: &VolumeId,
         payload: Vec<u8>,
     ) -> Result<SignedOp, IngestError> {
@@ -259,7 +301,10 @@ impl OpsHub {
         }
         let hlc = clock.tick(physical_now_ms());
         let seq = self.oplog.next_seq(volume, &self.author)?;
-        Ok(SignedOp::sign(&self.key, *volume, hlc, seq, payload)?)
+        let user = acting.0.as_deref().map(crate::users::UserKey::keypair);
+        Ok(SignedOp::sign_as(
+            &self.key, user, *volume, hlc, seq, payload,
+        )?)
     }
 
     /// Take an encoded op a peer sent for `volume`: decode, check its clock is not too far
@@ -316,7 +361,7 @@ impl OpsHub {
         let Some(author) = author_of(peer) else {
             return SyncResponse::Refused(SyncRefusal::NotMember);
         };
-        match self.oplog.is_member(volume, &author) {
+        match self.oplog.may_sync(volume, &author) {
             Ok(true) => {}
             Ok(false) => return SyncResponse::Refused(SyncRefusal::NotMember),
             Err(e) => {

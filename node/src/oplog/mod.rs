@@ -32,5 +32,5 @@ pub mod store;
 
 pub use control::{data_payload, Payload};
 pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock};
-pub use op::{AuthorId, OpError, OpId, SignedOp, VolumeId, MAX_ENCODED};
+pub use op::{AuthorId, OpError, OpId, SignedOp, UserSignature, VolumeId, MAX_ENCODED};
 pub use store::{Appended, OpLog, OpLogError};

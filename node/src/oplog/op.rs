@@ -16,8 +16,15 @@ use super::hlc::Hlc;
 /// Prefix of every signed message, so an op signature can never be mistaken for a signature
 /// of anything else made with the same key (the key is also the peer's libp2p identity).
 const SIGN_DOMAIN: &[u8] = b"dfs/op/v1";
-/// First byte of [`SignedOp::to_bytes`].
+/// Prefix of the signed message of an op that a user co-signs (it names the user, so the
+/// peer's signature cannot be moved to another user's op).
+const SIGN_DOMAIN_V2: &[u8] = b"dfs/op/v2";
+/// Prefix of what a user signs: the op's signed message, under the user's own domain.
+const USER_SIGN_DOMAIN: &[u8] = b"dfs/op-user/v1";
+/// First byte of [`SignedOp::to_bytes`]: an op signed by its author (a peer) only.
 const FORMAT_V1: u8 = 1;
+/// First byte of [`SignedOp::to_bytes`]: an op also signed by a user.
+const FORMAT_V2: u8 = 2;
 /// The largest payload an op may carry. Large data (file content, chunk lists) goes into
 /// chunks; an op names them.
 pub const MAX_PAYLOAD: usize = 64 << 10;
@@ -148,6 +155,18 @@ pub struct SignedOp {
     pub payload: Vec<u8>,
     /// Ed25519 signature by `id.author` of [`SignedOp::signed_message`].
     pub signature: [u8; 64],
+    /// The user on whose behalf the author (a peer, a device of the user) made the op, and
+    /// that user's signature. Membership and roles are the user's; sequence numbers and
+    /// clocks stay the author's, so two devices of one user never take one seq.
+    pub user: Option<UserSignature>,
+}
+
+/// A user's signature on an op ([`SignedOp::user`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UserSignature {
+    pub user: AuthorId,
+    /// Ed25519 signature by `user` of [`USER_SIGN_DOMAIN`] and [`SignedOp::signed_message`].
+    pub signature: [u8; 64],
 }
 
 impl fmt::Debug for SignedOp {
@@ -157,6 +176,7 @@ impl fmt::Debug for SignedOp {
             .field("id", &self.id)
             .field("seq", &self.seq)
             .field("payload_len", &self.payload.len())
+            .field("user", &self.user.map(|u| u.user))
             .finish_non_exhaustive()
     }
 }
@@ -171,6 +191,8 @@ pub enum OpError {
         id: OpId,
         seq: u64,
     },
+    #[error("bad user signature on op {id} (seq {seq}) by user {user}")]
+    BadUserSignature { user: AuthorId, id: OpId, seq: u64 },
     #[error("author {author} is not a valid Ed25519 public key: {detail}")]
     BadAuthorKey { author: AuthorId, detail: String },
     #[error("op {id} has sequence number 0; sequences start at 1")]
@@ -197,10 +219,40 @@ struct WireV1<'a> {
     signature: [u8; 64],
 }
 
+/// The encoded form, version 2 (after the version byte): version 1 and the user's half.
+#[derive(Serialize, Deserialize)]
+struct WireV2<'a> {
+    volume: [u8; 16],
+    millis: u64,
+    counter: u32,
+    author: [u8; 32],
+    user: [u8; 32],
+    seq: u64,
+    #[serde(with = "serde_bytes", borrow)]
+    payload: std::borrow::Cow<'a, [u8]>,
+    #[serde(with = "serde_bytes")]
+    signature: [u8; 64],
+    #[serde(with = "serde_bytes")]
+    user_signature: [u8; 64],
+}
+
 impl SignedOp {
     /// Make and sign an op as the holder of `key`.
     pub fn sign(
         key: &ed25519::Keypair,
+        volume: VolumeId,
+        hlc: Hlc,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<SignedOp, OpError> {
+        Self::sign_as(key, None, volume, hlc, seq, payload)
+    }
+
+    /// Make an op as the holder of `key` (the author: a peer) on behalf of `user`, signed by
+    /// both when there is a user.
+    pub fn sign_as(
+        key: &ed25519::Keypair,
+        user: Option<&ed25519::Keypair>,
         volume: VolumeId,
         hlc: Hlc,
         seq: u64,
@@ -215,12 +267,26 @@ impl SignedOp {
             seq,
             payload,
             signature: [0; 64],
+            user: user.map(|u| UserSignature {
+                user: AuthorId::of(&u.public()),
+                signature: [0; 64],
+            }),
         };
         op.check_fields()?;
-        let signature = key.sign(&op.signed_message());
+        let message = op.signed_message();
         // An Ed25519 signature is always 64 bytes.
-        op.signature.copy_from_slice(&signature);
+        op.signature.copy_from_slice(&key.sign(&message));
+        if let (Some(user_key), Some(user)) = (user, op.user.as_mut()) {
+            user.signature
+                .copy_from_slice(&user_key.sign(&user_message(&message)));
+        }
         Ok(op)
+    }
+
+    /// Who made the op: its user where a user signed it, else its author (a peer). Membership
+    /// and roles are checked against this.
+    pub fn principal(&self) -> AuthorId {
+        self.user.map_or(self.id.author, |u| u.user)
     }
 
     pub fn author(&self) -> AuthorId {
@@ -229,30 +295,47 @@ impl SignedOp {
 
     /// What the signature covers: a domain prefix, then every field but the signature, the
     /// fixed-size ones first so the payload needs no length.
+    /// With a user, the domain is version 2's and the user's key follows the author's.
     pub fn signed_message(&self) -> Vec<u8> {
-        let mut msg = Vec::with_capacity(SIGN_DOMAIN.len() + 16 + 12 + 32 + 8 + self.payload.len());
-        msg.extend_from_slice(SIGN_DOMAIN);
+        let mut msg = Vec::with_capacity(SIGN_DOMAIN.len() + 16 + 12 + 64 + 8 + self.payload.len());
+        msg.extend_from_slice(match self.user {
+            None => SIGN_DOMAIN,
+            Some(_) => SIGN_DOMAIN_V2,
+        });
         msg.extend_from_slice(&self.volume.0);
         msg.extend_from_slice(&self.id.hlc.to_be_bytes());
         msg.extend_from_slice(&self.id.author.0);
+        if let Some(user) = &self.user {
+            msg.extend_from_slice(&user.user.0);
+        }
         msg.extend_from_slice(&self.seq.to_be_bytes());
         msg.extend_from_slice(&self.payload);
         msg
     }
 
-    /// Check the fields and the author's signature.
+    /// Check the fields, the author's signature and the user's, if any.
     pub fn verify(&self) -> Result<(), OpError> {
         self.check_fields()?;
         let key = self.id.author.public_key()?;
-        if key.verify(&self.signed_message(), &self.signature) {
-            Ok(())
-        } else {
-            Err(OpError::BadSignature {
+        let message = self.signed_message();
+        if !key.verify(&message, &self.signature) {
+            return Err(OpError::BadSignature {
                 author: self.id.author,
                 id: self.id,
                 seq: self.seq,
-            })
+            });
         }
+        if let Some(user) = &self.user {
+            let key = user.user.public_key()?;
+            if !key.verify(&user_message(&message), &user.signature) {
+                return Err(OpError::BadUserSignature {
+                    user: user.user,
+                    id: self.id,
+                    seq: self.seq,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_fields(&self) -> Result<(), OpError> {
@@ -271,6 +354,24 @@ impl SignedOp {
     /// The one byte form of this op, for the wire and the disk: a format version byte, then
     /// postcard.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 260);
+        if let Some(user) = &self.user {
+            let wire = WireV2 {
+                volume: self.volume.0,
+                millis: self.id.hlc.millis,
+                counter: self.id.hlc.counter,
+                author: self.id.author.0,
+                user: user.user.0,
+                seq: self.seq,
+                payload: std::borrow::Cow::Borrowed(&self.payload),
+                signature: self.signature,
+                user_signature: user.signature,
+            };
+            out.push(FORMAT_V2);
+            // Serialising into a Vec cannot fail: no maps, no unsized sequences.
+            out.extend(postcard::to_stdvec(&wire).unwrap_or_default());
+            return out;
+        }
         let wire = WireV1 {
             volume: self.volume.0,
             millis: self.id.hlc.millis,
@@ -280,7 +381,6 @@ impl SignedOp {
             payload: std::borrow::Cow::Borrowed(&self.payload),
             signature: self.signature,
         };
-        let mut out = Vec::with_capacity(self.payload.len() + 160);
         out.push(FORMAT_V1);
         // Serialising into a Vec cannot fail: no maps, no unsized sequences.
         out.extend(postcard::to_stdvec(&wire).unwrap_or_default());
@@ -297,24 +397,47 @@ impl SignedOp {
                 max: MAX_ENCODED,
             });
         }
-        let rest = match bytes.split_first() {
-            Some((&FORMAT_V1, rest)) => rest,
+        let at = |volume, millis, counter, author| {
+            (
+                VolumeId(volume),
+                OpId {
+                    hlc: Hlc { millis, counter },
+                    author: AuthorId(author),
+                },
+            )
+        };
+        let op = match bytes.split_first() {
+            Some((&FORMAT_V1, rest)) => {
+                let w: WireV1<'_> =
+                    postcard::from_bytes(rest).map_err(|e| malformed(e.to_string()))?;
+                let (volume, id) = at(w.volume, w.millis, w.counter, w.author);
+                SignedOp {
+                    volume,
+                    id,
+                    seq: w.seq,
+                    payload: w.payload.into_owned(),
+                    signature: w.signature,
+                    user: None,
+                }
+            }
+            Some((&FORMAT_V2, rest)) => {
+                let w: WireV2<'_> =
+                    postcard::from_bytes(rest).map_err(|e| malformed(e.to_string()))?;
+                let (volume, id) = at(w.volume, w.millis, w.counter, w.author);
+                SignedOp {
+                    volume,
+                    id,
+                    seq: w.seq,
+                    payload: w.payload.into_owned(),
+                    signature: w.signature,
+                    user: Some(UserSignature {
+                        user: AuthorId(w.user),
+                        signature: w.user_signature,
+                    }),
+                }
+            }
             Some((&version, _)) => return Err(OpError::UnknownVersion { version }),
             None => return Err(malformed("empty".into())),
-        };
-        let wire: WireV1<'_> = postcard::from_bytes(rest).map_err(|e| malformed(e.to_string()))?;
-        let op = SignedOp {
-            volume: VolumeId(wire.volume),
-            id: OpId {
-                hlc: Hlc {
-                    millis: wire.millis,
-                    counter: wire.counter,
-                },
-                author: AuthorId(wire.author),
-            },
-            seq: wire.seq,
-            payload: wire.payload.into_owned(),
-            signature: wire.signature,
         };
         if op.to_bytes() != bytes {
             return Err(malformed(
@@ -323,6 +446,14 @@ impl SignedOp {
         }
         Ok(op)
     }
+}
+
+/// What a user signs for an op whose signed message is `message`.
+fn user_message(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(USER_SIGN_DOMAIN.len() + message.len());
+    out.extend_from_slice(USER_SIGN_DOMAIN);
+    out.extend_from_slice(message);
+    out
 }
 
 #[cfg(test)]
@@ -408,11 +539,17 @@ pub(crate) mod tests {
     #[test]
     fn unknown_versions_and_junk_are_errors() {
         let mut bytes = sample().to_bytes();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert_eq!(
             SignedOp::from_bytes(&bytes),
-            Err(OpError::UnknownVersion { version: 2 })
+            Err(OpError::UnknownVersion { version: 3 })
         );
+        // Version 1's fields read as version 2 are too few.
+        bytes[0] = FORMAT_V2;
+        assert!(matches!(
+            SignedOp::from_bytes(&bytes),
+            Err(OpError::Malformed { .. })
+        ));
         assert!(matches!(
             SignedOp::from_bytes(&[]),
             Err(OpError::Malformed { .. })
@@ -428,6 +565,63 @@ pub(crate) mod tests {
             SignedOp::from_bytes(truncated),
             Err(OpError::Malformed { .. })
         ));
+    }
+
+    fn user_sample() -> SignedOp {
+        SignedOp::sign_as(
+            &key(1),
+            Some(&key(5)),
+            VolumeId([7; 16]),
+            Hlc {
+                millis: 1_700_000_000_000,
+                counter: 3,
+            },
+            42,
+            b"mkdir /a".to_vec(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_user_signed_op_names_its_user_and_checks_both_signatures() {
+        let op = user_sample();
+        op.verify().unwrap();
+        let user = AuthorId::of(&key(5).public());
+        assert_eq!(op.principal(), user);
+        assert_eq!(op.author(), AuthorId::of(&key(1).public()));
+        assert_eq!(sample().principal(), sample().author());
+        let bytes = op.to_bytes();
+        assert_eq!(bytes[0], FORMAT_V2);
+        assert_eq!(SignedOp::from_bytes(&bytes).unwrap(), op);
+
+        // Another user claimed with the peer's signature kept: the peer signed the user too.
+        let mut claimed = op.clone();
+        claimed.user = Some(UserSignature {
+            user: AuthorId::of(&key(6).public()),
+            signature: op.user.unwrap().signature,
+        });
+        assert!(matches!(
+            claimed.verify(),
+            Err(OpError::BadSignature { .. })
+        ));
+        // A forged user signature.
+        let mut forged = op.clone();
+        forged.user.as_mut().unwrap().signature[0] ^= 1;
+        assert!(matches!(
+            forged.verify(),
+            Err(OpError::BadUserSignature { user: u, .. }) if u == user
+        ));
+        // The user stripped: the peer's signature covered the user, so it no longer holds.
+        let mut stripped = op.clone();
+        stripped.user = None;
+        assert!(matches!(
+            stripped.verify(),
+            Err(OpError::BadSignature { .. })
+        ));
+        // The user's signature of one op does not sign another.
+        let mut moved = sample();
+        moved.user = op.user;
+        assert!(moved.verify().is_err());
     }
 
     #[test]
@@ -492,9 +686,11 @@ pub(crate) mod tests {
             if let Ok(op) = SignedOp::from_bytes(&bytes) {
                 prop_assert_eq!(op.to_bytes(), bytes.clone());
             }
-            let mut versioned = bytes.clone();
-            versioned.insert(0, FORMAT_V1);
-            let _ = SignedOp::from_bytes(&versioned);
+            for version in [FORMAT_V1, FORMAT_V2] {
+                let mut versioned = bytes.clone();
+                versioned.insert(0, version);
+                let _ = SignedOp::from_bytes(&versioned);
+            }
         }
 
         #[test]
@@ -505,7 +701,9 @@ pub(crate) mod tests {
             seq in 1u64..,
             bit: proptest::sample::Index,
         ) {
-            let op = SignedOp::sign(&key(9), VolumeId([3; 16]), Hlc { millis, counter }, seq, payload).unwrap();
+            let user = key(10);
+            let user = (seq % 2 == 0).then_some(&user);
+            let op = SignedOp::sign_as(&key(9), user, VolumeId([3; 16]), Hlc { millis, counter }, seq, payload).unwrap();
             let mut bytes = op.to_bytes();
             let bit = bit.index(bytes.len() * 8);
             bytes[bit / 8] ^= 1 << (bit % 8);

@@ -6,7 +6,11 @@
 //!   yields its ops in the order the CRDTs apply them.
 //! - `oplog_seq`: volume (16) ++ author (32) ++ seq (8, BE) -> format byte ++ the `oplog` key.
 //!   The per-author index that heads, equivocation checks and [`OpLog::missing`] read.
-//! - `volume_members`: volume (16) ++ author (32) -> empty (a role byte may follow later).
+//! - `volume_members`: volume (16) ++ principal (32) -> empty (a role byte may follow later).
+//!   A principal is a user, or a peer for ops no user signed ([`SignedOp::principal`]).
+//! - `volume_devices`: volume (16) ++ author (32) -> user (32): the peers that made ops a
+//!   member user co-signed, so they may pull the volume for that user
+//!   ([`OpLog::may_sync`]).
 //!
 //! An op's two entries are written in one batch, durably: a peer that gave out seq `n` and
 //! crashed must still know it on restart, or it would sign a different op `n` (equivocation).
@@ -22,7 +26,8 @@ use super::control::{verify_join, volume_id_of, Control, Payload};
 use super::hlc::Hlc;
 use super::op::{AuthorId, OpError, OpId, SignedOp, VolumeId};
 use crate::meta::{
-    MetaDb, MetaError, CF_OPLOG, CF_OPLOG_SEQ, CF_VOLUME_INVITES, CF_VOLUME_MEMBERS,
+    MetaDb, MetaError, CF_OPLOG, CF_OPLOG_SEQ, CF_VOLUME_DEVICES, CF_VOLUME_INVITES,
+    CF_VOLUME_MEMBERS,
 };
 use crate::repo::Repo;
 
@@ -287,8 +292,22 @@ impl<M: MetaSource> OpLog<M> {
 
     /// Whether `op` may be taken, by the membership rules of [`super::control`], and the
     /// membership rows it writes along with itself.
+    /// Rules are the principal's (the user's, where a user co-signed); a peer that made an
+    /// op for a user is recorded as that user's device.
     fn admission(&self, op: &SignedOp) -> Result<Vec<Write>, OpLogError> {
-        let (volume, author) = (op.volume, op.id.author);
+        let mut writes = self.principal_admission(op)?;
+        if let Some(user) = &op.user {
+            writes.push((
+                CF_VOLUME_DEVICES,
+                author_prefix(&op.volume, &op.id.author),
+                Some(user.user.0.to_vec()),
+            ));
+        }
+        Ok(writes)
+    }
+
+    fn principal_admission(&self, op: &SignedOp) -> Result<Vec<Write>, OpLogError> {
+        let (volume, author) = (op.volume, op.principal());
         let refused = |reason: &str| OpLogError::Refused {
             volume,
             author,
@@ -360,6 +379,28 @@ impl<M: MetaSource> OpLog<M> {
             .cf_get(CF_VOLUME_MEMBERS, &key)
             .map_err(|e| db_err(volume, e))?;
         Ok(value.is_some())
+    }
+
+    /// Whether the peer whose key is `author` may pull `volume`: it is a member itself, or it
+    /// made ops for a user who still is.
+    pub fn may_sync(&self, volume: &VolumeId, author: &AuthorId) -> Result<bool, OpLogError> {
+        if self.is_member(volume, author)? {
+            return Ok(true);
+        }
+        let key = author_prefix(volume, author);
+        let user = self
+            .db()
+            .cf_get(CF_VOLUME_DEVICES, &key)
+            .map_err(|e| db_err(volume, e))?;
+        match user.as_deref().map(<[u8; 32]>::try_from) {
+            Some(Ok(user)) => self.is_member(volume, &AuthorId(user)),
+            Some(Err(_)) => Err(OpLogError::Corrupt {
+                volume: *volume,
+                what: "device row",
+                detail: "not a 32-byte user key".into(),
+            }),
+            None => Ok(false),
+        }
     }
 
     /// The members of `volume`, in id order.
@@ -887,6 +928,87 @@ mod tests {
         // A payload of an unknown kind is refused, not stored.
         let junk = SignedOp::sign(&creator, volume, hlc(6), 3, vec![9, 9]).unwrap();
         assert!(refused(f.log.append(&junk)).contains("kind"));
+        assert_eq!(f.log.len(&volume).unwrap(), 4);
+    }
+
+    #[test]
+    fn a_user_is_the_member_and_the_peers_that_sign_for_it_are_its_devices() {
+        use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
+        let f = Fixture::new();
+        // Alice's key and two of her devices; Bob's key on a third peer; a stranger peer.
+        let (alice, laptop, desktop) = (key(11), key(12), key(13));
+        let (bob, bobs_peer, stranger) = (key(14), key(15), key(16));
+        let nonce = [4; 16];
+        let volume = volume_id_of(&author(&alice), &nonce);
+        let hlc = |millis| Hlc { millis, counter: 0 };
+        let as_user = |peer: &Keypair, user: Option<&Keypair>, millis, seq, payload: Vec<u8>| {
+            SignedOp::sign_as(peer, user, volume, hlc(millis), seq, payload).unwrap()
+        };
+        // The volume id is derived from Alice's key: her laptop creates it for her.
+        let genesis = Control::Genesis { nonce };
+        let by_peer = as_user(&laptop, None, 1, 1, control_payload(&genesis));
+        assert!(matches!(
+            f.log.append(&by_peer),
+            Err(OpLogError::Refused { .. })
+        ));
+        let genesis = as_user(&laptop, Some(&alice), 1, 1, control_payload(&genesis));
+        assert_eq!(f.log.append(&genesis).unwrap(), Appended::New);
+        assert_eq!(f.log.members(&volume).unwrap(), vec![author(&alice)]);
+        // The laptop is not a member itself (its own ops are refused) but may sync for her.
+        assert!(f.log.may_sync(&volume, &author(&laptop)).unwrap());
+        assert!(!f.log.is_member(&volume, &author(&laptop)).unwrap());
+        let alone = as_user(&laptop, None, 2, 2, data_payload(b"x"));
+        assert!(
+            matches!(f.log.append(&alone), Err(OpLogError::NotMember { author: a, .. }) if a == author(&laptop))
+        );
+        // Her second device writes as her, in its own sequence.
+        assert!(!f.log.may_sync(&volume, &author(&desktop)).unwrap());
+        let data = as_user(&desktop, Some(&alice), 3, 1, data_payload(b"y"));
+        assert_eq!(f.log.append(&data).unwrap(), Appended::New);
+        assert!(f.log.may_sync(&volume, &author(&desktop)).unwrap());
+        // A stranger signing as a user who is no member is refused, and gains nothing.
+        let rogue = as_user(&stranger, Some(&bob), 4, 1, data_payload(b"z"));
+        assert!(
+            matches!(f.log.append(&rogue), Err(OpLogError::NotMember { author: a, .. }) if a == author(&bob))
+        );
+        assert!(!f.log.may_sync(&volume, &author(&stranger)).unwrap());
+        // Bob joins from his peer: the proof binds the invitation to Bob, not to the peer.
+        let invite = Keypair::generate();
+        let invite_pub = invite.public().to_bytes();
+        let invitation = as_user(
+            &laptop,
+            Some(&alice),
+            5,
+            2,
+            control_payload(&Control::Invite { invite: invite_pub }),
+        );
+        assert_eq!(f.log.append(&invitation).unwrap(), Appended::New);
+        let for_peer = Control::Join {
+            invite: invite_pub,
+            proof: join_proof(&invite, &volume, &author(&bobs_peer)),
+        };
+        let wrong = as_user(&bobs_peer, Some(&bob), 6, 1, control_payload(&for_peer));
+        assert!(
+            matches!(f.log.append(&wrong), Err(OpLogError::Refused { reason, .. }) if reason.contains("proof"))
+        );
+        let join = Control::Join {
+            invite: invite_pub,
+            proof: join_proof(&invite, &volume, &author(&bob)),
+        };
+        let join = as_user(&bobs_peer, Some(&bob), 7, 1, control_payload(&join));
+        assert_eq!(f.log.append(&join).unwrap(), Appended::New);
+        let mut members = f.log.members(&volume).unwrap();
+        members.sort();
+        let mut want = vec![author(&alice), author(&bob)];
+        want.sort();
+        assert_eq!(members, want);
+        assert!(f.log.may_sync(&volume, &author(&bobs_peer)).unwrap());
+        // Removing Bob takes his peer's right to sync with him.
+        f.log.remove_member(&volume, &author(&bob)).unwrap();
+        assert!(!f.log.may_sync(&volume, &author(&bobs_peer)).unwrap());
+        // Everything survives a restart.
+        let f = f.reopen();
+        assert!(f.log.may_sync(&volume, &author(&desktop)).unwrap());
         assert_eq!(f.log.len(&volume).unwrap(), 4);
     }
 

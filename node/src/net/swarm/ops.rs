@@ -34,7 +34,7 @@ impl Node {
         }
         let join = crate::volumes::pending_join(&self.hub, &volume);
         let member = sync::author_of(&peer)
-            .is_some_and(|a| self.hub.oplog().is_member(&volume, &a).unwrap_or(false));
+            .is_some_and(|a| self.hub.oplog().may_sync(&volume, &a).unwrap_or(false));
         if !member && join.is_none() {
             return;
         }

@@ -1,0 +1,115 @@
+//! The API's user routes: log a user in for a local uid (unsealing its key here, in the
+//! running peer), log out, list who is logged in; and which user a request acts as.
+//!
+//! A request acts as the user logged in for the uid in its `X-Dfs-Uid` header (the CLI sends
+//! its own uid): the bearer token already makes the caller this peer's operator, so the
+//! header only chooses among the peer's sessions, as the mount chooses by the caller's uid.
+
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::net::Network;
+use crate::users::{SessionInfo, UserError, UserStore};
+
+/// The header naming the local uid a request acts for.
+pub const UID_HEADER: &str = "x-dfs-uid";
+
+/// The uid of `X-Dfs-Uid`, if the request has one that parses.
+pub(super) fn uid_of(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    match headers.get(UID_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("{UID_HEADER} must be a uid (a decimal number)"),
+                )
+            }),
+    }
+}
+
+/// `POST /v1/login` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Login {
+    pub user: String,
+    pub passphrase: String,
+    /// The local uid the user acts for (the mount signs this uid's ops as the user).
+    pub uid: u32,
+}
+
+/// `POST /v1/logout` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logout {
+    pub uid: u32,
+}
+
+/// `POST /v1/logout` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedOut {
+    /// Who was logged in for the uid.
+    pub user: Option<String>,
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        let code = match &e {
+            UserError::Unknown(_) => StatusCode::NOT_FOUND,
+            UserError::WrongPassphrase(_) => StatusCode::UNAUTHORIZED,
+            UserError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+/// Unseal `login.user` from the peer's data directory with the passphrase (on a blocking
+/// thread: argon2id takes a deliberate fraction of a second) and log it in for the uid.
+pub(super) async fn login(net: &Network, login: Login) -> Result<SessionInfo, ApiError> {
+    let hub = std::sync::Arc::clone(net.ops());
+    tokio::task::spawn_blocking(move || {
+        let store = UserStore::new(hub.repo().path());
+        let key = store.load(&login.user)?.open(login.passphrase.as_bytes())?;
+        let info = SessionInfo {
+            uid: login.uid,
+            user: key.name().to_string(),
+            id: key.id().to_string(),
+        };
+        if let Some(old) = hub.sessions().login(login.uid, key) {
+            tracing::info!(uid = login.uid, user = %old, "logged out by another login");
+        }
+        hub.repo().record_event(
+            crate::events::EventKind::UserAction,
+            &info.user,
+            &format!("logged in for uid {}", info.uid),
+        );
+        Ok(info)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("login task failed: {e}"),
+        )
+    })?
+}
+
+pub(super) fn logout(net: &Network, uid: u32) -> LoggedOut {
+    let user = net.ops().sessions().logout(uid);
+    if let Some(user) = &user {
+        net.ops().repo().record_event(
+            crate::events::EventKind::UserAction,
+            user,
+            &format!("logged out for uid {uid}"),
+        );
+    }
+    LoggedOut { user }
+}
+
+pub(super) fn sessions(net: &Network) -> Vec<SessionInfo> {
+    net.ops().sessions().list()
+}

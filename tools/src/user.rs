@@ -1,0 +1,234 @@
+//! `dfs user` (make, list, export and import users), `dfs login`, `dfs logout` and
+//! `dfs whoami`.
+//!
+//! Users live in the data directory (`DATA/users/NAME.user`, sealed under a passphrase), so
+//! making, exporting and importing them needs no running peer; logging in does: the running
+//! peer unseals the key and signs the ops of the caller's uid with it until `dfs logout`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use dfs_node::{
+    KdfParams, LoggedOut, Login, Logout, SealedUser, SessionInfo, UserError, UserStore,
+};
+
+use crate::api_client::{api_get, api_post};
+use crate::BadInput;
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Make a user: a new Ed25519 key, sealed under a passphrase (argon2id) in DATA/users/
+    Create {
+        name: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        /// Memory of the passphrase hashing (argon2id), MiB; at least 8
+        #[arg(long, default_value_t = 64, value_name = "MIB")]
+        kdf_memory: u32,
+        /// Passes of the passphrase hashing over its memory
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        kdf_passes: u32,
+    },
+    /// List the users of this data directory
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a user as one line of text (still sealed under its passphrase), to import on
+    /// another device
+    Export { name: String },
+    /// Add a user exported elsewhere (FILE, or - for standard input)
+    Import {
+        file: PathBuf,
+        /// Replace a user of the same name
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// Where a passphrase comes from: a file, the environment, or the terminal.
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// Read the passphrase from the first line of this file [default: $DFS_PASSPHRASE, or ask
+    /// on the terminal]
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    /// The passphrase; `confirm` asks twice on a terminal.
+    fn read(&self, confirm: bool) -> Result<String> {
+        if let Some(path) = &self.passphrase_file {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+            let mut line = String::new();
+            std::io::BufReader::new(file)
+                .read_line(&mut line)
+                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+            return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if let Ok(passphrase) = std::env::var("DFS_PASSPHRASE") {
+            return Ok(passphrase);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(BadInput(
+                "no passphrase: give --passphrase-file FILE or DFS_PASSPHRASE, or run in a terminal"
+                    .into(),
+            )
+            .into());
+        }
+        let passphrase = rpassword::prompt_password("passphrase: ")?;
+        if confirm && rpassword::prompt_password("passphrase again: ")? != passphrase {
+            return Err(BadInput("the two passphrases differ".into()).into());
+        }
+        Ok(passphrase)
+    }
+}
+
+/// The user's own errors (a wrong name or passphrase, a damaged export) are bad input.
+fn user_error(e: UserError) -> anyhow::Error {
+    match e {
+        UserError::Io { .. } => e.into(),
+        other => BadInput(other.to_string()).into(),
+    }
+}
+
+pub fn run(data: &Path, command: UserCommand) -> Result<ExitCode> {
+    let store = UserStore::new(data);
+    match command {
+        UserCommand::Create {
+            name,
+            passphrase,
+            kdf_memory,
+            kdf_passes,
+        } => {
+            dfs_node::check_user_name(&name).map_err(user_error)?;
+            let kdf = KdfParams {
+                memory_kib: kdf_memory.saturating_mul(1024),
+                passes: kdf_passes,
+                lanes: 1,
+            };
+            let passphrase = passphrase.read(true)?;
+            let user = store
+                .create(&name, passphrase.as_bytes(), kdf)
+                .map_err(user_error)?;
+            println!("created user {} ({})", user.name(), user.id());
+        }
+        UserCommand::List { json } => {
+            let users = store.list().map_err(user_error)?;
+            if json {
+                let rows: Vec<_> = users
+                    .iter()
+                    .map(|u| serde_json::json!({"name": u.name(), "id": u.id().to_string()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if users.is_empty() {
+                println!("no users yet (make one with `dfs user create NAME`)");
+            } else {
+                println!("{:<32}  KEY", "NAME");
+                for u in users {
+                    println!("{:<32}  {}", u.name(), u.id());
+                }
+            }
+        }
+        UserCommand::Export { name } => {
+            println!("{}", store.load(&name).map_err(user_error)?.to_text());
+        }
+        UserCommand::Import { file, replace } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let user = SealedUser::from_text(&text).map_err(user_error)?;
+            store.save(&user, replace).map_err(user_error)?;
+            println!("imported user {} ({})", user.name(), user.id());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This process's uid.
+fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// The uid a login or logout is for: the caller's own, or (root only) another.
+fn target_uid(uid: Option<u32>) -> Result<u32> {
+    let own = own_uid();
+    match uid {
+        Some(uid) if uid != own && own != 0 => Err(BadInput(format!(
+            "only root may log in or out for another uid ({uid}); you are uid {own}"
+        ))
+        .into()),
+        Some(uid) => Ok(uid),
+        None => Ok(own),
+    }
+}
+
+/// `dfs login NAME`: the running peer signs this uid's ops as the user from now on.
+pub fn login(
+    data: &Path,
+    name: String,
+    uid: Option<u32>,
+    passphrase: &PassphraseArgs,
+) -> Result<ExitCode> {
+    let uid = target_uid(uid)?;
+    // Checked here first, so a wrong name gets its answer before a passphrase is asked.
+    UserStore::new(data).load(&name).map_err(user_error)?;
+    let passphrase = passphrase.read(false)?;
+    let session: SessionInfo = api_post(
+        data,
+        "/v1/login",
+        &Login {
+            user: name,
+            passphrase,
+            uid,
+        },
+    )?;
+    println!(
+        "logged in as {} ({}) for uid {}",
+        session.user,
+        short(&session.id),
+        session.uid
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfs logout`.
+pub fn logout(data: &Path, uid: Option<u32>) -> Result<ExitCode> {
+    let uid = target_uid(uid)?;
+    let out: LoggedOut = api_post(data, "/v1/logout", &Logout { uid })?;
+    match out.user {
+        Some(user) => println!("logged out {user} (uid {uid})"),
+        None => println!("nobody was logged in for uid {uid}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfs whoami`: the user this uid acts as on the running peer, and every session with
+/// `--all`.
+pub fn whoami(data: &Path, all: bool, json: bool) -> Result<ExitCode> {
+    let sessions: Vec<SessionInfo> = api_get(data, "/v1/sessions")?;
+    let uid = own_uid();
+    let shown: Vec<&SessionInfo> = sessions.iter().filter(|s| all || s.uid == uid).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else if shown.is_empty() {
+        println!("not logged in (uid {uid}): ops are signed by the peer alone; `dfs login NAME`");
+    } else {
+        for s in shown {
+            println!("{} ({}) for uid {}", s.user, short(&s.id), s.uid);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..8).unwrap_or(hex)
+}
