@@ -194,6 +194,10 @@ pub enum FsError {
     TooLarge,
     #[error("no space left on device")]
     NoSpace,
+    /// The volume's members would refuse the op (its signer is not a member, or may not do
+    /// this): nothing was changed.
+    #[error("refused by the volume's rules: {0}")]
+    Refused(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("corrupt filesystem metadata: {0}")]
@@ -221,6 +225,7 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::TooLarge => libc::EFBIG,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::Refused(_) => libc::EACCES,
             FsError::Chunk(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Blob(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Meta(_) | FsError::Corrupt(_) | FsError::Chunk(_) | FsError::Blob(_) => {

@@ -172,7 +172,7 @@ impl RunningPeer {
         let hub = self.handle.ops();
         let (volume, record) = dfs_node::volume::by_name(&hub, name)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while !hub.oplog().is_member(&volume, &hub.author())? {
+        while !hub.is_in(&volume)? {
             if std::time::Instant::now() >= deadline {
                 bail!(
                     "volume {name}: no member has taken this peer's join yet; start a member \

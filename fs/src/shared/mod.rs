@@ -439,7 +439,14 @@ impl SharedNamespace {
                 &self.inner.volume,
                 data_payload(&sealed),
             )
-            .map_err(|e| FsError::Corrupt(format!("appending to the volume's op log: {e}")))?;
+            .map_err(|e| {
+                if e.is_refusal() {
+                    tracing::warn!(error = %e, "op refused: log in as a member (`dfs login`)");
+                    FsError::Refused(e.to_string())
+                } else {
+                    FsError::Corrupt(format!("appending to the volume's op log: {e}"))
+                }
+            })?;
         st.seen.mark(signed.id.author, signed.seq);
         let stamp = Stamp {
             ts: signed.id,

@@ -8,7 +8,7 @@
 //! are contiguous, so an op that gossip lost is always asked for again.
 //!
 //! Only members pull: a peer's identity key is its author key, so the requester's peer id
-//! says who asks, and a peer that is not a member of the volume is refused. Payloads are
+//! says who asks, and a peer that is neither a member of the volume nor signs for a member user is refused. Payloads are
 //! encrypted by the fs layer under the volume's secret, so even ops relayed by gossip to a
 //! non-member say nothing about names or content.
 
@@ -150,6 +150,17 @@ pub enum IngestError {
     Log(#[from] OpLogError),
     #[error("op-log task failed: {0}")]
     Task(String),
+}
+
+impl IngestError {
+    /// Whether the op broke the volume's rules (its signer is not a member, or the op is not
+    /// allowed), as opposed to failing for a reason of this peer's own.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Log(OpLogError::NotMember { .. } | OpLogError::Refused { .. })
+        )
+    }
 }
 
 impl OpsHub {

@@ -79,7 +79,7 @@ pub enum OpLogError {
     Db { volume: VolumeId, source: MetaError },
     #[error("refused an op for volume {volume}: {source}")]
     Invalid { volume: VolumeId, source: OpError },
-    #[error("refused op {id} for volume {volume}: author {author} is not a member")]
+    #[error("refused op {id} for volume {volume}: its signer {author} (the user, or the peer where no user signed) is not a member")]
     NotMember {
         volume: VolumeId,
         author: AuthorId,
