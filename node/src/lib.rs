@@ -31,6 +31,7 @@ mod net;
 mod oplog;
 mod peer;
 mod pipeline;
+mod profiles;
 mod repo;
 mod shard;
 mod store;
@@ -54,8 +55,8 @@ pub use metrics::{metrics, FuseTimer};
 pub use net::{NodeStatus, PeerState, PeerView};
 // The control API's address file and request bodies, for its clients.
 pub use api::{
-    ApiEndpoint, CreateVolume, Invitation, JoinVolume, LoggedOut, Login, Logout, API_FILE,
-    UID_HEADER,
+    ApiEndpoint, CreateVolume, Invitation, JoinVolume, LoggedOut, Login, Logout, ProfileChange,
+    ProfileView, API_FILE, UID_HEADER,
 };
 
 // A data directory and the chunks in it: open, store, read, check, collect.
@@ -67,6 +68,7 @@ pub use crypto::{ChunkKey, KeyScope, OpKey, VolumeSecret};
 pub use diskcache::{CacheStats, DiskCache};
 pub use meta::{FsBatch, FsTable, MetaError, OwnerId};
 pub use pipeline::Pipeline;
+pub use profiles::{Profile, ProfileError, SignedProfile};
 pub use repo::{GcError, GcReport, OpenError, PutSession, Repo, VOLUME_OWNER};
 pub use tree::{LeafWalker, TreeBuilder, TreeError};
 pub use users::{

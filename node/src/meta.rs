@@ -50,6 +50,8 @@ const CF_DOOMED: &str = "doomed";
 /// Chunks being placed right now, with every peer a shard was sent to: what a crash in the
 /// middle of a write leaves behind is found here at the next start (see [`MetaDb::recover_placing`]).
 const CF_PLACING: &str = "placing";
+/// One write of [`MetaDb::cf_write`]: column family, key, and the value (`None` deletes).
+pub(crate) type CfWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
 /// The op log's tables (schema in [`crate::oplog::store`]).
 pub(crate) const CF_OPLOG: &str = "oplog";
 pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
@@ -231,6 +233,7 @@ impl MetaDb {
             CF_VOLUME_MEMBERS,
             CF_VOLUME_INVITES,
             CF_VOLUME_DEVICES,
+            crate::profiles::CF_PROFILES,
             CF_VOLUMES,
             CF_EVENTS,
             CF_ANALYTICS,
@@ -858,7 +861,7 @@ impl MetaDb {
     /// for the write-ahead log to reach the disk.
     pub(crate) fn cf_write(
         &self,
-        writes: impl IntoIterator<Item = (&'static str, Vec<u8>, Option<Vec<u8>>)>,
+        writes: impl IntoIterator<Item = CfWrite>,
         durable: bool,
     ) -> Result<(), MetaError> {
         let mut wb = WriteBatch::default();

@@ -44,12 +44,38 @@ pub struct LogEntry {
     /// `author` peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The display name of the user's newest profile this peer holds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
     pub seq: u64,
     /// `genesis`, `invite`, `join` or `data`.
     pub kind: String,
     /// For `data`: the fs operation, decrypted with the volume's key (hex of its bytes, until
     /// the fs layer names them); empty otherwise.
     pub data: String,
+}
+
+/// Sign `profile` as `user` (logged in here), keep it, and commit it to every volume the user
+/// is a member of; returns the signed profile and the ops to gossip.
+pub fn set_profile(
+    hub: &OpsHub,
+    acting: &Acting,
+    profile: crate::profiles::Profile,
+) -> Result<(crate::profiles::SignedProfile, Vec<SignedOp>), VolumeError> {
+    let user = acting.user().ok_or(VolumeError::NoUser)?;
+    let signed = crate::profiles::SignedProfile::sign(user.keypair(), profile)
+        .map_err(VolumeError::Profile)?;
+    crate::profiles::ProfileStore::new(hub.oplog().db()).put(&signed)?;
+    let control = Control::Profile {
+        profile: signed.to_bytes(),
+    };
+    let mut ops = Vec::new();
+    for (volume, _) in records(hub)? {
+        if hub.oplog().is_member(&volume, &user.id())? {
+            ops.push(hub.commit(acting, &volume, control_payload(&control))?);
+        }
+    }
+    Ok((signed, ops))
 }
 
 /// A volume as `dfs volume list` shows it.
@@ -88,6 +114,10 @@ pub enum VolumeError {
     NotYetMember(String),
     #[error("{who} is not a member of volume {name:?}: log in as a member user (`dfs login`)")]
     NotAMember { name: String, who: String },
+    #[error("no user is logged in for this uid (`dfs login NAME`)")]
+    NoUser,
+    #[error(transparent)]
+    Profile(crate::profiles::ProfileError),
     #[error("not a valid join ticket: {0}")]
     BadTicket(String),
     #[error("the volume table is corrupt: {0}")]
@@ -329,6 +359,7 @@ pub fn pending_join(hub: &OpsHub, volume: &VolumeId) -> Option<SignedOp> {
 pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, VolumeError> {
     let (volume, record) = by_name(hub, name)?;
     let key = crate::crypto::OpKey::of_volume(&record.secret);
+    let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
     let total = hub.oplog().len(&volume)?;
     let skip = total.saturating_sub(limit as u64);
     let mut out = Vec::new();
@@ -351,6 +382,13 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                     ("invite", String::new())
                 }
                 Ok(crate::oplog::Payload::Control(Control::Join { .. })) => ("join", String::new()),
+                Ok(crate::oplog::Payload::Control(Control::Profile { profile })) => (
+                    "profile",
+                    match crate::profiles::SignedProfile::from_bytes(&profile) {
+                        Ok(p) => format!("display name {:?}", p.profile.display_name),
+                        Err(e) => e.to_string(),
+                    },
+                ),
                 Ok(crate::oplog::Payload::Data(sealed)) => match key.open(&volume.0, sealed) {
                     Ok(plain) => ("data", dfs_placement::ids::to_hex(&plain)),
                     Err(_) => (
@@ -365,6 +403,7 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                 counter: op.id.hlc.counter,
                 author: op.id.author.to_string(),
                 user: op.user.map(|u| u.user.to_string()),
+                user_name: op.user.and_then(|u| profiles.display_name(&u.user)),
                 seq: op.seq,
                 kind: kind.into(),
                 data,

@@ -6,6 +6,8 @@
 //! - `dfs login` on a running mount: the ops of the caller's uid are signed by its user as well
 //!   as the peer, and the volume's members are users: Alice creates volume `team` and invites
 //!   Bob, each from their own peer; every op in `dfs volume log` names the user who made it.
+//! - `dfs profile set/show`: Alice's display name, set on her peer, reaches Bob's and names her
+//!   ops in his `dfs volume log`; names and preferences over the limits are refused.
 //! - Two users on one peer: root acts as Alice and uid 65534 as Carol in the same mount.
 //! - A uid nobody logged in for cannot change the volume (EACCES), and after `dfs logout`
 //!   neither can the uid that was: the peer alone is no member.
@@ -195,6 +197,33 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
             ("join".to_string(), Some(bob.clone())),
         ]
     );
+
+    // Profiles: signed by the user, replicated to the members of the user's volumes.
+    a.run(&[
+        "profile",
+        "set",
+        "--name",
+        "Alice Liddell",
+        "--bio",
+        "down the rabbit hole",
+        "--pref",
+        "notify.download=off",
+    ])
+    .ok();
+    bad_input(
+        a.run(&["profile", "set", "--name", &"x".repeat(65)]),
+        "display name longer",
+    );
+    bad_input(a.run(&["profile", "set", "--pref", "novalue"]), "KEY=VALUE");
+    let shown = wait_for(Duration::from_secs(10), "alice's profile at bob's", || {
+        let run = b.run(&["profile", "show", "Alice Liddell", "--json"]);
+        (run.code == Some(0)).then_some(run.stdout)
+    });
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["user"], alice.as_str());
+    assert_eq!(shown["bio"], "down the rabbit hole");
+    assert_eq!(shown["prefs"]["notify.download"], "off");
+    bad_input(b.run(&["profile", "show", "Cheshire Cat"]), "no profile");
     node_a.terminate();
     node_b.terminate();
 
@@ -271,12 +300,19 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
         .iter()
         .any(|(_, u)| u.as_deref() == Some(carol.as_str())));
     let table = b.run(&["volume", "log", "team"]).ok().stdout;
-    assert!(table.contains(&format!("user {}", &alice[..8])), "{table}");
+    assert!(
+        table.contains(&format!("Alice Liddell ({})", &alice[..8])),
+        "{table}"
+    );
     assert!(table.contains(&format!("bob ({})", &bob[..8])), "{table}");
 
     // Logged out, Alice's uid is the peer alone again: refused, nothing changed.
     let out = a.run(&["logout"]).ok();
     assert!(out.stdout.contains("logged out alice"), "{out:#?}");
+    bad_input(
+        a.run(&["profile", "set", "--name", "Mallory"]),
+        "no user is logged in",
+    );
     let refused = std::fs::write(mnt_a.join("shared/after-logout.txt"), b"x")
         .expect_err("write after logout");
     assert_eq!(refused.raw_os_error(), Some(libc::EACCES), "{refused}");

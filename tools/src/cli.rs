@@ -298,6 +298,11 @@ itself when dfs opens a data directory after an interrupted put."
         #[arg(long)]
         uid: Option<u32>,
     },
+    /// Set or show user profiles (display name, bio, preferences)
+    Profile {
+        #[command(subcommand)]
+        command: crate::user::ProfileCommand,
+    },
     /// Show which user this uid acts as on the running peer
     Whoami {
         /// Every logged-in user of the peer
@@ -701,6 +706,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             passphrase,
         } => crate::user::login(&data_dir(args.data)?, name, uid, &passphrase),
         Command::Logout { uid } => crate::user::logout(&data_dir(args.data)?, uid),
+        Command::Profile { command } => crate::user::profile(&data_dir(args.data)?, command),
         Command::Whoami { all, json } => crate::user::whoami(&data_dir(args.data)?, all, json),
         Command::Stats { top, json } => crate::stats::run(&data_dir(args.data)?, top, json),
         Command::Events {

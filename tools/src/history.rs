@@ -48,6 +48,9 @@ pub struct HistoryLine {
     /// The user who signed the op along with the peer (hex key), if any: the op is theirs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The display name of that user's profile, as the peer holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
     /// The author's sequence number of the op.
     pub seq: u64,
     /// A one-word kind: create, rename, delete, write, chmod, chown, touch, setattr,
@@ -155,6 +158,7 @@ impl Describer {
             millis: entry.millis,
             author: entry.author.clone(),
             user: entry.user.clone(),
+            user_name: entry.user_name.clone(),
             seq: entry.seq,
             op,
             detail,
@@ -430,11 +434,12 @@ pub fn print_lines(lines: &[HistoryLine], names: &BTreeMap<String, String>) {
     }
 }
 
-/// Who made an op, for people: `alice (1a2b3c4d)` for a user known here, `user 1a2b3c4d` for
-/// one that is not, the peer's short key for an op no user signed.
+/// Who made an op, for people: the user's display name (from their profile, else the name
+/// of a user of this data directory) with the first 8 hex digits of their key, `user
+/// 1a2b3c4d` for a user with neither, the peer's short key for an op no user signed.
 fn author_label(line: &HistoryLine, names: &BTreeMap<String, String>) -> String {
     match &line.user {
-        Some(user) => match names.get(user) {
+        Some(user) => match line.user_name.as_ref().or(names.get(user)) {
             Some(name) => format!("{name} ({})", short(user)),
             None => format!("user {}", short(user)),
         },
@@ -625,6 +630,7 @@ mod tests {
             counter: 0,
             author: author(a).to_string(),
             user: None,
+            user_name: None,
             seq,
             kind: "data".into(),
             data: dfs_placement::ids::to_hex(&bytes),
@@ -898,6 +904,7 @@ mod tests {
             counter: 2,
             author: "c0ffee".repeat(10) + "abcd",
             user: None,
+            user_name: None,
             seq: 1,
             kind: kind.into(),
             data: data.into(),

@@ -1,5 +1,5 @@
-//! `dfs user` (make, list, export and import users), `dfs login`, `dfs logout` and
-//! `dfs whoami`.
+//! `dfs user` (make, list, export and import users), `dfs login`, `dfs logout`, `dfs whoami`
+//! and `dfs profile`.
 //!
 //! Users live in the data directory (`DATA/users/NAME.user`, sealed under a passphrase), so
 //! making, exporting and importing them needs no running peer; logging in does: the running
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use dfs_node::{
-    KdfParams, LoggedOut, Login, Logout, SealedUser, SessionInfo, UserError, UserStore,
+    KdfParams, LoggedOut, Login, Logout, ProfileView, SealedUser, SessionInfo, UserError, UserStore,
 };
 
 use crate::api_client::{api_get, api_post};
@@ -231,4 +231,116 @@ pub fn whoami(data: &Path, all: bool, json: bool) -> Result<ExitCode> {
 
 fn short(hex: &str) -> &str {
     hex.get(..8).unwrap_or(hex)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Change your profile (as the user logged in for your uid): signed by you and
+    /// replicated to every volume you are a member of
+    Set {
+        /// How you want to be called (shown with a short key: names are not unique)
+        #[arg(long)]
+        name: Option<String>,
+        /// A short bio
+        #[arg(long)]
+        bio: Option<String>,
+        /// A preference, KEY=VALUE (repeatable)
+        #[arg(long = "pref", value_name = "KEY=VALUE")]
+        prefs: Vec<String>,
+        /// Remove a preference (repeatable)
+        #[arg(long = "unset-pref", value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Show a profile: yours, or a user's by name, display name or key (prefix)
+    Show {
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn profile(data: &Path, command: ProfileCommand) -> Result<ExitCode> {
+    match command {
+        ProfileCommand::Set {
+            name,
+            bio,
+            prefs,
+            unset,
+        } => {
+            let set_prefs = prefs
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| BadInput(format!("--pref {p:?} is not KEY=VALUE")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let change = dfs_node::ProfileChange {
+                display_name: name,
+                bio,
+                set_prefs,
+                unset_prefs: unset,
+            };
+            let view: ProfileView = api_post(data, "/v1/profile", &change)?;
+            println!(
+                "profile of {} ({}) set",
+                view.profile.display_name,
+                short(&view.user)
+            );
+        }
+        ProfileCommand::Show { user, json } => {
+            let all: Vec<ProfileView> = api_get(data, "/v1/profiles")?;
+            let wanted = match user {
+                Some(user) => user,
+                None => {
+                    let sessions: Vec<SessionInfo> = api_get(data, "/v1/sessions")?;
+                    let uid = own_uid();
+                    sessions
+                        .into_iter()
+                        .find(|s| s.uid == uid)
+                        .map(|s| s.id)
+                        .ok_or_else(|| {
+                            BadInput(format!(
+                                "not logged in (uid {uid}): name a user, or `dfs login NAME`"
+                            ))
+                        })?
+                }
+            };
+            let local = crate::history::local_user_names(data);
+            let matches: Vec<&ProfileView> = all
+                .iter()
+                .filter(|p| {
+                    p.user.starts_with(&wanted.to_lowercase())
+                        || p.profile.display_name == wanted
+                        || local.get(&p.user) == Some(&wanted)
+                })
+                .collect();
+            let view = match matches.as_slice() {
+                [one] => *one,
+                [] => return Err(BadInput(format!("no profile of {wanted:?} on this peer")).into()),
+                many => {
+                    return Err(BadInput(format!(
+                        "{wanted:?} names {} users: give more of the key",
+                        many.len()
+                    ))
+                    .into())
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(view)?);
+            } else {
+                println!("user:         {}", view.user);
+                println!("display name: {}", view.profile.display_name);
+                println!("bio:          {}", view.profile.bio);
+                for (k, v) in &view.profile.prefs {
+                    println!("pref:         {k} = {v}");
+                }
+                println!(
+                    "updated:      {}",
+                    crate::units::utc(view.profile.updated_ms)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

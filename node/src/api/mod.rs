@@ -8,7 +8,7 @@
 mod users;
 mod volumes;
 
-pub use users::{LoggedOut, Login, Logout, UID_HEADER};
+pub use users::{LoggedOut, Login, Logout, ProfileChange, ProfileView, UID_HEADER};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,7 +124,8 @@ impl From<crate::volumes::VolumeError> for ApiError {
             V::NameTaken(_) | V::AlreadyMember(..) => StatusCode::CONFLICT,
             V::Unknown(_) => StatusCode::NOT_FOUND,
             V::BadName(_) | V::BadTicket(_) | V::NotYetMember(_) => StatusCode::BAD_REQUEST,
-            V::NotAMember { .. } => StatusCode::FORBIDDEN,
+            V::NotAMember { .. } | V::NoUser => StatusCode::FORBIDDEN,
+            V::Profile(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -303,6 +304,24 @@ async fn sessions(
     Ok(Json(users::sessions(&state.network)))
 }
 
+async fn set_profile(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<ProfileChange>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let uid = users::uid_of(&headers)?;
+    Ok(Json(users::set_profile(&state.network, uid, body).await?))
+}
+
+async fn profiles(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(users::profiles(&state.network)?))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -327,6 +346,8 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
         .route("/v1/sessions", get(sessions))
+        .route("/v1/profile", post(set_profile))
+        .route("/v1/profiles", get(profiles))
         .fallback(not_found)
         .with_state(ApiState {
             network,

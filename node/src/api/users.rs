@@ -113,3 +113,89 @@ pub(super) fn logout(net: &Network, uid: u32) -> LoggedOut {
 pub(super) fn sessions(net: &Network) -> Vec<SessionInfo> {
     net.ops().sessions().list()
 }
+
+/// `POST /v1/profile` body: the fields to change of the acting user's profile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProfileChange {
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+    /// Preferences to set (key, value).
+    #[serde(default)]
+    pub set_prefs: Vec<(String, String)>,
+    /// Preferences to remove.
+    #[serde(default)]
+    pub unset_prefs: Vec<String>,
+}
+
+/// A profile as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileView {
+    /// The user's key, hex.
+    pub user: String,
+    #[serde(flatten)]
+    pub profile: crate::profiles::Profile,
+}
+
+impl From<crate::profiles::SignedProfile> for ProfileView {
+    fn from(p: crate::profiles::SignedProfile) -> Self {
+        ProfileView {
+            user: p.user.to_string(),
+            profile: p.profile,
+        }
+    }
+}
+
+/// Change the acting user's profile, sign it, and replicate it to the user's volumes.
+pub(super) async fn set_profile(
+    net: &Network,
+    uid: Option<u32>,
+    change: ProfileChange,
+) -> Result<ProfileView, ApiError> {
+    let hub = std::sync::Arc::clone(net.ops());
+    let (signed, ops) = tokio::task::spawn_blocking(move || {
+        let acting = hub.acting(uid);
+        let user = acting
+            .user()
+            .ok_or(crate::volumes::VolumeError::NoUser)?
+            .id();
+        let mut profile = crate::profiles::ProfileStore::new(hub.oplog().db())
+            .get(&user)?
+            .map(|p| p.profile)
+            .unwrap_or_default();
+        if let Some(name) = change.display_name {
+            profile.display_name = name;
+        }
+        if let Some(bio) = change.bio {
+            profile.bio = bio;
+        }
+        for (k, v) in change.set_prefs {
+            profile.prefs.insert(k, v);
+        }
+        for k in change.unset_prefs {
+            profile.prefs.remove(&k);
+        }
+        // Newer than the one held even if the clock went back.
+        profile.updated_ms = crate::oplog::physical_now_ms().max(profile.updated_ms + 1);
+        crate::volumes::set_profile(&hub, &acting, profile)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profile task failed: {e}"),
+        )
+    })?
+    .map_err(ApiError::from)?;
+    for op in ops {
+        net.publish_op(op).await;
+    }
+    Ok(signed.into())
+}
+
+/// Every profile this peer holds (its users' and those replicated in its volumes).
+pub(super) fn profiles(net: &Network) -> Result<Vec<ProfileView>, ApiError> {
+    let all = crate::profiles::ProfileStore::new(net.ops().oplog().db())
+        .all()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(all.into_iter().map(ProfileView::from).collect())
+}

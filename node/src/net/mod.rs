@@ -444,6 +444,12 @@ impl Network {
         Ok(op)
     }
 
+    /// Gossip an op already committed to the log ([`sync::OpsHub::commit`]). A stopped peer
+    /// cannot gossip; the op is in the log and anti-entropy carries it.
+    pub async fn publish_op(&self, op: crate::oplog::SignedOp) {
+        let _ = self.commands.send(Command::PublishOp(op)).await;
+    }
+
     /// Gossip an op already committed to the log ([`sync::OpsHub::commit`]), from a thread
     /// outside the runtime (a FUSE thread). A stopped peer cannot gossip; the op is in the
     /// log and anti-entropy carries it.

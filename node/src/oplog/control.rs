@@ -12,6 +12,9 @@
 //! - **Join** (by anyone): the author proves it holds an invitation's secret key by a signature
 //!   over the volume id and its own key ([`join_proof`]), and becomes a member.
 //!
+//! - **Profile** (by a member user): the user's signed profile, kept by every member if newer
+//!   than the one it holds ([`crate::profiles`]).
+//!
 //! An invitation may be used more than once until removal of members arrives; whoever holds a
 //! ticket can read the volume anyway, since the ticket carries the volume's secret.
 
@@ -40,6 +43,12 @@ pub enum Control {
         invite: [u8; 32],
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+    },
+    /// A member user's profile ([`crate::profiles::SignedProfile::to_bytes`]), replicated to
+    /// the volume's members; taken only from the user it describes.
+    Profile {
+        #[serde(with = "serde_bytes")]
+        profile: Vec<u8>,
     },
 }
 

@@ -165,7 +165,7 @@ fn op_key(volume: &VolumeId, id: &OpId) -> Vec<u8> {
 }
 
 /// One row written by an append: (column family, key, value or `None` to delete).
-type Write = (&'static str, Vec<u8>, Option<Vec<u8>>);
+type Write = crate::meta::CfWrite;
 
 fn invite_key(volume: &VolumeId, invite: &[u8; 32]) -> Vec<u8> {
     [&volume.0[..], &invite[..]].concat()
@@ -321,7 +321,8 @@ impl<M: MetaSource> OpLog<M> {
             Some(Vec::new()),
         );
         match payload {
-            Payload::Data(_) | Payload::Control(Control::Invite { .. })
+            Payload::Data(_)
+            | Payload::Control(Control::Invite { .. } | Control::Profile { .. })
                 if !self.is_member(&volume, &author)? =>
             {
                 Err(OpLogError::NotMember {
@@ -331,6 +332,17 @@ impl<M: MetaSource> OpLog<M> {
                 })
             }
             Payload::Data(_) => Ok(Vec::new()),
+            Payload::Control(Control::Profile { profile }) => {
+                let profile = crate::profiles::SignedProfile::from_bytes(&profile)
+                    .map_err(|e| refused(&e.to_string()))?;
+                if profile.user != author {
+                    return Err(refused("a profile of another user"));
+                }
+                let row = crate::profiles::ProfileStore::new(self.db())
+                    .write_if_newer(&profile)
+                    .map_err(|e| db_err(&volume, e))?;
+                Ok(row.into_iter().collect())
+            }
             Payload::Control(Control::Invite { invite }) => Ok(vec![(
                 CF_VOLUME_INVITES,
                 invite_key(&volume, &invite),
@@ -443,9 +455,10 @@ impl<M: MetaSource> OpLog<M> {
         }
         op.verify()
             .map_err(|source| OpLogError::Invalid { volume, source })?;
-        let membership = self.admission(op)?;
-
+        // Admission reads what earlier appends wrote (members, the newest profiles): under
+        // the append lock, so two ops taken at once see each other.
         let mut states = self.lock();
+        let membership = self.admission(op)?;
         let state = self.volume_state(&mut states, &volume)?;
         if let Some(held) = self.held_bytes(&volume, &skey)? {
             if held == bytes {
