@@ -58,6 +58,8 @@ pub(crate) const CF_OPLOG_SEQ: &str = "oplog_seq";
 pub(crate) const CF_VOLUME_MEMBERS: &str = "volume_members";
 pub(crate) const CF_VOLUME_INVITES: &str = "volume_invites";
 pub(crate) const CF_VOLUME_DEVICES: &str = "volume_devices";
+/// The newest profile of every user seen (schema in [`crate::profiles`]).
+pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_VOLUMES: &str = "volumes";
 pub(crate) const CF_EVENTS: &str = "events";
 pub(crate) const CF_ANALYTICS: &str = "analytics";
@@ -233,7 +235,7 @@ impl MetaDb {
             CF_VOLUME_MEMBERS,
             CF_VOLUME_INVITES,
             CF_VOLUME_DEVICES,
-            crate::profiles::CF_PROFILES,
+            CF_PROFILES,
             CF_VOLUMES,
             CF_EVENTS,
             CF_ANALYTICS,

@@ -16,13 +16,11 @@ use std::collections::BTreeMap;
 use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{MetaDb, MetaError};
+use crate::meta::{MetaDb, MetaError, CF_PROFILES};
 use crate::oplog::AuthorId;
 
 /// Prefix of what a user signs for a profile.
 const PROFILE_DOMAIN: &[u8] = b"dfs/profile/v1";
-/// Column family of the newest profile per user.
-pub(crate) const CF_PROFILES: &str = "profiles";
 
 /// The longest display name, in bytes.
 pub const MAX_DISPLAY_NAME: usize = 64;
