@@ -87,7 +87,7 @@ pub mod ops {
 
 /// The volumes this peer is a member of: create one, find one by name, list their records.
 pub mod volume {
-    pub use crate::volumes::{by_name, create, records_in, LogEntry, VolumeInfo};
+    pub use crate::volumes::{by_name, create, records_in, LogEntry, MemberInfo, VolumeInfo};
 }
 
 /// The cache of chunks fetched from other peers, as `dfs cache` sees it from outside a peer.

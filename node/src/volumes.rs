@@ -87,6 +87,68 @@ pub struct VolumeInfo {
     pub ops: u64,
     /// False while a join waits for a member to take it.
     pub joined: bool,
+    /// Who created the volume (the genesis op's user, or peer), once its genesis is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<MemberInfo>,
+}
+
+/// A member of a volume as `dfs volume members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member's key, hex: a user's, or a peer's for a member no user signs for.
+    pub id: String,
+    /// The display name of the member's newest profile held here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The peers that have signed ops for this member (for a user: its devices), hex.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+fn member_info(
+    profiles: &crate::profiles::ProfileStore<'_>,
+    devices: &[(AuthorId, AuthorId)],
+    member: AuthorId,
+) -> MemberInfo {
+    MemberInfo {
+        id: member.to_string(),
+        display_name: profiles.display_name(&member),
+        devices: devices
+            .iter()
+            .filter(|(_, user)| *user == member)
+            .map(|(peer, _)| peer.to_string())
+            .collect(),
+    }
+}
+
+/// `dfs volume members`: the members of volume `name`, with their names and devices.
+pub fn members(hub: &OpsHub, name: &str) -> Result<Vec<MemberInfo>, VolumeError> {
+    let (volume, _) = by_name(hub, name)?;
+    let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
+    let devices = hub.oplog().devices(&volume)?;
+    Ok(hub
+        .oplog()
+        .members(&volume)?
+        .into_iter()
+        .map(|m| member_info(&profiles, &devices, m))
+        .collect())
+}
+
+/// The creator of `volume`: the principal of its genesis op (among its first ops: a member
+/// whose clock ran behind may have ops ordered before it).
+fn owner(hub: &OpsHub, volume: &VolumeId) -> Result<Option<MemberInfo>, VolumeError> {
+    let first = hub.oplog().scan(volume, None, 16)?;
+    let Some(genesis) = first.iter().find(|op| {
+        matches!(
+            crate::oplog::Payload::parse(&op.payload),
+            Ok(crate::oplog::Payload::Control(Control::Genesis { .. }))
+        )
+    }) else {
+        return Ok(None);
+    };
+    let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
+    let devices = hub.oplog().devices(volume)?;
+    Ok(Some(member_info(&profiles, &devices, genesis.principal())))
 }
 
 /// What a join ticket carries.
@@ -424,6 +486,7 @@ pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
                 members: hub.oplog().members(&id)?.len(),
                 ops: hub.oplog().len(&id)?,
                 joined: hub.is_in(&id)?,
+                owner: owner(hub, &id)?,
             })
         })
         .collect()

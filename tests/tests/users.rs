@@ -224,6 +224,25 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
     assert_eq!(shown["bio"], "down the rabbit hole");
     assert_eq!(shown["prefs"]["notify.download"], "off");
     bad_input(b.run(&["profile", "show", "Cheshire Cat"]), "no profile");
+    // Members are the users, each with the peer that signs for them, shown by name.
+    let members = b.run(&["volume", "members", "team", "--json"]).ok();
+    let members: Vec<serde_json::Value> = serde_json::from_str(&members.stdout).unwrap();
+    let by_id = |id: &str| {
+        members
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not among {members:#?}"))
+            .clone()
+    };
+    assert_eq!(members.len(), 2, "{members:#?}");
+    assert_eq!(by_id(&alice)["display_name"], "Alice Liddell");
+    assert_eq!(by_id(&alice)["devices"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_id(&bob)["devices"].as_array().map(Vec::len), Some(1));
+    let list = b.run(&["volume", "list"]).ok().stdout;
+    assert!(
+        list.contains(&format!("Alice Liddell ({})", &alice[..8])),
+        "the owner by name: {list}"
+    );
     node_a.terminate();
     node_b.terminate();
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use dfs_node::volume::{LogEntry, VolumeInfo};
+use dfs_node::volume::{LogEntry, MemberInfo, VolumeInfo};
 use dfs_node::{CreateVolume, Invitation, JoinVolume};
 use serde::Serialize;
 
@@ -15,7 +15,8 @@ use crate::api_client::{api_get, api_post};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// Create a shared volume with this peer as its first member
+    /// Create a shared volume with you (the user logged in for your uid, or else this peer) as
+    /// its first member
     Create {
         /// A local name: letters, digits, '-', '_' or '.'
         name: String,
@@ -48,6 +49,14 @@ dials."
         #[arg(long)]
         json: bool,
     },
+    /// List the members of a volume: users (or peers), their display names and devices
+    Members {
+        /// The volume's local name
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Join a volume with a ticket from `dfs volume invite`
     Join {
         /// The dfs-ticket-... printed by `dfs volume invite`
@@ -72,13 +81,17 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                 println!("no volumes yet (create one with `dfs volume create NAME`)");
             } else {
                 println!(
-                    "{:<20} {:<34} {:>7} {:>8}  STATE",
-                    "NAME", "ID", "MEMBERS", "OPS"
+                    "{:<20} {:<34} {:>7} {:>8}  {:<8} OWNER",
+                    "NAME", "ID", "MEMBERS", "OPS", "STATE"
                 );
                 for v in list {
                     let state = if v.joined { "member" } else { "joining" };
+                    let owner = v
+                        .owner
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), member_label);
                     println!(
-                        "{:<20} {:<34} {:>7} {:>8}  {state}",
+                        "{:<20} {:<34} {:>7} {:>8}  {state:<8} {owner}",
                         v.name, v.id, v.members, v.ops
                     );
                 }
@@ -110,6 +123,19 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                 crate::history::print_lines(&lines, &crate::history::local_user_names(data));
             }
         }
+        VolumeCommand::Members { name, json } => {
+            let members: Vec<MemberInfo> = api_get(data, &format!("/v1/volumes/{name}/members"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&members)?);
+            } else {
+                println!("{:<40} DEVICES", "MEMBER");
+                for m in &members {
+                    let devices: Vec<&str> =
+                        m.devices.iter().map(|d| d.get(..8).unwrap_or(d)).collect();
+                    println!("{:<40} {}", member_label(m), devices.join(" "));
+                }
+            }
+        }
         VolumeCommand::Join { ticket, name } => {
             let v: VolumeInfo = api_post(data, "/v1/volumes/join", &JoinVolume { ticket, name })?;
             println!(
@@ -119,6 +145,15 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A member for people: `Display Name (1a2b3c4d)`, or the short key alone.
+fn member_label(m: &MemberInfo) -> String {
+    let short = m.id.get(..8).unwrap_or(&m.id);
+    match &m.display_name {
+        Some(name) => format!("{name} ({short})"),
+        None => short.to_string(),
+    }
 }
 
 /// One op of `dfs volume log --json`: the API's entry and the op in words.

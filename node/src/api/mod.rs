@@ -278,6 +278,15 @@ async fn stats(
     Ok(Json(report))
 }
 
+async fn volume_members(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(volumes::members_on(&state.network, name).await?))
+}
+
 async fn login(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -343,6 +352,7 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/volumes/join", post(join_volume))
         .route("/v1/volumes/{name}/invite", post(invite_volume))
         .route("/v1/volumes/{name}/log", get(volume_log))
+        .route("/v1/volumes/{name}/members", get(volume_members))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
         .route("/v1/sessions", get(sessions))

@@ -9,7 +9,7 @@ use super::ApiError;
 use crate::net::sync::OpsHub;
 use crate::net::Network;
 use crate::oplog::VolumeId;
-use crate::volumes::{self, LogEntry, Ticket, VolumeError, VolumeInfo};
+use crate::volumes::{self, LogEntry, MemberInfo, Ticket, VolumeError, VolumeInfo};
 
 /// A volume command that failed on the network side or in its task: an internal error, as
 /// every error of a volume command that is not the caller's.
@@ -78,6 +78,11 @@ pub async fn join_on(
 /// [`volumes::log`] on a running peer.
 pub async fn log_on(net: &Network, name: String, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
     blocking(net, move |hub| volumes::log(hub, &name, limit)).await
+}
+
+/// [`volumes::members`] on a running peer.
+pub async fn members_on(net: &Network, name: String) -> Result<Vec<MemberInfo>, ApiError> {
+    blocking(net, move |hub| volumes::members(hub, &name)).await
 }
 
 /// [`volumes::list`] on a running peer.

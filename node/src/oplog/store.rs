@@ -415,6 +415,26 @@ impl<M: MetaSource> OpLog<M> {
         }
     }
 
+    /// The devices of `volume`'s member users: (peer, user) pairs, by peer.
+    pub fn devices(&self, volume: &VolumeId) -> Result<Vec<(AuthorId, AuthorId)>, OpLogError> {
+        let mut out = Vec::new();
+        self.for_each(CF_VOLUME_DEVICES, volume, &volume.0, |key, value| {
+            let corrupt = || OpLogError::Corrupt {
+                volume: *volume,
+                what: "device row",
+                detail: format!("{} byte key, {} byte value", key.len(), value.len()),
+            };
+            let peer = key
+                .get(16..)
+                .and_then(|a| a.try_into().ok())
+                .ok_or_else(corrupt)?;
+            let user = value.try_into().map_err(|_| corrupt())?;
+            out.push((AuthorId(peer), AuthorId(user)));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// The members of `volume`, in id order.
     pub fn members(&self, volume: &VolumeId) -> Result<Vec<AuthorId>, OpLogError> {
         let mut out = Vec::new();
