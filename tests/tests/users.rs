@@ -8,6 +8,8 @@
 //!   Bob, each from their own peer; every op in `dfs volume log` names the user who made it.
 //! - `dfs profile set/show`: Alice's display name, set on her peer, reaches Bob's and names her
 //!   ops in his `dfs volume log`; names and preferences over the limits are refused.
+//! - Several devices: Alice's key exported and imported on a third peer joins as her; she
+//!   stays one member with two devices.
 //! - Two users on one peer: root acts as Alice and uid 65534 as Carol in the same mount.
 //! - A uid nobody logged in for cannot change the volume (EACCES), and after `dfs logout`
 //!   neither can the uid that was: the peer alone is no member.
@@ -243,6 +245,37 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
         list.contains(&format!("Alice Liddell ({})", &alice[..8])),
         "the owner by name: {list}"
     );
+
+    // Alice's second device: her exported key imported on a third peer, which joins with a
+    // ticket as her. She stays one member, now with two devices.
+    let c = Dfs::new();
+    c.configure("[placement]\ndurable_peers = 2\n");
+    let export = a.path("alice.export");
+    std::fs::write(&export, a.run(&["user", "export", "alice"]).ok().stdout).unwrap();
+    c.run(&["user", "import", export.to_str().unwrap()]).ok();
+    let node_c = c.node(&["--peer", &boot]);
+    with_passphrase(&c, "alice's secret", &["login", "alice"]).ok();
+    let ticket = a
+        .run(&["volume", "invite", "team"])
+        .ok()
+        .last_line()
+        .to_string();
+    c.run(&["volume", "join", &ticket]).ok();
+    wait_for(Duration::from_secs(30), "alice's second device in", || {
+        c.volumes()
+            .into_iter()
+            .find(|v| v.name == "team" && v.joined && v.members == 2)
+    });
+    let members = a.run(&["volume", "members", "team", "--json"]).ok();
+    let members: Vec<serde_json::Value> = serde_json::from_str(&members.stdout).unwrap();
+    let alices = members.iter().find(|m| m["id"] == alice.as_str()).unwrap();
+    assert_eq!(members.len(), 2, "{members:#?}");
+    assert_eq!(
+        alices["devices"].as_array().map(Vec::len),
+        Some(2),
+        "{members:#?}"
+    );
+    node_c.terminate();
     node_a.terminate();
     node_b.terminate();
 
