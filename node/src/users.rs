@@ -51,7 +51,8 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: RFC 9106's second recommended option with one lane (the
-    /// peer unseals on one thread). About 0.2 s on this project's 2-core test machine.
+    /// peer unseals on one thread). 124 ms on this project's 2-core test machine
+    /// (`cargo bench -p dfs-benches --bench ops`).
     fn default() -> Self {
         Self {
             memory_kib: 64 << 10,
