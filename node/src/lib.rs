@@ -90,6 +90,12 @@ pub mod volume {
     pub use crate::volumes::{by_name, create, records_in, LogEntry, MemberInfo, VolumeInfo};
 }
 
+/// Secrets sealed under a passphrase (argon2id, XChaCha20-Poly1305): user keys and
+/// password-protected share links.
+pub mod passphrase {
+    pub use crate::crypto::passphrase::{open, seal, KdfParams, PassphraseError};
+}
+
 /// The cache of chunks fetched from other peers, as `dfs cache` sees it from outside a peer.
 pub mod cache {
     pub use crate::diskcache::{

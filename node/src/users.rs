@@ -20,12 +20,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use libp2p::identity::ed25519;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+pub use crate::crypto::passphrase::KdfParams;
+use crate::crypto::passphrase::{self, PassphraseError};
 use crate::oplog::AuthorId;
 
 /// Prefix of a sealed user's text form (format 1).
@@ -36,81 +36,6 @@ const SEAL_DOMAIN: &[u8] = b"dfs/user-key/v1";
 const EXTENSION: &str = "user";
 /// The longest user name.
 pub const MAX_NAME: usize = 32;
-
-/// The cost of turning a passphrase into a key (argon2id). Stored in each sealed user, so a
-/// file made with other parameters still opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KdfParams {
-    /// Memory in KiB.
-    pub memory_kib: u32,
-    /// Passes over the memory.
-    pub passes: u32,
-    /// Lanes (parallelism).
-    pub lanes: u32,
-}
-
-impl Default for KdfParams {
-    /// 64 MiB, 3 passes, 1 lane: RFC 9106's second recommended option with one lane (the
-    /// peer unseals on one thread). 124 ms on this project's 2-core test machine
-    /// (`cargo bench -p dfs-benches --bench ops`).
-    fn default() -> Self {
-        Self {
-            memory_kib: 64 << 10,
-            passes: 3,
-            lanes: 1,
-        }
-    }
-}
-
-impl KdfParams {
-    /// The least memory accepted (8 MiB): below it a stolen file falls to guessing too fast.
-    pub const MIN_MEMORY_KIB: u32 = 8 << 10;
-    /// The most memory accepted (2 GiB), so a file from elsewhere cannot make the peer
-    /// allocate without bound.
-    pub const MAX_MEMORY_KIB: u32 = 2 << 20;
-    /// The most passes accepted.
-    pub const MAX_PASSES: u32 = 16;
-    /// The most lanes accepted.
-    pub const MAX_LANES: u32 = 8;
-
-    fn check(&self) -> Result<(), UserError> {
-        let bad = |what: String| Err(UserError::BadParams(what));
-        if !(Self::MIN_MEMORY_KIB..=Self::MAX_MEMORY_KIB).contains(&self.memory_kib) {
-            return bad(format!(
-                "memory {} KiB is outside {}..={} KiB",
-                self.memory_kib,
-                Self::MIN_MEMORY_KIB,
-                Self::MAX_MEMORY_KIB
-            ));
-        }
-        if !(1..=Self::MAX_PASSES).contains(&self.passes) {
-            return bad(format!(
-                "{} passes is outside 1..={}",
-                self.passes,
-                Self::MAX_PASSES
-            ));
-        }
-        if !(1..=Self::MAX_LANES).contains(&self.lanes) {
-            return bad(format!(
-                "{} lanes is outside 1..={}",
-                self.lanes,
-                Self::MAX_LANES
-            ));
-        }
-        Ok(())
-    }
-
-    fn derive(&self, passphrase: &[u8], salt: &[u8; 16]) -> Result<[u8; 32], UserError> {
-        self.check()?;
-        let params = argon2::Params::new(self.memory_kib, self.passes, self.lanes, Some(32))
-            .map_err(|e| UserError::BadParams(e.to_string()))?;
-        let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut out = [0u8; 32];
-        kdf.hash_password_into(passphrase, salt, &mut out)
-            .map_err(|e| UserError::BadParams(e.to_string()))?;
-        Ok(out)
-    }
-}
 
 /// Why a user operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +60,16 @@ pub enum UserError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl UserError {
+    fn from_passphrase(e: PassphraseError, name: &str) -> Self {
+        match e {
+            PassphraseError::Wrong => UserError::WrongPassphrase(name.to_string()),
+            PassphraseError::Empty => UserError::EmptyPassphrase,
+            PassphraseError::BadParams(what) => UserError::BadParams(what),
+        }
+    }
 }
 
 /// Check a user name: it becomes a file name.
@@ -197,9 +132,6 @@ impl SealedUser {
         kdf: KdfParams,
     ) -> Result<Self, UserError> {
         check_name(name)?;
-        if passphrase.is_empty() {
-            return Err(UserError::EmptyPassphrase);
-        }
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut salt);
@@ -211,35 +143,33 @@ impl SealedUser {
             salt,
             nonce,
         };
-        let key = kdf.derive(passphrase, &salt)?;
         let secret = keypair.secret();
-        let sealed = XChaCha20Poly1305::new(&Key::from(key))
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: secret.as_ref(),
-                    aad: &header.associated_data(),
-                },
-            )
-            .map_err(|_| UserError::Malformed("sealing failed".into()))?;
+        let sealed = passphrase::seal(
+            passphrase,
+            &kdf,
+            &salt,
+            &nonce,
+            &header.associated_data(),
+            secret.as_ref(),
+        )
+        .map_err(|e| UserError::from_passphrase(e, name))?;
         Ok(Self { header, sealed })
     }
 
     /// Open with `passphrase`.
     pub fn open(&self, passphrase: &[u8]) -> Result<UserKey, UserError> {
         let name = &self.header.name;
-        let key = self.header.kdf.derive(passphrase, &self.header.salt)?;
-        let mut secret = XChaCha20Poly1305::new(&Key::from(key))
-            .decrypt(
-                &XNonce::from(self.header.nonce),
-                Payload {
-                    msg: &self.sealed,
-                    aad: &self.header.associated_data(),
-                },
-            )
-            // The tag covers the header too: a changed file reads as a wrong passphrase,
-            // which is all one can tell.
-            .map_err(|_| UserError::WrongPassphrase(name.clone()))?;
+        // The tag covers the header too: a changed file reads as a wrong passphrase, which is
+        // all one can tell.
+        let mut secret = passphrase::open(
+            passphrase,
+            &self.header.kdf,
+            &self.header.salt,
+            &self.header.nonce,
+            &self.header.associated_data(),
+            &self.sealed,
+        )
+        .map_err(|e| UserError::from_passphrase(e, name))?;
         let secret = ed25519::SecretKey::try_from_bytes(&mut secret)
             .map_err(|e| UserError::Malformed(format!("secret key: {e}")))?;
         let keypair = ed25519::Keypair::from(secret);
@@ -299,7 +229,11 @@ impl SealedUser {
             return Err(malformed("trailing bytes"));
         }
         check_name(&sealed.header.name)?;
-        sealed.header.kdf.check()?;
+        sealed
+            .header
+            .kdf
+            .check()
+            .map_err(|e| UserError::from_passphrase(e, &sealed.header.name))?;
         if sealed.sealed.len() != 32 + 16 {
             return Err(malformed("the sealed key has the wrong length"));
         }
