@@ -218,11 +218,7 @@ impl SealedUser {
         if hex.len() % 2 != 0 || hex.len() > 4096 {
             return Err(malformed("wrong length"));
         }
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| malformed("not hex"))?;
+        let bytes = dfs_placement::ids::from_hex(hex).ok_or_else(|| malformed("not hex"))?;
         let (sealed, rest): (SealedUser, _) =
             postcard::take_from_bytes(&bytes).map_err(|e| UserError::Malformed(e.to_string()))?;
         if !rest.is_empty() {

@@ -67,6 +67,20 @@ pub fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Decode hex (either case) of any even length; `None` if it is not hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |c: u8| (c as char).to_digit(16);
+            Some((digit(pair[0])? << 4 | digit(pair[1])?) as u8)
+        })
+        .collect()
+}
+
 /// Decode exactly 64 hex characters into 32 bytes.
 pub fn parse_hex32(s: &str) -> Result<[u8; 32], ParseIdError> {
     let chars: Vec<char> = s.chars().collect();

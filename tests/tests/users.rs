@@ -11,6 +11,8 @@
 //! - Several devices: Alice's key exported and imported on a third peer joins as her; she
 //!   stays one member with two devices.
 //! - Two users on one peer: root acts as Alice and uid 65534 as Carol in the same mount.
+//! - Password-protected links: `dfs put --password` prints a link whose key is sealed under the
+//!   password; `dfs get` opens it with the password only.
 //! - A uid nobody logged in for cannot change the volume (EACCES), and after `dfs logout`
 //!   neither can the uid that was: the peer alone is no member.
 
@@ -23,11 +25,11 @@ use dfs_tests::{fuse_available, wait_for, Dfs, Run};
 /// The cheapest passphrase hashing `dfs user create` accepts, so the test spends no time in it.
 const FAST: [&str; 4] = ["--kdf-memory", "8", "--kdf-passes", "1"];
 
-/// Run `dfs` on `dfs`'s data directory with `passphrase` in `DFS_PASSPHRASE`.
-fn with_passphrase(dfs: &Dfs, passphrase: &str, args: &[&str]) -> Run {
+/// Run `dfs` on `dfs`'s data directory with `value` in the environment variable `var`.
+fn with_env(dfs: &Dfs, var: &str, value: &str, args: &[&str]) -> Run {
     let out = dfs
         .command(args)
-        .env("DFS_PASSPHRASE", passphrase)
+        .env(var, value)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("spawn dfs");
@@ -36,6 +38,11 @@ fn with_passphrase(dfs: &Dfs, passphrase: &str, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Run `dfs` with `passphrase` in `DFS_PASSPHRASE`.
+fn with_passphrase(dfs: &Dfs, passphrase: &str, args: &[&str]) -> Run {
+    with_env(dfs, "DFS_PASSPHRASE", passphrase, args)
 }
 
 fn create_user(dfs: &Dfs, name: &str, passphrase: &str) -> String {
@@ -384,4 +391,63 @@ fn login_needs_a_running_peer() {
     let run = with_passphrase(&a, "pw", &["login", "alice"]);
     let run = run.fails_with("no dfs peer is running");
     assert_eq!(run.code, Some(1));
+}
+
+/// Run `dfs` with `password` in `DFS_PASSWORD`.
+fn with_password(dfs: &Dfs, password: &str, args: &[&str]) -> Run {
+    with_env(dfs, "DFS_PASSWORD", password, args)
+}
+
+#[test]
+fn a_password_protected_link_opens_with_its_password_only() {
+    let dfs = Dfs::new();
+    let file = dfs.path("secret.bin");
+    let content = dfs_tests::random_bytes(3 << 20, 7);
+    std::fs::write(&file, &content).unwrap();
+    let put = with_password(
+        &dfs,
+        "open sesame",
+        &["put", file.to_str().unwrap(), "--password"],
+    )
+    .ok();
+    let locked = put.last_line().to_string();
+    assert!(locked.contains("#locked1-65536-3-"), "{put:#?}");
+    // The open link (in the owner's own list) is not in the locked one.
+    let list = dfs.run(&["list"]).ok().stdout;
+    let open = list
+        .split('\t')
+        .next_back()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let key = open.split_once('#').map(|(_, k)| k.to_string()).unwrap();
+    assert_eq!(key.len(), 64, "{list}");
+    assert!(!locked.contains(&key));
+
+    let out = dfs.path("restored.bin");
+    let out_s = out.to_str().unwrap();
+    bad_input(
+        with_password(&dfs, "open sesame!", &["get", &locked, "-o", out_s]),
+        "wrong password for this link",
+    );
+    assert!(!out.exists());
+    bad_input(dfs.run(&["get", &locked, "-o", out_s]), "no password");
+    let tampered = locked.replacen("locked1-65536-3-", "locked1-65536-2-", 1);
+    bad_input(
+        with_password(&dfs, "open sesame", &["get", &tampered, "-o", out_s]),
+        "wrong password",
+    );
+    bad_input(
+        dfs.run(&["get", &format!("{}-00", locked), "-o", out_s]),
+        "malformed password-protected link",
+    );
+    assert!(!out.exists());
+    with_password(&dfs, "open sesame", &["get", &locked, "-o", out_s]).ok();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    with_password(&dfs, "open sesame", &["verify", &locked]).ok();
+    // Empty passwords are refused when locking.
+    bad_input(
+        with_password(&dfs, "", &["put", file.to_str().unwrap(), "--password"]),
+        "password is empty",
+    );
 }

@@ -74,6 +74,12 @@ already stored is not stored again."
         /// Erasure coding as DATA+PARITY shards, e.g. 4+2 or 8+3 (default from config: 4+2)
         #[arg(long, value_name = "K+M", value_parser = parse_ec)]
         ec: Option<(u8, u8)>,
+        /// Print a password-protected link: its key sealed under a password (argon2id), so the
+        /// link alone opens nothing
+        #[arg(long)]
+        password: bool,
+        #[command(flatten)]
+        password_source: crate::user::PasswordArgs,
         /// With --peer, --rendezvous or --mdns (or peers in the config), a peer runs for the
         /// duration and the shards go to the network
         #[command(flatten)]
@@ -97,6 +103,8 @@ verified: a failed get leaves nothing behind."
         #[arg(long)]
         force: bool,
         #[command(flatten)]
+        password: crate::user::PasswordArgs,
+        #[command(flatten)]
         net: NetArgs,
     },
     /// Check every shard behind a link and report missing or corrupt ones
@@ -113,6 +121,8 @@ every chunk recoverable, 3 some data lost."
         #[arg(long)]
         repair: bool,
         #[command(flatten)]
+        password: crate::user::PasswordArgs,
+        #[command(flatten)]
         net: NetArgs,
     },
     /// List the stored puts (name, size, date, link)
@@ -121,6 +131,8 @@ every chunk recoverable, 3 some data lost."
     Forget {
         /// The dfs:// link of the put to forget
         link: String,
+        #[command(flatten)]
+        password: crate::user::PasswordArgs,
     },
     /// Mount the volume as a folder (stays in the foreground until unmounted)
     #[command(
@@ -404,16 +416,27 @@ fn open_repo(data: Option<PathBuf>) -> Result<Repo> {
     Ok(repo)
 }
 
-fn parse_link(s: &str) -> Result<ShareLink> {
-    s.parse::<ShareLink>().map_err(anyhow::Error::new)
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Command::Put { path, ec, net } => {
+        Command::Put {
+            path,
+            ec,
+            password,
+            password_source,
+            net,
+        } => {
             // Check the input before touching the data directory, so a typo creates nothing.
             std::fs::symlink_metadata(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
+            let password = if password {
+                let password = password_source.read(true)?;
+                if password.is_empty() {
+                    return Err(crate::BadInput("the password is empty".into()).into());
+                }
+                Some(password)
+            } else {
+                None
+            };
             let mut repo = open_repo(args.data)?;
             if let Some((k, m)) = ec {
                 let mut config: Config = repo.config().clone();
@@ -423,7 +446,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             let repo = Arc::new(repo);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
-            let result = put(&pipeline_of(&repo, peer.as_ref()), &path, peer.as_ref());
+            let result = put(
+                &pipeline_of(&repo, peer.as_ref()),
+                &path,
+                peer.as_ref(),
+                password.as_deref(),
+            );
             if let Some(peer) = peer {
                 peer.stop();
             }
@@ -433,9 +461,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             link,
             output,
             force,
+            password,
             net,
         } => {
-            let link = parse_link(&link)?;
+            let link = crate::user::resolve_link(&link, &password)?;
             let repo = Arc::new(open_repo(args.data)?);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
             let pipeline = pipeline_of(&repo, peer.as_ref());
@@ -445,8 +474,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             result
         }
-        Command::Verify { link, repair, net } => {
-            let link = parse_link(&link)?;
+        Command::Verify {
+            link,
+            repair,
+            password,
+            net,
+        } => {
+            let link = crate::user::resolve_link(&link, &password)?;
             let repo = Arc::new(open_repo(args.data)?);
             let peer = RunningPeer::start_if_wanted(&repo, &net)?;
             let progress = crate::progress::IoProgress::start(
@@ -478,8 +512,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Forget { link } => {
-            let link = parse_link(&link)?;
+        Command::Forget { link, password } => {
+            let link = crate::user::resolve_link(&link, &password)?;
             let repo = open_repo(args.data)?;
             match repo.forget_root(&link.root)? {
                 0 => bail!("no stored put has the root {}", link.root),
@@ -749,7 +783,12 @@ fn pipeline_of(repo: &Arc<Repo>, peer: Option<&RunningPeer>) -> Pipeline {
     peer.map_or_else(|| Pipeline::local(repo.clone()), RunningPeer::pipeline)
 }
 
-fn put(pipeline: &Pipeline, path: &Path, peer: Option<&RunningPeer>) -> Result<ExitCode> {
+fn put(
+    pipeline: &Pipeline,
+    path: &Path,
+    peer: Option<&RunningPeer>,
+    password: Option<&str>,
+) -> Result<ExitCode> {
     let repo = pipeline.repo();
     let started = std::time::Instant::now();
     let input = path.to_path_buf();
@@ -792,7 +831,18 @@ fn put(pipeline: &Pipeline, path: &Path, peer: Option<&RunningPeer>) -> Result<E
         repo.config().storage.data_shards,
         repo.config().storage.parity_shards,
     )?;
-    writeln!(out, "{}", outcome.link)?;
+    match password {
+        // The argon2id work of the lock is done once here; every get pays it again.
+        Some(password) => writeln!(
+            out,
+            "{}",
+            outcome.link.lock(
+                password.as_bytes(),
+                dfs_node::passphrase::KdfParams::default()
+            )?
+        )?,
+        None => writeln!(out, "{}", outcome.link)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

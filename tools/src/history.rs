@@ -77,7 +77,7 @@ pub enum Decoded {
 pub fn decode(entry: &LogEntry) -> Decoded {
     match entry.kind.as_str() {
         "genesis" | "invite" | "join" => Decoded::Control,
-        "data" => match from_hex(&entry.data) {
+        "data" => match dfs_placement::ids::from_hex(&entry.data) {
             Some(bytes) => match postcard::from_bytes::<Op>(&bytes) {
                 Ok(op) => Decoded::Fs(op),
                 Err(e) => Decoded::Opaque(format!("(undecodable fs op: {e})")),
@@ -583,20 +583,6 @@ fn time(t: &Time) -> String {
     })
 }
 
-/// Bytes from lowercase or uppercase hex; `None` if `s` is not hex.
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let digit = |c: u8| (c as char).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -970,8 +956,11 @@ mod tests {
         assert_eq!(parse_id(text.as_bytes()), Some((volume, node(1))));
         assert_eq!(parse_id(b"nonsense"), None);
         assert_eq!(parse_id(b"07 01"), None);
-        assert_eq!(from_hex("00fFa1"), Some(vec![0, 0xff, 0xa1]));
-        assert_eq!(from_hex("0"), None);
-        assert_eq!(from_hex("zz"), None);
+        assert_eq!(
+            dfs_placement::ids::from_hex("00fFa1"),
+            Some(vec![0, 0xff, 0xa1])
+        );
+        assert_eq!(dfs_placement::ids::from_hex("0"), None);
+        assert_eq!(dfs_placement::ids::from_hex("zz"), None);
     }
 }

@@ -61,30 +61,84 @@ pub struct PassphraseArgs {
 impl PassphraseArgs {
     /// The passphrase; `confirm` asks twice on a terminal.
     fn read(&self, confirm: bool) -> Result<String> {
-        if let Some(path) = &self.passphrase_file {
-            let file = std::fs::File::open(path)
-                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
-            let mut line = String::new();
-            std::io::BufReader::new(file)
-                .read_line(&mut line)
-                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
-            return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+        read_secret(
+            self.passphrase_file.as_deref(),
+            "DFS_PASSPHRASE",
+            "passphrase",
+            confirm,
+        )
+    }
+}
+
+/// Where a link's password comes from: a file, the environment, or the terminal.
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// Read the password of a password-protected link from the first line of this file
+    /// [default: $DFS_PASSWORD, or ask on the terminal]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl PasswordArgs {
+    /// The password; `confirm` asks twice on a terminal.
+    pub fn read(&self, confirm: bool) -> Result<String> {
+        read_secret(
+            self.password_file.as_deref(),
+            "DFS_PASSWORD",
+            "password",
+            confirm,
+        )
+    }
+}
+
+/// A secret from the first line of `file`, else the environment variable `env`, else the
+/// terminal (without echo; twice with `confirm`). Without any of them: bad input, not a hang.
+fn read_secret(file: Option<&Path>, env: &str, what: &str, confirm: bool) -> Result<String> {
+    if let Some(path) = file {
+        let open = std::fs::File::open(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+        let mut line = String::new();
+        std::io::BufReader::new(open)
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    if let Ok(secret) = std::env::var(env) {
+        return Ok(secret);
+    }
+    if !std::io::stdin().is_terminal() {
+        let flag = if what == "password" {
+            "--password-file"
+        } else {
+            "--passphrase-file"
+        };
+        return Err(BadInput(format!(
+            "no {what}: give {flag} FILE or {env}, or run in a terminal"
+        ))
+        .into());
+    }
+    let secret = rpassword::prompt_password(format!("{what}: "))?;
+    if confirm && rpassword::prompt_password(format!("{what} again: "))? != secret {
+        return Err(BadInput(format!("the two {what}s differ")).into());
+    }
+    Ok(secret)
+}
+
+/// Parse a link as typed; a password-protected one is opened with the password of
+/// `password`. Malformed links and wrong passwords are bad input.
+pub fn resolve_link(text: &str, password: &PasswordArgs) -> Result<dfs_fs::ShareLink> {
+    let bad = |e: dfs_fs::LinkError| anyhow::Error::from(BadInput(e.to_string()));
+    match text.parse::<dfs_fs::link::AnyLink>().map_err(bad)? {
+        dfs_fs::link::AnyLink::Open(link) => Ok(link),
+        dfs_fs::link::AnyLink::Locked(locked) => {
+            let password = password.read(false)?;
+            locked.unlock(password.as_bytes()).map_err(|e| match e {
+                dfs_fs::LinkError::Passphrase(dfs_node::passphrase::PassphraseError::Wrong) => {
+                    BadInput("wrong password for this link".into()).into()
+                }
+                other => bad(other),
+            })
         }
-        if let Ok(passphrase) = std::env::var("DFS_PASSPHRASE") {
-            return Ok(passphrase);
-        }
-        if !std::io::stdin().is_terminal() {
-            return Err(BadInput(
-                "no passphrase: give --passphrase-file FILE or DFS_PASSPHRASE, or run in a terminal"
-                    .into(),
-            )
-            .into());
-        }
-        let passphrase = rpassword::prompt_password("passphrase: ")?;
-        if confirm && rpassword::prompt_password("passphrase again: ")? != passphrase {
-            return Err(BadInput("the two passphrases differ".into()).into());
-        }
-        Ok(passphrase)
     }
 }
 
