@@ -426,6 +426,11 @@ impl Sessions {
         self.lock().get(&uid).cloned()
     }
 
+    /// The key of user `id`, if it is logged in here (for any uid).
+    pub fn key_of(&self, id: &AuthorId) -> Option<Arc<UserKey>> {
+        self.lock().values().find(|k| k.id() == *id).cloned()
+    }
+
     pub fn list(&self) -> Vec<SessionInfo> {
         self.lock()
             .iter()

@@ -311,6 +311,8 @@ pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, Vol
         &volume,
         control_payload(&Control::Genesis { nonce }),
     )?;
+    // The creator's name, for the members to come.
+    hub.commit_profile(acting, &volume)?;
     let record = VolumeRecord {
         name: name.to_string(),
         secret: rand::random(),

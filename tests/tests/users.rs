@@ -188,6 +188,8 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
         .to_string();
     bad_input(b.run(&["volume", "join", "dfs-ticket-garbage"]), "ticket");
     with_passphrase(&b, "bob's secret", &["login", "bob"]).ok();
+    // Bob names himself before he is in any volume: his join, once taken, brings the name.
+    b.run(&["profile", "set", "--name", "Bob B."]).ok();
     b.run(&["volume", "join", &ticket]).ok();
     for member in [&a, &b] {
         wait_for(Duration::from_secs(30), "team joined by two users", || {
@@ -197,13 +199,17 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
                 .find(|v| v.name == "team" && v.joined && v.members == 2)
         });
     }
-    let log = log_users(&a);
+    let log = wait_for(Duration::from_secs(10), "bob's profile at alice's", || {
+        let log = log_users(&a);
+        (log.len() == 4).then_some(log)
+    });
     assert_eq!(
         log,
         [
             ("genesis".to_string(), Some(alice.clone())),
             ("invite".to_string(), Some(alice.clone())),
             ("join".to_string(), Some(bob.clone())),
+            ("profile".to_string(), Some(bob.clone())),
         ]
     );
 
@@ -247,6 +253,7 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
     assert_eq!(by_id(&alice)["display_name"], "Alice Liddell");
     assert_eq!(by_id(&alice)["devices"].as_array().map(Vec::len), Some(1));
     assert_eq!(by_id(&bob)["devices"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_id(&bob)["display_name"], "Bob B.");
     let list = b.run(&["volume", "list"]).ok().stdout;
     assert!(
         list.contains(&format!("Alice Liddell ({})", &alice[..8])),
@@ -363,7 +370,10 @@ fn logged_in_users_sign_what_they_do_in_a_shared_mount() {
         table.contains(&format!("Alice Liddell ({})", &alice[..8])),
         "{table}"
     );
-    assert!(table.contains(&format!("bob ({})", &bob[..8])), "{table}");
+    assert!(
+        table.contains(&format!("Bob B. ({})", &bob[..8])),
+        "{table}"
+    );
 
     // Logged out, Alice's uid is the peer alone again: refused, nothing changed.
     let out = a.run(&["logout"]).ok();

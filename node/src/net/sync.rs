@@ -342,8 +342,56 @@ impl OpsHub {
                 .replication_delay
                 .observe(delay_ms as f64 / 1000.0);
             self.deliver(&op);
+            self.on_own_join_taken(&op);
         }
         Ok((op, appended))
+    }
+
+    /// When a join this peer made for a logged-in user comes back taken, the user is a
+    /// member: give the volume the user's profile, so the others see their name.
+    fn on_own_join_taken(&self, op: &SignedOp) {
+        let (Some(user), true) = (op.user, op.id.author == self.author) else {
+            return;
+        };
+        let is_join = matches!(
+            crate::oplog::Payload::parse(&op.payload),
+            Ok(crate::oplog::Payload::Control(
+                crate::oplog::control::Control::Join { .. }
+            ))
+        );
+        let Some(key) = is_join.then(|| self.sessions.key_of(&user.user)).flatten() else {
+            return;
+        };
+        if let Err(e) = self.commit_profile(&Acting(Some(key)), &op.volume) {
+            tracing::warn!(volume = %op.volume, error = %e, "cannot give the volume the user's profile");
+        }
+    }
+
+    /// Commit the acting user's newest profile held here to `volume` (nothing without a user
+    /// or a profile). Anti-entropy carries it to the other members.
+    pub fn commit_profile(
+        &self,
+        acting: &Acting,
+        volume: &VolumeId,
+    ) -> Result<Option<SignedOp>, IngestError> {
+        let Some(user) = acting.user() else {
+            return Ok(None);
+        };
+        let held = crate::profiles::ProfileStore::new(self.oplog.db())
+            .get(&user.id())
+            .map_err(|e| IngestError::Task(format!("reading the profile: {e}")))?;
+        let Some(profile) = held else {
+            return Ok(None);
+        };
+        let control = crate::oplog::control::Control::Profile {
+            profile: profile.to_bytes(),
+        };
+        self.commit(
+            acting,
+            volume,
+            crate::oplog::control::control_payload(&control),
+        )
+        .map(Some)
     }
 
     fn observe(&self, remote: Hlc) -> Result<Hlc, ClockError> {
