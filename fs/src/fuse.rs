@@ -471,6 +471,11 @@ impl Filesystem for DfsFs {
             };
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        if truncate || flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            if let Err(e) = self.vol.may_write() {
+                return reply.error(errno(&e));
+            }
+        }
         match self.vol.open_file(Ino(ino.0), truncate) {
             Ok(()) => {
                 // The path may have changed since the last open (a rename).

@@ -198,6 +198,9 @@ pub enum FsError {
     /// this): nothing was changed.
     #[error("refused by the volume's rules: {0}")]
     Refused(String),
+    /// The caller is a reader of the volume: nothing may change through it.
+    #[error("read-only file system: {0}")]
+    ReadOnly(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("corrupt filesystem metadata: {0}")]
@@ -226,6 +229,7 @@ impl FsError {
             FsError::TooLarge => libc::EFBIG,
             FsError::NoSpace => libc::ENOSPC,
             FsError::Refused(_) => libc::EACCES,
+            FsError::ReadOnly(_) => libc::EROFS,
             FsError::Chunk(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Blob(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Meta(_) | FsError::Corrupt(_) | FsError::Chunk(_) | FsError::Blob(_) => {

@@ -107,6 +107,13 @@ pub trait Namespace: Send + Sync {
         std::time::Duration::from_secs(1)
     }
 
+    /// Whether the caller ([`crate::acting`]) may change this namespace: a shared volume's
+    /// reader may not ([`FsError::ReadOnly`]), so opening for writing fails at once rather
+    /// than at close.
+    fn may_write(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Commit every change durably (fsync of the namespace).
     fn sync(&self, repo: &Repo) -> Result<()> {
         repo.meta().sync_wal()?;

@@ -144,6 +144,11 @@ impl Volume {
     }
 
     /// Open a file: its content state is shared by every handle.
+    /// Whether the caller may change the volume ([`Namespace::may_write`]).
+    pub fn may_write(&self) -> Result<()> {
+        self.ns.may_write()
+    }
+
     pub fn open_file(&self, ino: Ino, truncate: bool) -> Result<()> {
         let inode = self.ns.inode(&self.repo, ino)?;
         if inode.kind == Kind::Dir {

@@ -56,7 +56,7 @@ pub use net::{NodeStatus, PeerState, PeerView};
 // The control API's address file and request bodies, for its clients.
 pub use api::{
     ApiEndpoint, CreateVolume, Invitation, JoinVolume, LoggedOut, Login, Logout, ProfileChange,
-    ProfileView, API_FILE, UID_HEADER,
+    ProfileView, SetRole, API_FILE, UID_HEADER,
 };
 
 // A data directory and the chunks in it: open, store, read, check, collect.
@@ -80,8 +80,10 @@ pub use workers::{wait_pending, ChunkWorkers, Pending};
 /// The signed op log of volumes and the hub that carries its ops between peers.
 pub mod ops {
     pub use crate::net::sync::{Acting, OpsHub};
+    pub use crate::oplog::control::Control;
     pub use crate::oplog::{
-        data_payload, AuthorId, Hlc, OpId, OpLog, Payload, SignedOp, UserSignature, VolumeId,
+        data_payload, Access, AuthorId, Hlc, OpId, OpLog, Payload, Rejection, Role, SignedOp,
+        UserSignature, VolumeId,
     };
 }
 

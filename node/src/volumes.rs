@@ -15,7 +15,7 @@ use crate::events::EventKind;
 use crate::meta::{MetaError, CF_VOLUMES};
 use crate::net::sync::{Acting, IngestError, OpsHub};
 use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
-use crate::oplog::{AuthorId, OpLogError, SignedOp, VolumeId};
+use crate::oplog::{Access, AuthorId, OpLogError, Role, SignedOp, VolumeId};
 
 const RECORD_V1: u8 = 1;
 const TICKET_PREFIX: &str = "dfs-ticket-";
@@ -48,11 +48,15 @@ pub struct LogEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
     pub seq: u64,
-    /// `genesis`, `invite`, `join` or `data`.
+    /// `genesis`, `invite`, `join`, `profile`, `role` or `data`.
     pub kind: String,
     /// For `data`: the fs operation, decrypted with the volume's key (hex of its bytes, until
-    /// the fs layer names them); empty otherwise.
+    /// the fs layer names them); for `role`: the member and its new role; for `profile`: the
+    /// display name; empty otherwise.
     pub data: String,
+    /// Why the op has no effect, when the roles reject it ([`crate::oplog::access`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// Sign `profile` as `user` (logged in here), keep it, and commit it to every volume the user
@@ -103,11 +107,27 @@ pub struct MemberInfo {
     /// The peers that have signed ops for this member (for a user: its devices), hex.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// The member's role now: owner, admin, writer, reader or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+impl MemberInfo {
+    /// The member for people: `Display Name (1a2b3c4d)`, or the short key alone (names are
+    /// claims, so the key is always beside them).
+    pub fn label(&self) -> String {
+        let short = self.id.get(..8).unwrap_or(&self.id);
+        match &self.display_name {
+            Some(name) => format!("{name} ({short})"),
+            None => short.to_string(),
+        }
+    }
 }
 
 fn member_info(
     profiles: &crate::profiles::ProfileStore<'_>,
     devices: &[(AuthorId, AuthorId)],
+    access: &Access,
     member: AuthorId,
 ) -> MemberInfo {
     MemberInfo {
@@ -118,20 +138,125 @@ fn member_info(
             .filter(|(_, user)| *user == member)
             .map(|(peer, _)| peer.to_string())
             .collect(),
+        role: access.current_role(&member),
     }
 }
 
-/// `dfs volume members`: the members of volume `name`, with their names and devices.
+/// `dfs volume members`: the members of volume `name`, with their names, devices and roles
+/// (removed ones included).
 pub fn members(hub: &OpsHub, name: &str) -> Result<Vec<MemberInfo>, VolumeError> {
     let (volume, _) = by_name(hub, name)?;
+    members_of(hub, &volume)
+}
+
+fn members_of(hub: &OpsHub, volume: &VolumeId) -> Result<Vec<MemberInfo>, VolumeError> {
     let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
-    let devices = hub.oplog().devices(&volume)?;
+    let devices = hub.oplog().devices(volume)?;
+    let access = hub.oplog().access(volume)?;
     Ok(hub
         .oplog()
-        .members(&volume)?
+        .members(volume)?
         .into_iter()
-        .map(|m| member_info(&profiles, &devices, m))
+        .map(|m| member_info(&profiles, &devices, &access, m))
         .collect())
+}
+
+/// The member of `volume` that `query` names: its key in hex (whole, or a prefix of at least 8
+/// digits) or its display name, either naming exactly one member.
+fn find_member(hub: &OpsHub, name: &str, query: &str) -> Result<MemberInfo, VolumeError> {
+    let (volume, _) = by_name(hub, name)?;
+    let members = members_of(hub, &volume)?;
+    let query_hex = query.to_ascii_lowercase();
+    let by_key: Vec<&MemberInfo> = members
+        .iter()
+        .filter(|m| query_hex.len() >= 8 && m.id.starts_with(&query_hex))
+        .collect();
+    let found: Vec<&MemberInfo> = if by_key.is_empty() {
+        members
+            .iter()
+            .filter(|m| m.display_name.as_deref() == Some(query))
+            .collect()
+    } else {
+        by_key
+    };
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(VolumeError::NoSuchMember {
+            name: name.to_string(),
+            query: query.to_string(),
+        }),
+        _ => Err(VolumeError::AmbiguousMember {
+            query: query.to_string(),
+            count: found.len(),
+        }),
+    }
+}
+
+/// `dfs volume role NAME MEMBER ROLE` (and `dfs volume remove`): give `member` of volume `name`
+/// its new `role`, as `acting`, who must be the owner or an admin (and an admin decides only
+/// for writers and readers). Returns the member and the op to gossip.
+pub fn set_role(
+    hub: &OpsHub,
+    acting: &Acting,
+    name: &str,
+    member: &str,
+    role: Role,
+) -> Result<(MemberInfo, SignedOp), VolumeError> {
+    let (volume, _) = by_name(hub, name)?;
+    let target = find_member(hub, name, member)?;
+    let target_id: AuthorId = target
+        .id
+        .parse()
+        .map_err(|_| VolumeError::Corrupt(format!("member key {}", target.id)))?;
+    let me = hub.principal(acting);
+    let mine = hub.oplog().access(&volume)?.current_role(&me);
+    let refuse = |why: &str| VolumeError::NotAllowed(why.to_string());
+    match (mine, target.role) {
+        (Some(Role::Owner), _) if target_id == me => {
+            return Err(refuse("the owner's role cannot be changed"))
+        }
+        (Some(Role::Owner), _) if role == Role::Owner => {
+            return Err(refuse("a volume has one owner, its creator"))
+        }
+        (Some(Role::Owner), _) => {}
+        (Some(Role::Admin), Some(theirs)) if theirs >= Role::Admin || role >= Role::Admin => {
+            return Err(refuse(
+                "an admin decides for writers and readers only; ask the owner",
+            ))
+        }
+        (Some(Role::Admin), _) => {}
+        _ => return Err(refuse("only the volume's owner and admins change roles")),
+    }
+    // Every op of the member this peer holds came before the decision; any other after it.
+    let heads = hub.oplog().heads(&volume)?;
+    let devices: Vec<AuthorId> = hub
+        .oplog()
+        .devices(&volume)?
+        .into_iter()
+        .filter(|(_, user)| *user == target_id)
+        .map(|(peer, _)| peer)
+        .chain(std::iter::once(target_id))
+        .collect();
+    let cutoff = devices
+        .iter()
+        .filter_map(|d| heads.get(d).map(|seq| (d.0, *seq)))
+        .collect();
+    let control = Control::SetRole {
+        member: target_id.0,
+        role,
+        cutoff,
+    };
+    let op = hub.commit(acting, &volume, control_payload(&control))?;
+    hub.repo().record_event(
+        EventKind::UserAction,
+        name,
+        &format!("made member {} {role}", target.label()),
+    );
+    let target = members_of(hub, &volume)?
+        .into_iter()
+        .find(|m| m.id == target.id)
+        .unwrap_or(target);
+    Ok((target, op))
 }
 
 /// The creator of `volume`: the principal of its genesis op (among its first ops: a member
@@ -148,7 +273,13 @@ fn owner(hub: &OpsHub, volume: &VolumeId) -> Result<Option<MemberInfo>, VolumeEr
     };
     let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
     let devices = hub.oplog().devices(volume)?;
-    Ok(Some(member_info(&profiles, &devices, genesis.principal())))
+    let access = hub.oplog().access(volume)?;
+    Ok(Some(member_info(
+        &profiles,
+        &devices,
+        &access,
+        genesis.principal(),
+    )))
 }
 
 /// What a join ticket carries.
@@ -176,6 +307,12 @@ pub enum VolumeError {
     NotYetMember(String),
     #[error("{who} is not a member of volume {name:?}: log in as a member user (`dfs login`)")]
     NotAMember { name: String, who: String },
+    #[error("no member of volume {name:?} is called {query:?} (give a display name or at least 8 digits of the key; see `dfs volume members`)")]
+    NoSuchMember { name: String, query: String },
+    #[error("{query:?} names {count} members: give more digits of the key")]
+    AmbiguousMember { query: String, count: usize },
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("no user is logged in for this uid (`dfs login NAME`)")]
     NoUser,
     #[error(transparent)]
@@ -296,16 +433,11 @@ fn name_free(hub: &OpsHub, name: &str) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Who `acting` is in a volume's membership: the user, or this peer when no user acts.
-fn principal(hub: &OpsHub, acting: &Acting) -> AuthorId {
-    acting.user().map_or(hub.author(), |u| u.id())
-}
-
 /// Create a volume named `name` with `acting` (a user, or this peer) as its first member.
 pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, VolumeError> {
     name_free(hub, name)?;
     let nonce: [u8; 16] = rand::random();
-    let volume = volume_id_of(&principal(hub, acting), &nonce);
+    let volume = volume_id_of(&hub.principal(acting), &nonce);
     hub.commit(
         acting,
         &volume,
@@ -338,7 +470,7 @@ pub fn invite(
     if !hub.is_in(&volume)? {
         return Err(VolumeError::NotYetMember(name.to_string()));
     }
-    if !hub.oplog().is_member(&volume, &principal(hub, acting))? {
+    if !hub.oplog().is_member(&volume, &hub.principal(acting))? {
         return Err(VolumeError::NotAMember {
             name: name.to_string(),
             who: match acting.user() {
@@ -389,7 +521,7 @@ pub fn join(
     let invite = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut secret)
         .map(libp2p::identity::ed25519::Keypair::from)
         .map_err(|e| VolumeError::BadTicket(format!("bad invitation key ({e})")))?;
-    let me = principal(hub, acting);
+    let me = hub.principal(acting);
     let control = Control::Join {
         invite: invite.public().to_bytes(),
         proof: join_proof(&invite, &volume, &me),
@@ -424,6 +556,7 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
     let (volume, record) = by_name(hub, name)?;
     let key = crate::crypto::OpKey::of_volume(&record.secret);
     let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
+    let access = hub.oplog().access(&volume)?;
     let total = hub.oplog().len(&volume)?;
     let skip = total.saturating_sub(limit as u64);
     let mut out = Vec::new();
@@ -446,6 +579,14 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                     ("invite", String::new())
                 }
                 Ok(crate::oplog::Payload::Control(Control::Join { .. })) => ("join", String::new()),
+                Ok(crate::oplog::Payload::Control(Control::SetRole { member, role, .. })) => {
+                    let member = AuthorId(member);
+                    let who = match profiles.display_name(&member) {
+                        Some(name) => format!("{name} ({})", &member.to_string()[..8]),
+                        None => member.to_string()[..8].to_string(),
+                    };
+                    ("role", format!("{who} -> {role}"))
+                }
                 Ok(crate::oplog::Payload::Control(Control::Profile { profile })) => (
                     "profile",
                     match crate::profiles::SignedProfile::from_bytes(&profile) {
@@ -471,6 +612,7 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                 seq: op.seq,
                 kind: kind.into(),
                 data,
+                rejected: access.verdict(&op).err().map(|why| why.to_string()),
             });
         }
     }
@@ -485,7 +627,14 @@ pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
             Ok(VolumeInfo {
                 id: id.to_string(),
                 name: r.name,
-                members: hub.oplog().members(&id)?.len(),
+                members: {
+                    let access = hub.oplog().access(&id)?;
+                    hub.oplog()
+                        .members(&id)?
+                        .iter()
+                        .filter(|m| access.current_role(m) != Some(Role::Removed))
+                        .count()
+                },
                 ops: hub.oplog().len(&id)?,
                 joined: hub.is_in(&id)?,
                 owner: owner(hub, &id)?,

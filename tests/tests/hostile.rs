@@ -204,11 +204,16 @@ fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
     let _turn = shared_turn();
     let (dirs, _nodes, boot) = storage_network(2, "[placement]\ntrust_after_secs = 0\n", "5");
     put(&random_bytes(4 << 20, 21), &boot);
-    let (path, chunk, index) = dirs[0]
-        .held_files()
-        .into_iter()
-        .next()
-        .expect("the first peer holds a shard");
+    // A put returns once its chunks are durable, which may be before every shard landed, and
+    // either peer may be the one that got them first: take a shard from whichever holds one.
+    let (holder, (path, chunk, index)) = wait_for(
+        Duration::from_secs(10),
+        "a storage peer to hold a shard",
+        || {
+            dirs.iter()
+                .find_map(|d| d.held_files().into_iter().next().map(|held| (d, held)))
+        },
+    );
     let before = std::fs::read(&path).expect("read shard");
     let attacker = Dfs::new();
     let said = run_hostile(
@@ -216,7 +221,7 @@ fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
         &attacker,
         &[
             "--peer",
-            &boot,
+            &holder.address(),
             "--chunk",
             &chunk,
             "--index",
@@ -229,7 +234,7 @@ fn a_stored_shard_cannot_be_overwritten_by_another_peer() {
         "the held shard changed"
     );
     let counted = metric(
-        &dirs[0].metrics(),
+        &holder.metrics(),
         "dfs_bad_shards_total{event=\"overwrite\"}",
     );
     assert_eq!(counted, Some(1.0));

@@ -54,18 +54,21 @@ pub struct HistoryLine {
     /// The author's sequence number of the op.
     pub seq: u64,
     /// A one-word kind: create, rename, delete, write, chmod, chown, touch, setattr,
-    /// set-xattr, remove-xattr, dismiss, genesis, invite, join, data or unknown.
+    /// set-xattr, remove-xattr, dismiss, genesis, invite, join, profile, role, data or unknown.
     pub op: String,
     /// What the op did, e.g. `create file "notes.txt" in /docs, mode 644`.
     pub detail: String,
     /// `<millis>.<counter>@<author8>#<seq>`: names the op uniquely, for citing.
     pub version: String,
+    /// Why the op had no effect, when the volume's roles reject it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// What one log entry carries, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
-    /// A membership op: `genesis`, `invite` or `join`.
+    /// A membership op: `genesis`, `invite`, `join` or `role`.
     Control,
     /// A filesystem op.
     Fs(Op),
@@ -76,7 +79,7 @@ pub enum Decoded {
 /// Decode the fs op of a `data` entry (hex of the postcard encoding of an [`Op`]).
 pub fn decode(entry: &LogEntry) -> Decoded {
     match entry.kind.as_str() {
-        "genesis" | "invite" | "join" => Decoded::Control,
+        "genesis" | "invite" | "join" | "role" => Decoded::Control,
         "data" => match dfs_placement::ids::from_hex(&entry.data) {
             Some(bytes) => match postcard::from_bytes::<Op>(&bytes) {
                 Ok(op) => Decoded::Fs(op),
@@ -134,11 +137,12 @@ impl Describer {
         let (op, detail) = match decoded {
             Decoded::Control => {
                 let detail = match entry.kind.as_str() {
-                    "genesis" => "create the volume",
-                    "invite" => "invite a member",
-                    _ => "join the volume",
+                    "genesis" => "create the volume".to_string(),
+                    "invite" => "invite a member".to_string(),
+                    "role" => format!("set the role of {}", entry.data),
+                    _ => "join the volume".to_string(),
                 };
-                (entry.kind.clone(), detail.to_string())
+                (entry.kind.clone(), detail)
             }
             Decoded::Fs(op) => {
                 let (kind, detail) = self.words(op, focus);
@@ -150,7 +154,8 @@ impl Describer {
             (entry.millis, entry.counter, entry.author.clone()),
             entry.seq,
         );
-        if let Decoded::Fs(op) = decoded {
+        // A rejected op changed nothing: the paths of later ops do not follow it.
+        if let (Decoded::Fs(op), None) = (decoded, &entry.rejected) {
             self.take(op);
         }
         HistoryLine {
@@ -169,6 +174,7 @@ impl Describer {
                 short(&entry.author),
                 entry.seq
             ),
+            rejected: entry.rejected.clone(),
         }
     }
 
@@ -431,6 +437,9 @@ pub fn print_lines(lines: &[HistoryLine], names: &BTreeMap<String, String>) {
             "{:<30}  {:<author_width$}  {:<width$}  {}",
             l.time, author, l.detail, l.version
         );
+        if let Some(why) = &l.rejected {
+            println!("{:<30}  {:<author_width$}  ^ rejected: {why}", "", "");
+        }
     }
 }
 
@@ -620,6 +629,7 @@ mod tests {
             seq,
             kind: "data".into(),
             data: dfs_placement::ids::to_hex(&bytes),
+            rejected: None,
         }
     }
 

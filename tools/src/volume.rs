@@ -1,4 +1,4 @@
-//! `dfs volume create|list|invite|join|log`: shared volumes, through the API of the peer
+//! `dfs volume create|list|invite|join|log|members|role|remove`: shared volumes, through the API of the peer
 //! running on the data directory (it owns the op logs and dials the members). `log` describes
 //! each op with [`crate::history`], as `dfs log PATH` does.
 
@@ -57,6 +57,25 @@ dials."
         #[arg(long)]
         json: bool,
     },
+    /// Change a member's role: admin, writer, reader or removed (owner and admins only)
+    #[command(
+        long_about = "Change the role of MEMBER (a display name, or at least 8 hex digits of the key, as `dfs volume members` shows) in volume NAME. Readers' mounts are read-only and their changes are rejected by every member; a removed member's changes are rejected and it may no longer pull the volume. Every op of the member this peer holds stays; any other op of theirs is judged by the new role, whatever time it claims. The owner decides every role but its own; an admin decides for writers and readers only."
+    )]
+    Role {
+        /// The volume's local name
+        name: String,
+        /// The member: display name or key (8+ hex digits)
+        member: String,
+        /// admin, writer, reader or removed
+        role: dfs_node::ops::Role,
+    },
+    /// Remove a member: `dfs volume role NAME MEMBER removed`
+    Remove {
+        /// The volume's local name
+        name: String,
+        /// The member: display name or key (8+ hex digits)
+        member: String,
+    },
     /// Join a volume with a ticket from `dfs volume invite`
     Join {
         /// The dfs-ticket-... printed by `dfs volume invite`
@@ -89,7 +108,7 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                     let owner = v
                         .owner
                         .as_ref()
-                        .map_or_else(|| "-".to_string(), member_label);
+                        .map_or_else(|| "-".to_string(), MemberInfo::label);
                     println!(
                         "{:<20} {:<34} {:>7} {:>8}  {state:<8} {owner}",
                         v.name, v.id, v.members, v.ops
@@ -128,13 +147,18 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&members)?);
             } else {
-                println!("{:<40} DEVICES", "MEMBER");
+                println!("{:<40} {:<8} DEVICES", "MEMBER", "ROLE");
                 for m in &members {
                     let devices: Vec<&str> =
                         m.devices.iter().map(|d| d.get(..8).unwrap_or(d)).collect();
-                    println!("{:<40} {}", member_label(m), devices.join(" "));
+                    let role = m.role.map_or("-", |r| r.name());
+                    println!("{:<40} {role:<8} {}", m.label(), devices.join(" "));
                 }
             }
+        }
+        VolumeCommand::Role { name, member, role } => set_role(data, &name, member, role)?,
+        VolumeCommand::Remove { name, member } => {
+            set_role(data, &name, member, dfs_node::ops::Role::Removed)?
         }
         VolumeCommand::Join { ticket, name } => {
             let v: VolumeInfo = api_post(data, "/v1/volumes/join", &JoinVolume { ticket, name })?;
@@ -147,13 +171,15 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A member for people: `Display Name (1a2b3c4d)`, or the short key alone.
-fn member_label(m: &MemberInfo) -> String {
-    let short = m.id.get(..8).unwrap_or(&m.id);
-    match &m.display_name {
-        Some(name) => format!("{name} ({short})"),
-        None => short.to_string(),
-    }
+fn set_role(data: &Path, name: &str, member: String, role: dfs_node::ops::Role) -> Result<()> {
+    let route = format!("/v1/volumes/{name}/role");
+    let m: MemberInfo = api_post(data, &route, &dfs_node::SetRole { member, role })?;
+    println!(
+        "{} is now {} in volume {name}",
+        m.label(),
+        m.role.map_or("?", |r| r.name())
+    );
+    Ok(())
 }
 
 /// One op of `dfs volume log --json`: the API's entry and the op in words.

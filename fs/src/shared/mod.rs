@@ -35,7 +35,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use dfs_node::ops::{data_payload, AuthorId, OpId, OpsHub, Payload, SignedOp, VolumeId};
+use dfs_node::ops::{
+    data_payload, Access, AuthorId, OpId, OpsHub, Payload, Rejection, SignedOp, VolumeId,
+};
 use dfs_node::OpKey;
 use dfs_node::{BlobRef, Repo};
 use serde::{Deserialize, Serialize};
@@ -154,6 +156,14 @@ struct Seen(BTreeMap<AuthorId, (u64, BTreeSet<u64>)>);
 
 struct State {
     vol: VolumeState<OpId, AuthorId>,
+    /// The roles by which remote data ops are applied or rejected ([`dfs_node::ops::Access`]),
+    /// taken again from the log with every role-deciding op.
+    access: Arc<Access>,
+    /// A role decision arrived, or a join that may let in ops rejected before: the state must
+    /// be computed again from the log ([`SharedNamespace::rematerialise_locked`]).
+    roles_changed: bool,
+    /// Some data op was rejected because its author was no member (yet).
+    rejected_strangers: bool,
     seen: Seen,
     inos: HashMap<NodeId, Ino>,
     nodes: HashMap<Ino, NodeId>,
@@ -226,6 +236,9 @@ impl SharedNamespace {
                 owner,
                 state: Mutex::new(State {
                     vol: VolumeState::new(),
+                    access: Arc::default(),
+                    roles_changed: false,
+                    rejected_strangers: false,
                     seen: Seen::default(),
                     inos: HashMap::new(),
                     nodes: HashMap::new(),
@@ -256,8 +269,23 @@ impl SharedNamespace {
         lock(&self.inner.state)
     }
 
+    /// The volume's roles as the ops held decide them now.
+    fn access(&self) -> Arc<Access> {
+        match self.inner.hub.oplog().access(&self.inner.volume) {
+            Ok(access) => access,
+            Err(e) => {
+                // Without roles, no remote data op can be judged: none is applied until the
+                // next role-deciding op reads them again.
+                tracing::warn!(error = %e, "cannot read the volume's roles");
+                Arc::default()
+            }
+        }
+    }
+
     /// Apply every op of the log (again: applying is idempotent). Returns how many were read.
     fn rescan(&self) -> Result<usize> {
+        let access = self.access();
+        self.state().access = access.clone();
         let mut after = None;
         let mut count = 0;
         loop {
@@ -275,6 +303,12 @@ impl SharedNamespace {
                 self.take_locked(&mut st, op);
             }
         }
+        // Every op was judged by the roles of the whole log, unless one that decides roles
+        // came in during the scan.
+        let mut st = self.state();
+        if Arc::ptr_eq(&st.access, &access) {
+            st.roles_changed = false;
+        }
         Ok(count)
     }
 
@@ -283,12 +317,20 @@ impl SharedNamespace {
         st.seen.mark(op.id.author, op.seq);
         let fs_op = match decode_op(&self.inner.key, op) {
             Ok(Some(fs_op)) => fs_op,
-            Ok(None) => return Vec::new(),
+            Ok(None) => {
+                self.take_control(st, op);
+                return Vec::new();
+            }
             Err(e) => {
                 tracing::warn!(op = %op.id, error = %e, "op of the shared volume ignored");
                 return Vec::new();
             }
         };
+        if let Err(why) = st.access.verdict(op) {
+            tracing::info!(op = %op.id, principal = %op.principal(), %why, "op of the shared volume rejected");
+            st.rejected_strangers |= why == Rejection::NotMember;
+            return Vec::new();
+        }
         let stamp = Stamp {
             ts: op.id,
             author: op.id.author,
@@ -307,6 +349,72 @@ impl SharedNamespace {
                 Vec::new()
             }
         }
+    }
+
+    /// A control op: one that decides roles makes the roles be read again; a role change, or
+    /// a join after data ops were rejected as a stranger's, makes the state be computed again.
+    fn take_control(&self, st: &mut State, op: &SignedOp) {
+        use dfs_node::ops::Control;
+        let Ok(Payload::Control(control)) = Payload::parse(&op.payload) else {
+            return;
+        };
+        match control {
+            Control::Profile { .. } => {}
+            Control::SetRole { .. } => {
+                st.access = self.access();
+                st.roles_changed = true;
+            }
+            Control::Genesis { .. } | Control::Invite { .. } | Control::Join { .. } => {
+                st.access = self.access();
+                st.roles_changed |= st.rejected_strangers;
+            }
+        }
+    }
+
+    /// Compute the state again from the whole log under the roles it decides now (a role
+    /// decision may void ops applied before it arrived); returns what the kernel must forget:
+    /// everything it was told.
+    fn rematerialise_locked(&self, st: &mut State) -> Vec<Inval> {
+        st.vol = VolumeState::new();
+        st.seen = Seen::default();
+        st.listings.clear();
+        st.access = self.access();
+        st.rejected_strangers = false;
+        let mut after = None;
+        loop {
+            let page = match self
+                .inner
+                .hub
+                .oplog()
+                .scan(&self.inner.volume, after.as_ref(), 1024)
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the volume's op log");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for op in &page {
+                self.take_locked(st, op);
+            }
+        }
+        st.roles_changed = false;
+        tracing::info!(volume = %self.inner.volume, ops = st.vol.len(), "volume state computed again after a role change");
+        let exposed: Vec<(NodeId, Vec<Vec<u8>>)> = st
+            .exposed
+            .drain()
+            .map(|(dir, names)| (dir, names.into_keys().collect()))
+            .collect();
+        let mut out = Vec::new();
+        for (dir, names) in exposed {
+            let parent = st.ino_of(dir);
+            out.extend(names.into_iter().map(|name| Inval::Entry { parent, name }));
+        }
+        out.push(Inval::Inode(ROOT));
+        out.extend(st.nodes.keys().map(|ino| Inval::Inode(*ino)));
+        out
     }
 
     /// Apply ops as the peer takes them in, until the namespace closes or the peer stops,
@@ -364,6 +472,9 @@ impl SharedNamespace {
                     let mut st = ns.state();
                     for op in &ops {
                         invals.extend(ns.take_locked(&mut st, op));
+                    }
+                    if st.roles_changed {
+                        invals = ns.rematerialise_locked(&mut st);
                     }
                 }
                 if lagged {
@@ -440,7 +551,9 @@ impl SharedNamespace {
                 data_payload(&sealed),
             )
             .map_err(|e| {
-                if e.is_refusal() {
+                if e.rejection() == Some(dfs_node::ops::Rejection::Reader) {
+                    FsError::ReadOnly(e.to_string())
+                } else if e.is_refusal() {
                     tracing::warn!(error = %e, "op refused: log in as a member (`dfs login`)");
                     FsError::Refused(e.to_string())
                 } else {

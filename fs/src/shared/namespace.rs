@@ -427,6 +427,23 @@ impl Namespace for SharedNamespace {
         self.inner.publish_ready()
     }
 
+    fn may_write(&self) -> Result<()> {
+        let hub = &self.inner.hub;
+        let role = hub
+            .role_of(&hub.acting(crate::acting::uid()), &self.inner.volume)
+            .map_err(|e| FsError::Corrupt(format!("reading the volume's roles: {e}")))?;
+        match role {
+            Some(role) if role.writes() => Ok(()),
+            Some(dfs_node::ops::Role::Reader) => Err(FsError::ReadOnly(
+                "a reader of this volume changes nothing".into(),
+            )),
+            Some(_) => Err(FsError::Refused("removed from this volume".into())),
+            None => Err(FsError::Refused(
+                "not a member of this volume: log in as one (`dfs login`)".into(),
+            )),
+        }
+    }
+
     fn cache_ttl(&self) -> std::time::Duration {
         // Remote changes invalidate exactly what they touch (see `follow`).
         std::time::Duration::from_secs(10)

@@ -124,8 +124,10 @@ impl From<crate::volumes::VolumeError> for ApiError {
             V::NameTaken(_) | V::AlreadyMember(..) => StatusCode::CONFLICT,
             V::Unknown(_) => StatusCode::NOT_FOUND,
             V::BadName(_) | V::BadTicket(_) | V::NotYetMember(_) => StatusCode::BAD_REQUEST,
-            V::NotAMember { .. } | V::NoUser => StatusCode::FORBIDDEN,
-            V::Profile(_) => StatusCode::BAD_REQUEST,
+            V::NotAMember { .. } | V::NoUser | V::NotAllowed(_) => StatusCode::FORBIDDEN,
+            V::Op(op) if op.is_refusal() => StatusCode::FORBIDDEN,
+            V::NoSuchMember { .. } => StatusCode::NOT_FOUND,
+            V::Profile(_) | V::AmbiguousMember { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -136,6 +138,13 @@ impl From<crate::volumes::VolumeError> for ApiError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateVolume {
     pub name: String,
+}
+
+/// `POST /v1/volumes/{name}/role` body: `member` by display name or key (8+ hex digits).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetRole {
+    pub member: String,
+    pub role: crate::oplog::Role,
 }
 
 /// `POST /v1/volumes/join` body.
@@ -278,6 +287,19 @@ async fn stats(
     Ok(Json(report))
 }
 
+async fn set_role(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<SetRole>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let uid = users::uid_of(&headers)?;
+    Ok(Json(
+        volumes::set_role_on(&state.network, uid, name, body).await?,
+    ))
+}
+
 async fn volume_members(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -353,6 +375,7 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/volumes/{name}/invite", post(invite_volume))
         .route("/v1/volumes/{name}/log", get(volume_log))
         .route("/v1/volumes/{name}/members", get(volume_members))
+        .route("/v1/volumes/{name}/role", post(set_role))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
         .route("/v1/sessions", get(sessions))

@@ -75,6 +75,21 @@ pub async fn join_on(
     info_of(net, volume).await
 }
 
+/// [`volumes::set_role`] on a running peer, which publishes the decision at once.
+pub async fn set_role_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+    change: super::SetRole,
+) -> Result<MemberInfo, ApiError> {
+    let (member, op) = blocking(net, move |hub| {
+        volumes::set_role(hub, &hub.acting(uid), &name, &change.member, change.role)
+    })
+    .await?;
+    net.publish_op(op).await;
+    Ok(member)
+}
+
 /// [`volumes::log`] on a running peer.
 pub async fn log_on(net: &Network, name: String, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
     blocking(net, move |hub| volumes::log(hub, &name, limit)).await

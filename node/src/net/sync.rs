@@ -158,8 +158,20 @@ impl IngestError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            IngestError::Log(OpLogError::NotMember { .. } | OpLogError::Refused { .. })
+            IngestError::Log(
+                OpLogError::NotMember { .. }
+                    | OpLogError::Refused { .. }
+                    | OpLogError::Rejected { .. }
+            )
         )
+    }
+
+    /// Why the volume's rules reject the op, where they do by its principal's role.
+    pub fn rejection(&self) -> Option<crate::oplog::Rejection> {
+        match self {
+            IngestError::Log(OpLogError::Rejected { reason, .. }) => Some(*reason),
+            _ => None,
+        }
     }
 }
 
@@ -200,6 +212,23 @@ impl OpsHub {
     /// or nobody logged in for it) this peer.
     pub fn acting(&self, uid: Option<u32>) -> Acting {
         Acting(uid.and_then(|uid| self.sessions.user_of(uid)))
+    }
+
+    /// Who `acting` is in a volume: the user, or this peer where no user acts.
+    pub fn principal(&self, acting: &Acting) -> AuthorId {
+        acting.user().map_or(self.author, crate::users::UserKey::id)
+    }
+
+    /// The role `acting` has in `volume` now (`None`: no member).
+    pub fn role_of(
+        &self,
+        acting: &Acting,
+        volume: &VolumeId,
+    ) -> Result<Option<crate::oplog::Role>, OpLogError> {
+        Ok(self
+            .oplog
+            .access(volume)?
+            .current_role(&self.principal(acting)))
     }
 
     /// Whether this peer holds `volume` as a member: itself, or through a user it acts for.
@@ -313,9 +342,18 @@ impl OpsHub {
         let hlc = clock.tick(physical_now_ms());
         let seq = self.oplog.next_seq(volume, &self.author)?;
         let user = acting.0.as_deref().map(crate::users::UserKey::keypair);
-        Ok(SignedOp::sign_as(
-            &self.key, user, *volume, hlc, seq, payload,
-        )?)
+        let op = SignedOp::sign_as(&self.key, user, *volume, hlc, seq, payload)?;
+        // What every member would reject is not signed at all (a join is judged by the
+        // members, who alone can take it).
+        if !matches!(
+            crate::oplog::Payload::parse(&op.payload),
+            Ok(crate::oplog::Payload::Control(
+                crate::oplog::control::Control::Join { .. }
+            ))
+        ) {
+            self.oplog.check_role(&op)?;
+        }
+        Ok(op)
     }
 
     /// Take an encoded op a peer sent for `volume`: decode, check its clock is not too far

@@ -15,12 +15,16 @@
 //! - **Profile** (by a member user): the user's signed profile, kept by every member if newer
 //!   than the one it holds ([`crate::profiles`]).
 //!
-//! An invitation may be used more than once until removal of members arrives; whoever holds a
-//! ticket can read the volume anyway, since the ticket carries the volume's secret.
+//! - **SetRole** (by the owner or an admin): a member's new role; which of these stand, and what
+//!   each member may do, is decided in [`super::access`].
+//!
+//! An invitation may be used more than once; whoever holds a ticket can read the volume
+//! anyway, since the ticket carries the volume's secret (until key epochs arrive).
 
 use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
+use super::access::{Role, MAX_CUTOFF_DEVICES};
 use super::op::{AuthorId, VolumeId};
 
 /// Kind byte of a payload defined by the fs layer.
@@ -49,6 +53,14 @@ pub enum Control {
     Profile {
         #[serde(with = "serde_bytes")]
         profile: Vec<u8>,
+    },
+    /// A member's new role, by the owner or an admin ([`super::access`]): `cutoff` names, per
+    /// device of the member, the highest seq the decider held; the member's other ops come
+    /// after the decision, whatever their clocks say.
+    SetRole {
+        member: [u8; 32],
+        role: Role,
+        cutoff: Vec<([u8; 32], u64)>,
     },
 }
 
@@ -83,6 +95,14 @@ impl Payload<'_> {
                         "{} trailing bytes",
                         trailing.len()
                     )));
+                }
+                if let Control::SetRole { cutoff, .. } = &control {
+                    if cutoff.len() > MAX_CUTOFF_DEVICES {
+                        return Err(PayloadError::Malformed(format!(
+                            "a role change naming {} devices (at most {MAX_CUTOFF_DEVICES})",
+                            cutoff.len()
+                        )));
+                    }
                 }
                 Ok(Payload::Control(control))
             }

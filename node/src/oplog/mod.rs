@@ -25,11 +25,13 @@
 //! Payloads are opaque bytes here: the fs layer defines (and encrypts) what an op does; this
 //! module only signs, orders, stores and counts them.
 
+pub mod access;
 pub mod control;
 pub mod hlc;
 pub mod op;
 pub mod store;
 
+pub use access::{Access, Rejection, Role};
 pub use control::{data_payload, Payload};
 pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock};
 pub use op::{AuthorId, OpError, OpId, SignedOp, UserSignature, VolumeId, MAX_ENCODED};

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::access::{Access, OpPlace, Rejection};
 use super::control::{verify_join, volume_id_of, Control, Payload};
 use super::hlc::Hlc;
 use super::op::{AuthorId, OpError, OpId, SignedOp, VolumeId};
@@ -109,6 +110,13 @@ pub enum OpLogError {
         held_seq: u64,
         got_seq: u64,
     },
+    /// The op is well formed, but its principal's role in the volume does not allow it.
+    #[error("{principal} may not change volume {volume}: {reason}")]
+    Rejected {
+        volume: VolumeId,
+        principal: AuthorId,
+        reason: Rejection,
+    },
     #[error("op {id} of {author} refused on volume {volume}: {reason}")]
     Refused {
         volume: VolumeId,
@@ -140,6 +148,15 @@ struct VolumeState {
     /// The highest clock reading of any op held: a peer's clock starts above it, so its new
     /// ops order after everything it has seen, across restarts too.
     latest: Hlc,
+    /// The control ops that decide roles, in op order, once [`OpLog::access`] first read them.
+    controls: Option<Vec<(OpPlace, Control)>>,
+    /// The roles they decide, until the next such op.
+    access: Option<Arc<Access>>,
+}
+
+/// Whether a control op takes part in deciding roles ([`Access::build`]).
+fn decides_roles(control: &Control) -> bool {
+    !matches!(control, Control::Profile { .. })
 }
 
 /// The op logs of every volume this peer follows.
@@ -322,16 +339,16 @@ impl<M: MetaSource> OpLog<M> {
         );
         match payload {
             Payload::Data(_)
-            | Payload::Control(Control::Invite { .. } | Control::Profile { .. })
-                if !self.is_member(&volume, &author)? =>
-            {
-                Err(OpLogError::NotMember {
-                    volume,
-                    author,
-                    id: op.id,
-                })
-            }
-            Payload::Data(_) => Ok(Vec::new()),
+            | Payload::Control(
+                Control::Invite { .. } | Control::Profile { .. } | Control::SetRole { .. },
+            ) if !self.is_member(&volume, &author)? => Err(OpLogError::NotMember {
+                volume,
+                author,
+                id: op.id,
+            }),
+            // Whether these stand is the roles' to say ([`super::access`]): every member
+            // keeps the same ops, whatever it makes of them.
+            Payload::Data(_) | Payload::Control(Control::SetRole { .. }) => Ok(Vec::new()),
             Payload::Control(Control::Profile { profile }) => {
                 let profile = crate::profiles::SignedProfile::from_bytes(&profile)
                     .map_err(|e| refused(&e.to_string()))?;
@@ -397,7 +414,7 @@ impl<M: MetaSource> OpLog<M> {
     /// made ops for a user who still is.
     pub fn may_sync(&self, volume: &VolumeId, author: &AuthorId) -> Result<bool, OpLogError> {
         if self.is_member(volume, author)? {
-            return Ok(true);
+            return self.not_removed(volume, author);
         }
         let key = author_prefix(volume, author);
         let user = self
@@ -405,7 +422,8 @@ impl<M: MetaSource> OpLog<M> {
             .cf_get(CF_VOLUME_DEVICES, &key)
             .map_err(|e| db_err(volume, e))?;
         match user.as_deref().map(<[u8; 32]>::try_from) {
-            Some(Ok(user)) => self.is_member(volume, &AuthorId(user)),
+            Some(Ok(user)) => Ok(self.is_member(volume, &AuthorId(user))?
+                && self.not_removed(volume, &AuthorId(user))?),
             Some(Err(_)) => Err(OpLogError::Corrupt {
                 volume: *volume,
                 what: "device row",
@@ -413,6 +431,12 @@ impl<M: MetaSource> OpLog<M> {
             }),
             None => Ok(false),
         }
+    }
+
+    /// Whether the roles leave `principal` anything in `volume` (a member removed may no
+    /// longer pull it).
+    fn not_removed(&self, volume: &VolumeId, principal: &AuthorId) -> Result<bool, OpLogError> {
+        Ok(self.access(volume)?.current_role(principal) != Some(super::access::Role::Removed))
     }
 
     /// The devices of `volume`'s member users: (peer, user) pairs, by peer.
@@ -536,10 +560,62 @@ impl<M: MetaSource> OpLog<M> {
                 }
             }
         }
+        if let (Some(controls), Ok(Payload::Control(control))) =
+            (state.controls.as_mut(), Payload::parse(&op.payload))
+        {
+            if decides_roles(&control) {
+                let at = OpPlace::of(op);
+                let place = controls.partition_point(|(held, _)| held.id < at.id);
+                controls.insert(place, (at, control));
+                state.access = None;
+            }
+        }
         if stale {
             states.remove(&volume);
         }
         Ok(Appended::New)
+    }
+
+    /// The roles in `volume` that the ops held decide ([`super::access`]). The first call per
+    /// volume reads the whole log; appends keep it current after that.
+    pub fn access(&self, volume: &VolumeId) -> Result<Arc<Access>, OpLogError> {
+        let mut states = self.lock();
+        let state = self.volume_state(&mut states, volume)?;
+        if let Some(access) = &state.access {
+            return Ok(access.clone());
+        }
+        if state.controls.is_none() {
+            // Under the append lock, so no op slips in between this read and the cache.
+            let mut controls = Vec::new();
+            let mut after = None;
+            loop {
+                let page = self.scan(volume, after.as_ref(), PAGE)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                for op in page {
+                    if let Ok(Payload::Control(control)) = Payload::parse(&op.payload) {
+                        if decides_roles(&control) {
+                            controls.push((OpPlace::of(&op), control));
+                        }
+                    }
+                }
+            }
+            state.controls = Some(controls);
+        }
+        let access = Arc::new(Access::build(state.controls.as_deref().unwrap_or_default()));
+        state.access = Some(access.clone());
+        Ok(access)
+    }
+
+    /// Whether the members of `volume` would take `op` (signed here, not yet appended):
+    /// refused with the reason when its principal's role does not allow it.
+    pub fn check_role(&self, op: &SignedOp) -> Result<(), OpLogError> {
+        let access = self.access(&op.volume)?;
+        access.verdict(op).map_err(|reason| OpLogError::Rejected {
+            volume: op.volume,
+            principal: op.principal(),
+            reason,
+        })
     }
 
     fn cf_get(

@@ -1,0 +1,335 @@
+//! Roles in a volume, decided by the volume's own control ops: every member that holds the same
+//! ops gives every op the same verdict, whatever order the ops arrived in.
+//!
+//! Roles rank owner > admin > writer > reader > removed. The creator (the genesis's principal)
+//! is the owner for good; a member who joined with a ticket is a writer until a
+//! [`Control::SetRole`] says otherwise. Who may decide what is stratified, so no verdict
+//! depends on itself:
+//!
+//! 1. The owner's decisions always stand (except on the owner itself, or naming another owner).
+//! 2. An admin's decision stands when the owner's decisions make its author an admin at that op,
+//!    it names a role below admin, and its target is not an admin or the owner by the owner's
+//!    decisions before it. So admins cannot unmake each other, and nothing an admin does can
+//!    change who the admins are.
+//! 3. A join stands when the invitation it proves was recorded by an op whose author was then
+//!    a writer or above; the first recording of an invitation key counts.
+//!
+//! **Which decision governs an op** is not a matter of clocks, which an author chooses: a
+//! decision carries a *cutoff*, per device of its target, the highest seq of that device the
+//! decider held. An op of the target at or below the cutoff was seen by the decider and came
+//! before the decision; any other op comes after it, even one that claims an earlier time. An
+//! op's role is that of the last decision (in op order) it comes after, else the role it joined
+//! with. So a member demoted or removed while offline cannot write its way back by backdating,
+//! and a write made concurrently with a removal is rejected on every member alike.
+//!
+//! Storage stays permissive (every admitted member's ops are kept, so every replica holds the
+//! same set); verdicts are applied where ops take effect: the fs state applies only the data
+//! ops of writers, and a peer refuses to sign what its members would reject.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::control::{Control, Payload};
+use super::op::{AuthorId, OpId, SignedOp};
+
+/// The most devices one [`Control::SetRole`] may name in its cutoff.
+pub const MAX_CUTOFF_DEVICES: usize = 256;
+
+/// What a member may do in a volume.
+/// (Serialised by variant index in ops, so the names below are free to read well in JSON.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Once a member: its ops are rejected, and it may no longer pull the volume.
+    Removed,
+    /// Reads; its changes are rejected (the mount is read-only).
+    Reader,
+    /// Reads, writes and invites.
+    Writer,
+    /// A writer that also changes the roles of writers and readers, and removes them.
+    Admin,
+    /// The creator: changes every role but its own.
+    Owner,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Removed => "removed",
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    /// Whether a member with this role may change the volume's files.
+    pub fn writes(self) -> bool {
+        self >= Role::Writer
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "removed" => Ok(Role::Removed),
+            "reader" => Ok(Role::Reader),
+            "writer" => Ok(Role::Writer),
+            "admin" => Ok(Role::Admin),
+            "owner" => Ok(Role::Owner),
+            _ => Err(format!(
+                "unknown role {s:?} (one of admin, writer, reader, removed)"
+            )),
+        }
+    }
+}
+
+/// Where an op stands: its id, the peer that signed it (a device), its principal (the user,
+/// or the peer where no user signed) and its place in the device's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpPlace {
+    pub id: OpId,
+    pub device: AuthorId,
+    pub principal: AuthorId,
+    pub seq: u64,
+}
+
+impl OpPlace {
+    pub fn of(op: &SignedOp) -> OpPlace {
+        OpPlace {
+            id: op.id,
+            device: op.id.author,
+            principal: op.principal(),
+            seq: op.seq,
+        }
+    }
+}
+
+/// Why an op has no effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("its author is not a member")]
+    NotMember,
+    #[error("its author is a reader")]
+    Reader,
+    #[error("its author was removed from the volume")]
+    Removed,
+    #[error("only the owner and admins change roles")]
+    NotAdmin,
+    #[error("the owner's role cannot be changed, nor another owner made")]
+    Owner,
+    #[error("an admin can neither change an admin's role nor make one")]
+    AboveRank,
+    #[error("its invitation was not recorded by a writer")]
+    Invitation,
+}
+
+/// A role decision that stands.
+#[derive(Debug, Clone)]
+struct Decision {
+    id: OpId,
+    role: Role,
+    cutoff: BTreeMap<AuthorId, u64>,
+}
+
+impl Decision {
+    /// Whether `at` comes after this decision: its decider had not seen it.
+    fn precedes(&self, at: &OpPlace) -> bool {
+        at.seq > self.cutoff.get(&at.device).copied().unwrap_or(0)
+    }
+}
+
+/// The roles of one volume's members, from its control ops.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    owner: Option<AuthorId>,
+    /// Members by a join that stands, with the role they joined with.
+    joined: BTreeMap<AuthorId, Role>,
+    /// The decisions that stand, per target, in op order.
+    decisions: BTreeMap<AuthorId, Vec<Decision>>,
+    /// Control ops that stand for nothing, and why.
+    void: BTreeMap<OpId, Rejection>,
+}
+
+/// The role `decisions` give an op at `at` of a member that joined as `joined`.
+fn role_by(decisions: Option<&Vec<Decision>>, joined: Role, at: &OpPlace) -> Role {
+    decisions
+        .into_iter()
+        .flatten()
+        .filter(|d| d.precedes(at))
+        .last()
+        .map_or(joined, |d| d.role)
+}
+
+impl Access {
+    /// The roles that `controls`, a volume's control ops in op order, decide.
+    pub fn build(controls: &[(OpPlace, Control)]) -> Access {
+        let mut access = Access {
+            owner: controls
+                .iter()
+                .find_map(|(at, c)| matches!(c, Control::Genesis { .. }).then_some(at.principal)),
+            ..Access::default()
+        };
+        let owner = access.owner;
+        let role_changes = controls.iter().filter_map(|(at, c)| match c {
+            Control::SetRole {
+                member,
+                role,
+                cutoff,
+            } => Some((at, AuthorId(*member), *role, cutoff)),
+            _ => None,
+        });
+        // 1. The owner's decisions.
+        let mut by_owner: BTreeMap<AuthorId, Vec<Decision>> = BTreeMap::new();
+        for (at, member, role, cutoff) in role_changes.clone() {
+            if Some(at.principal) != owner {
+                continue;
+            }
+            if Some(member) == owner || role == Role::Owner {
+                access.void.insert(at.id, Rejection::Owner);
+                continue;
+            }
+            by_owner.entry(member).or_default().push(Decision {
+                id: at.id,
+                role,
+                cutoff: cutoff.iter().map(|(d, s)| (AuthorId(*d), *s)).collect(),
+            });
+        }
+        // 2. The admins' decisions, judged by the owner's alone.
+        let mut decisions = by_owner.clone();
+        for (at, member, role, cutoff) in role_changes {
+            if Some(at.principal) == owner {
+                continue;
+            }
+            let decider = role_by(by_owner.get(&at.principal), Role::Writer, at);
+            let target_rank = by_owner
+                .get(&member)
+                .into_iter()
+                .flatten()
+                .filter(|d| d.id < at.id)
+                .last()
+                .map_or(Role::Writer, |d| d.role);
+            let verdict = if decider < Role::Admin {
+                Err(Rejection::NotAdmin)
+            } else if Some(member) == owner || role == Role::Owner {
+                Err(Rejection::Owner)
+            } else if role >= Role::Admin || target_rank >= Role::Admin {
+                Err(Rejection::AboveRank)
+            } else {
+                Ok(())
+            };
+            match verdict {
+                Err(why) => {
+                    access.void.insert(at.id, why);
+                }
+                Ok(()) => {
+                    let list = decisions.entry(member).or_default();
+                    list.push(Decision {
+                        id: at.id,
+                        role,
+                        cutoff: cutoff.iter().map(|(d, s)| (AuthorId(*d), *s)).collect(),
+                    });
+                    list.sort_by_key(|d| d.id);
+                }
+            }
+        }
+        access.decisions = decisions;
+        // 3. Invitations and joins, in op order (an inviter's join precedes its invitation).
+        let mut invites = BTreeMap::new();
+        for (at, control) in controls {
+            match control {
+                Control::Invite { invite } => match access.role_at(at) {
+                    Ok(role) if role.writes() => {
+                        invites.entry(*invite).or_insert(at.id);
+                    }
+                    Ok(_) => {
+                        access.void.insert(at.id, Rejection::Reader);
+                    }
+                    Err(why) => {
+                        access.void.insert(at.id, why);
+                    }
+                },
+                Control::Join { invite, .. } if Some(at.principal) != owner => {
+                    if invites.contains_key(invite) {
+                        access.joined.entry(at.principal).or_insert(Role::Writer);
+                    } else {
+                        access.void.insert(at.id, Rejection::Invitation);
+                    }
+                }
+                _ => {}
+            }
+        }
+        access
+    }
+
+    /// The volume's creator, once its genesis is held.
+    pub fn owner(&self) -> Option<AuthorId> {
+        self.owner
+    }
+
+    /// The role of the member whose op stands at `at`; an error for a non-member.
+    pub fn role_at(&self, at: &OpPlace) -> Result<Role, Rejection> {
+        if Some(at.principal) == self.owner {
+            return Ok(Role::Owner);
+        }
+        let joined = *self.joined.get(&at.principal).ok_or(Rejection::NotMember)?;
+        Ok(role_by(self.decisions.get(&at.principal), joined, at))
+    }
+
+    /// The role of `principal` now: by the last decision about it.
+    pub fn current_role(&self, principal: &AuthorId) -> Option<Role> {
+        if Some(*principal) == self.owner {
+            return Some(Role::Owner);
+        }
+        let joined = *self.joined.get(principal)?;
+        Some(
+            self.decisions
+                .get(principal)
+                .and_then(|d| d.last())
+                .map_or(joined, |d| d.role),
+        )
+    }
+
+    /// Whether `op` takes effect, and if not, why.
+    pub fn verdict(&self, op: &SignedOp) -> Result<(), Rejection> {
+        if let Some(why) = self.void.get(&op.id) {
+            return Err(*why);
+        }
+        let at = OpPlace::of(op);
+        let needs = match Payload::parse(&op.payload) {
+            Ok(Payload::Data(_)) | Ok(Payload::Control(Control::Invite { .. })) => Role::Writer,
+            Ok(Payload::Control(Control::Profile { .. })) => Role::Reader,
+            // Genesis, joins and role changes were judged by `build`.
+            Ok(Payload::Control(_)) | Err(_) => return Ok(()),
+        };
+        match self.role_at(&at)? {
+            role if role >= needs => Ok(()),
+            Role::Removed => Err(Rejection::Removed),
+            _ => Err(Rejection::Reader),
+        }
+    }
+
+    /// The members and their roles now (removed ones included), owner first.
+    pub fn roles(&self) -> Vec<(AuthorId, Role)> {
+        let mut out: Vec<(AuthorId, Role)> =
+            self.owner.map(|o| (o, Role::Owner)).into_iter().collect();
+        for member in self.joined.keys() {
+            if let Some(role) = self.current_role(member) {
+                out.push((*member, role));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
