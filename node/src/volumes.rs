@@ -110,6 +110,10 @@ pub struct MemberInfo {
     /// The member's role now: owner, admin, writer, reader or removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Whether this member is who asked (the user logged in for the caller's uid, or this
+    /// peer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub you: bool,
 }
 
 impl MemberInfo {
@@ -139,14 +143,20 @@ fn member_info(
             .map(|(peer, _)| peer.to_string())
             .collect(),
         role: access.current_role(&member),
+        you: false,
     }
 }
 
 /// `dfs volume members`: the members of volume `name`, with their names, devices and roles
 /// (removed ones included).
-pub fn members(hub: &OpsHub, name: &str) -> Result<Vec<MemberInfo>, VolumeError> {
+pub fn members(hub: &OpsHub, acting: &Acting, name: &str) -> Result<Vec<MemberInfo>, VolumeError> {
     let (volume, _) = by_name(hub, name)?;
-    members_of(hub, &volume)
+    let me = hub.principal(acting).to_string();
+    let mut members = members_of(hub, &volume)?;
+    for m in &mut members {
+        m.you = m.id == me;
+    }
+    Ok(members)
 }
 
 fn members_of(hub: &OpsHub, volume: &VolumeId) -> Result<Vec<MemberInfo>, VolumeError> {

@@ -73,6 +73,13 @@ impl Run {
         self
     }
 
+    /// A bad-input failure: exit status 2 and one `dfs: error` line naming `needle`.
+    pub fn bad_input(self, needle: &str) -> Self {
+        let run = self.fails_with(needle);
+        assert_eq!(run.code, Some(2), "{run:#?}");
+        run
+    }
+
     /// The last line of stdout (where `put` prints the link).
     pub fn last_line(&self) -> &str {
         self.stdout.lines().last().unwrap_or("")
@@ -140,6 +147,57 @@ impl Dfs {
             .output()
             .expect("spawn dfs");
         Run::from_output(out)
+    }
+
+    /// [`Dfs::run`] with `value` in the environment variable `var` (a passphrase or password).
+    pub fn run_with_env(&self, var: &str, value: &str, args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn dfs");
+        Run::from_output(out)
+    }
+
+    /// [`Dfs::run`] with `passphrase` in `DFS_PASSPHRASE`.
+    pub fn run_with_passphrase(&self, passphrase: &str, args: &[&str]) -> Run {
+        self.run_with_env("DFS_PASSPHRASE", passphrase, args)
+    }
+
+    /// `dfs user create NAME` with the cheapest passphrase hashing it accepts (so tests spend
+    /// no time in it); returns the user's key, hex.
+    pub fn create_user(&self, name: &str, passphrase: &str) -> String {
+        let run = self
+            .run_with_passphrase(
+                passphrase,
+                &[
+                    "user",
+                    "create",
+                    name,
+                    "--kdf-memory",
+                    "8",
+                    "--kdf-passes",
+                    "1",
+                ],
+            )
+            .ok();
+        // "created user NAME (KEY)"
+        run.stdout
+            .trim()
+            .rsplit_once('(')
+            .and_then(|(_, key)| key.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no key in {run:#?}"))
+            .to_string()
+    }
+
+    /// `dfs login NAME` on the running peer.
+    pub fn login(&self, name: &str, passphrase: &str) {
+        let run = self.run_with_passphrase(passphrase, &["login", name]).ok();
+        assert!(
+            run.stdout.contains(&format!("logged in as {name}")),
+            "{run:#?}"
+        );
     }
 
     /// Like [`Dfs::run`], for commands that serve until stopped (`node`): killed after

@@ -22,47 +22,23 @@ use std::time::Duration;
 
 use dfs_tests::{fuse_available, wait_for, Dfs, Run};
 
-/// The cheapest passphrase hashing `dfs user create` accepts, so the test spends no time in it.
-const FAST: [&str; 4] = ["--kdf-memory", "8", "--kdf-passes", "1"];
-
 /// Run `dfs` on `dfs`'s data directory with `value` in the environment variable `var`.
 fn with_env(dfs: &Dfs, var: &str, value: &str, args: &[&str]) -> Run {
-    let out = dfs
-        .command(args)
-        .env(var, value)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("spawn dfs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    dfs.run_with_env(var, value, args)
 }
 
 /// Run `dfs` with `passphrase` in `DFS_PASSPHRASE`.
 fn with_passphrase(dfs: &Dfs, passphrase: &str, args: &[&str]) -> Run {
-    with_env(dfs, "DFS_PASSPHRASE", passphrase, args)
+    dfs.run_with_passphrase(passphrase, args)
 }
 
 fn create_user(dfs: &Dfs, name: &str, passphrase: &str) -> String {
-    let mut args = vec!["user", "create", name];
-    args.extend(FAST);
-    let run = with_passphrase(dfs, passphrase, &args).ok();
-    // "created user NAME (KEY)"
-    run.stdout
-        .trim()
-        .rsplit_once('(')
-        .and_then(|(_, key)| key.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("no key in {run:#?}"))
-        .to_string()
+    dfs.create_user(name, passphrase)
 }
 
 /// A bad-input failure: exit status 2 and one `dfs: error` line naming `needle`.
 fn bad_input(run: Run, needle: &str) -> Run {
-    let run = run.fails_with(needle);
-    assert_eq!(run.code, Some(2), "{run:#?}");
-    run
+    run.bad_input(needle)
 }
 
 #[test]

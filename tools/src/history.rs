@@ -154,9 +154,13 @@ impl Describer {
             (entry.millis, entry.counter, entry.author.clone()),
             entry.seq,
         );
-        // A rejected op changed nothing: the paths of later ops do not follow it.
-        if let (Decoded::Fs(op), None) = (decoded, &entry.rejected) {
-            self.take(op);
+        // A rejected op changed nothing: the paths of later ops do not follow it. A rejected
+        // create is taken all the same, so the rejected ops on its new node name it (it moves
+        // no existing node).
+        if let Decoded::Fs(op) = decoded {
+            if entry.rejected.is_none() || matches!(op, VolumeOp::Create { .. }) {
+                self.take(op);
+            }
         }
         HistoryLine {
             time: utc(entry.millis),
@@ -904,6 +908,7 @@ mod tests {
             seq: 1,
             kind: kind.into(),
             data: data.into(),
+            rejected: None,
         };
         let entries = [
             plain("genesis", ""),

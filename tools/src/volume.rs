@@ -152,7 +152,12 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                     let devices: Vec<&str> =
                         m.devices.iter().map(|d| d.get(..8).unwrap_or(d)).collect();
                     let role = m.role.map_or("-", |r| r.name());
-                    println!("{:<40} {role:<8} {}", m.label(), devices.join(" "));
+                    let label = if m.you {
+                        format!("{} (you)", m.label())
+                    } else {
+                        m.label()
+                    };
+                    println!("{label:<40} {role:<8} {}", devices.join(" "));
                 }
             }
         }

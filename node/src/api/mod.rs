@@ -306,7 +306,8 @@ async fn volume_members(
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(volumes::members_on(&state.network, name).await?))
+    let uid = users::uid_of(&headers)?;
+    Ok(Json(volumes::members_on(&state.network, uid, name).await?))
 }
 
 async fn login(

@@ -96,8 +96,15 @@ pub async fn log_on(net: &Network, name: String, limit: usize) -> Result<Vec<Log
 }
 
 /// [`volumes::members`] on a running peer.
-pub async fn members_on(net: &Network, name: String) -> Result<Vec<MemberInfo>, ApiError> {
-    blocking(net, move |hub| volumes::members(hub, &name)).await
+pub async fn members_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+) -> Result<Vec<MemberInfo>, ApiError> {
+    blocking(net, move |hub| {
+        volumes::members(hub, &hub.acting(uid), &name)
+    })
+    .await
 }
 
 /// [`volumes::list`] on a running peer.
