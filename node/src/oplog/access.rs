@@ -28,70 +28,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::control::{Control, Payload};
+use super::control::{Control, Payload, Role};
 use super::op::{AuthorId, OpId, SignedOp};
-
-/// The most devices one [`Control::SetRole`] may name in its cutoff.
-pub const MAX_CUTOFF_DEVICES: usize = 256;
-
-/// What a member may do in a volume.
-/// (Serialised by variant index in ops, so the names below are free to read well in JSON.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Once a member: its ops are rejected, and it may no longer pull the volume.
-    Removed,
-    /// Reads; its changes are rejected (the mount is read-only).
-    Reader,
-    /// Reads, writes and invites.
-    Writer,
-    /// A writer that also changes the roles of writers and readers, and removes them.
-    Admin,
-    /// The creator: changes every role but its own.
-    Owner,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Removed => "removed",
-            Role::Reader => "reader",
-            Role::Writer => "writer",
-            Role::Admin => "admin",
-            Role::Owner => "owner",
-        }
-    }
-
-    /// Whether a member with this role may change the volume's files.
-    pub fn writes(self) -> bool {
-        self >= Role::Writer
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "removed" => Ok(Role::Removed),
-            "reader" => Ok(Role::Reader),
-            "writer" => Ok(Role::Writer),
-            "admin" => Ok(Role::Admin),
-            "owner" => Ok(Role::Owner),
-            _ => Err(format!(
-                "unknown role {s:?} (one of admin, writer, reader, removed)"
-            )),
-        }
-    }
-}
 
 /// Where an op stands: its id, the peer that signed it (a device), its principal (the user,
 /// or the peer where no user signed) and its place in the device's sequence.
@@ -165,8 +103,8 @@ fn role_by(decisions: Option<&Vec<Decision>>, joined: Role, at: &OpPlace) -> Rol
     decisions
         .into_iter()
         .flatten()
-        .filter(|d| d.precedes(at))
-        .last()
+        .rev()
+        .find(|d| d.precedes(at))
         .map_or(joined, |d| d.role)
 }
 
@@ -215,8 +153,8 @@ impl Access {
                 .get(&member)
                 .into_iter()
                 .flatten()
-                .filter(|d| d.id < at.id)
-                .last()
+                .rev()
+                .find(|d| d.id < at.id)
                 .map_or(Role::Writer, |d| d.role);
             let verdict = if decider < Role::Admin {
                 Err(Rejection::NotAdmin)

@@ -24,7 +24,6 @@
 use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
-use super::access::{Role, MAX_CUTOFF_DEVICES};
 use super::op::{AuthorId, VolumeId};
 
 /// Kind byte of a payload defined by the fs layer.
@@ -62,6 +61,66 @@ pub enum Control {
         role: Role,
         cutoff: Vec<([u8; 32], u64)>,
     },
+}
+
+/// The most devices one [`Control::SetRole`] may name in its cutoff.
+pub const MAX_CUTOFF_DEVICES: usize = 256;
+
+/// What a member may do in a volume.
+/// (Serialised by variant index in ops, so the names below are free to read well in JSON.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Once a member: its ops are rejected, and it may no longer pull the volume.
+    Removed,
+    /// Reads; its changes are rejected (the mount is read-only).
+    Reader,
+    /// Reads, writes and invites.
+    Writer,
+    /// A writer that also changes the roles of writers and readers, and removes them.
+    Admin,
+    /// The creator: changes every role but its own.
+    Owner,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Removed => "removed",
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    /// Whether a member with this role may change the volume's files.
+    pub fn writes(self) -> bool {
+        self >= Role::Writer
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "removed" => Ok(Role::Removed),
+            "reader" => Ok(Role::Reader),
+            "writer" => Ok(Role::Writer),
+            "admin" => Ok(Role::Admin),
+            "owner" => Ok(Role::Owner),
+            _ => Err(format!(
+                "unknown role {s:?} (one of admin, writer, reader, removed)"
+            )),
+        }
+    }
 }
 
 /// What an op's payload is.

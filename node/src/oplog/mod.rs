@@ -31,8 +31,8 @@ pub mod hlc;
 pub mod op;
 pub mod store;
 
-pub use access::{Access, Rejection, Role};
-pub use control::{data_payload, Payload};
+pub use access::{Access, Rejection};
+pub use control::{data_payload, Payload, Role};
 pub use hlc::{physical_now_ms, ClockError, Hlc, HlcClock};
 pub use op::{AuthorId, OpError, OpId, SignedOp, UserSignature, VolumeId, MAX_ENCODED};
 pub use store::{Appended, OpLog, OpLogError};

@@ -436,7 +436,7 @@ impl<M: MetaSource> OpLog<M> {
     /// Whether the roles leave `principal` anything in `volume` (a member removed may no
     /// longer pull it).
     fn not_removed(&self, volume: &VolumeId, principal: &AuthorId) -> Result<bool, OpLogError> {
-        Ok(self.access(volume)?.current_role(principal) != Some(super::access::Role::Removed))
+        Ok(self.access(volume)?.current_role(principal) != Some(super::control::Role::Removed))
     }
 
     /// The devices of `volume`'s member users: (peer, user) pairs, by peer.
