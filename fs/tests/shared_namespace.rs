@@ -19,7 +19,6 @@ struct Fixture {
     repo: Arc<Repo>,
     hub: Arc<OpsHub>,
     volume: dfs_node::ops::VolumeId,
-    secret: [u8; 32],
     _dir: tempfile::TempDir,
 }
 
@@ -33,27 +32,18 @@ fn fixture() -> Fixture {
     let hub = Arc::new(OpsHub::new(repo.clone(), key));
     let volume = dfs_node::volume::create(&hub, &dfs_node::ops::Acting::PEER, "team")
         .expect("create volume");
-    let (_, record) = dfs_node::volume::by_name(&hub, "team").expect("record");
     Fixture {
         repo,
         hub,
         volume,
-        secret: record.secret,
         _dir: dir,
     }
 }
 
 impl Fixture {
     fn open(&self) -> SharedNamespace {
-        SharedNamespace::open(
-            self.hub.clone(),
-            self.volume,
-            &self.secret,
-            1 << 16,
-            ME,
-            Box::new(|_| {}),
-        )
-        .expect("open the shared namespace")
+        SharedNamespace::open(self.hub.clone(), self.volume, 1 << 16, ME, Box::new(|_| {}))
+            .expect("open the shared namespace")
     }
 }
 
@@ -217,7 +207,6 @@ fn closing_publishes_what_is_left_and_ends_both_threads() {
     let ns = SharedNamespace::open(
         f.hub.clone(),
         f.volume,
-        &f.secret,
         1 << 16,
         ME,
         Box::new(move |_| {

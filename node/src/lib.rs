@@ -25,6 +25,7 @@ mod config;
 mod crypto;
 mod diskcache;
 mod events;
+mod keyring;
 mod meta;
 mod metrics;
 mod net;
@@ -89,7 +90,10 @@ pub mod ops {
 
 /// The volumes this peer is a member of: create one, find one by name, list their records.
 pub mod volume {
-    pub use crate::volumes::{by_name, create, records_in, LogEntry, MemberInfo, VolumeInfo};
+    pub use crate::keyring::{KeyError, Keyring};
+    pub use crate::volumes::{
+        by_name, create, keyring, records_in, LogEntry, MemberInfo, VolumeInfo,
+    };
 }
 
 /// Secrets sealed under a passphrase (argon2id, XChaCha20-Poly1305): user keys and

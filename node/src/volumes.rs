@@ -12,12 +12,17 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::EventKind;
+use crate::keyring::{EpochSecret, Keyring};
 use crate::meta::{MetaError, CF_VOLUMES};
 use crate::net::sync::{Acting, IngestError, OpsHub};
-use crate::oplog::control::{control_payload, join_proof, volume_id_of, Control};
+use crate::oplog::control::{
+    control_payload, join_proof, volume_id_of, Control, NewEpoch, SealedSecret,
+    MAX_EPOCH_RECIPIENTS,
+};
 use crate::oplog::{Access, AuthorId, OpLogError, Role, SignedOp, VolumeId};
 
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
 const TICKET_PREFIX: &str = "dfs-ticket-";
 /// Longest volume name accepted.
 pub const MAX_NAME: usize = 64;
@@ -31,6 +36,17 @@ pub struct VolumeRecord {
     /// This peer's join op, until a member took it and it came back in the log.
     #[serde(with = "serde_bytes")]
     pub pending_join: Vec<u8>,
+    /// The key epochs begun since the volume was made that this peer holds ([`Keyring`]).
+    pub epochs: Vec<EpochSecret>,
+}
+
+/// [`VolumeRecord`] as format 1 kept it, before key epochs.
+#[derive(Deserialize)]
+struct VolumeRecordV1 {
+    name: String,
+    secret: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pending_join: Vec<u8>,
 }
 
 /// One op of a volume's log as `dfs volume log` shows it.
@@ -202,6 +218,67 @@ fn find_member(hub: &OpsHub, name: &str, query: &str) -> Result<MemberInfo, Volu
     }
 }
 
+/// The keys of `volume` this peer holds ([`Keyring`]): the first from its record, the epochs
+/// from its record and those sealed to this peer in the log. Epochs learned from the log are
+/// written to the record, so offline commands (`dfs gc`) know them too.
+pub fn keyring(hub: &OpsHub, volume: &VolumeId) -> Result<Keyring, VolumeError> {
+    let (_, mut record) = records(hub)?
+        .into_iter()
+        .find(|(id, _)| id == volume)
+        .ok_or_else(|| VolumeError::Unknown(volume.to_string()))?;
+    let access = hub.oplog().access(volume)?;
+    let ring = Keyring::new(
+        *volume,
+        &record.secret,
+        &record.epochs,
+        &access,
+        (&hub.peer_seed(), &hub.author().0),
+    );
+    if ring.secrets().len() > record.epochs.len() {
+        record.epochs = ring.secrets().to_vec();
+        save(hub, volume, &record)?;
+    }
+    Ok(ring)
+}
+
+/// A new key epoch for `volume` sealed to every member left once `leaving` is gone, and to
+/// their devices and this peer; the secret is kept in the volume's record at once.
+fn new_epoch(hub: &OpsHub, volume: &VolumeId, leaving: &AuthorId) -> Result<NewEpoch, VolumeError> {
+    let access = hub.oplog().access(volume)?;
+    let devices = hub.oplog().devices(volume)?;
+    let mut recipients: std::collections::BTreeSet<AuthorId> = access
+        .roles()
+        .into_iter()
+        .filter(|(member, role)| member != leaving && *role >= Role::Reader)
+        .flat_map(|(member, _)| {
+            devices
+                .iter()
+                .filter(move |(_, user)| *user == member)
+                .map(|(peer, _)| *peer)
+                .chain(std::iter::once(member))
+        })
+        .collect();
+    recipients.insert(hub.author());
+    let id: [u8; 16] = rand::random();
+    let secret: [u8; 32] = rand::random();
+    let mut sealed = Vec::new();
+    for to in recipients.iter().take(MAX_EPOCH_RECIPIENTS) {
+        match crate::crypto::epoch::seal_to(&to.0, &secret) {
+            Ok(secret) => sealed.push(SealedSecret { to: to.0, secret }),
+            Err(e) => {
+                tracing::warn!(%volume, recipient = %to, error = %e, "cannot seal the new key epoch to a member")
+            }
+        }
+    }
+    let (_, mut record) = records(hub)?
+        .into_iter()
+        .find(|(v, _)| v == volume)
+        .ok_or_else(|| VolumeError::Unknown(volume.to_string()))?;
+    record.epochs.push((id, secret));
+    save(hub, volume, &record)?;
+    Ok(NewEpoch { id, sealed })
+}
+
 /// `dfs volume role NAME MEMBER ROLE` (and `dfs volume remove`): give `member` of volume `name`
 /// its new `role`, as `acting`, who must be the owner or an admin (and an admin decides only
 /// for writers and readers). Returns the member and the op to gossip.
@@ -251,10 +328,18 @@ pub fn set_role(
         .iter()
         .filter_map(|d| heads.get(d).map(|seq| (d.0, *seq)))
         .collect();
+    // A member who leaves takes the keys it holds: what is written after it left is sealed
+    // under a key epoch it never gets.
+    let epoch = if role == Role::Removed {
+        Some(new_epoch(hub, &volume, &target_id)?)
+    } else {
+        None
+    };
     let control = Control::SetRole {
         member: target_id.0,
         role,
         cutoff,
+        epoch,
     };
     let op = hub.commit(acting, &volume, control_payload(&control))?;
     hub.repo().record_event(
@@ -300,6 +385,9 @@ pub struct Ticket {
     pub secret: [u8; 32],
     pub invite_secret: [u8; 32],
     pub addrs: Vec<String>,
+    /// The key epochs the inviter holds, so the joiner reads what was written since removals
+    /// before it came.
+    pub epochs: Vec<EpochSecret>,
 }
 
 /// What went wrong with a volume command.
@@ -386,12 +474,20 @@ fn check_name(name: &str) -> Result<(), VolumeError> {
 }
 
 fn encode_record(record: &VolumeRecord) -> Vec<u8> {
-    postcard::to_extend(record, vec![RECORD_V1]).unwrap_or_default()
+    postcard::to_extend(record, vec![RECORD_V2]).unwrap_or_default()
 }
 
 fn decode_record(bytes: &[u8]) -> Result<VolumeRecord, VolumeError> {
     match bytes.split_first() {
-        Some((&RECORD_V1, rest)) => {
+        Some((&RECORD_V1, rest)) => postcard::from_bytes(rest)
+            .map(|v1: VolumeRecordV1| VolumeRecord {
+                name: v1.name,
+                secret: v1.secret,
+                pending_join: v1.pending_join,
+                epochs: Vec::new(),
+            })
+            .map_err(|e| VolumeError::Corrupt(e.to_string())),
+        Some((&RECORD_V2, rest)) => {
             postcard::from_bytes(rest).map_err(|e| VolumeError::Corrupt(e.to_string()))
         }
         _ => Err(VolumeError::Corrupt("unknown record format".into())),
@@ -459,6 +555,7 @@ pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, Vol
         name: name.to_string(),
         secret: rand::random(),
         pending_join: Vec::new(),
+        epochs: Vec::new(),
     };
     save(hub, &volume, &record)?;
     hub.repo().record_event(
@@ -504,7 +601,9 @@ pub fn invite(
         name,
         "made an invitation (join ticket)",
     );
+    let epochs = keyring(hub, &volume)?.secrets().to_vec();
     Ok(Ticket {
+        epochs,
         volume,
         name: record.name,
         secret: record.secret,
@@ -541,6 +640,7 @@ pub fn join(
         name: name.to_string(),
         secret: ticket.secret,
         pending_join: op.to_bytes(),
+        epochs: ticket.epochs.clone(),
     };
     save(hub, &volume, &record)?;
     hub.repo().record_event(
@@ -563,8 +663,8 @@ pub fn pending_join(hub: &OpsHub, volume: &VolumeId) -> Option<SignedOp> {
 
 /// `dfs volume log`: the newest `limit` ops of volume `name`, oldest first.
 pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, VolumeError> {
-    let (volume, record) = by_name(hub, name)?;
-    let key = crate::crypto::OpKey::of_volume(&record.secret);
+    let (volume, _) = by_name(hub, name)?;
+    let keys = keyring(hub, &volume)?;
     let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
     let access = hub.oplog().access(&volume)?;
     let total = hub.oplog().len(&volume)?;
@@ -604,13 +704,12 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                         Err(e) => e.to_string(),
                     },
                 ),
-                Ok(crate::oplog::Payload::Data(sealed)) => match key.open(&volume.0, sealed) {
-                    Ok(plain) => ("data", dfs_placement::ids::to_hex(&plain)),
-                    Err(_) => (
-                        "data",
-                        "(does not decrypt with this peer's volume key)".into(),
-                    ),
-                },
+                Ok(crate::oplog::Payload::Data(_) | crate::oplog::Payload::EpochData { .. }) => {
+                    match keys.open(&op.payload) {
+                        Ok(plain) => ("data", dfs_placement::ids::to_hex(&plain)),
+                        Err(e) => ("data", format!("({e})")),
+                    }
+                }
                 Err(e) => ("unknown", e.to_string()),
             };
             out.push(LogEntry {
@@ -665,6 +764,7 @@ mod tests {
             secret: [1; 32],
             invite_secret: [2; 32],
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            epochs: vec![([3; 16], [4; 32])],
         };
         assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
         for junk in [

@@ -8,8 +8,9 @@
 //! - A reader's mount is read-only (EROFS for create, write, mkdir), yet reads everything.
 //! - A member who is not the owner or an admin cannot change roles (exit status 2, nothing
 //!   changes); unknown members and roles are bad input.
-//! - A removed member's writes are refused (EACCES) and rejected everywhere; let back in as a
-//!   writer by the owner, its new writes count again.
+//! - A removed member's writes are refused (EACCES) and rejected everywhere, and what others
+//!   write after its removal is sealed under a key epoch it never gets: its mount never shows
+//!   it. A member let back in as a writer by the owner writes again, on every member.
 
 use std::path::Path;
 use std::time::Duration;
@@ -178,6 +179,34 @@ fn roles_decide_what_counts_on_every_member() {
     );
     let volumes = net.members[0].volumes();
     assert_eq!(volumes[0].members, 2, "{volumes:?}");
+    // What is written after the removal is sealed under a new key epoch, which the removed
+    // member never got: it does not show in its mount, and its log cannot open it.
+    std::fs::write(net.path(0).join("after-removal.txt"), b"not for member 1").expect("write");
+    let reader_copy = net.path(2).join("after-removal.txt");
+    wait_for(
+        Duration::from_secs(20),
+        "after-removal.txt at member 2",
+        || (std::fs::read(&reader_copy).ok()? == b"not for member 1").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !names(&net.path(1)).contains(&"after-removal.txt".to_string()),
+        "the removed member reads what was written after it left"
+    );
+    let removed_log = net.members[1]
+        .run(&["volume", "log", "team", "--limit", "1000"])
+        .ok()
+        .stdout;
+    assert!(!removed_log.contains("after-removal.txt"), "{removed_log}");
+    // The members who stay read the history from before and after alike.
+    let owner_log = net.members[0]
+        .run(&["volume", "log", "team", "--limit", "1000"])
+        .ok()
+        .stdout;
+    assert!(
+        owner_log.contains("after-removal.txt") && owner_log.contains("before.txt"),
+        "{owner_log}"
+    );
 
     // Let back in as a writer: its new writes count again, on every member.
     net.members[0]

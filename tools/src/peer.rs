@@ -170,7 +170,7 @@ impl RunningPeer {
     /// waits up to 15 s for a member to take it).
     pub fn shared_volume(&self, name: &str) -> Result<dfs_fs::shared::SharedNamespace> {
         let hub = self.handle.ops();
-        let (volume, record) = dfs_node::volume::by_name(&hub, name)?;
+        let (volume, _) = dfs_node::volume::by_name(&hub, name)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !hub.is_in(&volume)? {
             if std::time::Instant::now() >= deadline {
@@ -191,7 +191,6 @@ impl RunningPeer {
         let shared = dfs_fs::shared::SharedNamespace::open(
             hub,
             volume,
-            &record.secret,
             self.handle.repo().config().storage.chunk_size,
             owner,
             self.handle.op_publisher(),

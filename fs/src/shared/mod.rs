@@ -3,7 +3,8 @@
 //!
 //! - **Reads** answer from the state, held in memory and rebuilt from the log when the mount
 //!   starts (the log in RocksDB is the durable copy).
-//! - **Local changes** become [`VolumeOp`]s: encoded, sealed with the volume's [`OpKey`],
+//! - **Local changes** become [`VolumeOp`]s: encoded, sealed under the volume's current key
+//!   epoch ([`Keyring`]),
 //!   signed and appended by the peer's [`OpsHub`] and applied to the state, all under the
 //!   state lock so that the check (name free, directory empty) and the op agree. The append
 //!   does not wait for the disk; a publisher thread syncs what accumulated (one fsync for many
@@ -35,10 +36,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use dfs_node::ops::{
-    data_payload, Access, AuthorId, OpId, OpsHub, Payload, Rejection, SignedOp, VolumeId,
-};
-use dfs_node::OpKey;
+use dfs_node::ops::{Access, AuthorId, OpId, OpsHub, Payload, Rejection, SignedOp, VolumeId};
+use dfs_node::volume::Keyring;
 use dfs_node::{BlobRef, Repo};
 use serde::{Deserialize, Serialize};
 
@@ -102,13 +101,11 @@ pub enum Inval {
 }
 
 /// Decode the fs op a signed op carries: `None` for control ops (membership).
-pub fn decode_op(key: &OpKey, op: &SignedOp) -> std::result::Result<Option<Op>, String> {
+pub fn decode_op(keys: &Keyring, op: &SignedOp) -> std::result::Result<Option<Op>, String> {
     match Payload::parse(&op.payload) {
         Ok(Payload::Control(_)) => Ok(None),
-        Ok(Payload::Data(sealed)) => {
-            let plain = key
-                .open(&op.volume.0, sealed)
-                .map_err(|_| "payload does not decrypt with the volume key".to_string())?;
+        Ok(Payload::Data(_) | Payload::EpochData { .. }) => {
+            let plain = keys.open(&op.payload).map_err(|e| e.to_string())?;
             postcard::from_bytes(&plain)
                 .map(Some)
                 .map_err(|e| format!("undecodable fs op: {e}"))
@@ -127,7 +124,10 @@ pub fn referenced_content(repo: &Arc<Repo>) -> Result<Vec<BlobRef>> {
         .map_err(|e| FsError::Corrupt(format!("reading the volume table: {e}")))?;
     let mut out = Vec::new();
     for (volume, record) in volumes {
-        let key = OpKey::of_volume(&record.secret);
+        // The epochs this peer wrote under are in its record (it made them, or learned them
+        // before writing); an op it cannot open is one it did not write, whose chunks are
+        // not its own to keep.
+        let keys = Keyring::from_held(volume, &record.secret, &record.epochs);
         let mut after = None;
         loop {
             let page = log
@@ -136,7 +136,7 @@ pub fn referenced_content(repo: &Arc<Repo>) -> Result<Vec<BlobRef>> {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for op in &page {
-                let Ok(Some(VolumeOp::Write { content, .. })) = decode_op(&key, op) else {
+                let Ok(Some(VolumeOp::Write { content, .. })) = decode_op(&keys, op) else {
                     continue;
                 };
                 let c: ContentRef = postcard::from_bytes(&content).map_err(|e| {
@@ -156,6 +156,9 @@ struct Seen(BTreeMap<AuthorId, (u64, BTreeSet<u64>)>);
 
 struct State {
     vol: VolumeState<OpId, AuthorId>,
+    /// The volume's keys held here, taken again with every role change (a removal begins a
+    /// key epoch).
+    keys: Arc<Keyring>,
     /// The roles by which remote data ops are applied or rejected ([`dfs_node::ops::Access`]),
     /// taken again from the log with every role-deciding op.
     access: Arc<Access>,
@@ -180,7 +183,6 @@ struct State {
 struct Inner {
     hub: Arc<OpsHub>,
     volume: VolumeId,
-    key: OpKey,
     publish: Box<dyn Fn(SignedOp) + Send + Sync>,
     chunk_size: u32,
     /// Who mounted: shown as the owner of the volume's root.
@@ -216,26 +218,27 @@ impl std::fmt::Debug for SharedNamespace {
 }
 
 impl SharedNamespace {
-    /// The namespace of `volume` (whose secret is `secret`) from the ops `hub` holds; local
-    /// ops are handed to `publish` (gossip) once appended.
+    /// The namespace of `volume` from the ops `hub` holds; local ops are handed to `publish`
+    /// (gossip) once appended.
     pub fn open(
         hub: Arc<OpsHub>,
         volume: VolumeId,
-        secret: &[u8; 32],
         chunk_size: u32,
         owner: Caller,
         publish: Box<dyn Fn(SignedOp) + Send + Sync>,
     ) -> Result<Self> {
+        let keys = dfs_node::volume::keyring(&hub, &volume)
+            .map_err(|e| FsError::Corrupt(format!("reading the volume's keys: {e}")))?;
         let ns = SharedNamespace {
             inner: Arc::new(Inner {
                 hub,
                 volume,
-                key: OpKey::of_volume(secret),
                 publish,
                 chunk_size,
                 owner,
                 state: Mutex::new(State {
                     vol: VolumeState::new(),
+                    keys: Arc::new(keys),
                     access: Arc::default(),
                     roles_changed: false,
                     rejected_strangers: false,
@@ -315,7 +318,7 @@ impl SharedNamespace {
     /// Apply one op from the log under the state lock; returns what the kernel must forget.
     fn take_locked(&self, st: &mut State, op: &SignedOp) -> Vec<Inval> {
         st.seen.mark(op.id.author, op.seq);
-        let fs_op = match decode_op(&self.inner.key, op) {
+        let fs_op = match decode_op(&st.keys, op) {
             Ok(Some(fs_op)) => fs_op,
             Ok(None) => {
                 self.take_control(st, op);
@@ -363,6 +366,10 @@ impl SharedNamespace {
             Control::SetRole { .. } => {
                 st.access = self.access();
                 st.roles_changed = true;
+                match dfs_node::volume::keyring(&self.inner.hub, &self.inner.volume) {
+                    Ok(keys) => st.keys = Arc::new(keys),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the volume's keys"),
+                }
             }
             Control::Genesis { .. } | Control::Invite { .. } | Control::Join { .. } => {
                 st.access = self.access();
@@ -540,7 +547,7 @@ impl SharedNamespace {
     fn commit(&self, st: &mut State, op: Op) -> Result<OpId> {
         let plain = postcard::to_stdvec(&op)
             .map_err(|e| FsError::Corrupt(format!("encoding an op: {e}")))?;
-        let sealed = self.inner.key.seal(&self.inner.volume.0, &plain);
+        let payload = st.keys.seal(&plain);
         // Appended without waiting for the disk, like the own volume's metadata: the
         // publisher thread syncs and gossips it within moments, and fsync(2) syncs at once.
         let hub = &self.inner.hub;
@@ -548,7 +555,7 @@ impl SharedNamespace {
             .commit_deferred(
                 &hub.acting(crate::acting::uid()),
                 &self.inner.volume,
-                data_payload(&sealed),
+                payload,
             )
             .map_err(|e| {
                 if e.rejection() == Some(dfs_node::ops::Rejection::Reader) {

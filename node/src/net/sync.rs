@@ -214,6 +214,13 @@ impl OpsHub {
         Acting(uid.and_then(|uid| self.sessions.user_of(uid)))
     }
 
+    /// This peer's Ed25519 secret seed: what opens the key epochs sealed to it.
+    pub(crate) fn peer_seed(&self) -> [u8; 32] {
+        let mut seed = [0; 32];
+        seed.copy_from_slice(self.key.secret().as_ref());
+        seed
+    }
+
     /// Who `acting` is in a volume: the user, or this peer where no user acts.
     pub fn principal(&self, acting: &Acting) -> AuthorId {
         acting.user().map_or(self.author, crate::users::UserKey::id)

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use super::control::{Control, Payload, Role};
+use super::control::{Control, NewEpoch, Payload, Role};
 use super::op::{AuthorId, OpId, SignedOp};
 
 /// Where an op stands: its id, the peer that signed it (a device), its principal (the user,
@@ -96,6 +96,8 @@ pub struct Access {
     decisions: BTreeMap<AuthorId, Vec<Decision>>,
     /// Control ops that stand for nothing, and why.
     void: BTreeMap<OpId, Rejection>,
+    /// The key epochs that decisions which stand began, in op order.
+    epochs: Vec<NewEpoch>,
 }
 
 /// The role `decisions` give an op at `at` of a member that joined as `joined`.
@@ -123,6 +125,7 @@ impl Access {
                 member,
                 role,
                 cutoff,
+                ..
             } => Some((at, AuthorId(*member), *role, cutoff)),
             _ => None,
         });
@@ -180,6 +183,15 @@ impl Access {
                 }
             }
         }
+        access.epochs = controls
+            .iter()
+            .filter_map(|(at, c)| match c {
+                Control::SetRole {
+                    epoch: Some(epoch), ..
+                } if !access.void.contains_key(&at.id) => Some(epoch.clone()),
+                _ => None,
+            })
+            .collect();
         access.decisions = decisions;
         // 3. Invitations and joins, in op order (an inviter's join precedes its invitation).
         let mut invites = BTreeMap::new();
@@ -207,6 +219,12 @@ impl Access {
             }
         }
         access
+    }
+
+    /// The key epochs begun by decisions that stand, oldest first (in op order): writers
+    /// seal under the newest one they hold.
+    pub fn epochs(&self) -> &[NewEpoch] {
+        &self.epochs
     }
 
     /// The volume's creator, once its genesis is held.
@@ -244,7 +262,8 @@ impl Access {
         }
         let at = OpPlace::of(op);
         let needs = match Payload::parse(&op.payload) {
-            Ok(Payload::Data(_)) | Ok(Payload::Control(Control::Invite { .. })) => Role::Writer,
+            Ok(Payload::Data(_) | Payload::EpochData { .. })
+            | Ok(Payload::Control(Control::Invite { .. })) => Role::Writer,
             Ok(Payload::Control(Control::Profile { .. })) => Role::Reader,
             // Genesis, joins and role changes were judged by `build`.
             Ok(Payload::Control(_)) | Err(_) => return Ok(()),

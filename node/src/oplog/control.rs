@@ -1,8 +1,9 @@
 //! Membership of a volume, kept as ops in the volume's own log, so every member derives the
 //! same member list from the ops it holds.
 //!
-//! An op's payload starts with a kind byte: [`DATA`] (an fs operation, opaque and encrypted
-//! here) or [`CONTROL`] (a [`Control`] in plain postcard: it carries only public keys).
+//! An op's payload starts with a kind byte: [`DATA`] or [`EPOCH_DATA`] (an fs operation, opaque
+//! and encrypted here, under the volume's first key or a later epoch's) or [`CONTROL`] (a
+//! [`Control`] in plain postcard: it carries only public keys and sealed secrets).
 //!
 //! - **Genesis** (the creator's first op): the volume id is derived from the creator's key and a
 //!   random nonce ([`volume_id_of`]), so nobody else can write a genesis for that id; its author
@@ -30,6 +31,8 @@ use super::op::{AuthorId, VolumeId};
 pub const DATA: u8 = 0;
 /// Kind byte of a [`Control`] payload.
 pub const CONTROL: u8 = 1;
+/// Kind byte of an fs operation sealed under a key epoch: the epoch id (16 bytes) follows.
+pub const EPOCH_DATA: u8 = 2;
 const VOLUME_DOMAIN: &[u8] = b"dfs/volume/v1";
 const JOIN_DOMAIN: &[u8] = b"dfs/join/v1";
 
@@ -60,8 +63,30 @@ pub enum Control {
         member: [u8; 32],
         role: Role,
         cutoff: Vec<([u8; 32], u64)>,
+        /// A removal starts a new key epoch: what members write after it is sealed under a
+        /// key the removed member never gets.
+        epoch: Option<NewEpoch>,
     },
 }
+
+/// A volume's next key epoch: a fresh secret, sealed to each remaining member and device
+/// ([`crate::crypto::epoch`]). Data ops name the epoch they are sealed under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEpoch {
+    pub id: [u8; 16],
+    pub sealed: Vec<SealedSecret>,
+}
+
+/// The epoch's secret for one recipient (an Ed25519 key: a member user or a device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub to: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub secret: Vec<u8>,
+}
+
+/// The most recipients one [`NewEpoch`] may seal to.
+pub const MAX_EPOCH_RECIPIENTS: usize = 512;
 
 /// The most devices one [`Control::SetRole`] may name in its cutoff.
 pub const MAX_CUTOFF_DEVICES: usize = 256;
@@ -126,7 +151,13 @@ impl std::str::FromStr for Role {
 /// What an op's payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload<'a> {
+    /// An fs operation sealed under the volume's first key.
     Data(&'a [u8]),
+    /// An fs operation sealed under the key of epoch `epoch` ([`NewEpoch`]).
+    EpochData {
+        epoch: [u8; 16],
+        sealed: &'a [u8],
+    },
     Control(Control),
 }
 
@@ -155,16 +186,30 @@ impl Payload<'_> {
                         trailing.len()
                     )));
                 }
-                if let Control::SetRole { cutoff, .. } = &control {
+                if let Control::SetRole { cutoff, epoch, .. } = &control {
                     if cutoff.len() > MAX_CUTOFF_DEVICES {
                         return Err(PayloadError::Malformed(format!(
                             "a role change naming {} devices (at most {MAX_CUTOFF_DEVICES})",
                             cutoff.len()
                         )));
                     }
+                    let recipients = epoch.as_ref().map_or(0, |e| e.sealed.len());
+                    if recipients > MAX_EPOCH_RECIPIENTS {
+                        return Err(PayloadError::Malformed(format!(
+                            "a key epoch sealed to {recipients} keys (at most \
+                             {MAX_EPOCH_RECIPIENTS})"
+                        )));
+                    }
                 }
                 Ok(Payload::Control(control))
             }
+            Some((&EPOCH_DATA, rest)) => match rest.split_first_chunk::<16>() {
+                Some((epoch, sealed)) => Ok(Payload::EpochData {
+                    epoch: *epoch,
+                    sealed,
+                }),
+                None => Err(PayloadError::Malformed("a key epoch id cut short".into())),
+            },
             Some((&kind, _)) => Err(PayloadError::Kind(kind)),
         }
     }
@@ -176,6 +221,22 @@ pub fn data_payload(bytes: &[u8]) -> Vec<u8> {
     out.push(DATA);
     out.extend_from_slice(bytes);
     out
+}
+
+/// The payload of an fs operation sealed under key epoch `epoch`.
+pub fn epoch_data_payload(epoch: &[u8; 16], sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + sealed.len());
+    out.push(EPOCH_DATA);
+    out.extend_from_slice(epoch);
+    out.extend_from_slice(sealed);
+    out
+}
+
+impl Payload<'_> {
+    /// Whether this is an fs operation (under any key).
+    pub fn is_data(&self) -> bool {
+        matches!(self, Payload::Data(_) | Payload::EpochData { .. })
+    }
 }
 
 /// The payload of a membership operation.
@@ -229,6 +290,17 @@ mod tests {
             Payload::parse(&data_payload(b"x")).unwrap(),
             Payload::Data(b"x")
         );
+        assert_eq!(
+            Payload::parse(&epoch_data_payload(&[4; 16], b"y")).unwrap(),
+            Payload::EpochData {
+                epoch: [4; 16],
+                sealed: b"y"
+            }
+        );
+        assert!(matches!(
+            Payload::parse(&[EPOCH_DATA, 1, 2]),
+            Err(PayloadError::Malformed(_))
+        ));
         assert_eq!(Payload::parse(&[]), Err(PayloadError::Empty));
         assert_eq!(Payload::parse(&[7, 1]), Err(PayloadError::Kind(7)));
         assert!(matches!(

@@ -339,6 +339,7 @@ impl<M: MetaSource> OpLog<M> {
         );
         match payload {
             Payload::Data(_)
+            | Payload::EpochData { .. }
             | Payload::Control(
                 Control::Invite { .. } | Control::Profile { .. } | Control::SetRole { .. },
             ) if !self.is_member(&volume, &author)? => Err(OpLogError::NotMember {
@@ -348,7 +349,9 @@ impl<M: MetaSource> OpLog<M> {
             }),
             // Whether these stand is the roles' to say ([`super::access`]): every member
             // keeps the same ops, whatever it makes of them.
-            Payload::Data(_) | Payload::Control(Control::SetRole { .. }) => Ok(Vec::new()),
+            Payload::Data(_)
+            | Payload::EpochData { .. }
+            | Payload::Control(Control::SetRole { .. }) => Ok(Vec::new()),
             Payload::Control(Control::Profile { profile }) => {
                 let profile = crate::profiles::SignedProfile::from_bytes(&profile)
                     .map_err(|e| refused(&e.to_string()))?;

@@ -27,6 +27,7 @@ fn set_role(member: AuthorId, role: Role, cutoff: &[(AuthorId, u64)]) -> Control
         member: member.0,
         role,
         cutoff: cutoff.iter().map(|(d, s)| (d.0, *s)).collect(),
+        epoch: None,
     }
 }
 
