@@ -303,6 +303,7 @@ fn main() {
         secret: [9; 32],
         invite_secret: [3; 32],
         addrs: vec![format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")],
+        epochs: vec![([4; 16], [5; 32])],
     };
     write("ticket", "ticket", ticket.encode());
     let bare = Ticket {

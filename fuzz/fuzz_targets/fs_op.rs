@@ -1,18 +1,17 @@
 //! Fuzzes the fs operations of shared volumes (`fs/src/shared.rs`, `fs/src/crdt/volume.rs`):
-//! `decode_op` of a payload another member sealed with the volume key (it may seal anything),
+//! `decode_op` of a payload another member sealed with the volume's key (it may seal anything),
 //! then a sequence of such ops applied to a volume's merged state.
 #![no_main]
 
 use dfs_fs::shared::{decode_op, Op};
-use dfs_node::OpKey;
-use dfs_node::testing::control::data_payload;
 use dfs_node::ops::{AuthorId, Hlc, OpId, SignedOp, VolumeId};
+use dfs_node::volume::Keyring;
 use libfuzzer_sys::fuzz_target;
 
 const VOLUME: VolumeId = VolumeId([5; 16]);
 
 fuzz_target!(|data: &[u8]| {
-    let key = OpKey::of_volume(&[9; 32]);
+    let key = Keyring::from_held(VOLUME, &[9; 32], &[([2; 16], [3; 32])]);
     let mut state = dfs_fs::crdt::volume::VolumeState::<OpId, AuthorId>::new();
     // Records: author (1 byte), clock (2 bytes), seq (1 byte), length (1 byte), that many
     // bytes of plaintext op.
@@ -31,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 author: AuthorId([*author % 4; 32]),
             },
             seq: u64::from(*seq),
-            payload: data_payload(&key.seal(&VOLUME.0, plain)),
+            payload: key.seal(plain),
             signature: [0; 64],
             user: None,
         };
@@ -54,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             author: AuthorId([0; 32]),
         },
         seq: 1,
-        payload: data_payload(&key.seal(&VOLUME.0, data)),
+        payload: key.seal(data),
         signature: [0; 64],
         user: None,
     };
