@@ -304,6 +304,10 @@ fn main() {
         invite_secret: [3; 32],
         addrs: vec![format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")],
         epochs: vec![([4; 16], [5; 32])],
+        terms: dfs_node::testing::InviteTerms {
+            expires_ms: Some(1_800_000_000_000),
+            single_use: true,
+        },
     };
     write("ticket", "ticket", ticket.encode());
     let bare = Ticket {

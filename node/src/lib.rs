@@ -56,8 +56,8 @@ pub use metrics::{metrics, FuseTimer};
 pub use net::{NodeStatus, PeerState, PeerView};
 // The control API's address file and request bodies, for its clients.
 pub use api::{
-    ApiEndpoint, CreateVolume, Invitation, JoinVolume, LoggedOut, Login, Logout, ProfileChange,
-    ProfileView, SetRole, API_FILE, UID_HEADER,
+    ApiEndpoint, CreateVolume, Invitation, InviteVolume, JoinVolume, LoggedOut, Login, Logout,
+    ProfileChange, ProfileView, SetRole, API_FILE, UID_HEADER,
 };
 
 // A data directory and the chunks in it: open, store, read, check, collect.
@@ -127,5 +127,5 @@ pub mod testing {
     pub use crate::shard::{ShardHeader, HEADER_LEN};
     pub use crate::store::ShardStore;
     pub use crate::tree::{decode_node, Child};
-    pub use crate::volumes::Ticket;
+    pub use crate::volumes::{InviteTerms, Ticket};
 }

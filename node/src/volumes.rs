@@ -179,10 +179,12 @@ fn members_of(hub: &OpsHub, volume: &VolumeId) -> Result<Vec<MemberInfo>, Volume
     let profiles = crate::profiles::ProfileStore::new(hub.oplog().db());
     let devices = hub.oplog().devices(volume)?;
     let access = hub.oplog().access(volume)?;
+    // Those whose join does not count (an expired, used or revoked invitation) are left out.
     Ok(hub
         .oplog()
         .members(volume)?
         .into_iter()
+        .filter(|m| access.current_role(m).is_some())
         .map(|m| member_info(&profiles, &devices, &access, m))
         .collect())
 }
@@ -388,6 +390,8 @@ pub struct Ticket {
     /// The key epochs the inviter holds, so the joiner reads what was written since removals
     /// before it came.
     pub epochs: Vec<EpochSecret>,
+    /// The invitation's terms, so a joiner learns at once that a ticket expired.
+    pub terms: InviteTerms,
 }
 
 /// What went wrong with a volume command.
@@ -567,11 +571,20 @@ pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, Vol
 }
 
 /// A ticket that lets its holder join volume `name`, dialling `addrs` to reach this peer.
+/// What an invitation allows: until when (`None`: for good), and how many principals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteTerms {
+    /// Milliseconds since the Unix epoch.
+    pub expires_ms: Option<u64>,
+    pub single_use: bool,
+}
+
 pub fn invite(
     hub: &OpsHub,
     acting: &Acting,
     name: &str,
     addrs: Vec<String>,
+    terms: InviteTerms,
 ) -> Result<Ticket, VolumeError> {
     let (volume, record) = by_name(hub, name)?;
     if !hub.is_in(&volume)? {
@@ -587,13 +600,23 @@ pub fn invite(
         });
     }
     let invite = libp2p::identity::ed25519::Keypair::generate();
-    hub.commit(
-        acting,
-        &volume,
-        control_payload(&Control::Invite {
+    let control = match terms {
+        InviteTerms {
+            expires_ms: None,
+            single_use: false,
+        } => Control::Invite {
             invite: invite.public().to_bytes(),
-        }),
-    )?;
+        },
+        InviteTerms {
+            expires_ms,
+            single_use,
+        } => Control::InviteWith {
+            invite: invite.public().to_bytes(),
+            expires_ms: expires_ms.unwrap_or(u64::MAX),
+            single_use,
+        },
+    };
+    hub.commit(acting, &volume, control_payload(&control))?;
     let mut invite_secret = [0; 32];
     invite_secret.copy_from_slice(invite.secret().as_ref());
     hub.repo().record_event(
@@ -604,6 +627,7 @@ pub fn invite(
     let epochs = keyring(hub, &volume)?.secrets().to_vec();
     Ok(Ticket {
         epochs,
+        terms,
         volume,
         name: record.name,
         secret: record.secret,
@@ -622,6 +646,14 @@ pub fn join(
 ) -> Result<VolumeId, VolumeError> {
     let name = name.unwrap_or(&ticket.name);
     let volume = ticket.volume;
+    if let Some(expires_ms) = ticket.terms.expires_ms {
+        if crate::oplog::physical_now_ms() > expires_ms {
+            return Err(VolumeError::BadTicket(format!(
+                "it expired {} s ago; ask for a new one",
+                (crate::oplog::physical_now_ms() - expires_ms) / 1000
+            )));
+        }
+    }
     if let Some((_, r)) = records(hub)?.into_iter().find(|(id, _)| *id == volume) {
         return Err(VolumeError::AlreadyMember(volume, r.name));
     }
@@ -649,6 +681,51 @@ pub fn join(
         &format!("joining volume {volume} with a ticket"),
     );
     Ok(volume)
+}
+
+/// `dfs volume revoke NAME TICKET`: withdraw the invitation of `ticket` (made by `acting`, or
+/// `acting` is an admin or the owner): joins with it from now on do not count. Returns the op
+/// to gossip.
+pub fn revoke(
+    hub: &OpsHub,
+    acting: &Acting,
+    name: &str,
+    ticket: &Ticket,
+) -> Result<SignedOp, VolumeError> {
+    let (volume, _) = by_name(hub, name)?;
+    if ticket.volume != volume {
+        return Err(VolumeError::BadTicket(format!(
+            "it is a ticket for volume {}, not {name:?}",
+            ticket.volume
+        )));
+    }
+    let invite = invitation_key(ticket)?;
+    let op = hub.commit(
+        acting,
+        &volume,
+        control_payload(&Control::Revoke { invite }),
+    )?;
+    // The rules decide whether it stands; say so now rather than let it be void quietly.
+    if let Err(why) = hub.oplog().access(&volume)?.verdict(&op) {
+        return Err(VolumeError::NotAllowed(format!(
+            "the revocation is void: {why}"
+        )));
+    }
+    hub.repo()
+        .record_event(EventKind::UserAction, name, "revoked an invitation");
+    Ok(op)
+}
+
+/// The public invitation key of a ticket.
+fn invitation_key(ticket: &Ticket) -> Result<[u8; 32], VolumeError> {
+    let mut secret = ticket.invite_secret;
+    libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut secret)
+        .map(|s| {
+            libp2p::identity::ed25519::Keypair::from(s)
+                .public()
+                .to_bytes()
+        })
+        .map_err(|e| VolumeError::BadTicket(format!("bad invitation key ({e})")))
 }
 
 /// This peer's join op of `volume`, while it is not a member there yet.
@@ -687,6 +764,20 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                 }
                 Ok(crate::oplog::Payload::Control(Control::Invite { .. })) => {
                     ("invite", String::new())
+                }
+                Ok(crate::oplog::Payload::Control(Control::InviteWith {
+                    expires_ms,
+                    single_use,
+                    ..
+                })) => (
+                    "invite",
+                    format!(
+                        "expires_ms={expires_ms}{}",
+                        if single_use { " single_use" } else { "" }
+                    ),
+                ),
+                Ok(crate::oplog::Payload::Control(Control::Revoke { invite })) => {
+                    ("revoke", dfs_placement::ids::to_hex(&invite[..4]))
                 }
                 Ok(crate::oplog::Payload::Control(Control::Join { .. })) => ("join", String::new()),
                 Ok(crate::oplog::Payload::Control(Control::SetRole { member, role, .. })) => {
@@ -741,7 +832,7 @@ pub fn list(hub: &OpsHub) -> Result<Vec<VolumeInfo>, VolumeError> {
                     hub.oplog()
                         .members(&id)?
                         .iter()
-                        .filter(|m| access.current_role(m) != Some(Role::Removed))
+                        .filter(|m| access.current_role(m).is_some_and(|r| r >= Role::Reader))
                         .count()
                 },
                 ops: hub.oplog().len(&id)?,
@@ -765,6 +856,10 @@ mod tests {
             invite_secret: [2; 32],
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             epochs: vec![([3; 16], [4; 32])],
+            terms: InviteTerms {
+                expires_ms: Some(5),
+                single_use: true,
+            },
         };
         assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
         for junk in [

@@ -120,3 +120,65 @@ fn members_admit_joiners_by_ticket_and_agree_on_the_log() {
     let v = wait_for_volume(&c, "shared", 3, 5);
     assert_eq!(v.id, on_a.id);
 }
+
+/// Whether `dfs` is, after a few seconds, still only joining `name` (its join did not count).
+fn stays_outside(dfs: &Dfs, name: &str) {
+    std::thread::sleep(Duration::from_secs(4));
+    let v = volumes(dfs);
+    assert!(
+        v.iter().any(|v| v.name == name && !v.joined),
+        "the join was taken: {v:#?}"
+    );
+}
+
+/// Tickets have terms: `--expires` (the joiner's `dfs volume join` refuses an expired ticket at
+/// once, exit status 2), `--single-use` (a second joiner's join never counts), and `dfs volume
+/// revoke` (joins with the ticket from then on do not count). Members agree on who is in.
+#[test]
+fn tickets_expire_are_single_use_and_revocable() {
+    let (a, b, c, d) = (Dfs::new(), Dfs::new(), Dfs::new(), Dfs::new());
+    let _pa = a.node(&[]);
+    let (_pb, _pc, _pd) = (b.node(&[]), c.node(&[]), d.node(&[]));
+    a.run(&["volume", "create", "team"]).ok();
+    let invite = |extra: &[&str]| {
+        let mut args = vec!["volume", "invite", "team"];
+        args.extend_from_slice(extra);
+        a.run(&args).ok().last_line().to_string()
+    };
+
+    // Bad input: one line, exit status 2.
+    let run = a.run(&["volume", "invite", "team", "--expires", "soon"]);
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    a.run(&["volume", "revoke", "team", "dfs-ticket-00"])
+        .bad_input("not a valid join ticket");
+
+    // Expired: refused by the joiner's own peer, and nothing is kept.
+    let expired = invite(&["--expires", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    b.run(&["volume", "join", &expired]).bad_input("expired");
+    assert!(volumes(&b).is_empty());
+
+    // Single use: b gets in, c (same ticket) does not.
+    let once = invite(&["--single-use"]);
+    b.run(&["volume", "join", &once]).ok();
+    wait_for_volume(&b, "team", 2, 4);
+    c.run(&["volume", "join", &once]).ok();
+    stays_outside(&c, "team");
+
+    // Revoked: d's join after the revocation does not count; b's earlier one stands.
+    let withdrawn = invite(&[]);
+    b.run(&["volume", "revoke", "team", &withdrawn])
+        .bad_input("the revocation is void");
+    a.run(&["volume", "revoke", "team", &withdrawn]).ok();
+    d.run(&["volume", "join", &withdrawn]).ok();
+    stays_outside(&d, "team");
+    for member in [&a, &b] {
+        let v = volumes(member);
+        assert_eq!(v[0].members, 2, "{v:#?}");
+    }
+    let log = a.run(&["volume", "log", "team"]).ok().stdout;
+    assert!(
+        log.contains("single use") && log.contains("revoke invitation"),
+        "{log}"
+    );
+}

@@ -79,7 +79,7 @@ pub enum Decoded {
 /// Decode the fs op of a `data` entry (hex of the postcard encoding of an [`Op`]).
 pub fn decode(entry: &LogEntry) -> Decoded {
     match entry.kind.as_str() {
-        "genesis" | "invite" | "join" | "role" => Decoded::Control,
+        "genesis" | "invite" | "join" | "role" | "revoke" => Decoded::Control,
         "data" => match dfs_placement::ids::from_hex(&entry.data) {
             Some(bytes) => match postcard::from_bytes::<Op>(&bytes) {
                 Ok(op) => Decoded::Fs(op),
@@ -138,7 +138,11 @@ impl Describer {
             Decoded::Control => {
                 let detail = match entry.kind.as_str() {
                     "genesis" => "create the volume".to_string(),
-                    "invite" => "invite a member".to_string(),
+                    "invite" => match invite_terms(&entry.data) {
+                        Some(terms) => format!("invite a member ({terms})"),
+                        None => "invite a member".to_string(),
+                    },
+                    "revoke" => format!("revoke invitation {}", entry.data),
                     "role" => format!("set the role of {}", entry.data),
                     _ => "join the volume".to_string(),
                 };
@@ -389,6 +393,21 @@ impl Describer {
             format!("{top}/{}", names.join("/"))
         }
     }
+}
+
+/// An invitation's terms in words, from `expires_ms=N[ single_use]`.
+fn invite_terms(data: &str) -> Option<String> {
+    let mut words = data.split(' ');
+    let millis: u64 = words.next()?.strip_prefix("expires_ms=")?.parse().ok()?;
+    let until = if millis == u64::MAX {
+        "no expiry".to_string()
+    } else {
+        format!("valid until {}", utc(millis))
+    };
+    Some(match words.next() {
+        Some("single_use") => format!("{until}, single use"),
+        _ => until,
+    })
 }
 
 /// Every entry of a log in words (`dfs volume log`).

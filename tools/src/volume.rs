@@ -1,4 +1,4 @@
-//! `dfs volume create|list|invite|join|log|members|role|remove`: shared volumes, through the API of the peer
+//! `dfs volume create|list|invite|revoke|join|log|members|role|remove`: shared volumes, through the API of the peer
 //! running on the data directory (it owns the op logs and dials the members). `log` describes
 //! each op with [`crate::history`], as `dfs log PATH` does.
 
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use dfs_node::volume::{LogEntry, MemberInfo, VolumeInfo};
-use dfs_node::{CreateVolume, Invitation, JoinVolume};
+use dfs_node::{CreateVolume, Invitation, InviteVolume, JoinVolume};
 use serde::Serialize;
 
 use crate::api_client::{api_get, api_post};
@@ -37,6 +37,19 @@ dials."
     Invite {
         /// The volume's local name
         name: String,
+        /// How long the ticket can be used to join: e.g. 1h, 7d, or `never` (no expiry)
+        #[arg(long, default_value = "24h", value_parser = parse_expiry)]
+        expires: Expiry,
+        /// Only one member (user, or peer) may join with the ticket
+        #[arg(long)]
+        single_use: bool,
+    },
+    /// Withdraw a ticket from `dfs volume invite`: joins with it from now on do not count
+    Revoke {
+        /// The volume's local name
+        name: String,
+        /// The dfs-ticket-... to withdraw
+        ticket: String,
     },
     /// Show the signed history of a volume: who changed it, when, and how
     Log {
@@ -116,10 +129,23 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
                 }
             }
         }
-        VolumeCommand::Invite { name } => {
+        VolumeCommand::Invite {
+            name,
+            expires,
+            single_use,
+        } => {
             let route = format!("/v1/volumes/{name}/invite");
-            let invitation: Invitation = api_post(data, &route, &serde_json::json!({}))?;
+            let body = InviteVolume {
+                expires_secs: expires.0.map_or(0, |d| d.as_secs().max(1)),
+                single_use,
+            };
+            let invitation: Invitation = api_post(data, &route, &body)?;
             println!("{}", invitation.ticket);
+        }
+        VolumeCommand::Revoke { name, ticket } => {
+            let route = format!("/v1/volumes/{name}/revoke");
+            let _: serde_json::Value = api_post(data, &route, &JoinVolume { ticket, name: None })?;
+            println!("revoked: joins with that ticket no longer count in volume {name}");
         }
         VolumeCommand::Log { name, limit, json } => {
             let route = format!("/v1/volumes/{name}/log?limit={limit}");
@@ -174,6 +200,20 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a ticket may be used: `None` for good.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry(Option<std::time::Duration>);
+
+/// `--expires`: a duration (`90m`, `24h`, `7d`), or `never`.
+fn parse_expiry(text: &str) -> Result<Expiry, String> {
+    if text == "never" {
+        return Ok(Expiry(None));
+    }
+    humantime::parse_duration(text)
+        .map(|d| Expiry(Some(d)))
+        .map_err(|e| format!("{e} (give a duration such as 90m, 24h or 7d, or `never`)"))
 }
 
 fn set_role(data: &Path, name: &str, member: String, role: dfs_node::ops::Role) -> Result<()> {

@@ -363,7 +363,8 @@ impl SharedNamespace {
         };
         match control {
             Control::Profile { .. } => {}
-            Control::SetRole { .. } => {
+            // A revocation may void a join that arrived before it, and its author's ops.
+            Control::SetRole { .. } | Control::Revoke { .. } => {
                 st.access = self.access();
                 st.roles_changed = true;
                 match dfs_node::volume::keyring(&self.inner.hub, &self.inner.volume) {
@@ -371,7 +372,10 @@ impl SharedNamespace {
                     Err(e) => tracing::warn!(error = %e, "cannot read the volume's keys"),
                 }
             }
-            Control::Genesis { .. } | Control::Invite { .. } | Control::Join { .. } => {
+            Control::Genesis { .. }
+            | Control::Invite { .. }
+            | Control::InviteWith { .. }
+            | Control::Join { .. } => {
                 st.access = self.access();
                 st.roles_changed |= st.rejected_strangers;
             }

@@ -147,6 +147,20 @@ pub struct SetRole {
     pub role: crate::oplog::Role,
 }
 
+/// `POST /v1/volumes/{name}/invite` body: the ticket is good for `expires_secs` (0: for
+/// good; default one day), for one principal only with `single_use`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteVolume {
+    #[serde(default = "one_day")]
+    pub expires_secs: u64,
+    #[serde(default)]
+    pub single_use: bool,
+}
+
+fn one_day() -> u64 {
+    24 * 3600
+}
+
 /// `POST /v1/volumes/join` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinVolume {
@@ -183,13 +197,33 @@ async fn invite_volume(
     State(state): State<ApiState>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
+    Json(body): Json<InviteVolume>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let uid = users::uid_of(&headers)?;
-    let ticket = volumes::invite_on(&state.network, uid, name).await?;
+    let terms = crate::volumes::InviteTerms {
+        expires_ms: (body.expires_secs > 0).then(|| {
+            crate::oplog::physical_now_ms().saturating_add(body.expires_secs.saturating_mul(1000))
+        }),
+        single_use: body.single_use,
+    };
+    let ticket = volumes::invite_on(&state.network, uid, name, terms).await?;
     Ok(Json(Invitation {
         ticket: ticket.encode(),
     }))
+}
+
+async fn revoke_ticket(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<JoinVolume>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let ticket = crate::volumes::Ticket::decode(&body.ticket)?;
+    let uid = users::uid_of(&headers)?;
+    volumes::revoke_on(&state.network, uid, name, ticket).await?;
+    Ok(Json(serde_json::json!({"revoked": true})))
 }
 
 async fn join_volume(
@@ -377,6 +411,7 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/volumes/{name}/log", get(volume_log))
         .route("/v1/volumes/{name}/members", get(volume_members))
         .route("/v1/volumes/{name}/role", post(set_role))
+        .route("/v1/volumes/{name}/revoke", post(revoke_ticket))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
         .route("/v1/sessions", get(sessions))

@@ -44,12 +44,32 @@ pub async fn create_on(
 }
 
 /// [`volumes::invite`] on a running peer: the ticket names the addresses it listens on.
-pub async fn invite_on(net: &Network, uid: Option<u32>, name: String) -> Result<Ticket, ApiError> {
+pub async fn invite_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+    terms: volumes::InviteTerms,
+) -> Result<Ticket, ApiError> {
     let addrs = net.status().await.map_err(failed)?.addresses;
     blocking(net, move |hub| {
-        volumes::invite(hub, &hub.acting(uid), &name, addrs)
+        volumes::invite(hub, &hub.acting(uid), &name, addrs, terms)
     })
     .await
+}
+
+/// [`volumes::revoke`] on a running peer, which publishes the revocation at once.
+pub async fn revoke_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+    ticket: Ticket,
+) -> Result<(), ApiError> {
+    let op = blocking(net, move |hub| {
+        volumes::revoke(hub, &hub.acting(uid), &name, &ticket)
+    })
+    .await?;
+    net.publish_op(op).await;
+    Ok(())
 }
 
 /// [`volumes::join`] on a running peer: it follows the volume and dials the ticket's addresses; the

@@ -150,6 +150,8 @@ pub enum IngestError {
     Log(#[from] OpLogError),
     #[error("op-log task failed: {0}")]
     Task(String),
+    #[error("a join gossiped by a peer that is no member (joins go from the joiner to a member)")]
+    UnvettedJoin,
 }
 
 impl IngestError {
@@ -450,6 +452,54 @@ impl OpsHub {
             .is_ok_and(|heads| heads.get(author).copied().unwrap_or(0) + 1 < seq)
     }
 
+    /// Whether a join its joiner hands this member may be taken now, by the terms of its
+    /// invitation and this member's clock (an expired ticket is refused even if the join claims
+    /// an earlier time). Anything but a join is left to [`OpsHub::ingest`].
+    fn join_terms(&self, volume: &VolumeId, bytes: &[u8]) -> Result<(), String> {
+        let Ok(op) = SignedOp::from_bytes(bytes) else {
+            return Ok(());
+        };
+        let Ok(crate::oplog::Payload::Control(crate::oplog::control::Control::Join {
+            invite, ..
+        })) = crate::oplog::Payload::parse(&op.payload)
+        else {
+            return Ok(());
+        };
+        let access = self.oplog.access(volume).map_err(|e| e.to_string())?;
+        access
+            .may_join(&invite, &op.principal(), physical_now_ms())
+            .map_err(|why| why.to_string())
+    }
+
+    /// Take an op gossip brought from `source` (the peer that published it): as
+    /// [`OpsHub::ingest`], except that a join is taken only from a member, who vetted it
+    /// (a joiner hands its join to members directly, which check its ticket's terms).
+    pub fn ingest_gossiped(
+        &self,
+        volume: &VolumeId,
+        bytes: &[u8],
+        source: Option<AuthorId>,
+    ) -> Result<(SignedOp, Appended), IngestError> {
+        let is_join = SignedOp::from_bytes(bytes).is_ok_and(|op| {
+            matches!(
+                crate::oplog::Payload::parse(&op.payload),
+                Ok(crate::oplog::Payload::Control(
+                    crate::oplog::control::Control::Join { .. }
+                ))
+            )
+        });
+        if is_join {
+            let vetted = match source {
+                Some(source) => self.oplog.may_sync(volume, &source)?,
+                None => false,
+            };
+            if !vetted {
+                return Err(IngestError::UnvettedJoin);
+            }
+        }
+        self.ingest(volume, bytes)
+    }
+
     /// Answer a pull from `peer`.
     pub fn serve(&self, peer: &PeerId, request: &SyncRequest) -> SyncResponse {
         let SyncRequest::Pull {
@@ -458,8 +508,13 @@ impl OpsHub {
             join,
         } = request;
         if let Some(join) = join {
-            if let Err(e) = self.ingest(volume, join) {
-                tracing::debug!(%peer, %volume, error = %e, "join not taken");
+            match self.join_terms(volume, join) {
+                Ok(()) => {
+                    if let Err(e) = self.ingest(volume, join) {
+                        tracing::debug!(%peer, %volume, error = %e, "join not taken");
+                    }
+                }
+                Err(why) => tracing::info!(%peer, %volume, %why, "join refused"),
             }
         }
         let Some(author) = author_of(peer) else {

@@ -69,6 +69,42 @@ pub enum Rejection {
     AboveRank,
     #[error("its invitation was not recorded by a writer")]
     Invitation,
+    #[error("its invitation had expired")]
+    Expired,
+    #[error("its invitation was single-use and used already")]
+    Used,
+    #[error("its invitation was revoked")]
+    Revoked,
+}
+
+/// An invitation recorded by a writer, and what became of it.
+#[derive(Debug, Clone)]
+struct Invitation {
+    by: AuthorId,
+    expires_ms: Option<u64>,
+    single_use: bool,
+    /// The principal whose join used it first.
+    used_by: Option<AuthorId>,
+    revoked: bool,
+}
+
+impl Invitation {
+    /// Whether a join at `at` counts, taking the invitation for that principal if so.
+    fn admits(&mut self, at: &OpPlace) -> Result<(), Rejection> {
+        if self.revoked {
+            return Err(Rejection::Revoked);
+        }
+        if self.expires_ms.is_some_and(|e| at.id.hlc.millis > e) {
+            return Err(Rejection::Expired);
+        }
+        match self.used_by {
+            Some(user) if self.single_use && user != at.principal => Err(Rejection::Used),
+            _ => {
+                self.used_by.get_or_insert(at.principal);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A role decision that stands.
@@ -98,6 +134,8 @@ pub struct Access {
     void: BTreeMap<OpId, Rejection>,
     /// The key epochs that decisions which stand began, in op order.
     epochs: Vec<NewEpoch>,
+    /// Invitations recorded by writers, by invitation key.
+    invites: BTreeMap<[u8; 32], Invitation>,
 }
 
 /// The role `decisions` give an op at `at` of a member that joined as `joined`.
@@ -194,12 +232,18 @@ impl Access {
             .collect();
         access.decisions = decisions;
         // 3. Invitations and joins, in op order (an inviter's join precedes its invitation).
-        let mut invites = BTreeMap::new();
+        let mut invites: BTreeMap<[u8; 32], Invitation> = BTreeMap::new();
         for (at, control) in controls {
-            match control {
-                Control::Invite { invite } => match access.role_at(at) {
+            if let Some((invite, expires_ms, single_use)) = control.invitation() {
+                match access.role_at(at) {
                     Ok(role) if role.writes() => {
-                        invites.entry(*invite).or_insert(at.id);
+                        invites.entry(invite).or_insert(Invitation {
+                            by: at.principal,
+                            expires_ms,
+                            single_use,
+                            used_by: None,
+                            revoked: false,
+                        });
                     }
                     Ok(_) => {
                         access.void.insert(at.id, Rejection::Reader);
@@ -207,18 +251,66 @@ impl Access {
                     Err(why) => {
                         access.void.insert(at.id, why);
                     }
-                },
+                }
+                continue;
+            }
+            match control {
+                Control::Revoke { invite } => {
+                    let allowed = access.role_at(at).is_ok_and(|r| r >= Role::Admin)
+                        || invites.get(invite).is_some_and(|i| i.by == at.principal);
+                    match invites.get_mut(invite) {
+                        Some(i) if allowed => i.revoked = true,
+                        Some(_) => {
+                            access.void.insert(at.id, Rejection::NotAdmin);
+                        }
+                        None => {
+                            access.void.insert(at.id, Rejection::Invitation);
+                        }
+                    }
+                }
                 Control::Join { invite, .. } if Some(at.principal) != owner => {
-                    if invites.contains_key(invite) {
-                        access.joined.entry(at.principal).or_insert(Role::Writer);
-                    } else {
-                        access.void.insert(at.id, Rejection::Invitation);
+                    let verdict = invites
+                        .get_mut(invite)
+                        .map_or(Err(Rejection::Invitation), |i| i.admits(at));
+                    match verdict {
+                        Ok(()) => {
+                            access.joined.entry(at.principal).or_insert(Role::Writer);
+                        }
+                        Err(why) => {
+                            access.void.insert(at.id, why);
+                        }
                     }
                 }
                 _ => {}
             }
         }
+        access.invites = invites;
         access
+    }
+
+    /// Whether a join by `principal` with invitation `invite`, made now (`now_ms`), would
+    /// count: what a member checks before it takes a join from its joiner.
+    pub fn may_join(
+        &self,
+        invite: &[u8; 32],
+        principal: &AuthorId,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        let invitation = self.invites.get(invite).ok_or(Rejection::Invitation)?;
+        let mut probe = invitation.clone();
+        let at = OpPlace {
+            id: OpId {
+                hlc: super::Hlc {
+                    millis: now_ms,
+                    counter: 0,
+                },
+                author: *principal,
+            },
+            device: *principal,
+            principal: *principal,
+            seq: 1,
+        };
+        probe.admits(&at)
     }
 
     /// The key epochs begun by decisions that stand, oldest first (in op order): writers
@@ -263,7 +355,9 @@ impl Access {
         let at = OpPlace::of(op);
         let needs = match Payload::parse(&op.payload) {
             Ok(Payload::Data(_) | Payload::EpochData { .. })
-            | Ok(Payload::Control(Control::Invite { .. })) => Role::Writer,
+            | Ok(Payload::Control(Control::Invite { .. } | Control::InviteWith { .. })) => {
+                Role::Writer
+            }
             Ok(Payload::Control(Control::Profile { .. })) => Role::Reader,
             // Genesis, joins and role changes were judged by `build`.
             Ok(Payload::Control(_)) | Err(_) => return Ok(()),

@@ -67,6 +67,35 @@ pub enum Control {
         /// key the removed member never gets.
         epoch: Option<NewEpoch>,
     },
+    /// An invitation with terms: joins with it count only when made by `expires_ms`
+    /// (milliseconds since the Unix epoch, by the join op's clock; members also refuse to take
+    /// a join from its joiner after then, by their own clocks), and with `single_use` only the
+    /// first principal's (in op order).
+    InviteWith {
+        invite: [u8; 32],
+        expires_ms: u64,
+        single_use: bool,
+    },
+    /// Withdraw invitation `invite` (by its author, an admin or the owner): joins with it after
+    /// this op, in op order, do not count.
+    Revoke {
+        invite: [u8; 32],
+    },
+}
+
+impl Control {
+    /// The invitation key an invite op records, with its terms.
+    pub fn invitation(&self) -> Option<([u8; 32], Option<u64>, bool)> {
+        match self {
+            Control::Invite { invite } => Some((*invite, None, false)),
+            Control::InviteWith {
+                invite,
+                expires_ms,
+                single_use,
+            } => Some((*invite, Some(*expires_ms), *single_use)),
+            _ => None,
+        }
+    }
 }
 
 /// A volume's next key epoch: a fresh secret, sealed to each remaining member and device

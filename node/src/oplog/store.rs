@@ -341,7 +341,11 @@ impl<M: MetaSource> OpLog<M> {
             Payload::Data(_)
             | Payload::EpochData { .. }
             | Payload::Control(
-                Control::Invite { .. } | Control::Profile { .. } | Control::SetRole { .. },
+                Control::Invite { .. }
+                | Control::InviteWith { .. }
+                | Control::Revoke { .. }
+                | Control::Profile { .. }
+                | Control::SetRole { .. },
             ) if !self.is_member(&volume, &author)? => Err(OpLogError::NotMember {
                 volume,
                 author,
@@ -351,7 +355,7 @@ impl<M: MetaSource> OpLog<M> {
             // keeps the same ops, whatever it makes of them.
             Payload::Data(_)
             | Payload::EpochData { .. }
-            | Payload::Control(Control::SetRole { .. }) => Ok(Vec::new()),
+            | Payload::Control(Control::SetRole { .. } | Control::Revoke { .. }) => Ok(Vec::new()),
             Payload::Control(Control::Profile { profile }) => {
                 let profile = crate::profiles::SignedProfile::from_bytes(&profile)
                     .map_err(|e| refused(&e.to_string()))?;
@@ -363,11 +367,13 @@ impl<M: MetaSource> OpLog<M> {
                     .map_err(|e| db_err(&volume, e))?;
                 Ok(row.into_iter().collect())
             }
-            Payload::Control(Control::Invite { invite }) => Ok(vec![(
-                CF_VOLUME_INVITES,
-                invite_key(&volume, &invite),
-                Some(author.0.to_vec()),
-            )]),
+            Payload::Control(Control::Invite { invite } | Control::InviteWith { invite, .. }) => {
+                Ok(vec![(
+                    CF_VOLUME_INVITES,
+                    invite_key(&volume, &invite),
+                    Some(author.0.to_vec()),
+                )])
+            }
             Payload::Control(Control::Genesis { nonce }) => {
                 if op.seq != 1 || volume_id_of(&author, &nonce) != volume {
                     return Err(refused("a genesis that does not create this volume"));
@@ -436,10 +442,13 @@ impl<M: MetaSource> OpLog<M> {
         }
     }
 
-    /// Whether the roles leave `principal` anything in `volume` (a member removed may no
-    /// longer pull it).
+    /// Whether the roles leave `principal` anything in `volume`: a member removed, or one
+    /// whose join does not count (an expired, used or revoked invitation), may not pull it.
     fn not_removed(&self, volume: &VolumeId, principal: &AuthorId) -> Result<bool, OpLogError> {
-        Ok(self.access(volume)?.current_role(principal) != Some(super::control::Role::Removed))
+        Ok(self
+            .access(volume)?
+            .current_role(principal)
+            .is_some_and(|role| role >= super::control::Role::Reader))
     }
 
     /// The devices of `volume`'s member users: (peer, user) pairs, by peer.

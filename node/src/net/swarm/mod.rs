@@ -690,7 +690,7 @@ impl Node {
                     return;
                 };
                 if let Some(volume) = self.syncing.volume_of(&message.topic) {
-                    self.gossiped_op(volume, propagation_source, message.data);
+                    self.gossiped_op(volume, propagation_source, source, message.data);
                     return;
                 }
                 match Announcement::decode(&message.data) {

@@ -95,11 +95,13 @@ impl Node {
         &mut self,
         volume: crate::oplog::VolumeId,
         from: PeerId,
+        source: PeerId,
         data: Vec<u8>,
     ) {
         let hub = Arc::clone(&self.hub);
         let done = self.sync_tx.clone();
-        tokio::task::spawn_blocking(move || match hub.ingest(&volume, &data) {
+        let source = sync::author_of(&source);
+        tokio::task::spawn_blocking(move || match hub.ingest_gossiped(&volume, &data, source) {
             Ok((op, appended)) => {
                 if appended == crate::oplog::Appended::New {
                     crate::metrics::metrics()

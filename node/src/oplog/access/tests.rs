@@ -272,3 +272,89 @@ fn role_names_round_trip_and_unknown_ones_are_refused() {
     assert!("superuser".parse::<Role>().is_err());
     assert!(Role::Writer.writes() && !Role::Reader.writes());
 }
+
+/// Genesis, then an invitation with terms by the owner.
+fn invited(expires_ms: u64, single_use: bool) -> Vec<(OpPlace, Control)> {
+    vec![
+        (
+            at(1, OWNER_PEER, OWNER, 1),
+            Control::Genesis { nonce: [0; 16] },
+        ),
+        (
+            at(2, OWNER_PEER, OWNER, 2),
+            Control::InviteWith {
+                invite: [7; 32],
+                expires_ms,
+                single_use,
+            },
+        ),
+    ]
+}
+
+fn join(millis: u64, device: AuthorId, principal: AuthorId, seq: u64) -> (OpPlace, Control) {
+    (
+        at(millis, device, principal, seq),
+        Control::Join {
+            invite: [7; 32],
+            proof: Vec::new(),
+        },
+    )
+}
+
+#[test]
+fn a_join_after_its_invitation_expired_does_not_count() {
+    let mut controls = invited(100, false);
+    controls.push(join(50, BOB_LAPTOP, BOB, 1));
+    controls.push(join(150, CAROL_PEER, CAROL, 1));
+    let access = build(controls);
+    assert_eq!(access.current_role(&BOB), Some(Role::Writer));
+    assert_eq!(access.current_role(&CAROL), None);
+    assert_eq!(access.may_join(&[7; 32], &CAROL, 99), Ok(()));
+    assert_eq!(
+        access.may_join(&[7; 32], &CAROL, 101),
+        Err(Rejection::Expired)
+    );
+    assert_eq!(
+        access.may_join(&[8; 32], &CAROL, 1),
+        Err(Rejection::Invitation)
+    );
+}
+
+#[test]
+fn a_single_use_invitation_lets_in_the_first_principal_only() {
+    let mut controls = invited(u64::MAX, true);
+    // Carol's join is later in op order than Bob's, whatever order they arrive in.
+    controls.push(join(20, CAROL_PEER, CAROL, 1));
+    controls.push(join(10, BOB_LAPTOP, BOB, 1));
+    // Bob's second device may use it too: it is still Bob.
+    controls.push(join(30, BOB_PHONE, BOB, 1));
+    let access = build(controls);
+    assert_eq!(access.current_role(&BOB), Some(Role::Writer));
+    assert_eq!(access.current_role(&CAROL), None);
+    assert_eq!(access.may_join(&[7; 32], &CAROL, 40), Err(Rejection::Used));
+    assert_eq!(access.may_join(&[7; 32], &BOB, 40), Ok(()));
+}
+
+#[test]
+fn a_revoked_invitation_admits_nobody_after_the_revocation() {
+    let mut controls = invited(u64::MAX, false);
+    controls.push(join(10, BOB_LAPTOP, BOB, 1));
+    // Bob (a writer, not the inviter) cannot revoke it; the owner can.
+    let bobs = at(15, BOB_LAPTOP, BOB, 2);
+    controls.push((bobs, Control::Revoke { invite: [7; 32] }));
+    controls.push(join(17, CAROL_PEER, CAROL, 1));
+    let owners = at(20, OWNER_PEER, OWNER, 3);
+    controls.push((owners, Control::Revoke { invite: [7; 32] }));
+    let late = AuthorId([40; 32]);
+    controls.push(join(30, late, late, 1));
+    let access = build(controls);
+    assert_eq!(access.void.get(&bobs.id), Some(&Rejection::NotAdmin));
+    assert!(!access.void.contains_key(&owners.id));
+    assert_eq!(access.current_role(&BOB), Some(Role::Writer));
+    assert_eq!(access.current_role(&CAROL), Some(Role::Writer));
+    assert_eq!(access.current_role(&late), None);
+    assert_eq!(
+        access.may_join(&[7; 32], &late, 31),
+        Err(Rejection::Revoked)
+    );
+}
