@@ -86,13 +86,14 @@ pub fn set_profile(
     let signed = crate::profiles::SignedProfile::sign(user.keypair(), profile)
         .map_err(VolumeError::Profile)?;
     crate::profiles::ProfileStore::new(hub.oplog().db()).put(&signed)?;
-    let control = Control::Profile {
-        profile: signed.to_bytes(),
-    };
     let mut ops = Vec::new();
     for (volume, _) in records(hub)? {
-        if hub.oplog().is_member(&volume, &user.id())? {
-            ops.push(hub.commit(acting, &volume, control_payload(&control))?);
+        // Not to volumes the user was removed from (they would reject it).
+        if hub
+            .role_of(acting, &volume)?
+            .is_some_and(|role| role >= Role::Reader)
+        {
+            ops.extend(hub.commit_profile(acting, &volume)?);
         }
     }
     Ok((signed, ops))
