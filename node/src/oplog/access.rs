@@ -319,6 +319,13 @@ impl Access {
         &self.epochs
     }
 
+    /// Count `principal` as a writer that joined, on the peer's own say (no op records it).
+    pub fn grant(&mut self, principal: AuthorId) {
+        if Some(principal) != self.owner {
+            self.joined.entry(principal).or_insert(Role::Writer);
+        }
+    }
+
     /// The volume's creator, once its genesis is held.
     pub fn owner(&self) -> Option<AuthorId> {
         self.owner

@@ -32,6 +32,8 @@ use crate::meta::{
 };
 use crate::repo::Repo;
 
+/// The `volume_members` value of a member let in by [`OpLog::add_member`] (a join's is empty).
+const GRANTED: &[u8] = &[1];
 /// Format byte of `oplog_seq` values.
 const SEQ_FORMAT_V1: u8 = 1;
 /// Rows read per page when walking a table.
@@ -394,12 +396,30 @@ impl<M: MetaSource> OpLog<M> {
         }
     }
 
-    /// Let `author` write ops to `volume`.
+    /// Let `author` write ops to `volume` as a writer, by this peer's say alone (no genesis or
+    /// join in the log: for tests of the log and the network).
     pub fn add_member(&self, volume: &VolumeId, author: &AuthorId) -> Result<(), OpLogError> {
         let key = author_prefix(volume, author);
         self.db()
-            .cf_write([(CF_VOLUME_MEMBERS, key, Some(Vec::new()))], true)
-            .map_err(|e| db_err(volume, e))
+            .cf_write([(CF_VOLUME_MEMBERS, key, Some(GRANTED.to_vec()))], true)
+            .map_err(|e| db_err(volume, e))?;
+        // The roles are read again with it.
+        self.lock().remove(volume);
+        Ok(())
+    }
+
+    /// The principals [`OpLog::add_member`] let in.
+    fn granted(&self, volume: &VolumeId) -> Result<Vec<AuthorId>, OpLogError> {
+        let mut out = Vec::new();
+        self.for_each(CF_VOLUME_MEMBERS, volume, &volume.0, |key, value| {
+            if value == GRANTED {
+                if let Some(author) = key.get(16..).and_then(|a| a.try_into().ok()) {
+                    out.push(AuthorId(author));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Refuse further ops of `author` to `volume`; ops already held stay.
@@ -407,7 +427,9 @@ impl<M: MetaSource> OpLog<M> {
         let key = author_prefix(volume, author);
         self.db()
             .cf_write([(CF_VOLUME_MEMBERS, key, None)], true)
-            .map_err(|e| db_err(volume, e))
+            .map_err(|e| db_err(volume, e))?;
+        self.lock().remove(volume);
+        Ok(())
     }
 
     pub fn is_member(&self, volume: &VolumeId, author: &AuthorId) -> Result<bool, OpLogError> {
@@ -614,7 +636,12 @@ impl<M: MetaSource> OpLog<M> {
             }
             state.controls = Some(controls);
         }
-        let access = Arc::new(Access::build(state.controls.as_deref().unwrap_or_default()));
+        let mut access = Access::build(state.controls.as_deref().unwrap_or_default());
+        for principal in self.granted(volume)? {
+            access.grant(principal);
+        }
+        let access = Arc::new(access);
+        let state = self.volume_state(&mut states, volume)?;
         state.access = Some(access.clone());
         Ok(access)
     }
