@@ -470,6 +470,16 @@ pub struct Peer {
     log: PathBuf,
 }
 
+/// Taken by a test whose deadlines or "nothing happened" assertions (repair within 2 minutes,
+/// no shard moved, no peer declared dead) would not hold with another heavy test of the same
+/// binary beside it on CI's 2 cores (tests/run.sh runs two at a time): such tests run one after
+/// another while the rest of the binary still runs in parallel with them. The guard survives a
+/// panicking holder (a failed test must not fail the next one).
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.
 pub fn wait_for<T>(
     timeout: std::time::Duration,

@@ -96,6 +96,7 @@ fn assert_holds_nothing(client: &Dfs, who: &str) {
 /// hold nothing, and no storage peer counts a client as dead.
 #[test]
 fn links_are_read_by_others_while_writers_come_and_go() {
+    let _alone = dfs_tests::alone();
     let (dirs, nodes, boot) = storage_network(5, "");
     let a = Dfs::new();
     let small = a.path("small.bin");
@@ -161,6 +162,7 @@ fn links_are_read_by_others_while_writers_come_and_go() {
 /// minutes every chunk has all 6 shards on live peers again. A new reader gets identical bytes.
 #[test]
 fn holders_repair_a_chunk_whose_writer_is_gone() {
+    let _alone = dfs_tests::alone();
     // Default settings: the stewards wait 20 s after a death before they look.
     let (dirs, mut nodes, boot) = storage_network(7, "");
     let writer = Dfs::new();
@@ -232,6 +234,7 @@ fn boot_of(live: &[&Dfs]) -> String {
 /// it goes.
 #[test]
 fn a_peer_that_comes_and_goes_causes_no_moves() {
+    let _alone = dfs_tests::alone();
     if !fuse_available() {
         return;
     }
@@ -318,6 +321,7 @@ fn a_put_with_no_storage_peer_fails_clearly() {
 /// storage peers show the mount as a client while it runs, and count nobody dead.
 #[test]
 fn short_lived_readers_while_a_mount_writes() {
+    let _alone = dfs_tests::alone();
     if !fuse_available() {
         return;
     }
