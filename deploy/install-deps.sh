@@ -10,8 +10,9 @@
 #   g++ : libFuzzer's C++ sources, built by libfuzzer-sys for the fuzz targets (fuzz/smoke.sh)
 #   nftables : a test sends a bulk link through a byte-flipping proxy (tests/tests/hostile.rs)
 #   python3 : the import-cycle check of tests/run.sh (tests/arch/import_cycles.py)
+#   curl : the browser of the OIDC login tests (follows the provider's redirects; tests/tests/oidc.rs)
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus g++ nftables python3)
+packages=(fuse3 libfuse3-dev pkg-config libclang-dev librocksdb-dev time rsync sqlite3 git bindfs fio prometheus g++ nftables python3 curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

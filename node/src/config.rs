@@ -14,6 +14,28 @@ pub struct Config {
     pub network: NetworkConfig,
     pub cache: CacheConfig,
     pub placement: PlacementConfig,
+    pub volume: VolumeConfig,
+}
+
+/// Defaults for the volumes this peer creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// An OpenID Connect issuer URL: a volume created here admits only users vouched for by
+    /// it (`dfs volume require-issuer`; the creator must reach the issuer to fetch its keys).
+    /// Default: none.
+    pub require_issuer: Option<String>,
+    /// The client id dfs is registered under at that issuer. Default `dfs`.
+    pub client_id: String,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        Self {
+            require_issuer: None,
+            client_id: "dfs".to_string(),
+        }
+    }
 }
 
 /// How much of what this peer reads from other peers it keeps locally (as ciphertext, verified

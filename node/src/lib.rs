@@ -29,6 +29,7 @@ mod keyring;
 mod meta;
 mod metrics;
 mod net;
+mod oidc;
 mod oplog;
 mod peer;
 mod pipeline;
@@ -57,8 +58,10 @@ pub use net::{NodeStatus, PeerState, PeerView};
 // The control API's address file and request bodies, for its clients.
 pub use api::{
     ApiEndpoint, CreateVolume, Invitation, InviteVolume, JoinVolume, LoggedOut, Login, Logout,
-    ProfileChange, ProfileView, SetRole, API_FILE, UID_HEADER,
+    OidcFinish, OidcLoggedIn, OidcStart, ProfileChange, ProfileView, RequireIssuer, SetRole,
+    API_FILE, UID_HEADER,
 };
+pub use oidc::{Bindings as OidcBindings, OidcBinding, Started as OidcStarted};
 
 // A data directory and the chunks in it: open, store, read, check, collect.
 pub use blob::{

@@ -430,6 +430,8 @@ pub enum VolumeError {
     Log(#[from] OpLogError),
     #[error(transparent)]
     Op(#[from] IngestError),
+    #[error(transparent)]
+    Issuer(#[from] crate::oidc::OidcError),
 }
 
 impl Ticket {
@@ -573,11 +575,15 @@ pub fn create(hub: &OpsHub, acting: &Acting, name: &str) -> Result<VolumeId, Vol
 
 /// A ticket that lets its holder join volume `name`, dialling `addrs` to reach this peer.
 /// What an invitation allows: until when (`None`: for good), and how many principals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteTerms {
     /// Milliseconds since the Unix epoch.
     pub expires_ms: Option<u64>,
     pub single_use: bool,
+    /// The OpenID Connect issuer the volume required joiners to be vouched for by when the
+    /// ticket was made ([`require_issuer`]), so the joiner shows its attestation.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 pub fn invite(
@@ -601,16 +607,24 @@ pub fn invite(
         });
     }
     let invite = libp2p::identity::ed25519::Keypair::generate();
+    let mut terms = terms;
+    terms.issuer = hub
+        .oplog()
+        .access(&volume)?
+        .required_issuer()
+        .map(|keys| keys.issuer.clone());
     let control = match terms {
         InviteTerms {
             expires_ms: None,
             single_use: false,
+            ..
         } => Control::Invite {
             invite: invite.public().to_bytes(),
         },
         InviteTerms {
             expires_ms,
             single_use,
+            ..
         } => Control::InviteWith {
             invite: invite.public().to_bytes(),
             expires_ms: expires_ms.unwrap_or(u64::MAX),
@@ -664,9 +678,17 @@ pub fn join(
         .map(libp2p::identity::ed25519::Keypair::from)
         .map_err(|e| VolumeError::BadTicket(format!("bad invitation key ({e})")))?;
     let me = hub.principal(acting);
-    let control = Control::Join {
-        invite: invite.public().to_bytes(),
-        proof: join_proof(&invite, &volume, &me),
+    let proof = join_proof(&invite, &volume, &me);
+    let control = match &ticket.terms.issuer {
+        None => Control::Join {
+            invite: invite.public().to_bytes(),
+            proof,
+        },
+        Some(issuer) => Control::JoinAttested {
+            invite: invite.public().to_bytes(),
+            proof,
+            attestation: attestation_for(hub, acting, name, issuer)?,
+        },
     };
     let op = hub.sign_unlogged(acting, &volume, control_payload(&control))?;
     let record = VolumeRecord {
@@ -682,6 +704,63 @@ pub fn join(
         &format!("joining volume {volume} with a ticket"),
     );
     Ok(volume)
+}
+
+/// The attestation the acting user shows to join volume `name`, which requires `issuer`.
+fn attestation_for(
+    hub: &OpsHub,
+    acting: &Acting,
+    name: &str,
+    issuer: &str,
+) -> Result<crate::oidc::Attestation, VolumeError> {
+    let needs = || {
+        VolumeError::NotAllowed(format!(
+            "volume {name:?} admits only users vouched for by {issuer}: log in with `dfs login --oidc {issuer}` first"
+        ))
+    };
+    let user = acting.user().ok_or_else(needs)?;
+    let binding = crate::oidc::Bindings::new(hub.repo().path())
+        .load(user.name())
+        .map_err(|e| VolumeError::NotAllowed(e.to_string()))?
+        .filter(|b| b.issuer == issuer)
+        .ok_or_else(needs)?;
+    binding
+        .attestation()
+        .ok_or_else(|| VolumeError::Corrupt(format!("the OIDC binding of user {}", user.name())))
+}
+
+/// `dfs volume require-issuer NAME`: from now on, joins count only with an attestation that
+/// verifies under `keys` (fetched from the issuer by the caller), or with `None` without one.
+/// Only the owner and admins decide it. Returns the op to gossip.
+pub fn require_issuer(
+    hub: &OpsHub,
+    acting: &Acting,
+    name: &str,
+    keys: Option<crate::oidc::IssuerKeys>,
+) -> Result<SignedOp, VolumeError> {
+    let (volume, _) = by_name(hub, name)?;
+    let me = hub.principal(acting);
+    if !hub
+        .oplog()
+        .access(&volume)?
+        .current_role(&me)
+        .is_some_and(|role| role >= Role::Admin)
+    {
+        return Err(VolumeError::NotAllowed(
+            "only the volume's owner and admins decide whom it admits".to_string(),
+        ));
+    }
+    let what = match &keys {
+        Some(keys) => format!("joiners need an attestation from {}", keys.issuer),
+        None => "joiners need no issuer's attestation".to_string(),
+    };
+    let op = hub.commit(
+        acting,
+        &volume,
+        control_payload(&Control::RequireIssuer { keys }),
+    )?;
+    hub.repo().record_event(EventKind::UserAction, name, &what);
+    Ok(op)
 }
 
 /// `dfs volume revoke NAME TICKET`: withdraw the invitation of `ticket` (made by `acting`, or
@@ -781,6 +860,16 @@ pub fn log(hub: &OpsHub, name: &str, limit: usize) -> Result<Vec<LogEntry>, Volu
                     ("revoke", dfs_placement::ids::to_hex(&invite[..4]))
                 }
                 Ok(crate::oplog::Payload::Control(Control::Join { .. })) => ("join", String::new()),
+                Ok(crate::oplog::Payload::Control(Control::JoinAttested { .. })) => {
+                    ("join", "with an issuer's attestation".to_string())
+                }
+                Ok(crate::oplog::Payload::Control(Control::RequireIssuer { keys })) => (
+                    "require",
+                    match keys {
+                        Some(keys) => format!("an attestation from {}", keys.issuer),
+                        None => "no issuer".to_string(),
+                    },
+                ),
                 Ok(crate::oplog::Payload::Control(Control::SetRole { member, role, .. })) => {
                     let member = AuthorId(member);
                     let who = match profiles.display_name(&member) {
@@ -860,6 +949,7 @@ mod tests {
             terms: InviteTerms {
                 expires_ms: Some(5),
                 single_use: true,
+                issuer: Some("http://127.0.0.1:1".into()),
             },
         };
         assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);

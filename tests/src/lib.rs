@@ -477,7 +477,8 @@ pub struct Peer {
 /// panicking holder (a failed test must not fail the next one).
 pub fn alone() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.

@@ -42,7 +42,9 @@ fn api_call<T: serde::de::DeserializeOwned>(
     };
     let url = format!("{}{route}", endpoint.url);
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        // Long enough for the calls a peer makes on behalf of one (an OIDC login asks the
+        // issuer twice, each within 10 s).
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
         .http_status_as_error(false)
         .build()
         .into();

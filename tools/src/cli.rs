@@ -296,8 +296,19 @@ itself when dfs opens a data directory after an interrupted put."
     },
     /// Log a user in on the running peer: the ops of this uid are signed as the user's
     Login {
-        /// The user (see `dfs user list`)
-        name: String,
+        /// The user (see `dfs user list`); with --oidc, optional: the one user bound to the
+        /// issuer, or a new user named after the subject
+        name: Option<String>,
+        /// Log in through this OpenID Connect issuer instead of a passphrase (authorization
+        /// code + PKCE; opens $BROWSER, or prints the URL to open)
+        #[arg(long, value_name = "ISSUER_URL")]
+        oidc: Option<String>,
+        /// The client id dfs is registered under at the issuer
+        #[arg(long, default_value = "dfs", requires = "oidc")]
+        client_id: String,
+        /// How long to wait for the browser to come back
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, requires = "oidc")]
+        wait: std::time::Duration,
         /// Log in for this uid instead of your own (root only): the mount signs its ops
         #[arg(long)]
         uid: Option<u32>,
@@ -736,9 +747,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::User { command } => crate::user::run(&data_dir(args.data)?, command),
         Command::Login {
             name,
+            oidc: Some(issuer),
+            client_id,
+            wait,
+            uid,
+            passphrase: _,
+        } => crate::oidc_login::run(
+            &data_dir(args.data)?,
+            crate::oidc_login::OidcLogin {
+                issuer,
+                client_id,
+                user: name,
+                uid,
+                wait,
+            },
+        ),
+        Command::Login {
+            name,
+            oidc: None,
             uid,
             passphrase,
-        } => crate::user::login(&data_dir(args.data)?, name, uid, &passphrase),
+            ..
+        } => {
+            let name = name.ok_or_else(|| {
+                crate::BadInput(
+                    "give the user to log in as (`dfs login NAME`), or --oidc ISSUER".into(),
+                )
+            })?;
+            crate::user::login(&data_dir(args.data)?, name, uid, &passphrase)
+        }
         Command::Logout { uid } => crate::user::logout(&data_dir(args.data)?, uid),
         Command::Profile { command } => crate::user::profile(&data_dir(args.data)?, command),
         Command::Whoami { all, json } => crate::user::whoami(&data_dir(args.data)?, all, json),

@@ -26,6 +26,7 @@ mod cache;
 mod cli;
 mod events;
 mod history;
+mod oidc_login;
 mod peer;
 mod progress;
 mod stats;

@@ -213,7 +213,7 @@ fn own_uid() -> u32 {
 }
 
 /// The uid a login or logout is for: the caller's own, or (root only) another.
-fn target_uid(uid: Option<u32>) -> Result<u32> {
+pub(crate) fn target_uid(uid: Option<u32>) -> Result<u32> {
     let own = own_uid();
     match uid {
         Some(uid) if uid != own && own != 0 => Err(BadInput(format!(
@@ -283,7 +283,7 @@ pub fn whoami(data: &Path, all: bool, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn short(hex: &str) -> &str {
+pub(crate) fn short(hex: &str) -> &str {
     hex.get(..8).unwrap_or(hex)
 }
 

@@ -51,6 +51,21 @@ dials."
         /// The dfs-ticket-... to withdraw
         ticket: String,
     },
+    /// Admit only users an OpenID Connect issuer vouches for (`dfs login --oidc`): joins from
+    /// now on must carry the issuer's attestation (owner and admins only)
+    RequireIssuer {
+        /// The volume's local name
+        name: String,
+        /// The issuer's URL; its keys are fetched now and recorded in the volume
+        #[arg(required_unless_present = "none")]
+        issuer: Option<String>,
+        /// The client id dfs is registered under at the issuer
+        #[arg(long, default_value = "dfs")]
+        client_id: String,
+        /// Lift the requirement
+        #[arg(long, conflicts_with = "issuer")]
+        none: bool,
+    },
     /// Show the signed history of a volume: who changed it, when, and how
     Log {
         /// The volume's local name
@@ -146,6 +161,25 @@ pub fn run(data: &Path, command: VolumeCommand) -> Result<ExitCode> {
             let route = format!("/v1/volumes/{name}/revoke");
             let _: serde_json::Value = api_post(data, &route, &JoinVolume { ticket, name: None })?;
             println!("revoked: joins with that ticket no longer count in volume {name}");
+        }
+        VolumeCommand::RequireIssuer {
+            name,
+            issuer,
+            client_id,
+            none: _,
+        } => {
+            let route = format!("/v1/volumes/{name}/require-issuer");
+            let body = dfs_node::RequireIssuer {
+                issuer: issuer.clone(),
+                client_id,
+            };
+            let _: serde_json::Value = api_post(data, &route, &body)?;
+            match issuer {
+                Some(issuer) => println!(
+                    "volume {name} admits only users {issuer} vouches for (`dfs login --oidc {issuer}`)"
+                ),
+                None => println!("volume {name} admits users without an issuer's attestation"),
+            }
         }
         VolumeCommand::Log { name, limit, json } => {
             let route = format!("/v1/volumes/{name}/log?limit={limit}");

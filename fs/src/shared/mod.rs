@@ -375,7 +375,9 @@ impl SharedNamespace {
             Control::Genesis { .. }
             | Control::Invite { .. }
             | Control::InviteWith { .. }
-            | Control::Join { .. } => {
+            | Control::Join { .. }
+            | Control::JoinAttested { .. }
+            | Control::RequireIssuer { .. } => {
                 st.access = self.access();
                 st.roles_changed |= st.rejected_strangers;
             }

@@ -8,7 +8,10 @@
 mod users;
 mod volumes;
 
-pub use users::{LoggedOut, Login, Logout, ProfileChange, ProfileView, UID_HEADER};
+pub use users::{
+    LoggedOut, Login, Logout, OidcFinish, OidcLoggedIn, OidcStart, ProfileChange, ProfileView,
+    UID_HEADER,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,8 @@ struct ApiState {
     /// The network side of the chunk pipeline, for its placement health.
     cluster: Option<Arc<Cluster>>,
     token: String,
+    /// OIDC logins started and waiting for their code.
+    oidc: Arc<crate::oidc::PendingLogins>,
 }
 
 impl ApiState {
@@ -120,6 +125,9 @@ async fn peers(
 impl From<crate::volumes::VolumeError> for ApiError {
     fn from(e: crate::volumes::VolumeError) -> Self {
         use crate::volumes::VolumeError as V;
+        if let V::Issuer(issuer) = e {
+            return issuer.into();
+        }
         let code = match &e {
             V::NameTaken(_) | V::AlreadyMember(..) => StatusCode::CONFLICT,
             V::Unknown(_) => StatusCode::NOT_FOUND,
@@ -138,6 +146,19 @@ impl From<crate::volumes::VolumeError> for ApiError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateVolume {
     pub name: String,
+}
+
+/// `POST /v1/volumes/{name}/require-issuer` body: joins need an attestation from `issuer`
+/// (whose tokens are for `client_id`), or, with no issuer, none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequireIssuer {
+    pub issuer: Option<String>,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+fn default_client_id() -> String {
+    "dfs".to_string()
 }
 
 /// `POST /v1/volumes/{name}/role` body: `member` by display name or key (8+ hex digits).
@@ -206,11 +227,32 @@ async fn invite_volume(
             crate::oplog::physical_now_ms().saturating_add(body.expires_secs.saturating_mul(1000))
         }),
         single_use: body.single_use,
+        // Set from the volume's requirement by the invitation itself.
+        issuer: None,
     };
     let ticket = volumes::invite_on(&state.network, uid, name, terms).await?;
     Ok(Json(Invitation {
         ticket: ticket.encode(),
     }))
+}
+
+async fn require_issuer(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<RequireIssuer>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let uid = users::uid_of(&headers)?;
+    volumes::require_issuer_on(
+        &state.network,
+        uid,
+        name,
+        body.issuer.clone(),
+        body.client_id,
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "issuer": body.issuer })))
 }
 
 async fn revoke_ticket(
@@ -353,6 +395,28 @@ async fn login(
     Ok(Json(users::login(&state.network, body).await?))
 }
 
+async fn oidc_start(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<OidcStart>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(
+        users::oidc_start(&state.network, &state.oidc, body).await?,
+    ))
+}
+
+async fn oidc_finish(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<OidcFinish>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(
+        users::oidc_finish(&state.network, &state.oidc, body).await?,
+    ))
+}
+
 async fn logout(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -412,7 +476,10 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
         .route("/v1/volumes/{name}/members", get(volume_members))
         .route("/v1/volumes/{name}/role", post(set_role))
         .route("/v1/volumes/{name}/revoke", post(revoke_ticket))
+        .route("/v1/volumes/{name}/require-issuer", post(require_issuer))
         .route("/v1/login", post(login))
+        .route("/v1/login/oidc", post(oidc_start))
+        .route("/v1/login/oidc/finish", post(oidc_finish))
         .route("/v1/logout", post(logout))
         .route("/v1/sessions", get(sessions))
         .route("/v1/profile", post(set_profile))
@@ -422,6 +489,7 @@ pub fn router(network: Network, cluster: Option<Arc<Cluster>>, token: String) ->
             network,
             cluster,
             token,
+            oidc: Arc::default(),
         })
 }
 

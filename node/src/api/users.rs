@@ -8,9 +8,13 @@
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::ApiError;
+use crate::net::sync::OpsHub;
 use crate::net::Network;
-use crate::users::{SessionInfo, UserError, UserStore};
+use crate::oidc::{OidcError, PendingLogins, Started};
+use crate::users::{SessionInfo, UserError, UserKey, UserStore};
 
 /// The header naming the local uid a request acts for.
 pub const UID_HEADER: &str = "x-dfs-uid";
@@ -57,45 +61,163 @@ pub struct LoggedOut {
 
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
-        let code = match &e {
+        let text = e.to_string();
+        UserError::from_ref(&e, text)
+    }
+}
+
+impl UserError {
+    /// The API error for `self`, with `text` as its message.
+    fn from_ref(e: &UserError, text: String) -> ApiError {
+        let code = match e {
             UserError::Unknown(_) => StatusCode::NOT_FOUND,
             UserError::WrongPassphrase(_) => StatusCode::UNAUTHORIZED,
             UserError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError(code, e.to_string())
+        ApiError(code, text)
     }
 }
 
 /// Unseal `login.user` from the peer's data directory with the passphrase (on a blocking
 /// thread: argon2id takes a deliberate fraction of a second) and log it in for the uid.
 pub(super) async fn login(net: &Network, login: Login) -> Result<SessionInfo, ApiError> {
-    let hub = std::sync::Arc::clone(net.ops());
-    tokio::task::spawn_blocking(move || {
+    let hub = Arc::clone(net.ops());
+    blocking(move || {
         let store = UserStore::new(hub.repo().path());
-        let key = store.load(&login.user)?.open(login.passphrase.as_bytes())?;
-        let info = SessionInfo {
-            uid: login.uid,
-            user: key.name().to_string(),
-            id: key.id().to_string(),
-        };
-        if let Some(old) = hub.sessions().login(login.uid, key) {
-            tracing::info!(uid = login.uid, user = %old, "logged out by another login");
+        let sealed = store.load(&login.user)?;
+        if crate::oidc::Bindings::new(hub.repo().path())
+            .load(&login.user)?
+            .is_some()
+        {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "user {:?} has no passphrase: it logs in through its issuer (`dfs login --oidc ISSUER {}`)",
+                    login.user, login.user
+                ),
+            ));
         }
-        hub.repo().record_event(
-            crate::events::EventKind::UserAction,
-            &info.user,
-            &format!("logged in for uid {}", info.uid),
-        );
-        Ok(info)
+        let key = sealed.open(login.passphrase.as_bytes())?;
+        Ok(log_in(&hub, login.uid, key, "passphrase"))
     })
     .await
-    .map_err(|e| {
+}
+
+/// `POST /v1/login/oidc` body: start an OIDC login (see [`crate::oidc`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcStart {
+    pub issuer: String,
+    pub client_id: String,
+    /// The loopback URL the CLI waits on for the issuer's redirect.
+    pub redirect_uri: String,
+    /// The user to log in as (made if new); without it, the one user bound to the issuer, or
+    /// a new user named after the subject.
+    pub user: Option<String>,
+}
+
+/// `POST /v1/login/oidc/finish` body: the code and state the issuer redirected with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcFinish {
+    pub state: String,
+    pub code: String,
+    /// The local uid the user acts for.
+    pub uid: u32,
+}
+
+/// `POST /v1/login/oidc/finish` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcLoggedIn {
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    pub issuer: String,
+    pub subject: String,
+    /// Whether the login made the user.
+    pub created: bool,
+}
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> Self {
+        let code = match &e {
+            OidcError::User(inner) => return UserError::from_ref(inner, e.to_string()),
+            OidcError::Token(_) | OidcError::Exchange(_) | OidcError::UnknownState => {
+                StatusCode::UNAUTHORIZED
+            }
+            OidcError::Discovery { .. } => StatusCode::BAD_GATEWAY,
+            OidcError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+/// Run blocking work of a login (key derivation, calls to the issuer) off the runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("login task failed: {e}"),
         )
     })?
+}
+
+pub(super) async fn oidc_start(
+    net: &Network,
+    logins: &Arc<PendingLogins>,
+    start: OidcStart,
+) -> Result<Started, ApiError> {
+    let data = net.ops().repo().path().to_path_buf();
+    let logins = Arc::clone(logins);
+    blocking(move || {
+        Ok(logins.start(
+            &data,
+            &start.issuer,
+            &start.client_id,
+            &start.redirect_uri,
+            start.user.as_deref(),
+        )?)
+    })
+    .await
+}
+
+pub(super) async fn oidc_finish(
+    net: &Network,
+    logins: &Arc<PendingLogins>,
+    finish: OidcFinish,
+) -> Result<OidcLoggedIn, ApiError> {
+    let hub = Arc::clone(net.ops());
+    let logins = Arc::clone(logins);
+    blocking(move || {
+        let done = logins.finish(hub.repo().path(), &finish.state, &finish.code)?;
+        let session = log_in(&hub, finish.uid, done.key, "OIDC");
+        Ok(OidcLoggedIn {
+            session,
+            issuer: done.binding.issuer,
+            subject: done.binding.subject,
+            created: done.created,
+        })
+    })
+    .await
+}
+
+/// Log `key` in for `uid` and record it.
+fn log_in(hub: &OpsHub, uid: u32, key: UserKey, how: &str) -> SessionInfo {
+    let info = SessionInfo {
+        uid,
+        user: key.name().to_string(),
+        id: key.id().to_string(),
+    };
+    if let Some(old) = hub.sessions().login(uid, key) {
+        tracing::info!(uid, user = %old, "logged out by another login");
+    }
+    hub.repo().record_event(
+        crate::events::EventKind::UserAction,
+        &info.user,
+        &format!("logged in ({how}) for uid {uid}"),
+    );
+    info
 }
 
 pub(super) fn logout(net: &Network, uid: u32) -> LoggedOut {

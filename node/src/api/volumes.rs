@@ -36,11 +36,44 @@ pub async fn create_on(
     name: String,
 ) -> Result<VolumeInfo, ApiError> {
     let volume = blocking(net, move |hub| {
-        volumes::create(hub, &hub.acting(uid), &name)
+        let acting = hub.acting(uid);
+        // A peer configured to require an issuer makes its volumes require it from the start
+        // (its keys fetched first: an unreachable issuer leaves no volume behind).
+        let config = hub.repo().config().volume.clone();
+        let keys = match &config.require_issuer {
+            Some(issuer) => Some(crate::oidc::fetch_issuer_keys(issuer, &config.client_id)?),
+            None => None,
+        };
+        let volume = volumes::create(hub, &acting, &name)?;
+        if keys.is_some() {
+            volumes::require_issuer(hub, &acting, &name, keys)?;
+        }
+        Ok(volume)
     })
     .await?;
     net.follow_volume(volume).await.map_err(failed)?;
     info_of(net, volume).await
+}
+
+/// [`volumes::require_issuer`] on a running peer: it fetches the issuer's keys, records them,
+/// and publishes the op at once.
+pub async fn require_issuer_on(
+    net: &Network,
+    uid: Option<u32>,
+    name: String,
+    issuer: Option<String>,
+    client_id: String,
+) -> Result<(), ApiError> {
+    let op = blocking(net, move |hub| {
+        let keys = match issuer {
+            Some(issuer) => Some(crate::oidc::fetch_issuer_keys(&issuer, &client_id)?),
+            None => None,
+        };
+        Ok(volumes::require_issuer(hub, &hub.acting(uid), &name, keys)?)
+    })
+    .await?;
+    net.publish_op(op).await;
+    Ok(())
 }
 
 /// [`volumes::invite`] on a running peer: the ticket names the addresses it listens on.

@@ -14,6 +14,7 @@ use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 mod aead;
+pub(crate) mod attestation;
 pub(crate) mod epoch;
 pub(crate) mod passphrase;
 mod poly1305;

@@ -91,6 +91,14 @@ pub enum SyncRefusal {
 pub type SyncCodec = FramedCodec<SyncRequest, SyncResponse>;
 
 /// The codec with this protocol's limits.
+/// Whether `payload` is a join (plain or attested): judged by the members that take it.
+fn is_join(payload: &[u8]) -> bool {
+    matches!(
+        crate::oplog::Payload::parse(payload),
+        Ok(crate::oplog::Payload::Control(control)) if control.join().is_some()
+    )
+}
+
 pub fn codec() -> SyncCodec {
     FramedCodec::new(1 << 20, MAX_FRAME)
 }
@@ -354,12 +362,7 @@ impl OpsHub {
         let op = SignedOp::sign_as(&self.key, user, *volume, hlc, seq, payload)?;
         // What every member would reject is not signed at all (a join is judged by the
         // members, who alone can take it).
-        if !matches!(
-            crate::oplog::Payload::parse(&op.payload),
-            Ok(crate::oplog::Payload::Control(
-                crate::oplog::control::Control::Join { .. }
-            ))
-        ) {
+        if !is_join(&op.payload) {
             self.oplog.check_role(&op)?;
         }
         Ok(op)
@@ -400,12 +403,7 @@ impl OpsHub {
         let (Some(user), true) = (op.user, op.id.author == self.author) else {
             return;
         };
-        let is_join = matches!(
-            crate::oplog::Payload::parse(&op.payload),
-            Ok(crate::oplog::Payload::Control(
-                crate::oplog::control::Control::Join { .. }
-            ))
-        );
+        let is_join = is_join(&op.payload);
         let Some(key) = is_join.then(|| self.sessions.key_of(&user.user)).flatten() else {
             return;
         };
@@ -459,15 +457,16 @@ impl OpsHub {
         let Ok(op) = SignedOp::from_bytes(bytes) else {
             return Ok(());
         };
-        let Ok(crate::oplog::Payload::Control(crate::oplog::control::Control::Join {
-            invite, ..
-        })) = crate::oplog::Payload::parse(&op.payload)
+        let Ok(crate::oplog::Payload::Control(control)) = crate::oplog::Payload::parse(&op.payload)
         else {
+            return Ok(());
+        };
+        let Some((invite, _, attestation)) = control.join() else {
             return Ok(());
         };
         let access = self.oplog.access(volume).map_err(|e| e.to_string())?;
         access
-            .may_join(&invite, &op.principal(), physical_now_ms())
+            .may_join(&invite, &op.principal(), attestation, physical_now_ms())
             .map_err(|why| why.to_string())
     }
 
@@ -480,14 +479,7 @@ impl OpsHub {
         bytes: &[u8],
         source: Option<AuthorId>,
     ) -> Result<(SignedOp, Appended), IngestError> {
-        let is_join = SignedOp::from_bytes(bytes).is_ok_and(|op| {
-            matches!(
-                crate::oplog::Payload::parse(&op.payload),
-                Ok(crate::oplog::Payload::Control(
-                    crate::oplog::control::Control::Join { .. }
-                ))
-            )
-        });
+        let is_join = SignedOp::from_bytes(bytes).is_ok_and(|op| is_join(&op.payload));
         if is_join {
             let vetted = match source {
                 Some(source) => self.oplog.may_sync(volume, &source)?,

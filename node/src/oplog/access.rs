@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use super::control::{Control, NewEpoch, Payload, Role};
+use super::control::{Attestation, Control, IssuerKeys, NewEpoch, Payload, Role};
 use super::op::{AuthorId, OpId, SignedOp};
 
 /// Where an op stands: its id, the peer that signed it (a device), its principal (the user,
@@ -75,6 +75,10 @@ pub enum Rejection {
     Used,
     #[error("its invitation was revoked")]
     Revoked,
+    #[error("the volume requires an attestation from its OpenID Connect issuer, and the join has none (log in with `dfs login --oidc ISSUER` first)")]
+    Unattested,
+    #[error("its attestation does not verify under the keys of the issuer the volume requires")]
+    Attestation,
 }
 
 /// An invitation recorded by a writer, and what became of it.
@@ -136,6 +140,33 @@ pub struct Access {
     epochs: Vec<NewEpoch>,
     /// Invitations recorded by writers, by invitation key.
     invites: BTreeMap<[u8; 32], Invitation>,
+    /// The issuer joins need an attestation from, as the last requirement that stands says.
+    required: Option<IssuerKeys>,
+}
+
+/// Whether a join at `at` by `principal` meets the issuer requirement `required`: none, or an
+/// attestation that verifies under its keys at the join's time.
+fn attested(
+    required: Option<&IssuerKeys>,
+    attestation: Option<&Attestation>,
+    principal: &AuthorId,
+    at: &OpPlace,
+) -> Result<(), Rejection> {
+    let Some(keys) = required else {
+        return Ok(());
+    };
+    let attestation = attestation.ok_or(Rejection::Unattested)?;
+    crate::crypto::attestation::verify_attestation(
+        attestation,
+        &principal.0,
+        keys,
+        at.id.hlc.millis,
+    )
+    .map(|_| ())
+    .map_err(|why| {
+        tracing::debug!(%why, "an attestation does not verify");
+        Rejection::Attestation
+    })
 }
 
 /// The role `decisions` give an op at `at` of a member that joined as `joined`.
@@ -231,8 +262,10 @@ impl Access {
             })
             .collect();
         access.decisions = decisions;
-        // 3. Invitations and joins, in op order (an inviter's join precedes its invitation).
+        // 3. Invitations, issuer requirements and joins, in op order (an inviter's join
+        //    precedes its invitation).
         let mut invites: BTreeMap<[u8; 32], Invitation> = BTreeMap::new();
+        let mut required: Option<IssuerKeys> = None;
         for (at, control) in controls {
             if let Some((invite, expires_ms, single_use)) = control.invitation() {
                 match access.role_at(at) {
@@ -268,10 +301,23 @@ impl Access {
                         }
                     }
                 }
-                Control::Join { invite, .. } if Some(at.principal) != owner => {
-                    let verdict = invites
-                        .get_mut(invite)
-                        .map_or(Err(Rejection::Invitation), |i| i.admits(at));
+                Control::RequireIssuer { keys } => {
+                    if access.role_at(at).is_ok_and(|r| r >= Role::Admin) {
+                        required = keys.clone();
+                    } else {
+                        access.void.insert(at.id, Rejection::NotAdmin);
+                    }
+                }
+                join if join.join().is_some() && Some(at.principal) != owner => {
+                    let Some((invite, _, attestation)) = join.join() else {
+                        continue;
+                    };
+                    let verdict = attested(required.as_ref(), attestation, &at.principal, at)
+                        .and_then(|()| {
+                            invites
+                                .get_mut(&invite)
+                                .map_or(Err(Rejection::Invitation), |i| i.admits(at))
+                        });
                     match verdict {
                         Ok(()) => {
                             access.joined.entry(at.principal).or_insert(Role::Writer);
@@ -285,7 +331,13 @@ impl Access {
             }
         }
         access.invites = invites;
+        access.required = required;
         access
+    }
+
+    /// The issuer a join needs an attestation from now, if any.
+    pub fn required_issuer(&self) -> Option<&IssuerKeys> {
+        self.required.as_ref()
     }
 
     /// Whether a join by `principal` with invitation `invite`, made now (`now_ms`), would
@@ -294,6 +346,7 @@ impl Access {
         &self,
         invite: &[u8; 32],
         principal: &AuthorId,
+        attestation: Option<&Attestation>,
         now_ms: u64,
     ) -> Result<(), Rejection> {
         let invitation = self.invites.get(invite).ok_or(Rejection::Invitation)?;
@@ -310,6 +363,7 @@ impl Access {
             principal: *principal,
             seq: 1,
         };
+        attested(self.required.as_ref(), attestation, principal, &at)?;
         probe.admits(&at)
     }
 

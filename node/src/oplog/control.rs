@@ -18,6 +18,9 @@
 //!
 //! - **SetRole** (by the owner or an admin): a member's new role; which of these stand, and what
 //!   each member may do, is decided in [`super::access`].
+//! - **RequireIssuer** (by the owner or an admin): joins after it count only with an
+//!   attestation from an OpenID Connect issuer (**JoinAttested**), checked against the issuer's
+//!   keys the op records ([`crate::crypto::attestation`]).
 //!
 //! An invitation may be used more than once; whoever holds a ticket can read the volume
 //! anyway, since the ticket carries the volume's secret (until key epochs arrive).
@@ -26,6 +29,7 @@ use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
 use super::op::{AuthorId, VolumeId};
+pub use crate::crypto::attestation::{Attestation, IssuerKeys};
 
 /// Kind byte of a payload defined by the fs layer.
 pub const DATA: u8 = 0;
@@ -81,9 +85,35 @@ pub enum Control {
     Revoke {
         invite: [u8; 32],
     },
+    /// A join whose joiner's issuer vouches for it ([`Attestation`]), for a volume that
+    /// requires an issuer ([`Control::RequireIssuer`]); otherwise as [`Control::Join`].
+    JoinAttested {
+        invite: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+        attestation: Attestation,
+    },
+    /// From this op on (in op order), a join counts only with an attestation that verifies
+    /// under these keys (by the owner or an admin); `None` lifts the requirement.
+    RequireIssuer {
+        keys: Option<IssuerKeys>,
+    },
 }
 
 impl Control {
+    /// A join's invitation key and proof, and its attestation if it carries one.
+    pub fn join(&self) -> Option<([u8; 32], &[u8], Option<&Attestation>)> {
+        match self {
+            Control::Join { invite, proof } => Some((*invite, proof, None)),
+            Control::JoinAttested {
+                invite,
+                proof,
+                attestation,
+            } => Some((*invite, proof, Some(attestation))),
+            _ => None,
+        }
+    }
+
     /// The invitation key an invite op records, with its terms.
     pub fn invitation(&self) -> Option<([u8; 32], Option<u64>, bool)> {
         match self {

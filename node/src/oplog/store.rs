@@ -347,7 +347,8 @@ impl<M: MetaSource> OpLog<M> {
                 | Control::InviteWith { .. }
                 | Control::Revoke { .. }
                 | Control::Profile { .. }
-                | Control::SetRole { .. },
+                | Control::SetRole { .. }
+                | Control::RequireIssuer { .. },
             ) if !self.is_member(&volume, &author)? => Err(OpLogError::NotMember {
                 volume,
                 author,
@@ -357,7 +358,9 @@ impl<M: MetaSource> OpLog<M> {
             // keeps the same ops, whatever it makes of them.
             Payload::Data(_)
             | Payload::EpochData { .. }
-            | Payload::Control(Control::SetRole { .. } | Control::Revoke { .. }) => Ok(Vec::new()),
+            | Payload::Control(
+                Control::SetRole { .. } | Control::Revoke { .. } | Control::RequireIssuer { .. },
+            ) => Ok(Vec::new()),
             Payload::Control(Control::Profile { profile }) => {
                 let profile = crate::profiles::SignedProfile::from_bytes(&profile)
                     .map_err(|e| refused(&e.to_string()))?;
@@ -382,7 +385,9 @@ impl<M: MetaSource> OpLog<M> {
                 }
                 Ok(vec![member_row])
             }
-            Payload::Control(Control::Join { invite, proof }) => {
+            Payload::Control(
+                Control::Join { invite, proof } | Control::JoinAttested { invite, proof, .. },
+            ) => {
                 let known =
                     self.cf_get(&volume, CF_VOLUME_INVITES, &invite_key(&volume, &invite))?;
                 if known.is_none() {

@@ -309,13 +309,13 @@ fn a_join_after_its_invitation_expired_does_not_count() {
     let access = build(controls);
     assert_eq!(access.current_role(&BOB), Some(Role::Writer));
     assert_eq!(access.current_role(&CAROL), None);
-    assert_eq!(access.may_join(&[7; 32], &CAROL, 99), Ok(()));
+    assert_eq!(access.may_join(&[7; 32], &CAROL, None, 99), Ok(()));
     assert_eq!(
-        access.may_join(&[7; 32], &CAROL, 101),
+        access.may_join(&[7; 32], &CAROL, None, 101),
         Err(Rejection::Expired)
     );
     assert_eq!(
-        access.may_join(&[8; 32], &CAROL, 1),
+        access.may_join(&[8; 32], &CAROL, None, 1),
         Err(Rejection::Invitation)
     );
 }
@@ -331,8 +331,11 @@ fn a_single_use_invitation_lets_in_the_first_principal_only() {
     let access = build(controls);
     assert_eq!(access.current_role(&BOB), Some(Role::Writer));
     assert_eq!(access.current_role(&CAROL), None);
-    assert_eq!(access.may_join(&[7; 32], &CAROL, 40), Err(Rejection::Used));
-    assert_eq!(access.may_join(&[7; 32], &BOB, 40), Ok(()));
+    assert_eq!(
+        access.may_join(&[7; 32], &CAROL, None, 40),
+        Err(Rejection::Used)
+    );
+    assert_eq!(access.may_join(&[7; 32], &BOB, None, 40), Ok(()));
 }
 
 #[test]
@@ -354,7 +357,7 @@ fn a_revoked_invitation_admits_nobody_after_the_revocation() {
     assert_eq!(access.current_role(&CAROL), Some(Role::Writer));
     assert_eq!(access.current_role(&late), None);
     assert_eq!(
-        access.may_join(&[7; 32], &late, 31),
+        access.may_join(&[7; 32], &late, None, 31),
         Err(Rejection::Revoked)
     );
 }
