@@ -151,7 +151,7 @@ enum LoginFor {
     /// A new user, made when the issuer vouches: the name asked for (or, without one, the
     /// subject's preferred user name).
     New {
-        keypair: ed25519::Keypair,
+        keypair: Box<ed25519::Keypair>,
         name: Option<String>,
     },
 }
@@ -400,7 +400,7 @@ fn pick_user(data: &Path, issuer: &str, user: Option<&str>) -> Result<LoginFor, 
                     ))),
                 },
                 Err(UserError::Unknown(_)) => Ok(LoginFor::New {
-                    keypair: ed25519::Keypair::generate(),
+                    keypair: Box::new(ed25519::Keypair::generate()),
                     name: Some(name.to_string()),
                 }),
                 Err(e) => Err(e.into()),
@@ -415,7 +415,7 @@ fn pick_user(data: &Path, issuer: &str, user: Option<&str>) -> Result<LoginFor, 
                 .collect();
             match bound.as_slice() {
                 [] => Ok(LoginFor::New {
-                    keypair: ed25519::Keypair::generate(),
+                    keypair: Box::new(ed25519::Keypair::generate()),
                     name: None,
                 }),
                 [one] => Ok(LoginFor::Existing(one.clone())),

@@ -740,12 +740,8 @@ pub fn require_issuer(
 ) -> Result<SignedOp, VolumeError> {
     let (volume, _) = by_name(hub, name)?;
     let me = hub.principal(acting);
-    if !hub
-        .oplog()
-        .access(&volume)?
-        .current_role(&me)
-        .is_some_and(|role| role >= Role::Admin)
-    {
+    let role = hub.oplog().access(&volume)?.current_role(&me);
+    if role.is_none_or(|role| role < Role::Admin) {
         return Err(VolumeError::NotAllowed(
             "only the volume's owner and admins decide whom it admits".to_string(),
         ));

@@ -203,3 +203,66 @@ fn logins_that_cannot_start_say_why() {
     login(&dfs, &browser, "not a url", &[]).bad_input("bad issuer URL");
     dfs.run(&["login"]).bad_input("give the user to log in as");
 }
+
+/// Whether `dfs` lists volume `name` as joined, with `members` members.
+fn has_joined(dfs: &Dfs, name: &str, members: u64) -> bool {
+    let run = dfs.run(&["volume", "list", "--json"]).ok();
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("volume list JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"] == name && v["joined"] == true && v["members"].as_u64() == Some(members))
+}
+
+/// A volume that requires the provider as its issuer: a user it has not vouched for is
+/// refused by its own peer at once; a lying joiner (an attestation whose nonce is not bound to
+/// its key) is refused by the member it hands its join to; a user the provider vouched for
+/// through `dfs login --oidc` is admitted.
+#[test]
+fn a_volume_that_requires_an_issuer_admits_only_users_it_vouches_for() {
+    let provider = Provider::start(&[]);
+    let owner = Dfs::new();
+    let _owner_peer = owner.node(&[]);
+    owner.run(&["volume", "create", "team"]).ok();
+    owner
+        .run(&["volume", "require-issuer", "team", &provider.issuer])
+        .ok();
+    let ticket = owner
+        .run(&["volume", "invite", "team"])
+        .ok()
+        .last_line()
+        .to_string();
+
+    // Not vouched for: the joiner's own peer says what to do.
+    let (bob, _bob_peer, bob_browser) = peer_with_browser();
+    bob.create_user("bob", "pw");
+    bob.login("bob", "pw");
+    bob.run(&["volume", "join", &ticket])
+        .bad_input("admits only users vouched for by");
+
+    // A liar: a real login, then the salt of its binding changed, so the token's nonce is not
+    // bound to its key. The owner does not take the join.
+    let (liar, _liar_peer, liar_browser) = peer_with_browser();
+    login(&liar, &liar_browser, &provider.issuer, &[]).ok();
+    let path = liar.data().join("users/alice.oidc");
+    let mut binding: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("binding")).expect("binding JSON");
+    binding["salt"] = serde_json::Value::from("00".repeat(16));
+    std::fs::write(&path, binding.to_string()).expect("rewrite the binding");
+    liar.run(&["volume", "join", &ticket]).ok();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(!has_joined(&liar, "team", 2), "the liar's join was taken");
+    assert!(has_joined(&owner, "team", 1), "the owner took a lying join");
+
+    // Vouched for: bob's peer logs in through the provider, and the join counts.
+    login(&bob, &bob_browser, &provider.issuer, &[]).ok();
+    bob.run(&["volume", "join", &ticket]).ok();
+    dfs_tests::wait_for(
+        std::time::Duration::from_secs(30),
+        "the attested joiner to be a member on both peers",
+        || (has_joined(&owner, "team", 2) && has_joined(&bob, "team", 2)).then_some(()),
+    );
+    let log = owner.run(&["volume", "log", "team"]).ok().stdout;
+    assert!(log.contains(&provider.issuer), "{log}");
+    assert!(log.contains("attestation"), "{log}");
+}

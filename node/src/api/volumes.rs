@@ -69,7 +69,7 @@ pub async fn require_issuer_on(
             Some(issuer) => Some(crate::oidc::fetch_issuer_keys(&issuer, &client_id)?),
             None => None,
         };
-        Ok(volumes::require_issuer(hub, &hub.acting(uid), &name, keys)?)
+        volumes::require_issuer(hub, &hub.acting(uid), &name, keys)
     })
     .await?;
     net.publish_op(op).await;
