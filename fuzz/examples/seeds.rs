@@ -307,6 +307,7 @@ fn main() {
         terms: dfs_node::testing::InviteTerms {
             expires_ms: Some(1_800_000_000_000),
             single_use: true,
+            issuer: Some("http://127.0.0.1:9000".into()),
         },
     };
     write("ticket", "ticket", ticket.encode());

@@ -361,3 +361,66 @@ fn a_revoked_invitation_admits_nobody_after_the_revocation() {
         Err(Rejection::Revoked)
     );
 }
+
+/// A requirement by the owner stands and applies to joins after it: one without an
+/// attestation or with one that does not verify does not count; a writer's requirement is void.
+#[test]
+fn an_issuer_requirement_by_the_owner_holds_back_unattested_joins() {
+    let keys = IssuerKeys {
+        issuer: "http://127.0.0.1:1".into(),
+        client_id: "dfs".into(),
+        jwks: r#"{"keys":[]}"#.into(),
+    };
+    let bogus = Attestation {
+        id_token: "a.b.c".into(),
+        salt: [0; 16],
+    };
+    let mut controls = founded();
+    // Bob (a writer) cannot set one; the owner can.
+    controls.push((
+        at(5, BOB_LAPTOP, BOB, 2),
+        Control::RequireIssuer {
+            keys: Some(keys.clone()),
+        },
+    ));
+    let writer_only = build(controls.clone());
+    assert_eq!(writer_only.required_issuer(), None);
+    controls.push((
+        at(6, OWNER_PEER, OWNER, 3),
+        Control::RequireIssuer {
+            keys: Some(keys.clone()),
+        },
+    ));
+    let late = AuthorId([9; 32]);
+    let liar = AuthorId([8; 32]);
+    controls.push(join(7, late, late, 1));
+    controls.push((
+        at(8, liar, liar, 1),
+        Control::JoinAttested {
+            invite: [7; 32],
+            proof: Vec::new(),
+            attestation: bogus.clone(),
+        },
+    ));
+    let access = build(controls.clone());
+    assert_eq!(access.required_issuer(), Some(&keys));
+    // Earlier joins stand; later ones need the issuer's word.
+    assert_eq!(access.current_role(&CAROL), Some(Role::Writer));
+    assert_eq!(access.current_role(&late), None);
+    assert_eq!(access.current_role(&liar), None);
+    assert_eq!(
+        access.may_join(&[7; 32], &late, None, 9),
+        Err(Rejection::Unattested)
+    );
+    assert_eq!(
+        access.may_join(&[7; 32], &liar, Some(&bogus), 9),
+        Err(Rejection::Attestation)
+    );
+    // Lifted: plain joins count again.
+    controls.push((
+        at(10, OWNER_PEER, OWNER, 4),
+        Control::RequireIssuer { keys: None },
+    ));
+    controls.push(join(11, late, late, 2));
+    assert_eq!(build(controls).current_role(&late), Some(Role::Writer));
+}
