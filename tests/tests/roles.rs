@@ -135,8 +135,16 @@ fn roles_decide_what_counts_on_every_member() {
     wait_role(reader, &key_reader, "reader");
     wait_everywhere(&net, &["before.txt", "concurrent.txt"]);
     for member in &net.members {
-        // The create and the write of offline.txt.
-        let log = rejected(member);
+        // The create and the write of offline.txt (the reader's ops reach the others in their
+        // own time: wait for them).
+        let log = wait_for(
+            Duration::from_secs(30),
+            "the reader's offline ops in every member's log",
+            || {
+                let log = rejected(member);
+                (log.len() >= 2).then_some(log)
+            },
+        );
         let ops: Vec<&str> = log.iter().map(|(op, ..)| op.as_str()).collect();
         assert_eq!(ops, ["create", "write"], "{log:#?}");
         for (_, detail, why) in &log {
