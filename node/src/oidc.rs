@@ -480,24 +480,8 @@ fn device_secret(data: &Path) -> Result<Vec<u8>, OidcError> {
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    write_private(&path, &secret).map_err(|e| io(&path, e))?;
+    crate::repo::write_private_file(&path, &secret).map_err(|e| io(&path, e))?;
     Ok(secret.to_vec())
-}
-
-/// Write `bytes` to `path` through a temporary file, readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The OIDC bindings of a data directory's users (`users/NAME.oidc`, JSON).
@@ -539,7 +523,7 @@ impl Bindings {
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let json = serde_json::to_vec_pretty(binding)
             .map_err(|e| UserError::Malformed(format!("binding of {name}: {e}")))?;
-        write_private(&path, &json).map_err(io)
+        crate::repo::write_private_file(&path, &json).map_err(io)
     }
 
     /// Every binding, by user name; unreadable files are skipped with a warning.
